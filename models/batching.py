@@ -1,0 +1,313 @@
+"""The micro-batcher: coalesce inputs of many concurrent requests into model calls.
+
+Each request submits its items (token-id sequences here, images later) and awaits one
+array with a row per item, in its own order. Behind that:
+
+* a bounded queue of items gives backpressure: ``submit`` waits while it is full;
+* a collector takes up to ``max_batch_size`` items, waiting at most ``max_wait_s``
+  for company after the first; while the model is busy it keeps topping the next
+  batch up, so the model never waits for Python and never runs half-empty batches
+  when work is queued;
+* a batch is sorted by length and cut into chunks whose padded size stays under
+  ``max_batch_tokens`` (sorting is what cuts the padding);
+* chunks run one at a time on a dedicated compute thread, off the event loop;
+* a chunk that raises is retried request by request, so a failure fails only the
+  request that caused it.
+
+>>> import asyncio, numpy as np
+>>> def embed(items):  # doubles each number; a real one runs a model
+...     return np.array([[2.0 * len(i)] for i in items], dtype=np.float32)
+>>> async def demo():
+...     async with MicroBatcher(embed, max_batch_size=8, max_wait_s=0.001) as b:
+...         r1, r2 = await asyncio.gather(b.submit([[1, 2], [1]]), b.submit([[1, 2, 3]]))
+...         return r1.ravel().tolist(), r2.ravel().tolist()
+>>> asyncio.run(demo())
+([4.0, 2.0], [6.0])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Generic, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+log = logging.getLogger(__name__)
+
+Item = TypeVar("Item")
+Vectors = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchStats:
+    """What one model call did; handed to the ``on_batch`` observer hook."""
+
+    items: int
+    requests: int
+    tokens: int
+    padded_tokens: int
+    seconds: float
+
+
+@dataclass(eq=False, slots=True)
+class _Request:
+    future: asyncio.Future[Vectors]
+    size: int
+    rows: list[Vectors | None] = field(default_factory=list)
+    remaining: int = 0
+
+    def alive(self) -> bool:
+        return not self.future.done()
+
+
+@dataclass(slots=True)
+class _Pending(Generic[Item]):
+    request: _Request
+    index: int
+    item: Item
+    length: int
+
+
+class MicroBatcher(Generic[Item]):
+    """Coalesce items across concurrent ``submit`` calls into batched ``embed`` calls.
+
+    Parameters
+    ----------
+    embed
+        Blocking function from a list of items to an ``(n, dim)`` float32 array. It runs
+        on the batcher's own thread.
+    max_batch_size
+        Most items in one batch.
+    max_wait_s
+        Longest the first item of a batch waits for more to arrive.
+    max_batch_tokens
+        Budget for ``len(chunk) * longest item`` in one call.
+    max_queue
+        Items that may wait; ``submit`` blocks beyond it.
+    length
+        Cost of one item (its token count); used to sort and to cut chunks.
+    on_batch
+        Observer hook called after each model call (metrics live there).
+    """
+
+    def __init__(
+        self,
+        embed: Callable[[list[Item]], Vectors],
+        *,
+        max_batch_size: int = 64,
+        max_wait_s: float = 0.005,
+        max_batch_tokens: int = 16384,
+        max_queue: int = 8192,
+        length: Callable[[Item], int] = len,  # type: ignore[assignment]  # Item is Sized here
+        on_batch: Callable[[BatchStats], None] | None = None,
+        name: str = "batcher",
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+        self._embed = embed
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self.max_batch_tokens = max_batch_tokens
+        self._length = length
+        self._on_batch = on_batch
+        self._queue: asyncio.Queue[_Pending[Item]] = asyncio.Queue(maxsize=max_queue)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._collector: asyncio.Task[None] | None = None
+        self._compute: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # -- public API -------------------------------------------------------------------
+
+    @property
+    def queue_depth(self) -> int:
+        """Items waiting for the model (not counting the batch being computed)."""
+        return self._queue.qsize()
+
+    async def submit(self, items: Sequence[Item]) -> Vectors:
+        """Embed ``items``; rows come back in the order given."""
+        if self._closed:
+            raise RuntimeError("batcher is closed")
+        self._ensure_started()
+        loop = asyncio.get_running_loop()
+        request = _Request(loop.create_future(), len(items))
+        if not items:
+            return np.zeros((0, 0), dtype=np.float32)
+        request.rows = [None] * len(items)
+        request.remaining = len(items)
+        for index, item in enumerate(items):
+            if not request.alive():
+                break
+            await self._queue.put(_Pending(request, index, item, self._length(item)))
+        return await request.future
+
+    async def aclose(self) -> None:
+        """Stop collecting; fail what is still queued; wait for the running batch."""
+        self._closed = True
+        if self._collector is not None:
+            self._collector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._collector
+        if self._compute is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await self._compute
+        while not self._queue.empty():
+            pending = self._queue.get_nowait()
+            if pending.request.alive():
+                pending.request.future.set_exception(RuntimeError("batcher closed"))
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def __aenter__(self) -> MicroBatcher[Item]:
+        self._ensure_started()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- collector --------------------------------------------------------------------
+
+    def _ensure_started(self) -> None:
+        if self._collector is None or self._collector.done():
+            self._collector = asyncio.get_running_loop().create_task(self._collect_forever())
+
+    async def _collect_forever(self) -> None:
+        while True:
+            batch = await self._collect()
+            await self._idle.wait()
+            self._idle.clear()
+            self._compute = asyncio.get_running_loop().create_task(self._run(batch))
+
+    async def _collect(self) -> list[_Pending[Item]]:
+        loop = asyncio.get_running_loop()
+        batch = [await self._queue.get()]
+        deadline = loop.time() + self.max_wait_s
+        while len(batch) < self.max_batch_size:
+            try:
+                batch.append(self._queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            remaining = deadline - loop.time()
+            if remaining <= 0 and self._idle.is_set():
+                break
+            # wait for another item; while the model is busy, also for it to free up
+            getter = loop.create_task(self._queue.get())
+            waiters: set[asyncio.Future[object]] = {getter}  # type: ignore[arg-type]
+            idle: asyncio.Task[bool] | None = None
+            if remaining <= 0:
+                idle = loop.create_task(self._idle.wait())
+                waiters.add(idle)  # type: ignore[arg-type]
+            await asyncio.wait(
+                waiters,
+                timeout=remaining if remaining > 0 else None,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if idle is not None:
+                idle.cancel()
+            if getter.done():
+                batch.append(getter.result())
+            else:
+                getter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    item = await getter
+                    batch.append(item)  # it completed while being cancelled
+        return [p for p in batch if p.request.alive()]
+
+    # -- compute ----------------------------------------------------------------------
+
+    def _chunks(self, batch: list[_Pending[Item]]) -> list[list[_Pending[Item]]]:
+        """Length-sorted chunks within the token budget (cuts padding)."""
+        ordered = sorted(batch, key=lambda p: p.length)
+        chunks: list[list[_Pending[Item]]] = []
+        current: list[_Pending[Item]] = []
+        for p in ordered:
+            # sorted ascending, so p is the longest of the chunk if added
+            if current and (len(current) + 1) * max(p.length, 1) > self.max_batch_tokens:
+                chunks.append(current)
+                current = []
+            current.append(p)
+        if current:
+            chunks.append(current)
+        return chunks
+
+    async def _run(self, batch: list[_Pending[Item]]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            for chunk in self._chunks(batch):
+                chunk = [p for p in chunk if p.request.alive()]
+                if not chunk:
+                    continue
+                started = time.perf_counter()
+                try:
+                    vectors = await loop.run_in_executor(
+                        self._executor, self._embed, [p.item for p in chunk]
+                    )
+                except Exception:
+                    log.debug("batch of %d failed; isolating", len(chunk), exc_info=True)
+                    await self._isolate(chunk)
+                    continue
+                self._observe(chunk, time.perf_counter() - started)
+                self._deliver(chunk, vectors)
+        finally:
+            self._idle.set()
+
+    async def _isolate(self, chunk: list[_Pending[Item]]) -> None:
+        """Re-run a failed chunk one request at a time; fail only the guilty ones."""
+        loop = asyncio.get_running_loop()
+        by_request: dict[int, list[_Pending[Item]]] = {}
+        for p in chunk:
+            by_request.setdefault(id(p.request), []).append(p)
+        for group in by_request.values():
+            request = group[0].request
+            started = time.perf_counter()
+            try:
+                vectors = await loop.run_in_executor(
+                    self._executor, self._embed, [p.item for p in group]
+                )
+            except Exception as exc:
+                if request.alive():
+                    request.future.set_exception(exc)
+                continue
+            self._observe(group, time.perf_counter() - started)
+            self._deliver(group, vectors)
+
+    def _deliver(self, chunk: list[_Pending[Item]], vectors: Vectors) -> None:
+        if len(vectors) != len(chunk):
+            error = RuntimeError(f"embed returned {len(vectors)} rows for {len(chunk)} items")
+            for p in chunk:
+                if p.request.alive():
+                    p.request.future.set_exception(error)
+            return
+        for p, row in zip(chunk, vectors, strict=True):
+            request = p.request
+            if not request.alive():
+                continue
+            request.rows[p.index] = row
+            request.remaining -= 1
+            if request.remaining == 0:
+                request.future.set_result(np.stack(request.rows))  # type: ignore[arg-type]
+
+    def _observe(self, chunk: list[_Pending[Item]], seconds: float) -> None:
+        if self._on_batch is None:
+            return
+        tokens = sum(p.length for p in chunk)
+        padded = len(chunk) * max(p.length for p in chunk)
+        requests = len({id(p.request) for p in chunk})
+        try:
+            self._on_batch(BatchStats(len(chunk), requests, tokens, padded, seconds))
+        except Exception:  # an observer never breaks the data path
+            log.exception("on_batch observer failed")

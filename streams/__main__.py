@@ -1,0 +1,5 @@
+"""``python -m streams`` is the ``shotstream`` command."""
+
+from streams.cli import main
+
+main()

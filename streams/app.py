@@ -1,0 +1,79 @@
+"""The faust app, built from settings (no module-level app, no globals).
+
+The embedded broker's quirks (notes/embedded-broker.md) are handled here and only when
+``settings.embedded_broker`` is true: one record per produce batch (its ListOffsets
+answer is wrong for multi-record batches, which breaks table recovery) and short group
+timeouts (it holds a join for half the session timeout).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_BROKER_OVERRIDES: dict[str, Any] = {
+    "producer_max_batch_size": 1,
+    "broker_session_timeout": 6.0,
+    "broker_heartbeat_interval": 1.0,
+    "broker_rebalance_timeout": 6.0,
+}
+
+
+def app_config(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for ``faust.App``."""
+    config: dict[str, Any] = {
+        "broker": [f"kafka://{b}" for b in settings.brokers],
+        "store": "rocksdb://",
+        "datadir": str(settings.data_dir / "faust"),
+        "web_enabled": False,
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+        "topic_partitions": settings.partitions,
+        "topic_replication_factor": settings.kafka.replication_factor,
+        "consumer_auto_offset_reset": "earliest",
+        "processing_guarantee": "at_least_once",
+        "producer_acks": -1,
+        "broker_commit_interval": 1.0,
+        "producer_request_timeout": settings.kafka.request_timeout_s,
+    }
+    if settings.embedded_broker:
+        config.update(EMBEDDED_BROKER_OVERRIDES)
+    return config
+
+
+@dataclass(frozen=True)
+class Topics:
+    classify: faust.TopicT
+    predictions: faust.TopicT
+    train: faust.TopicT
+    train_results: faust.TopicT
+    errors: faust.TopicT
+
+
+def create_app(settings: Settings) -> tuple[faust.App, Topics]:
+    """A faust app and its topics; agents are attached by ``streams.agents``."""
+    app = faust.App(settings.kafka.group_id, **app_config(settings))
+
+    def topic(name: str) -> faust.TopicT:
+        return app.topic(
+            settings.topic(name),
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=settings.partitions,
+        )
+
+    topics = Topics(
+        classify=topic("classify"),
+        predictions=topic("predictions"),
+        train=topic("train"),
+        train_results=topic("train-results"),
+        errors=topic("errors"),
+    )
+    return app, topics

@@ -1,0 +1,139 @@
+"""A small producer/consumer client: send requests, wait for their answers.
+
+Answers are matched by ``request_id`` on the predictions and errors topics; the client
+reads from the topics' current end, so it starts listening before it produces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from streams.settings import Settings
+
+
+class Answer(dict[str, Any]):
+    """A response body; ``topic`` says whether it was a prediction or a dead letter."""
+
+    def __init__(self, topic: str, body: dict[str, Any]) -> None:
+        super().__init__(body)
+        self.topic = topic
+
+    @property
+    def is_error(self) -> bool:
+        return "error" in self
+
+
+class ShotstreamClient:
+    """Produce classify requests and collect their answers.
+
+    >>> # async with ShotstreamClient(settings) as c:
+    >>> #     answer = await c.classify(["hello"], labels=["greeting", "question"])
+    """
+
+    def __init__(self, settings: Settings, *, answer_topics: Sequence[str] | None = None) -> None:
+        self.settings = settings
+        self._answer_topics = list(
+            answer_topics or [settings.topic("predictions"), settings.topic("errors")]
+        )
+        self._producer: AIOKafkaProducer | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._waiting: dict[str, asyncio.Future[Answer]] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> ShotstreamClient:
+        brokers = ",".join(self.settings.brokers)
+        self._producer = AIOKafkaProducer(bootstrap_servers=brokers, acks="all")
+        await self._producer.start()
+        # No group: assign every partition and start at the end. The embedded broker's
+        # end offset can be *lower* than the real one (notes/embedded-broker.md), which
+        # only replays a few old answers here: they are ignored by request_id.
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=brokers, enable_auto_commit=False)
+        await self._consumer.start()
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in self._answer_topics
+            for p in sorted(await _partitions(self._consumer, topic))
+        ]
+        self._consumer.assign(partitions)
+        await self._consumer.seek_to_end(*partitions)
+        for tp in partitions:  # resolve positions now, before anything is produced
+            await self._consumer.position(tp)
+        self._reader = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._reader:
+            self._reader.cancel()
+        if self._consumer:
+            await self._consumer.stop()
+        if self._producer:
+            await self._producer.stop()
+
+    async def _read(self) -> None:
+        assert self._consumer is not None  # noqa: S101
+        async for record in self._consumer:
+            try:
+                body = json.loads(record.value)
+            except (TypeError, ValueError):
+                continue
+            rid = body.get("request_id") if isinstance(body, dict) else None
+            future = self._waiting.get(str(rid)) if rid is not None else None
+            if future is not None and not future.done():
+                future.set_result(Answer(record.topic, body))
+
+    async def send(
+        self,
+        topic: str,
+        body: dict[str, Any],
+        *,
+        key: str | None = None,
+        headers: Iterable[tuple[str, bytes]] = (),
+    ) -> asyncio.Future[Answer]:
+        """Produce ``body``; return a future for the answer with its ``request_id``."""
+        assert self._producer is not None  # noqa: S101
+        rid = str(body.setdefault("request_id", str(uuid.uuid4())))
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self._waiting[rid] = future
+        future.add_done_callback(lambda _f: self._waiting.pop(rid, None))
+        await self._producer.send_and_wait(
+            topic,
+            json.dumps(body, ensure_ascii=False).encode(),
+            key=(key or rid).encode(),
+            headers=list(headers),
+        )
+        return future
+
+    async def classify(
+        self,
+        inputs: list[Any],
+        *,
+        labels: list[str] | dict[str, list[str]] | None = None,
+        model: str | None = None,
+        classifier_id: str | None = None,
+        timeout_s: float = 60.0,
+    ) -> Answer:
+        body: dict[str, Any] = {"input": inputs}
+        if labels is not None:
+            body["labels"] = labels
+        if model is not None:
+            body["model"] = model
+        if classifier_id is not None:
+            body["classifier_id"] = classifier_id
+        future = await self.send(self.settings.topic("classify"), body)
+        return await asyncio.wait_for(future, timeout_s)
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    for _ in range(50):
+        parts = consumer.partitions_for_topic(topic)
+        if parts:
+            return set(parts)
+        await consumer._client.force_metadata_update()
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"topic {topic} not found; is a worker running?")

@@ -1,0 +1,49 @@
+"""User-facing error codes (Jina's where one fits) and the mapping from internal errors.
+
+Internal code raises ordinary exceptions with their own types and messages; they are
+mapped to a code here, at the edge, and the original message is kept as the detail.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from models.registry import ModelNotAvailableError
+
+
+class ErrorCode(StrEnum):
+    INPUT_INVALID = "INPUT_INVALID"
+    """A field has the wrong type or value (the detail names the field)."""
+    INPUT_MISSING = "INPUT_MISSING"
+    """A required field is absent or empty (``input``, ``labels``)."""
+    INPUT_NOT_UTF8 = "INPUT_NOT_UTF8"
+    INPUT_NOT_JSON = "INPUT_NOT_JSON"
+    INPUT_NOT_OBJECT = "INPUT_NOT_OBJECT"
+    INPUT_LABEL_LIMIT_EXCEEDED = "INPUT_LABEL_LIMIT_EXCEEDED"
+    INPUT_LIMIT_EXCEEDED = "INPUT_LIMIT_EXCEEDED"
+    """More inputs than a request may carry."""
+    INPUT_TOO_LONG = "INPUT_TOO_LONG"
+    CLASSIFIER_NOT_FOUND = "CLASSIFIER_NOT_FOUND"
+    AUTHZ_RESOURCE_LIMIT_EXCEEDED = "AUTHZ_RESOURCE_LIMIT_EXCEEDED"
+    IMAGE_FETCH_FAILED = "IMAGE_FETCH_FAILED"
+    IMAGE_INVALID = "IMAGE_INVALID"
+    MODEL_NOT_AVAILABLE = "MODEL_NOT_AVAILABLE"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+
+
+class RequestError(Exception):
+    """A request that cannot be answered, with the code and detail the caller sees."""
+
+    def __init__(self, code: ErrorCode, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+def to_request_error(exc: BaseException) -> RequestError:
+    """Map any exception raised while serving a request to a ``RequestError``."""
+    if isinstance(exc, RequestError):
+        return exc
+    if isinstance(exc, ModelNotAvailableError):
+        return RequestError(ErrorCode.MODEL_NOT_AVAILABLE, str(exc))
+    return RequestError(ErrorCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,152 @@
+"""Prometheus metrics: an :class:`~streams.observer.Observer` that counts what it is told.
+
+Served as Prometheus text on ``http://<host>:$SHOTSTREAM_METRICS_PORT/metrics``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    start_http_server,
+)
+
+from models.batching import BatchStats
+from streams.observer import Observer
+
+log = logging.getLogger(__name__)
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+_EMBED_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
+class PrometheusObserver(Observer):
+    """Every hook becomes a ``shotstream_*`` metric in its own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "shotstream_requests", "Valid requests being served", ["topic", "kind"], registry=r
+        )
+        self.inputs = Counter(
+            "shotstream_inputs", "Inputs in valid requests", ["topic", "kind"], registry=r
+        )
+        self.predictions = Counter(
+            "shotstream_predictions",
+            "Predictions produced (one per input)",
+            ["topic", "kind"],
+            registry=r,
+        )
+        self.responses = Counter(
+            "shotstream_responses", "Responses produced", ["topic", "kind"], registry=r
+        )
+        self.dead_letters = Counter(
+            "shotstream_dead_letters",
+            "Records answered with a dead letter",
+            ["topic", "code"],
+            registry=r,
+        )
+        self.truncated = Counter(
+            "shotstream_inputs_truncated",
+            "Inputs longer than the model window (truncated)",
+            ["model"],
+            registry=r,
+        )
+        self.tokens = Counter(
+            "shotstream_usage_tokens",
+            "Usage tokens counted in responses",
+            ["model", "kind"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "shotstream_batch_size",
+            "Inputs per model call",
+            ["model"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.batch_requests = Histogram(
+            "shotstream_batch_requests",
+            "Distinct requests sharing one model call",
+            ["model"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.batch_tokens = Counter(
+            "shotstream_batch_tokens",
+            "Tokens embedded (real and padded)",
+            ["model", "kind"],
+            registry=r,
+        )
+        self.embed_seconds = Histogram(
+            "shotstream_embedding_seconds",
+            "Wall time of one model call",
+            ["model"],
+            buckets=_EMBED_BUCKETS,
+            registry=r,
+        )
+        self.latency = Histogram(
+            "shotstream_end_to_end_latency_seconds",
+            "Request record timestamp to response produced",
+            ["topic", "kind"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "shotstream_batcher_queue_depth",
+            "Inputs waiting for the model",
+            ["model"],
+            registry=r,
+        )
+        self.model_info = Info("shotstream_model", "Loaded models", ["model"], registry=r)
+
+    # -- hooks ------------------------------------------------------------------------
+
+    def on_request(self, topic: str, kind: str, inputs: int) -> None:
+        self.requests.labels(topic, kind).inc()
+        self.inputs.labels(topic, kind).inc(inputs)
+
+    def on_response(self, topic: str, kind: str, inputs: int, latency_s: float | None) -> None:
+        self.responses.labels(topic, kind).inc()
+        self.predictions.labels(topic, kind).inc(inputs)
+        if latency_s is not None and latency_s >= 0:
+            self.latency.labels(topic, kind).observe(latency_s)
+
+    def on_dead_letter(self, topic: str, code: str) -> None:
+        self.dead_letters.labels(topic, code).inc()
+
+    def on_truncated(self, model: str, count: int) -> None:
+        self.truncated.labels(model).inc(count)
+
+    def on_tokens(self, model: str, kind: str, tokens: int) -> None:
+        self.tokens.labels(model, kind).inc(tokens)
+
+    def on_batch(self, model: str, stats: BatchStats) -> None:
+        self.batch_size.labels(model).observe(stats.items)
+        self.batch_requests.labels(model).observe(stats.requests)
+        self.batch_tokens.labels(model, "real").inc(stats.tokens)
+        self.batch_tokens.labels(model, "padded").inc(stats.padded_tokens)
+        self.embed_seconds.labels(model).observe(stats.seconds)
+
+    def on_model_loaded(
+        self, model: str, source: str, device: str, dim: int, queue_depth: Callable[[], int]
+    ) -> None:
+        self.model_info.labels(model).info({"source": source, "device": device, "dim": str(dim)})
+        self.queue_depth.labels(model).set_function(queue_depth)
+
+    # -- serving ----------------------------------------------------------------------
+
+    def serve(self, port: int, host: str = "127.0.0.1") -> int:
+        """Serve ``/metrics`` in a daemon thread; return the port (``0`` picks one)."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        bound = int(server.server_port)
+        log.info("metrics on http://%s:%d/metrics", host, bound)
+        return bound

@@ -1,0 +1,38 @@
+"""Observer hooks: what happened, told to whoever watches (metrics, logs, tests).
+
+Business code calls these hooks and never touches a metric object, as faust's sensors
+do; ``streams/metrics.py`` implements them for Prometheus. The base class does nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from models.batching import BatchStats
+
+
+class Observer:
+    """No-op hooks; subclass and override what you need."""
+
+    def on_request(self, topic: str, kind: str, inputs: int) -> None:
+        """A valid request is being served (``kind``: zero-shot / few-shot)."""
+
+    def on_response(self, topic: str, kind: str, inputs: int, latency_s: float | None) -> None:
+        """A response was produced; ``latency_s`` from the request record's timestamp."""
+
+    def on_dead_letter(self, topic: str, code: str) -> None:
+        """A record was answered with a dead letter."""
+
+    def on_truncated(self, model: str, count: int) -> None:
+        """``count`` inputs were longer than the model window and embedded truncated."""
+
+    def on_tokens(self, model: str, kind: str, tokens: int) -> None:
+        """Usage tokens counted for a response."""
+
+    def on_batch(self, model: str, stats: BatchStats) -> None:
+        """The model ran one batch."""
+
+    def on_model_loaded(
+        self, model: str, source: str, device: str, dim: int, queue_depth: Callable[[], int]
+    ) -> None:
+        """A model became ready; ``queue_depth`` reads its batcher's queue."""

@@ -1,0 +1,245 @@
+"""Topic records: parsing and validating request bodies, building response bodies.
+
+The same parsers serve the Kafka agents and the HTTP gateway, so a body means the same
+thing on both. Bodies are Jina's ``/v1/classify`` JSON plus ``request_id`` (DESIGN.md);
+unknown fields are ignored, as Jina does.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from streams.errors import ErrorCode, RequestError
+from streams.settings import LimitSettings
+
+
+@dataclass(frozen=True, slots=True)
+class TextInput:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ImageInput:
+    image: str
+    """An https URL, base64 data, or a ``data:`` URI."""
+
+
+InputItem = TextInput | ImageInput
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifyRequest:
+    """A validated classify request: zero-shot (labels) or few-shot (classifier_id)."""
+
+    request_id: str
+    inputs: tuple[InputItem, ...]
+    model: str | None = None
+    labels: tuple[str, ...] | None = None
+    label_groups: Mapping[str, tuple[str, ...]] | None = None
+    classifier_id: str | None = None
+
+    @property
+    def all_labels(self) -> tuple[str, ...]:
+        """Every distinct label of the request, flat and groups alike, in order."""
+        if self.label_groups is not None:
+            return tuple(dict.fromkeys(lb for g in self.label_groups.values() for lb in g))
+        return self.labels or ()
+
+
+def decode_json_object(raw: bytes | str | Mapping[str, Any] | None) -> dict[str, Any]:
+    """Bytes from a topic → a JSON object, or a precise ``RequestError``."""
+    if raw is None:
+        raise RequestError(ErrorCode.INPUT_MISSING, "record has no value (a tombstone)")
+    if isinstance(raw, Mapping):
+        return dict(raw)
+    if isinstance(raw, bytes):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise RequestError(ErrorCode.INPUT_NOT_UTF8, f"value is not UTF-8: {exc}") from exc
+    else:
+        text = raw
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RequestError(ErrorCode.INPUT_NOT_JSON, f"value is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise RequestError(
+            ErrorCode.INPUT_NOT_OBJECT,
+            f"value must be a JSON object, got {_json_type(body)}",
+        )
+    return body
+
+
+def request_id_of(body: Mapping[str, Any], key: bytes | str | None) -> str:
+    """``request_id`` from the body, else the record key."""
+    rid = body.get("request_id")
+    if rid is None and key is not None:
+        rid = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
+    if rid is None or rid == "":
+        raise RequestError(ErrorCode.INPUT_MISSING, "request_id is missing (body or record key)")
+    if not isinstance(rid, str | int) or isinstance(rid, bool):
+        raise RequestError(ErrorCode.INPUT_INVALID, "request_id must be a string")
+    return str(rid)
+
+
+def parse_classify(
+    body: Mapping[str, Any], limits: LimitSettings, *, request_id: str
+) -> ClassifyRequest:
+    """Validate a classify body (already decoded) against the limits."""
+    inputs = parse_inputs(body.get("input"), limits)
+    model = _optional_str(body, "model")
+    classifier_id = _optional_str(body, "classifier_id")
+    if classifier_id is not None:
+        return ClassifyRequest(request_id, inputs, model=model, classifier_id=classifier_id)
+    raw_labels = body.get("labels")
+    if raw_labels is None:
+        raise RequestError(
+            ErrorCode.INPUT_MISSING,
+            "labels are missing (zero-shot needs labels, few-shot a classifier_id)",
+        )
+    if isinstance(raw_labels, Mapping):
+        groups = _parse_groups(raw_labels, limits)
+        return ClassifyRequest(request_id, inputs, model=model, label_groups=groups)
+    labels = _parse_label_list(raw_labels, "labels")
+    if len(labels) > limits.max_labels:
+        raise RequestError(
+            ErrorCode.INPUT_LABEL_LIMIT_EXCEEDED,
+            f"{len(labels)} labels given, at most {limits.max_labels} allowed",
+        )
+    return ClassifyRequest(request_id, inputs, model=model, labels=labels)
+
+
+def parse_inputs(raw: object, limits: LimitSettings) -> tuple[InputItem, ...]:
+    """``input``: a string, ``{"text"}``, ``{"image"}``, or a list of them."""
+    if raw is None:
+        raise RequestError(ErrorCode.INPUT_MISSING, "input is missing")
+    items = raw if isinstance(raw, list) else [raw]
+    if not items:
+        raise RequestError(ErrorCode.INPUT_MISSING, "input is empty")
+    if len(items) > limits.max_inputs:
+        raise RequestError(
+            ErrorCode.INPUT_LIMIT_EXCEEDED,
+            f"{len(items)} inputs given, at most {limits.max_inputs} allowed",
+        )
+    return tuple(_parse_item(item, i) for i, item in enumerate(items))
+
+
+def _parse_item(item: object, index: int) -> InputItem:
+    if isinstance(item, str):
+        return TextInput(item)
+    if isinstance(item, Mapping):
+        if "text" in item and isinstance(item["text"], str):
+            return TextInput(item["text"])
+        if "image" in item and isinstance(item["image"], str):
+            return ImageInput(item["image"])
+        raise RequestError(
+            ErrorCode.INPUT_INVALID,
+            f"input[{index}] must have a string 'text' or 'image' field",
+        )
+    raise RequestError(
+        ErrorCode.INPUT_INVALID,
+        f"input[{index}] must be a string or an object with 'text' or 'image', "
+        f"got {_json_type(item)}",
+    )
+
+
+def _parse_label_list(raw: object, where: str) -> tuple[str, ...]:
+    if not isinstance(raw, list):
+        raise RequestError(
+            ErrorCode.INPUT_INVALID,
+            f"{where} must be a list of strings or an object of groups, got {_json_type(raw)}",
+        )
+    for i, label in enumerate(raw):
+        if not isinstance(label, str) or not label.strip():
+            raise RequestError(ErrorCode.INPUT_INVALID, f"{where}[{i}] must be a non-empty string")
+    labels = tuple(dict.fromkeys(raw))  # Jina accepts repeated labels; each counts once
+    if not labels:
+        raise RequestError(ErrorCode.INPUT_MISSING, f"{where} is empty")
+    return labels
+
+
+def _parse_groups(raw: Mapping[str, object], limits: LimitSettings) -> dict[str, tuple[str, ...]]:
+    if not raw:
+        raise RequestError(ErrorCode.INPUT_MISSING, "labels is an empty object")
+    if len(raw) > limits.max_label_groups:
+        raise RequestError(
+            ErrorCode.INPUT_LABEL_LIMIT_EXCEEDED,
+            f"{len(raw)} label groups given, at most {limits.max_label_groups} allowed",
+        )
+    groups: dict[str, tuple[str, ...]] = {}
+    for name, labels in raw.items():
+        parsed = _parse_label_list(labels, f"labels[{name!r}]")
+        if len(parsed) > limits.max_labels_per_group:
+            raise RequestError(
+                ErrorCode.INPUT_LABEL_LIMIT_EXCEEDED,
+                f"group {name!r} has {len(parsed)} labels, at most "
+                f"{limits.max_labels_per_group} allowed",
+            )
+        groups[str(name)] = parsed
+    return groups
+
+
+def _optional_str(body: Mapping[str, Any], field: str) -> str | None:
+    value = body.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise RequestError(ErrorCode.INPUT_INVALID, f"{field} must be a non-empty string")
+    return value
+
+
+def _json_type(value: object) -> str:
+    return {
+        dict: "object",
+        list: "array",
+        str: "string",
+        int: "number",
+        float: "number",
+        bool: "boolean",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
+
+
+# -- outgoing records -----------------------------------------------------------------
+
+
+def dead_letter(
+    *,
+    request_id: str | None,
+    error: RequestError,
+    topic: str,
+    partition: int,
+    offset: int,
+    payload: bytes | None,
+) -> dict[str, Any]:
+    """The DESIGN.md dead-letter record (payload as text, or base64 if not UTF-8)."""
+    text: str | None
+    if payload is None:
+        text = None
+    else:
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError:
+            text = base64.b64encode(payload).decode("ascii")
+    record: dict[str, Any] = {
+        "request_id": request_id,
+        "error": {"code": str(error.code), "detail": error.detail},
+        "source": {"topic": topic, "partition": partition, "offset": offset},
+        "payload": text,
+    }
+    if payload is not None and text is not None and not _is_utf8(payload):
+        record["payload_encoding"] = "base64"
+    return record
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True

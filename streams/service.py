@@ -1,0 +1,182 @@
+"""The classify path, shared by the Kafka agents and the HTTP gateway.
+
+``ClassifyService.classify`` takes a validated request and returns the response body;
+it knows nothing of Kafka or HTTP. Models load lazily, once, off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from models.registry import ModelRegistry, ModelSpec
+from models.runtime import EmbeddingRuntime
+from models.scoring import l2_normalize, ranked, softmax
+from streams.errors import ErrorCode, RequestError
+from streams.observer import Observer
+from streams.records import ClassifyRequest, ImageInput, TextInput
+from streams.settings import Settings
+
+
+class ClassifyService:
+    """Embeds, scores and builds responses; one per worker process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: ModelRegistry,
+        observer: Observer | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.observer = observer or Observer()
+        self._runtimes: dict[str, EmbeddingRuntime] = {}
+        self._loading: dict[str, asyncio.Lock] = {}
+
+    # -- models -----------------------------------------------------------------------
+
+    async def runtime(self, spec: ModelSpec) -> EmbeddingRuntime:
+        """The running model for ``spec``, loaded on first use in a thread."""
+        runtime = self._runtimes.get(spec.name)
+        if runtime is not None:
+            return runtime
+        lock = self._loading.setdefault(spec.name, asyncio.Lock())
+        async with lock:
+            runtime = self._runtimes.get(spec.name)
+            if runtime is None:
+                encoder = await asyncio.to_thread(self.registry.load, spec)
+                b = self.settings.batching
+                runtime = EmbeddingRuntime(
+                    encoder,
+                    max_batch_size=b.max_batch_size,
+                    max_wait_s=b.max_wait_ms / 1000,
+                    max_batch_tokens=b.max_batch_tokens,
+                    max_queue=b.max_queue,
+                    label_cache_size=self.settings.models.label_cache_size,
+                    on_batch=functools.partial(self.observer.on_batch, spec.name),
+                )
+                self._runtimes[spec.name] = runtime
+                self.observer.on_model_loaded(
+                    spec.name,
+                    spec.source,
+                    str(getattr(encoder, "device", "cpu")),
+                    encoder.dim,
+                    lambda: runtime.batcher.queue_depth if runtime else 0,
+                )
+        return runtime
+
+    async def warm_up(self, model: str | None = None) -> EmbeddingRuntime:
+        """Load a model before traffic arrives (the default one if ``model`` is None)."""
+        runtime = await self.runtime(self.registry.resolve(model))
+        await runtime.labels(["warm-up"])
+        return runtime
+
+    async def aclose(self) -> None:
+        for runtime in self._runtimes.values():
+            await runtime.aclose()
+
+    # -- classify ---------------------------------------------------------------------
+
+    async def classify(self, request: ClassifyRequest) -> dict[str, Any]:
+        """Answer one classify request (DESIGN.md response body, ``request_id`` first)."""
+        if request.classifier_id is not None:
+            raise RequestError(
+                ErrorCode.CLASSIFIER_NOT_FOUND,
+                f"classifier {request.classifier_id!r} not found",
+            )
+        return await self._zero_shot(request)
+
+    async def _zero_shot(self, request: ClassifyRequest) -> dict[str, Any]:
+        spec = self.registry.resolve(request.model)
+        texts = _texts_only(request, spec.name)
+        runtime = await self.runtime(spec)
+        tokenized = await runtime.tokenize(texts)
+        limit = self.settings.limits.max_tokens_per_input
+        for index, count in enumerate(tokenized.counts):
+            if count > limit:
+                raise RequestError(
+                    ErrorCode.INPUT_TOO_LONG,
+                    f"input[{index}] has {count} tokens, at most {limit} allowed",
+                )
+        if tokenized.truncated:
+            self.observer.on_truncated(spec.name, tokenized.truncated)
+        labels = request.all_labels
+        vectors, label_vectors = await asyncio.gather(
+            runtime.embed(tokenized.ids), runtime.labels(labels)
+        )
+        cosine = l2_normalize(vectors) @ l2_normalize(label_vectors.vectors).T
+        temperature = self.settings.models.temperature
+        if request.label_groups is not None:
+            position = {label: i for i, label in enumerate(labels)}
+            data = _grouped_data(cosine, request.label_groups, position, temperature)
+        else:
+            probabilities = softmax(cosine, temperature)
+            data = [_prediction(i, list(labels), row) for i, row in enumerate(probabilities)]
+        tokens = sum(tokenized.counts) + label_vectors.tokens
+        self.observer.on_tokens(spec.name, "zero-shot", tokens)
+        return {
+            "request_id": request.request_id,
+            "usage": {"total_tokens": tokens, "prompt_tokens": tokens},
+            "data": data,
+        }
+
+
+def _texts_only(request: ClassifyRequest, model: str) -> list[str]:
+    texts: list[str] = []
+    for index, item in enumerate(request.inputs):
+        if isinstance(item, ImageInput):
+            raise RequestError(
+                ErrorCode.INPUT_INVALID,
+                f"input[{index}] is an image but model {model!r} embeds text only; "
+                "name an image-capable model in 'model'",
+            )
+        assert isinstance(item, TextInput)  # noqa: S101 - exhaustive union
+        texts.append(item.text)
+    return texts
+
+
+def _prediction(
+    index: int, labels: list[str], probabilities: npt.NDArray[np.floating]
+) -> dict[str, Any]:
+    ordered = ranked(labels, probabilities)
+    return {
+        "object": "classification",
+        "index": index,
+        "prediction": ordered[0][0],
+        "score": ordered[0][1],
+        "predictions": [{"label": label, "score": score} for label, score in ordered],
+    }
+
+
+def _grouped_data(
+    cosine: npt.NDArray[np.float32],
+    groups: Mapping[str, Sequence[str]],
+    position: Mapping[str, int],
+    temperature: float,
+) -> list[dict[str, Any]]:
+    """One prediction per group per input: dicts keyed by group name (Jina's shape)."""
+    per_group = {
+        name: softmax(cosine[:, [position[label] for label in labels]], temperature)
+        for name, labels in groups.items()
+    }
+    data = []
+    for index in range(cosine.shape[0]):
+        item: dict[str, Any] = {
+            "object": "classification",
+            "index": index,
+            "prediction": {},
+            "score": {},
+            "predictions": {},
+        }
+        for name, labels in groups.items():
+            single = _prediction(index, list(labels), per_group[name][index])
+            item["prediction"][name] = single["prediction"]
+            item["score"][name] = single["score"]
+            item["predictions"][name] = single["predictions"]
+        data.append(item)
+    return data

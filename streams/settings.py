@@ -1,0 +1,188 @@
+"""Settings: one frozen object, read from ``SHOTSTREAM_*`` variables, passed explicitly.
+
+The flat names are the operating contract in DESIGN.md (``SHOTSTREAM_BROKERS``,
+``SHOTSTREAM_DATA_DIR`` ...). Finer knobs live in nested sections and are set with a
+double underscore, e.g. ``SHOTSTREAM_BATCHING__MAX_BATCH_SIZE=64``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+class BatchingSettings(BaseModel):
+    """Micro-batcher knobs (see ``models/batching.py``)."""
+
+    model_config = _FROZEN
+
+    max_batch_size: int = Field(64, ge=1)
+    """Most inputs coalesced into one model call."""
+    max_wait_ms: float = Field(5.0, ge=0)
+    """How long the first input of a batch may wait for company."""
+    max_batch_tokens: int = Field(16384, ge=512)
+    """Padded tokens per forward pass; a batch is cut into length-sorted chunks below it."""
+    max_queue: int = Field(8192, ge=1)
+    """Inputs waiting for the model; producers wait (backpressure) when it is full."""
+    max_in_flight: int = Field(256, ge=1)
+    """Requests a worker processes at once (their inputs share batches)."""
+
+
+class LimitSettings(BaseModel):
+    """Request limits; defaults are Jina's (DESIGN.md)."""
+
+    model_config = _FROZEN
+
+    max_labels: int = Field(256, ge=1)
+    max_label_groups: int = Field(8, ge=1)
+    max_labels_per_group: int = Field(64, ge=1)
+    max_inputs: int = Field(1024, ge=1)
+    max_tokens_per_input: int = Field(8192, ge=1)
+    max_classes: int = Field(16, ge=2)
+    max_classifiers_per_key: int = Field(16, ge=1)
+    max_request_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+
+
+class ModelSettings(BaseModel):
+    """Which model serves which name, and how it runs."""
+
+    model_config = _FROZEN
+
+    default: str = "multilingual-e5-small"
+    aliases: dict[str, str] = Field(
+        default_factory=lambda: {"jina-embeddings-v3": "multilingual-e5-small"}
+    )
+    """Extra names → a built-in name, a Hugging Face id or a local folder."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    """``auto``: float16 on CUDA, float32 on CPU."""
+    temperature: float = Field(0.05, gt=0)
+    """Zero-shot softmax temperature over cosine similarities."""
+    label_cache_size: int = Field(100_000, ge=0)
+    torch_threads: int = Field(0, ge=0)
+    """0: torch's default (one per core)."""
+
+
+class KafkaSettings(BaseModel):
+    """Client settings; ``embedded`` applies the Tansu workarounds (notes/embedded-broker.md)."""
+
+    model_config = _FROZEN
+
+    embedded: Literal["auto", "yes", "no"] = "auto"
+    """``auto``: embedded when every broker is a loopback address."""
+    group_id: str = "shotstream"
+    replication_factor: int = Field(1, ge=1)
+    request_timeout_s: float = Field(30.0, gt=0)
+
+
+class Settings(BaseSettings):
+    """Everything a shotstream process reads from its environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SHOTSTREAM_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="ignore",
+    )
+
+    brokers: Annotated[tuple[str, ...], NoDecode] = ("127.0.0.1:9092",)
+    data_dir: Path = Path(".shotstream")
+    topic_prefix: str = "shotstream."
+    partitions: int = Field(4, ge=1)
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    """None: no metrics server; 0: pick a free port and log it."""
+    metrics_host: str = "127.0.0.1"
+    """Address the metrics server binds (``0.0.0.0`` to let a remote Prometheus scrape)."""
+    http_port: int = Field(8080, ge=0, le=65535)
+    api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    api_key_file: Path | None = None
+    default_model: str | None = None
+    """Shortcut for ``models.default``."""
+    device: Literal["auto", "cpu", "cuda"] | None = None
+    """Shortcut for ``models.device``."""
+    log_level: str = "info"
+
+    batching: BatchingSettings = BatchingSettings()
+    limits: LimitSettings = LimitSettings()
+    models: ModelSettings = ModelSettings()
+    kafka: KafkaSettings = KafkaSettings()
+
+    @field_validator("brokers", mode="before")
+    @classmethod
+    def _split_brokers(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("brokers")
+    @classmethod
+    def _check_brokers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("at least one broker host:port is required")
+        for broker in value:
+            host, sep, port = broker.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"broker {broker!r} is not host:port")
+        return value
+
+    # -- derived values -------------------------------------------------------------------
+
+    @property
+    def default_model_name(self) -> str:
+        return self.default_model or self.models.default
+
+    @property
+    def model_device(self) -> str:
+        return self.device or self.models.device
+
+    @property
+    def embedded_broker(self) -> bool:
+        """Whether to apply the embedded broker's workarounds."""
+        if self.kafka.embedded != "auto":
+            return self.kafka.embedded == "yes"
+        return all(_is_loopback(b.rpartition(":")[0]) for b in self.brokers)
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    def topic(self, name: str) -> str:
+        """Full topic name for one of ``classify``, ``predictions``, ``train`` ..."""
+        return f"{self.topic_prefix}{name}"
+
+    def all_api_keys(self) -> tuple[str, ...]:
+        """Keys from ``SHOTSTREAM_API_KEYS`` and ``SHOTSTREAM_API_KEY_FILE`` (one per line)."""
+        keys = [k.get_secret_value() for k in self.api_keys]
+        if self.api_key_file is not None:
+            for line in self.api_key_file.read_text(encoding="utf-8").splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    keys.append(line)
+        return tuple(keys)
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+TOPICS = ("classify", "predictions", "train", "train-results", "errors")
+"""Logical topic names (DESIGN.md); the full name is ``topic_prefix + name``."""

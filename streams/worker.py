@@ -1,0 +1,120 @@
+"""Assemble and run one worker: settings → model registry → service → faust app."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from typing import Any
+
+import faust
+
+from models.registry import ModelRegistry
+from streams.agents import ClassifyHandler, RequestAgent
+from streams.app import create_app
+from streams.broker import ensure_topics, wait_for_broker
+from streams.metrics import PrometheusObserver
+from streams.service import ClassifyService
+from streams.settings import TOPICS, Settings
+
+log = logging.getLogger("shotstream.worker")
+
+
+def resolve_device(requested: str) -> tuple[str, str]:
+    """``(device, dtype)`` for a ``auto``/``cpu``/``cuda`` setting and the dtype setting."""
+    import torch
+
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("SHOTSTREAM_DEVICE=cuda but torch sees no CUDA device")
+    device = (
+        "cuda"
+        if requested == "cuda" or (requested == "auto" and torch.cuda.is_available())
+        else "cpu"
+    )
+    return device, ("float16" if device == "cuda" else "float32")
+
+
+def make_registry(settings: Settings) -> ModelRegistry:
+    device, dtype = resolve_device(settings.model_device)
+    if settings.models.dtype != "auto":
+        dtype = settings.models.dtype
+    if settings.models.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.models.torch_threads)
+    return ModelRegistry(
+        cache_dir=settings.model_cache_dir,
+        default=settings.default_model_name,
+        aliases=settings.models.aliases,
+        device=device,
+        dtype=dtype,
+    )
+
+
+def build_worker(settings: Settings) -> tuple[faust.App, ClassifyService, PrometheusObserver]:
+    """The faust app with its agents, ready for ``faust.Worker``."""
+    observer = PrometheusObserver()
+    service = ClassifyService(settings, make_registry(settings), observer)
+    app, topics = create_app(settings)
+    handler = ClassifyHandler(settings, service, topics.predictions, topics.errors, observer)
+    runner = RequestAgent(handler, max_in_flight=settings.batching.max_in_flight)
+
+    async def classify(stream: faust.StreamT[Any]) -> None:
+        await runner(stream)
+
+    app.agent(topics.classify, name="shotstream.classify")(classify)
+
+    announced = False
+
+    @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # faust types receivers as sync
+    async def _ready(sender: faust.App, **_: object) -> None:
+        nonlocal announced
+        if not announced:
+            announced = True
+            log.info(
+                "shotstream worker ready: consuming %s with model %s (group %s)",
+                topics.classify.get_topic_name(),
+                settings.default_model_name,
+                settings.kafka.group_id,
+            )
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]  # faust types receivers as sync
+    async def _close(sender: faust.App, **_: object) -> None:
+        await service.aclose()
+
+    return app, service, observer
+
+
+async def prepare_broker(settings: Settings) -> None:
+    """Wait for the brokers and create shotstream's topics where missing."""
+    await wait_for_broker(settings.brokers, timeout_s=settings.kafka.request_timeout_s)
+    created = await ensure_topics(
+        settings.brokers,
+        [settings.topic(t) for t in TOPICS],
+        settings.partitions,
+        settings.kafka.replication_factor,
+    )
+    if created:
+        log.info("created topics %s (%d partitions)", ", ".join(created), settings.partitions)
+
+
+def run_worker(settings: Settings) -> None:
+    """Run until SIGINT/SIGTERM. Loads the default model first so traffic never waits."""
+    (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
+    app, service, observer = build_worker(settings)
+    if settings.metrics_port is not None:
+        port = observer.serve(settings.metrics_port, settings.metrics_host)
+        log.info("metrics port %d", port)
+    asyncio.run(prepare_broker(settings))
+    spec = service.registry.resolve(None)
+    log.info("loading default model %s (%s)", spec.name, spec.source)
+    service.registry.load(spec)
+    worker = faust.Worker(
+        app,
+        loglevel=settings.log_level.upper(),
+        quiet=True,
+        redirect_stdouts=False,
+        stdout=sys.stdout,
+        stderr=sys.stderr,
+    )
+    worker.execute_from_commandline()
