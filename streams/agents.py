@@ -128,6 +128,8 @@ class ClassifyHandler:
             error = to_request_error(exc)
             if not isinstance(exc, RequestError):
                 log.exception("request %s failed", request_id)
+            if request_id is None and message.key is not None:
+                request_id = bytes(message.key).decode("utf-8", "replace")
             await self.send_dead_letter(event, request_id, error)
             return
         await send_reliably(self.predictions, request_id, encode(response))

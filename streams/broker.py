@@ -12,9 +12,11 @@ import logging
 import os
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import IO
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,7 @@ class EmbeddedBroker:
         self.host = host
         self.port = port
         self.process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
 
     @property
     def address(self) -> str:
@@ -47,6 +50,8 @@ class EmbeddedBroker:
 
     def start(self, timeout_s: float = 30.0) -> EmbeddedBroker:
         url = f"tcp://{self.host}:{self.port}"
+        # its output goes to a file, never a pipe nobody reads (a full pipe blocks it)
+        self._log = tempfile.TemporaryFile(prefix="tansu-")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(  # noqa: S603 - our own packaged binary, fixed args
             [
                 str(tansu_binary()),
@@ -58,12 +63,12 @@ class EmbeddedBroker:
                 "--storage-engine",
                 "memory://tansu/",
             ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         try:
-            asyncio.run(wait_for_broker([self.address], timeout_s, self.process))
+            asyncio.run(wait_for_broker([self.address], timeout_s, self.process, self._log))
         except BaseException:
             self.stop()
             raise
@@ -72,14 +77,16 @@ class EmbeddedBroker:
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start() if self.process is None else self
@@ -92,15 +99,35 @@ async def wait_for_broker(
     brokers: Iterable[str],
     timeout_s: float = 30.0,
     process: subprocess.Popen[bytes] | None = None,
+    process_log: IO[bytes] | None = None,
 ) -> None:
     """Retry an admin connection + ``list_topics`` until the broker answers."""
-    from aiokafka.admin import AIOKafkaAdminClient
 
     deadline = time.monotonic() + timeout_s
+    quiet = logging.getLogger("aiokafka")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # "Unable connect" is expected while it starts
+    try:
+        await _wait(brokers, deadline, process, process_log)
+    finally:
+        quiet.setLevel(level)
+
+
+async def _wait(
+    brokers: Iterable[str],
+    deadline: float,
+    process: subprocess.Popen[bytes] | None,
+    process_log: IO[bytes] | None,
+) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
     last: BaseException | None = None
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            err = process.stderr.read().decode(errors="replace") if process.stderr else ""
+            err = ""
+            if process_log is not None:
+                process_log.seek(0)
+                err = process_log.read().decode(errors="replace")
             raise RuntimeError(f"broker exited with {process.returncode}: {err[-2000:]}")
         admin = AIOKafkaAdminClient(bootstrap_servers=list(brokers), request_timeout_ms=2000)
         try:
@@ -113,7 +140,7 @@ async def wait_for_broker(
             with contextlib.suppress(Exception):
                 await admin.close()
         await asyncio.sleep(0.2)
-    raise TimeoutError(f"broker {list(brokers)} not ready after {timeout_s}s: {last!r}")
+    raise TimeoutError(f"broker {list(brokers)} not ready: {last!r}")
 
 
 async def ensure_topics(

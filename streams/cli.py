@@ -5,10 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import socket
-import subprocess
-import sys
 import time
 from typing import Annotated, Any
 
@@ -167,16 +164,20 @@ def demo(
     """Quick start: embedded broker + worker, send the LLM-routing example, print answers."""
     from streams.broker import EmbeddedBroker
     from streams.client import ShotstreamClient
+    from streams.processes import WorkerProcess
 
     port = port or free_port()
+    logging.basicConfig(level=logging.WARNING)
     typer.echo(f"starting the embedded broker on 127.0.0.1:{port} ...")
     with EmbeddedBroker(port) as embedded:
-        env = {**os.environ, "SHOTSTREAM_BROKERS": embedded.address}
         settings = _settings(brokers=embedded.address)
-        typer.echo("starting a worker (the first run converts the packaged model, ~20 s) ...")
-        proc = start_worker_process(env)
-        try:
-            wait_ready(proc, timeout)
+        log_path = settings.data_dir / "demo-worker.log"
+        typer.echo(
+            f"starting a worker (log: {log_path}; the first run converts the packaged "
+            "model, ~20 s) ..."
+        )
+        with WorkerProcess({"SHOTSTREAM_BROKERS": embedded.address}, log_path) as worker_proc:
+            worker_proc.wait_ready(timeout)
             typer.echo(
                 f"worker ready; producing the routing example to {settings.topic('classify')} ..."
             )
@@ -189,53 +190,6 @@ def demo(
 
             answer = asyncio.run(go())
             _print_answer(answer, ROUTING_INPUTS, as_json=False)
-        finally:
-            stop_process(proc)
-
-
-def start_worker_process(env: dict[str, str]) -> subprocess.Popen[str]:
-    """``shotstream worker`` as a child process, its output captured."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "streams", "worker"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def wait_ready(proc: subprocess.Popen[str], timeout_s: float) -> list[str]:
-    """Read the worker's output until its ``ready`` line; raise if it exits first."""
-    import selectors
-
-    assert proc.stdout is not None  # noqa: S101
-    lines: list[str] = []
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not sel.select(timeout=0.5):
-            if proc.poll() is not None:
-                break
-            continue
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if "shotstream worker ready" in line:
-            return lines
-    tail = "".join(lines[-30:])
-    raise RuntimeError(f"worker did not become ready (exit {proc.poll()}):\n{tail}")
-
-
-def stop_process(proc: subprocess.Popen[str], timeout_s: float = 15.0) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def main() -> None:

@@ -87,6 +87,29 @@ class ShotstreamClient:
             if future is not None and not future.done():
                 future.set_result(Answer(record.topic, body))
 
+    def expect(self, request_id: str) -> asyncio.Future[Answer]:
+        """A future for the answer (prediction or dead letter) to ``request_id``."""
+        future = self._waiting.get(request_id)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            self._waiting[request_id] = future
+            future.add_done_callback(lambda _f: self._waiting.pop(request_id, None))
+        return future
+
+    async def produce(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: str | None,
+        headers: Iterable[tuple[str, bytes]] = (),
+    ) -> None:
+        """Produce one raw record and wait for the broker's ack."""
+        assert self._producer is not None  # noqa: S101
+        await self._producer.send_and_wait(
+            topic, value, key=key.encode() if key is not None else None, headers=list(headers)
+        )
+
     async def send(
         self,
         topic: str,
@@ -96,17 +119,10 @@ class ShotstreamClient:
         headers: Iterable[tuple[str, bytes]] = (),
     ) -> asyncio.Future[Answer]:
         """Produce ``body``; return a future for the answer with its ``request_id``."""
-        assert self._producer is not None  # noqa: S101
         rid = str(body.setdefault("request_id", str(uuid.uuid4())))
-        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        self._waiting[rid] = future
-        future.add_done_callback(lambda _f: self._waiting.pop(rid, None))
-        await self._producer.send_and_wait(
-            topic,
-            json.dumps(body, ensure_ascii=False).encode(),
-            key=(key or rid).encode(),
-            headers=list(headers),
-        )
+        future = self.expect(rid)
+        value = json.dumps(body, ensure_ascii=False).encode()
+        await self.produce(topic, value, key=key or rid, headers=headers)
         return future
 
     async def classify(

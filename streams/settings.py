@@ -97,6 +97,8 @@ class Settings(BaseSettings):
     partitions: int = Field(4, ge=1)
     metrics_port: int | None = Field(None, ge=0, le=65535)
     """None: no metrics server; 0: pick a free port and log it."""
+    model_cache_dir_override: Path | None = Field(None, alias="SHOTSTREAM_MODEL_CACHE_DIR")
+    """Where packaged weights are converted to (default: ``$SHOTSTREAM_DATA_DIR/models``)."""
     metrics_host: str = "127.0.0.1"
     """Address the metrics server binds (``0.0.0.0`` to let a remote Prometheus scrape)."""
     http_port: int = Field(8080, ge=0, le=65535)
@@ -157,7 +159,7 @@ class Settings(BaseSettings):
 
     @property
     def model_cache_dir(self) -> Path:
-        return self.data_dir / "models"
+        return self.model_cache_dir_override or self.data_dir / "models"
 
     def topic(self, name: str) -> str:
         """Full topic name for one of ``classify``, ``predictions``, ``train`` ..."""

@@ -1,0 +1,153 @@
+"""The micro-batcher: coalescing, limits, routing, error isolation, backpressure."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from models.batching import BatchStats, MicroBatcher
+
+
+class Recorder:
+    """An embed function whose row for item ``[k, ...]`` is ``[k, len(item)]``."""
+
+    def __init__(self, delay_s: float = 0.0, poison: int | None = None) -> None:
+        self.calls: list[list[list[int]]] = []
+        self.delay_s = delay_s
+        self.poison = poison
+        self.threads: set[str] = set()
+
+    def __call__(self, items: list[list[int]]) -> np.ndarray:
+        self.threads.add(threading.current_thread().name)
+        self.calls.append(items)
+        if self.poison is not None and any(i[0] == self.poison for i in items):
+            raise ValueError("poisoned item")
+        if self.delay_s:
+            threading.Event().wait(self.delay_s)
+        return np.array([[i[0], len(i)] for i in items], dtype=np.float32)
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+def test_concurrent_requests_share_batches_and_rows_route_back() -> None:
+    rec = Recorder(delay_s=0.02)
+
+    async def go() -> list[np.ndarray]:
+        async with MicroBatcher(rec, max_batch_size=16, max_wait_s=0.01) as b:
+            reqs = [[[100 * r + i] * (1 + (r + i) % 5) for i in range(3)] for r in range(20)]
+            return await asyncio.gather(*(b.submit(items) for items in reqs))
+
+    results = run(go())
+    for r, rows in enumerate(results):
+        assert rows[:, 0].tolist() == [100 * r + i for i in range(3)]  # own rows, own order
+        assert rows[:, 1].tolist() == [1 + (r + i) % 5 for i in range(3)]
+    assert sum(len(c) for c in rec.calls) == 60
+    assert len(rec.calls) < 60 / 4  # coalesced across requests
+    assert max(len(c) for c in rec.calls) <= 16
+    assert all(name.startswith("batcher") for name in rec.threads)  # off the event loop
+
+
+def test_each_chunk_is_length_sorted_and_within_token_budget() -> None:
+    rec = Recorder(delay_s=0.05)
+
+    async def go() -> None:
+        async with MicroBatcher(rec, max_batch_size=64, max_wait_s=0.05, max_batch_tokens=40) as b:
+            lengths = [1, 9, 2, 8, 3, 7, 4, 6, 5, 10] * 3
+            await asyncio.gather(*(b.submit([[k] * n]) for k, n in enumerate(lengths)))
+
+    run(go())
+    for chunk in rec.calls:
+        lens = [len(i) for i in chunk]
+        assert lens == sorted(lens)
+        assert len(chunk) * max(lens) <= 40 or len(chunk) == 1
+
+
+def test_a_failure_fails_only_its_own_request() -> None:
+    rec = Recorder(poison=666)
+
+    async def go() -> list[object]:
+        async with MicroBatcher(rec, max_batch_size=32, max_wait_s=0.02) as b:
+            good = [b.submit([[k], [k + 1]]) for k in range(0, 20, 2)]
+            bad = b.submit([[1], [666]])
+            return await asyncio.gather(*good, bad, return_exceptions=True)
+
+    *good, bad = run(go())
+    assert isinstance(bad, ValueError)
+    for k, rows in zip(range(0, 20, 2), good, strict=True):
+        assert isinstance(rows, np.ndarray)
+        assert rows[:, 0].tolist() == [k, k + 1]
+
+
+def test_max_batch_size_one_means_one_item_per_call() -> None:
+    rec = Recorder()
+
+    async def go() -> None:
+        async with MicroBatcher(rec, max_batch_size=1, max_wait_s=0.01) as b:
+            await asyncio.gather(*(b.submit([[k], [k]]) for k in range(5)))
+
+    run(go())
+    assert all(len(c) == 1 for c in rec.calls)
+    assert len(rec.calls) == 10
+
+
+def test_bounded_queue_gives_backpressure() -> None:
+    gate = threading.Event()
+
+    def slow(items: list[list[int]]) -> np.ndarray:
+        gate.wait(5)
+        return np.zeros((len(items), 1), dtype=np.float32)
+
+    async def go() -> tuple[int, bool]:
+        async with MicroBatcher(slow, max_batch_size=2, max_wait_s=0, max_queue=4) as b:
+            task = asyncio.ensure_future(b.submit([[i] for i in range(50)]))
+            await asyncio.sleep(0.2)
+            depth, blocked = b.queue_depth, not task.done()
+            gate.set()
+            await task
+            return depth, blocked
+
+    depth, blocked = run(go())
+    assert depth <= 4
+    assert blocked
+
+
+def test_observer_sees_every_batch() -> None:
+    seen: list[BatchStats] = []
+
+    async def go() -> None:
+        async with MicroBatcher(
+            Recorder(), max_batch_size=8, max_wait_s=0.01, on_batch=seen.append
+        ) as b:
+            await asyncio.gather(*(b.submit([[k] * 3]) for k in range(8)))
+
+    run(go())
+    assert sum(s.items for s in seen) == 8
+    assert all(s.tokens == 3 * s.items and s.padded_tokens >= s.tokens for s in seen)
+
+
+def test_cancelled_request_does_not_block_others() -> None:
+    rec = Recorder(delay_s=0.05)
+
+    async def go() -> np.ndarray:
+        async with MicroBatcher(rec, max_batch_size=4, max_wait_s=0.0) as b:
+            doomed = asyncio.ensure_future(b.submit([[9]] * 20))
+            await asyncio.sleep(0.01)
+            doomed.cancel()
+            return await b.submit([[1]])
+
+    assert run(go())[:, 0].tolist() == [1]
+
+
+def test_submit_after_close_raises() -> None:
+    async def go() -> None:
+        b = MicroBatcher(Recorder())
+        await b.aclose()
+        with pytest.raises(RuntimeError, match="closed"):
+            await b.submit([[1]])
+
+    run(go())

@@ -1,0 +1,108 @@
+"""Request validation: every bad body gets a precise code."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from streams.errors import ErrorCode, RequestError
+from streams.records import (
+    ImageInput,
+    TextInput,
+    dead_letter,
+    decode_json_object,
+    parse_classify,
+    request_id_of,
+)
+from streams.settings import LimitSettings
+
+LIMITS = LimitSettings()
+
+
+def parse(body: object) -> object:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    obj = decode_json_object(raw)
+    return parse_classify(obj, LIMITS, request_id=request_id_of(obj, b"key-1"))
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"\xff\xfe not utf-8", ErrorCode.INPUT_NOT_UTF8),
+        (b"{not json", ErrorCode.INPUT_NOT_JSON),
+        ([1, 2, 3], ErrorCode.INPUT_NOT_OBJECT),
+        ("a string", ErrorCode.INPUT_NOT_OBJECT),
+        ({"labels": ["a", "b"]}, ErrorCode.INPUT_MISSING),
+        ({"labels": ["a", "b"], "input": []}, ErrorCode.INPUT_MISSING),
+        ({"input": ["x"]}, ErrorCode.INPUT_MISSING),
+        (
+            {"input": ["x"], "labels": [f"l{i}" for i in range(257)]},
+            ErrorCode.INPUT_LABEL_LIMIT_EXCEEDED,
+        ),
+        ({"input": ["x"] * 1025, "labels": ["a"]}, ErrorCode.INPUT_LIMIT_EXCEEDED),
+        ({"input": [42], "labels": ["a"]}, ErrorCode.INPUT_INVALID),
+        ({"input": [{"txt": "x"}], "labels": ["a"]}, ErrorCode.INPUT_INVALID),
+        ({"input": ["x"], "labels": "a,b"}, ErrorCode.INPUT_INVALID),
+        ({"input": ["x"], "labels": ["a", 3]}, ErrorCode.INPUT_INVALID),
+        ({"input": ["x"], "labels": ["a"], "model": 7}, ErrorCode.INPUT_INVALID),
+        (
+            {"input": ["x"], "labels": {f"g{i}": ["a"] for i in range(9)}},
+            ErrorCode.INPUT_LABEL_LIMIT_EXCEEDED,
+        ),
+        (
+            {"input": ["x"], "labels": {"g": [f"l{i}" for i in range(65)]}},
+            ErrorCode.INPUT_LABEL_LIMIT_EXCEEDED,
+        ),
+        ({"input": ["x"], "labels": {}}, ErrorCode.INPUT_MISSING),
+    ],
+)
+def test_bad_bodies_get_precise_codes(body: object, code: ErrorCode) -> None:
+    with pytest.raises(RequestError) as info:
+        parse(body)
+    assert info.value.code == code
+    assert info.value.detail
+
+
+def test_jina_bodies_parse_with_extra_fields_and_repeated_labels() -> None:
+    # the playground example repeats labels and carries an unknown "action" field
+    req = parse(
+        {
+            "model": "jina-embeddings-v3",
+            "action": "list",
+            "labels": ["A", "B", "A"],
+            "input": ["x", {"text": "y"}, {"image": "z"}],
+        }
+    )
+    assert req.labels == ("A", "B")
+    assert req.inputs == (TextInput("x"), TextInput("y"), ImageInput("z"))
+    assert req.request_id == "key-1"
+
+
+def test_single_string_input_and_groups() -> None:
+    req = parse({"input": "just one", "labels": {"topic": ["a", "b"], "tone": ["c", "a"]}})
+    assert req.inputs == (TextInput("just one"),)
+    assert req.all_labels == ("a", "b", "c")
+
+
+def test_request_id_prefers_body_and_needs_one() -> None:
+    assert request_id_of({"request_id": "r-9"}, b"k") == "r-9"
+    with pytest.raises(RequestError) as info:
+        request_id_of({}, None)
+    assert info.value.code == ErrorCode.INPUT_MISSING
+
+
+def test_dead_letter_keeps_payload_as_text_or_base64() -> None:
+    err = RequestError(ErrorCode.INPUT_NOT_UTF8, "bad")
+    rec = dead_letter(
+        request_id="r", error=err, topic="t", partition=1, offset=5, payload=b"\xff\x00"
+    )
+    assert rec["payload"] == "/wA="
+    assert rec["payload_encoding"] == "base64"
+    assert rec["error"] == {"code": "INPUT_NOT_UTF8", "detail": "bad"}
+    assert rec["source"] == {"topic": "t", "partition": 1, "offset": 5}
+    text = dead_letter(
+        request_id="r", error=err, topic="t", partition=0, offset=0, payload=b'{"a": 1}'
+    )
+    assert text["payload"] == '{"a": 1}'
+    assert "payload_encoding" not in text

@@ -1,0 +1,150 @@
+"""The shared classify path with the deterministic hash encoder (no Kafka)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from models.registry import ModelNotAvailableError
+from streams.errors import ErrorCode, RequestError, to_request_error
+from streams.observer import Observer
+from streams.records import ClassifyRequest, ImageInput, TextInput
+from streams.service import ClassifyService
+from streams.settings import Settings
+from tests.conftest import hash_registry
+
+
+class Counting(Observer):
+    def __init__(self) -> None:
+        self.batches = 0
+        self.items = 0
+        self.truncated = 0
+
+    def on_batch(self, model: str, stats: Any) -> None:
+        self.batches += 1
+        self.items += stats.items
+
+    def on_truncated(self, model: str, count: int) -> None:
+        self.truncated += count
+
+
+def classify(service: ClassifyService, *requests: ClassifyRequest) -> list[Any]:
+    async def go() -> list[Any]:
+        try:
+            return await asyncio.gather(
+                *(service.classify(r) for r in requests), return_exceptions=True
+            )
+        finally:
+            await service.aclose()
+
+    return asyncio.run(go())
+
+
+@pytest.fixture
+def observer() -> Counting:
+    return Counting()
+
+
+@pytest.fixture
+def service(settings: Settings, tmp_path: Path, observer: Counting) -> ClassifyService:
+    return ClassifyService(settings, hash_registry(tmp_path), observer)
+
+
+def req(inputs: list[str], labels: Any, rid: str = "r1", **kw: Any) -> ClassifyRequest:
+    if isinstance(labels, dict):
+        return ClassifyRequest(
+            rid,
+            tuple(TextInput(t) for t in inputs),
+            label_groups={k: tuple(v) for k, v in labels.items()},
+            **kw,
+        )
+    return ClassifyRequest(rid, tuple(TextInput(t) for t in inputs), labels=tuple(labels), **kw)
+
+
+def test_response_shape_scores_and_usage(service: ClassifyService) -> None:
+    [out] = classify(
+        service, req(["red apple pie", "blue ocean wave"], ["apple pie", "ocean wave", "car"])
+    )
+    assert out["request_id"] == "r1"
+    assert [d["index"] for d in out["data"]] == [0, 1]
+    assert [d["prediction"] for d in out["data"]] == ["apple pie", "ocean wave"]
+    for d in out["data"]:
+        assert d["object"] == "classification"
+        scores = [p["score"] for p in d["predictions"]]
+        assert scores == sorted(scores, reverse=True)
+        assert abs(sum(scores) - 1) < 1e-5
+        assert d["score"] == scores[0]
+        assert {p["label"] for p in d["predictions"]} == {"apple pie", "ocean wave", "car"}
+    # usage = input tokens + label tokens; hash tokens are words + 2 specials
+    assert out["usage"] == {"total_tokens": 5 + 5 + 4 + 4 + 3, "prompt_tokens": 21}
+
+
+def test_label_groups_get_one_prediction_each(service: ClassifyService) -> None:
+    [out] = classify(
+        service, req(["red apple"], {"food": ["apple", "bread"], "color": ["red", "blue"]})
+    )
+    item = out["data"][0]
+    assert item["prediction"] == {"food": "apple", "color": "red"}
+    assert set(item["score"]) == {"food", "color"}
+    for group in ("food", "color"):
+        assert abs(sum(p["score"] for p in item["predictions"][group]) - 1) < 1e-5
+
+
+def test_concurrent_requests_share_model_calls(
+    service: ClassifyService, observer: Counting
+) -> None:
+    requests = [req([f"text number {i}"], ["a b", "c d"], rid=f"r{i}") for i in range(30)]
+    outs = classify(service, *requests)
+    assert [o["request_id"] for o in outs] == [f"r{i}" for i in range(30)]
+    assert observer.items == 30 + 2  # inputs + the two labels, embedded once
+    assert observer.batches < 30
+
+
+def test_labels_are_embedded_once_per_model(service: ClassifyService, observer: Counting) -> None:
+    async def go() -> None:
+        await service.classify(req(["x"], ["l1", "l2", "l3"]))
+        before = observer.items
+        await service.classify(req(["y"], ["l3", "l2", "l1"]))
+        assert observer.items - before == 1  # only the input
+        await service.aclose()
+
+    asyncio.run(go())
+
+
+def test_token_limit_and_truncation(tmp_path: Path, observer: Counting) -> None:
+    settings = Settings(data_dir=tmp_path, limits={"max_tokens_per_input": 50})
+    service = ClassifyService(settings, hash_registry(tmp_path, max_length=10), observer)
+    too_long, ok = classify(
+        service,
+        req(["w " * 49], ["a"], rid="long"),  # 51 tokens > 50: rejected
+        req(["w " * 20, "short"], ["a"], rid="trunc"),  # 22 > window 10: truncated
+    )
+    assert isinstance(too_long, RequestError)
+    assert too_long.code == ErrorCode.INPUT_TOO_LONG
+    assert "input[0]" in too_long.detail
+    assert ok["request_id"] == "trunc"
+    assert observer.truncated == 1
+    assert ok["usage"]["total_tokens"] == 22 + 3 + 3  # truncated inputs still count in full
+
+
+def test_unknown_model_and_images(service: ClassifyService) -> None:
+    unknown, image = classify(
+        service,
+        req(["x"], ["a"], model="no-such-model"),
+        ClassifyRequest("r2", (TextInput("x"), ImageInput("aGk=")), labels=("a",)),
+    )
+    assert isinstance(unknown, ModelNotAvailableError)  # mapped to a code at the edge:
+    assert to_request_error(unknown).code == ErrorCode.MODEL_NOT_AVAILABLE
+    assert isinstance(image, RequestError)
+    assert image.code == ErrorCode.INPUT_INVALID
+    assert "input[1]" in image.detail
+
+
+def test_alias_resolves(service: ClassifyService) -> None:
+    [out] = classify(service, req(["x"], ["a", "b"], model="jina-embeddings-v3"))
+    assert len(out["data"]) == 1
+    assert np.isclose(sum(p["score"] for p in out["data"][0]["predictions"]), 1)

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from streams.settings import Settings
+
+
+def test_env_contract(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("k-file-1\n# comment\n\nk-file-2\n")
+    env = {
+        "SHOTSTREAM_BROKERS": "kafka-1:9092, kafka-2:9092",
+        "SHOTSTREAM_DATA_DIR": str(tmp_path),
+        "SHOTSTREAM_TOPIC_PREFIX": "acme.",
+        "SHOTSTREAM_PARTITIONS": "12",
+        "SHOTSTREAM_METRICS_PORT": "0",
+        "SHOTSTREAM_HTTP_PORT": "8081",
+        "SHOTSTREAM_API_KEYS": "k1,k2",
+        "SHOTSTREAM_API_KEY_FILE": str(keys),
+        "SHOTSTREAM_DEFAULT_MODEL": "all-MiniLM-L6-v2",
+        "SHOTSTREAM_DEVICE": "cpu",
+        "SHOTSTREAM_BATCHING__MAX_BATCH_SIZE": "32",
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    s = Settings()
+    assert s.brokers == ("kafka-1:9092", "kafka-2:9092")
+    assert s.topic("classify") == "acme.classify"
+    assert s.partitions == 12
+    assert s.metrics_port == 0
+    assert s.all_api_keys() == ("k1", "k2", "k-file-1", "k-file-2")
+    assert "k1" not in repr(s)  # secrets stay secret
+    assert s.default_model_name == "all-MiniLM-L6-v2"
+    assert s.model_device == "cpu"
+    assert s.batching.max_batch_size == 32
+    assert s.embedded_broker is False
+    assert s.model_cache_dir == tmp_path / "models"
+
+
+def test_defaults_and_embedded_detection() -> None:
+    s = Settings()
+    assert s.brokers == ("127.0.0.1:9092",)
+    assert s.topic("predictions") == "shotstream.predictions"
+    assert s.limits.max_labels == 256
+    assert s.limits.max_inputs == 1024
+    assert s.embedded_broker is True
+    assert Settings(brokers="localhost:1").embedded_broker is True
+    assert Settings(brokers="127.0.0.1:1", kafka={"embedded": "no"}).embedded_broker is False
+
+
+def test_settings_are_frozen_and_validated() -> None:
+    s = Settings()
+    with pytest.raises(ValidationError):
+        s.partitions = 3  # type: ignore[misc]
+    with pytest.raises(ValidationError):
+        Settings(brokers="no-port")
+    with pytest.raises(ValidationError):
+        Settings(partitions=0)
