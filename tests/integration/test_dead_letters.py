@@ -1,0 +1,71 @@
+"""Every bad record gets its dead letter with a precise code; the worker keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from streams.broker import EmbeddedBroker
+from streams.client import Answer, ShotstreamClient
+from streams.processes import WorkerProcess
+from tests.integration.conftest import client_settings, with_client
+
+pytestmark = [pytest.mark.integration, pytest.mark.model]
+
+
+def body(**kw: object) -> bytes:
+    return json.dumps(kw).encode()
+
+
+BAD = {
+    "not-utf8": (b"\xff\xfe\x00garbage", "INPUT_NOT_UTF8"),
+    "not-json": (b"{'input': nope", "INPUT_NOT_JSON"),
+    "not-object": (b'["a", "b"]', "INPUT_NOT_OBJECT"),
+    "tombstone": (None, "INPUT_MISSING"),
+    "no-input": (body(labels=["a", "b"]), "INPUT_MISSING"),
+    "empty-input": (body(input=[], labels=["a", "b"]), "INPUT_MISSING"),
+    "no-labels": (body(input=["x"]), "INPUT_MISSING"),
+    "257-labels": (
+        body(input=["x"], labels=[f"l{i}" for i in range(257)]),
+        "INPUT_LABEL_LIMIT_EXCEEDED",
+    ),
+    "1025-inputs": (body(input=["x"] * 1025, labels=["a"]), "INPUT_LIMIT_EXCEEDED"),
+    "too-long": (body(input=["short", "word " * 9000], labels=["a"]), "INPUT_TOO_LONG"),
+    "wrong-input-type": (body(input=[{"video": "x"}], labels=["a"]), "INPUT_INVALID"),
+    "wrong-labels-type": (body(input=["x"], labels="a,b"), "INPUT_INVALID"),
+    "unknown-model": (body(input=["x"], labels=["a"], model="gpt-17"), "MODEL_NOT_AVAILABLE"),
+}
+
+
+def test_bad_records_get_dead_letters_and_the_worker_stays_up(
+    broker: EmbeddedBroker, worker: WorkerProcess
+) -> None:
+    async def go(c: ShotstreamClient) -> tuple[dict[str, Answer], Answer]:
+        topic = c.settings.topic("classify")
+        futures = {}
+        for name, (value, _code) in BAD.items():
+            key = f"bad-{name}"
+            futures[name] = c.expect(key)
+            await c.produce(topic, value, key=key)
+        good = await c.send(topic, {"input": ["still alive?"], "labels": ["yes", "no"]})
+        answers = await asyncio.wait_for(asyncio.gather(*futures.values(), good), 120)
+        return dict(zip(futures, answers[:-1], strict=True)), answers[-1]
+
+    dead, good = with_client(client_settings(broker), go)
+    for name, (value, code) in BAD.items():
+        letter = dead[name]
+        assert letter.topic.endswith("errors"), name
+        assert letter["error"]["code"] == code, (name, letter["error"])
+        assert letter["error"]["detail"]
+        assert letter["request_id"] == f"bad-{name}"
+        assert letter["source"]["topic"] == "shotstream.classify"
+        assert isinstance(letter["source"]["offset"], int)
+        if value is not None and name != "not-utf8":
+            assert letter["payload"] == value.decode()
+    assert dead["too-long"]["error"]["detail"].startswith("input[1]")
+    assert dead["not-utf8"]["payload_encoding"] == "base64"
+    assert "data" in good
+    assert worker.proc is not None
+    assert worker.proc.poll() is None
