@@ -17,9 +17,10 @@ True
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -129,9 +130,13 @@ class TransformersTextEncoder:
         device: str = "cpu",
         dtype: str = "float32",
         local_files_only: bool = True,
+        model_kwargs: Mapping[str, object] | None = None,
     ) -> None:
         import torch
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # untyped upstream
 
         self.name = name
         self.prefix = prefix
@@ -145,7 +150,10 @@ class TransformersTextEncoder:
         self._backend.no_padding()
         self.pad_id = int(tokenizer.pad_token_id or 0)
         model = AutoModel.from_pretrained(
-            str(path), local_files_only=local_files_only, dtype=self._torch_dtype
+            str(path),
+            local_files_only=local_files_only,
+            dtype=self._torch_dtype,
+            **dict(model_kwargs or {}),
         )
         model.eval()
         self.model = model.to(self.device)
@@ -156,6 +164,11 @@ class TransformersTextEncoder:
             window -= 2
         tok_max = int(getattr(tokenizer, "model_max_length", window) or window)
         self.max_length = min(window, tok_max) if tok_max < 1_000_000 else window
+        st_config = Path(str(path)) / "sentence_bert_config.json"
+        if st_config.is_file():  # sentence-transformers folders state the trained length
+            st_max = json.loads(st_config.read_text()).get("max_seq_length")
+            if isinstance(st_max, int) and st_max > 0:
+                self.max_length = min(self.max_length, st_max)
         self.dim = int(config.hidden_size)
         # the model is called from one compute thread; tokenizers are thread-safe
         self._lock = threading.Lock()

