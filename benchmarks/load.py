@@ -1,0 +1,243 @@
+"""The load generator: produce classify requests, time each answer as it arrives.
+
+One :class:`LoadClient` serves one topic prefix (a worker's, or a peer's). It listens
+on the prefix's ``predictions`` and ``errors`` topics from their current end *before*
+it produces anything, and stamps each answer with the time its fetch returned. The
+embedded broker may report an end offset lower than the truth (notes/embedded-broker.md),
+which only replays old answers: anything whose ``request_id`` is not expected is ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from tqdm import tqdm
+
+Request = tuple[str, bytes]
+"""``(request_id, encoded JSON body)``; bodies are encoded before any clock starts."""
+
+
+def make_requests(tag: str, texts: Sequence[str], labels: Sequence[str], model: str) -> list[Request]:
+    """One request per text: ``{"request_id", "model", "labels", "input": [text]}``."""
+    out: list[Request] = []
+    for i, text in enumerate(texts):
+        rid = f"{tag}-{i:05d}"
+        body = {"request_id": rid, "model": model, "labels": list(labels), "input": [text]}
+        out.append((rid, json.dumps(body, ensure_ascii=False).encode()))
+    return out
+
+
+@dataclass
+class RunResult:
+    """Send and receive times (``time.perf_counter``) of one batch of requests."""
+
+    name: str
+    sent: dict[str, float] = field(default_factory=dict)
+    received: dict[str, float] = field(default_factory=dict)
+    errors: int = 0
+    """Answers that came on the errors topic (dead letters)."""
+
+    @property
+    def requests(self) -> int:
+        return len(self.sent)
+
+    @property
+    def seconds(self) -> float:
+        """First send → last answer."""
+        if not self.received:
+            return float("nan")
+        return max(self.received.values()) - min(self.sent.values())
+
+    @property
+    def throughput(self) -> float:
+        """Answers per second over :attr:`seconds`."""
+        return len(self.received) / self.seconds if self.received else 0.0
+
+    def latencies_ms(self) -> list[float]:
+        return sorted(1000 * (t - self.sent[rid]) for rid, t in self.received.items())
+
+    def percentiles_ms(self) -> dict[str, float]:
+        lat = self.latencies_ms()
+        if not lat:
+            return {}
+        p50, p90, p99 = np.percentile(lat, [50, 90, 99])
+        return {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99)}
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "answered": len(self.received),
+            "errors": self.errors,
+            "seconds": self.seconds,
+            "throughput": self.throughput,
+        }
+
+    def complaints(self) -> list[str]:
+        """What went wrong, if anything (unanswered requests, dead letters)."""
+        out = []
+        if len(self.received) < self.requests:
+            out.append(f"{self.name}: {self.requests - len(self.received)} requests unanswered")
+        if self.errors:
+            out.append(f"{self.name}: {self.errors} answers were dead letters")
+        return out
+
+
+@dataclass
+class _Run:
+    result: RunResult
+    done: asyncio.Event
+    bar: tqdm[Any]
+
+
+class LoadClient:
+    """Producer + answer collector for the topics under ``prefix``.
+
+    Parameters
+    ----------
+    brokers
+        ``host:port`` of the broker.
+    prefix
+        Topic prefix: requests go to ``<prefix>classify``.
+    stall_s
+        Give up waiting when no answer came for this long.
+    """
+
+    def __init__(self, brokers: str, prefix: str, *, stall_s: float = 120.0) -> None:
+        self.brokers = brokers
+        self.prefix = prefix
+        self.stall_s = stall_s
+        self._producer: AIOKafkaProducer | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._run: _Run | None = None
+
+    async def __aenter__(self) -> LoadClient:
+        # linger: let records of a burst share produce requests, as a busy client's would
+        self._producer = AIOKafkaProducer(bootstrap_servers=self.brokers, linger_ms=5, acks="all")
+        await self._producer.start()
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.brokers, enable_auto_commit=False)
+        await self._consumer.start()
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in (f"{self.prefix}predictions", f"{self.prefix}errors")
+            for p in await _partitions(self._consumer, topic)
+        ]
+        self._consumer.assign(partitions)
+        await self._consumer.seek_to_end(*partitions)
+        for tp in partitions:  # resolve the positions now, before anything is produced
+            await self._consumer.position(tp)
+        self._reader = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+
+    async def burst(self, requests: Sequence[Request], desc: str) -> RunResult:
+        """Produce every request as fast as possible; wait for all answers."""
+        producer, run = self._begin(requests, desc)
+        topic = f"{self.prefix}classify"
+        pending = []
+        for rid, value in requests:
+            run.result.sent[rid] = time.perf_counter()
+            pending.append(await producer.send(topic, value, key=rid.encode()))
+        await asyncio.gather(*pending)
+        return await self._finish(run)
+
+    async def paced(self, requests: Sequence[Request], rate: float, desc: str) -> RunResult:
+        """Produce at ``rate`` requests per second (an open loop); wait for all answers."""
+        producer, run = self._begin(requests, desc)
+        topic = f"{self.prefix}classify"
+        pending = []
+        start = time.perf_counter()
+        for i, (rid, value) in enumerate(requests):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            run.result.sent[rid] = time.perf_counter()
+            pending.append(await producer.send(topic, value, key=rid.encode()))
+        await asyncio.gather(*pending)
+        return await self._finish(run)
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _begin(self, requests: Sequence[Request], desc: str) -> tuple[AIOKafkaProducer, _Run]:
+        assert self._producer is not None, "use LoadClient as an async context manager"
+        bar = tqdm(total=len(requests), desc=desc, unit="ans", leave=False, dynamic_ncols=True)
+        result = RunResult(desc)
+        result.sent.update({rid: float("nan") for rid, _ in requests})
+        self._run = _Run(result, asyncio.Event(), bar)
+        return self._producer, self._run
+
+    async def _finish(self, run: _Run) -> RunResult:
+        seen, last_progress = -1, time.monotonic()
+        while not run.done.is_set():
+            if len(run.result.received) != seen:
+                seen, last_progress = len(run.result.received), time.monotonic()
+            elif time.monotonic() - last_progress > self.stall_s:
+                break
+            try:
+                await asyncio.wait_for(run.done.wait(), timeout=1.0)
+            except TimeoutError:
+                pass
+        run.bar.close()
+        self._run = None
+        return run.result
+
+    async def _read(self) -> None:
+        assert self._consumer is not None
+        while True:
+            batches = await self._consumer.getmany(timeout_ms=200)
+            now = time.perf_counter()
+            run = self._run
+            if run is None:
+                continue
+            result = run.result
+            for records in batches.values():
+                for record in records:
+                    rid = _request_id(record.value)
+                    if rid is None or rid not in result.sent or rid in result.received:
+                        continue  # a replayed answer of an earlier run
+                    result.received[rid] = now
+                    if record.topic.endswith("errors"):
+                        result.errors += 1
+                    run.bar.update()
+            if len(result.received) == len(result.sent):
+                run.done.set()
+
+
+def _request_id(value: bytes | None) -> str | None:
+    try:
+        body = json.loads(value or b"")
+    except ValueError:
+        return None
+    rid = body.get("request_id") if isinstance(body, dict) else None
+    return str(rid) if rid is not None else None
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[int]:
+    for _ in range(100):
+        await consumer.topics()  # a metadata refresh
+        parts = consumer.partitions_for_topic(topic)
+        if parts:
+            return sorted(parts)
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"topic {topic} not found")
