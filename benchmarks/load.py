@@ -10,6 +10,7 @@ which only replays old answers: anything whose ``request_id`` is not expected is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Sequence
@@ -19,13 +20,15 @@ from typing import Any
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from tqdm import tqdm
+from tqdm import tqdm  # type: ignore[import-untyped]  # tqdm ships no type information
 
 Request = tuple[str, bytes]
 """``(request_id, encoded JSON body)``; bodies are encoded before any clock starts."""
 
 
-def make_requests(tag: str, texts: Sequence[str], labels: Sequence[str], model: str) -> list[Request]:
+def make_requests(
+    tag: str, texts: Sequence[str], labels: Sequence[str], model: str
+) -> list[Request]:
     """One request per text: ``{"request_id", "model", "labels", "input": [text]}``."""
     out: list[Request] = []
     for i, text in enumerate(texts):
@@ -94,7 +97,7 @@ class RunResult:
 class _Run:
     result: RunResult
     done: asyncio.Event
-    bar: tqdm[Any]
+    bar: tqdm
 
 
 class LoadClient:
@@ -194,10 +197,8 @@ class LoadClient:
                 seen, last_progress = len(run.result.received), time.monotonic()
             elif time.monotonic() - last_progress > self.stall_s:
                 break
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(run.done.wait(), timeout=1.0)
-            except TimeoutError:
-                pass
         run.bar.close()
         self._run = None
         return run.result

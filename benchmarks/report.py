@@ -124,9 +124,7 @@ def plot(results: dict[str, Any], latencies_ms: list[float], path: Path) -> None
     keys = list(CONFIGS)
     fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5.5))
     colors = ["#888888", "#1f77b4", "#aec7e8", "#2ca02c", "#ff7f0e", "#ffbb78"]
-    bars = left.bar(
-        [f"({k})" for k in keys], [tput[k] for k in keys], color=colors[: len(keys)]
-    )
+    bars = left.bar([f"({k})" for k in keys], [tput[k] for k in keys], color=colors[: len(keys)])
     for bar, key in zip(bars, keys, strict=True):
         left.annotate(
             f"{_div(tput[key], tput['a']):.2f}x (a)",
