@@ -1,0 +1,224 @@
+"""Online few-shot learning: multiclass passive-aggressive classifiers.
+
+The learner keeps one weight vector per class and scores ``s_k = w_k · x``. For an example
+``(x, y)`` let ``r`` be the best-scoring wrong class; the multiclass hinge loss is
+
+.. math:: \\ell = \\max(0,\\ 1 - (s_y - s_r))
+
+and the passive-aggressive step (Crammer, Dekel, Keshet, Shalev-Shwartz & Singer, *Online
+Passive-Aggressive Algorithms*, JMLR 7, 2006, section 6) moves ``w_y`` towards ``x`` and
+``w_r`` away from it by
+
+.. math::
+    \\tau = \\frac{\\ell}{2\\lVert x \\rVert^2} \\quad\\text{(PA)},\\qquad
+    \\tau = \\min\\Big(C, \\frac{\\ell}{2\\lVert x \\rVert^2}\\Big) \\quad\\text{(PA-I)},\\qquad
+    \\tau = \\frac{\\ell}{2\\lVert x \\rVert^2 + \\frac{1}{2C}} \\quad\\text{(PA-II)}
+
+(the 2 is ``‖Φ(x, y) - Φ(x, r)‖²`` for the multi-prototype feature map). The update is
+passive when the loss is zero and never larger than ``C`` for PA-I.
+
+``num_iters`` is how many passes each example gets, which weights examples as Jina's
+Classifier API describes: more passes for trusted or recent examples, fewer for doubtful
+ones. A batch is learned in ``num_iters`` epochs over its examples, in order.
+
+Classes can be added at any time (up to ``max_classes``). A new class starts at zero, or,
+with ``warm_start``, at ``warm_start_scale`` times its label's embedding, so a fresh
+classifier with meaningful labels predicts like zero-shot and improves from there.
+
+>>> import numpy as np
+>>> clf = PassiveAggressiveClassifier(dim=2, C=1.0)
+>>> clf.learn_one(np.array([1.0, 0.0]), "left")
+>>> clf.learn_one(np.array([0.0, 1.0]), "right")
+>>> clf.predict_one(np.array([0.9, 0.1]))
+'left'
+>>> p = clf.predict_proba_one(np.array([0.1, 0.9]))
+>>> max(p, key=p.get), round(sum(p.values()), 6)
+('right', 1.0)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+Vector = npt.NDArray[np.float32]
+Matrix = npt.NDArray[np.float32]
+Variant = Literal["PA", "PA-I", "PA-II"]
+
+
+class ClassLimitError(ValueError):
+    """Learning a new class would exceed ``max_classes``."""
+
+
+@dataclass
+class PassiveAggressiveClassifier:
+    """A multiclass passive-aggressive classifier over fixed-size embeddings.
+
+    Parameters
+    ----------
+    dim
+        Embedding size.
+    C
+        Aggressiveness (PA-I: the largest step; PA-II: the slack penalty).
+    variant
+        ``"PA"``, ``"PA-I"`` (default) or ``"PA-II"``.
+    max_classes
+        Most classes (Jina's limit is 16).
+    temperature
+        Softmax temperature of ``predict_proba_*``.
+    labels, weights
+        Existing state (from a codec); empty for a new classifier.
+    """
+
+    dim: int
+    C: float = 1.0
+    variant: Variant = "PA-I"
+    max_classes: int = 16
+    temperature: float = 1.0
+    labels: list[str] = field(default_factory=list)
+    weights: Matrix = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
+
+    def __post_init__(self) -> None:
+        if self.weights.size == 0:
+            self.weights = np.zeros((len(self.labels), self.dim), dtype=np.float32)
+        self.weights = np.ascontiguousarray(self.weights, dtype=np.float32)
+        if self.weights.shape != (len(self.labels), self.dim):
+            raise ValueError(
+                f"weights {self.weights.shape} do not match {len(self.labels)} labels x {self.dim}"
+            )
+        if self.C <= 0:
+            raise ValueError("C must be > 0")
+        self._index = {label: i for i, label in enumerate(self.labels)}
+
+    # -- classes ----------------------------------------------------------------------
+
+    def add_class(self, label: str, init: Vector | None = None) -> int:
+        """Add ``label`` (idempotent) with an optional initial weight vector; its index."""
+        index = self._index.get(label)
+        if index is not None:
+            return index
+        if len(self.labels) >= self.max_classes:
+            raise ClassLimitError(
+                f"label {label!r} would be class {len(self.labels) + 1}; "
+                f"at most {self.max_classes} classes allowed"
+            )
+        row = np.zeros((1, self.dim), dtype=np.float32)
+        if init is not None:
+            row[0] = np.asarray(init, dtype=np.float32)
+        self.weights = np.concatenate([self.weights, row])
+        self.labels.append(label)
+        self._index[label] = len(self.labels) - 1
+        return len(self.labels) - 1
+
+    # -- learning ---------------------------------------------------------------------
+
+    def _step_size(self, loss: float, sq_norm: float) -> float:
+        if self.variant == "PA":
+            return loss / (2 * sq_norm)
+        if self.variant == "PA-I":
+            return min(self.C, loss / (2 * sq_norm))
+        return loss / (2 * sq_norm + 1 / (2 * self.C))
+
+    def _update(self, x: Vector, y: int, sq_norm: float) -> tuple[float, bool]:
+        """One PA step on ``(x, y)``; returns the loss before the step and whether
+        ``y`` was the strict top class before it."""
+        weights = self.weights
+        if weights.shape[0] == 1:
+            # a single class competes with an implicit zero prototype, so the first
+            # class learns from its examples before a second class exists
+            true = float(weights[0] @ x)
+            loss = 1.0 - true
+            if loss > 0.0 and sq_norm > 0.0:
+                weights[0] += self._step_size(loss, sq_norm / 2) * x  # ‖Φ‖² = ‖x‖²
+            return max(loss, 0.0), True
+        scores = weights @ x
+        true = float(scores[y])
+        scores[y] = -np.inf
+        rival = int(scores.argmax())
+        gap = true - float(scores[rival])
+        loss = 1.0 - gap
+        if loss <= 0.0 or sq_norm == 0.0:
+            return max(loss, 0.0), gap > 0
+        tau = self._step_size(loss, sq_norm)
+        step = tau * x
+        weights[y] += step
+        weights[rival] -= step
+        return loss, gap > 0
+
+    def learn_one(self, x: npt.ArrayLike, label: str, num_iters: int = 1) -> None:
+        """Learn one example with ``num_iters`` passes (the class must exist or fit)."""
+        vec = np.ascontiguousarray(x, dtype=np.float32)
+        y = self.add_class(label)
+        sq_norm = float(vec @ vec)
+        for _ in range(num_iters):
+            if self._update(vec, y, sq_norm)[0] == 0.0:
+                break  # passive from here on: later passes would not move either
+
+    def learn_many(self, X: npt.ArrayLike, labels: Sequence[str], num_iters: int = 1) -> list[bool]:
+        """Learn a batch in ``num_iters`` epochs; return, per example, whether it was
+        predicted correctly *before* learning it (prequential evaluation)."""
+        M = np.ascontiguousarray(X, dtype=np.float32)
+        if M.ndim != 2 or M.shape[1] != self.dim or len(M) != len(labels):
+            raise ValueError(f"expected ({len(labels)}, {self.dim}) examples, got {M.shape}")
+        if num_iters < 1:
+            raise ValueError("num_iters must be >= 1")
+        prior_correct: list[bool] = []
+        sq_norms = np.einsum("ij,ij->i", M, M).tolist()
+        # first epoch: classes appear as their first example arrives, and each example
+        # is predicted by the state just before it is learned (prequential)
+        moved = False
+        for row, label, sq in zip(M, labels, sq_norms, strict=True):
+            known = label in self._index
+            y = self.add_class(label)
+            loss, correct = self._update(row, y, sq)
+            prior_correct.append(known and correct)
+            moved = moved or loss > 0.0
+        ys = [self._index[label] for label in labels]
+        for _ in range(num_iters - 1):
+            if not moved:
+                break  # an epoch without loss: every later epoch would be passive too
+            moved = False
+            for row, y, sq in zip(M, ys, sq_norms, strict=True):
+                if self._update(row, y, sq)[0] > 0.0:
+                    moved = True
+        return prior_correct
+
+    # -- prediction -------------------------------------------------------------------
+
+    def decision_function(self, X: npt.ArrayLike) -> Matrix:
+        """Class scores, ``(n, n_classes)``."""
+        M = np.atleast_2d(np.asarray(X, dtype=np.float32))
+        out: Matrix = M @ self.weights.T
+        return out
+
+    def predict_proba_many(self, X: npt.ArrayLike) -> Matrix:
+        """Softmax over class scores; rows sum to 1."""
+        scores = self.decision_function(X).astype(np.float64) / self.temperature
+        scores -= scores.max(axis=1, keepdims=True)
+        e = np.exp(scores)
+        out: Matrix = (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+        return out
+
+    def predict_proba_one(self, x: npt.ArrayLike) -> dict[str, float]:
+        row = self.predict_proba_many(x)[0]
+        return {label: float(p) for label, p in zip(self.labels, row, strict=True)}
+
+    def predict_many(self, X: npt.ArrayLike) -> list[str]:
+        if not self.labels:
+            raise ValueError("the classifier has no classes yet")
+        return [self.labels[i] for i in self.decision_function(X).argmax(axis=1)]
+
+    def predict_one(self, x: npt.ArrayLike) -> str:
+        return self.predict_many(x)[0]
+
+    def margin(self, x: npt.ArrayLike, label: str) -> float:
+        """``s_y - max_{k≠y} s_k`` (positive: predicted correctly with that margin)."""
+        scores = self.decision_function(x)[0].astype(np.float64)
+        y = self._index[label]
+        true = scores[y]
+        scores[y] = -np.inf
+        return float(true - scores.max()) if len(scores) > 1 else float("inf")
