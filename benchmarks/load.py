@@ -47,6 +47,8 @@ class RunResult:
     received: dict[str, float] = field(default_factory=dict)
     errors: int = 0
     """Answers that came on the errors topic (dead letters)."""
+    batching: dict[str, Any] = field(default_factory=dict)
+    """The worker's model calls meanwhile (``benchmarks.scrape.batch_stats``), if known."""
 
     @property
     def requests(self) -> int:
@@ -81,6 +83,7 @@ class RunResult:
             "errors": self.errors,
             "seconds": self.seconds,
             "throughput": self.throughput,
+            "worker_batching": self.batching or None,
         }
 
     def complaints(self) -> list[str]:
@@ -126,7 +129,12 @@ class LoadClient:
         # linger: let records of a burst share produce requests, as a busy client's would
         self._producer = AIOKafkaProducer(bootstrap_servers=self.brokers, linger_ms=5, acks="all")
         await self._producer.start()
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.brokers, enable_auto_commit=False)
+        # a short fetch wait: the embedded broker holds a fetch for about half of it even
+        # when records arrive meanwhile, which would add up to 250 ms (aiokafka's default
+        # 500 ms) to every answer's measured time
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.brokers, enable_auto_commit=False, fetch_max_wait_ms=20
+        )
         await self._consumer.start()
         partitions = [
             TopicPartition(topic, p)

@@ -30,8 +30,8 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from tqdm import tqdm  # type: ignore[import-untyped]  # tqdm ships no type info
 from benchmarks.load import LoadClient, Request, RunResult, make_requests
 from benchmarks.peers import NaivePeer
 from benchmarks.report import plot, print_report, ratios, write_json
+from benchmarks.scrape import batch_stats, scrape
 from benchmarks.texts import ROUTING_LABELS, make_texts, many_labels
 from models.embedders import TransformersTextEncoder
 from models.registry import ModelRegistry
@@ -162,6 +163,7 @@ class Bench:
     n_lat: int
     stall_s: float
     logs_dir: Path | None
+    metrics_ports: dict[str, int] = field(default_factory=dict)
 
     def prefix(self, config: str) -> str:
         return f"bench.{self.run_id}.{config}."
@@ -181,12 +183,27 @@ class Bench:
             "SHOTSTREAM_TOPIC_PREFIX": self.prefix(config),
             "SHOTSTREAM_KAFKA__GROUP_ID": f"bench-{self.run_id}-{config}",
             "SHOTSTREAM_PARTITIONS": "4",
+            "SHOTSTREAM_METRICS_PORT": "0",
             **extra,
         }
         print(f"starting the ({config}) worker ...", flush=True)
         worker = WorkerProcess(env, data / "worker.log").start()
         worker.wait_ready(600)
+        port = re.search(r"metrics port (\d+)", worker.log_text())
+        if port:
+            self.metrics_ports[config] = int(port.group(1))
         return worker
+
+    async def measured(self, config: str, run: Awaitable[RunResult]) -> RunResult:
+        """Await ``run``; add what the worker's batcher did meanwhile (if it has metrics)."""
+        port = self.metrics_ports.get(config)
+        if port is None:
+            return await run
+        before = await asyncio.to_thread(scrape, port)
+        result = await run
+        after = await asyncio.to_thread(scrape, port)
+        result.batching = batch_stats(before, after, result.seconds)
+        return result
 
     def stop_worker(self, config: str, worker: WorkerProcess, found: list[str]) -> None:
         code = worker.stop()
@@ -203,13 +220,13 @@ class Bench:
         async with LoadClient(self.brokers, self.prefix("b"), stall_s=self.stall_s) as client:
             texts = self.texts
             await client.burst(self.requests("b", "warm", texts[:WARM_UP], ROUTING_LABELS), "warm")
-            b = await client.burst(self.requests("b", "run", texts, ROUTING_LABELS), "(b)")
-            rate = b.throughput / 2
-            lat = await client.paced(
-                self.requests("b", "lat", texts[: self.n_lat], ROUTING_LABELS), rate, "(d)"
-            )
+            run = self.requests("b", "run", texts, ROUTING_LABELS)
+            b = await self.measured("b", client.burst(run, "(b)"))
+            paced = self.requests("b", "lat", texts[: self.n_lat], ROUTING_LABELS)
+            rate = max(b.throughput / 2, 1.0)
+            lat = await self.measured("b", client.paced(paced, rate, "(d)"))
             await client.burst(self.requests("b", "warm256", texts[:16], many), "warm 256")
-            e = await client.burst(self.requests("b", "e", texts, many), "(e)")
+            e = await self.measured("b", client.burst(self.requests("b", "e", texts, many), "(e)"))
         return b, lat, e
 
     async def plain(self, config: str) -> RunResult:
@@ -218,7 +235,7 @@ class Bench:
             warm = self.requests(config, "warm", self.texts[:WARM_UP], ROUTING_LABELS)
             await client.burst(warm, "warm")
             run = self.requests(config, "run", self.texts, ROUTING_LABELS)
-            return await client.burst(run, f"({config})")
+            return await self.measured(config, client.burst(run, f"({config})"))
 
     def peer(self, config: str, encoder: TransformersTextEncoder, batch: int) -> RunResult:
         topics = [f"{self.prefix(config)}{t}" for t in TOPICS]
@@ -316,6 +333,7 @@ def run(args: argparse.Namespace) -> None:
     for result in (*runs.values(), lat):
         found.extend(result.complaints())
     tput = {"a": raw["texts_per_s"], **{k: r.throughput for k, r in runs.items()}}
+    roof, batch1 = raw["roof_gflops"], raw["batch_sizes"]["1"]["texts_per_s"]
     results: dict[str, Any] = {
         "model": args.model,
         "n": args.n,
@@ -326,12 +344,12 @@ def run(args: argparse.Namespace) -> None:
         "end_to_end": {k: r.summary() for k, r in runs.items()},
         "latency": {
             "requests": lat.requests,
-            "rate": b.throughput / 2,
+            "rate": max(b.throughput / 2, 1.0),
             "percentiles": lat.percentiles_ms(),
             "latencies_ms": [round(x, 3) for x in lat.latencies_ms()],
             **lat.summary(),
         },
-        "ratios": {r.name: r.as_json() for r in ratios(tput, raw["gflops"], raw["roof_gflops"])},
+        "ratios": {r.name: r.as_json() for r in ratios(tput, raw["gflops"], roof, batch1)},
         "noticed": found,
     }
     name = args.model.replace("/", "_")

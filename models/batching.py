@@ -8,8 +8,8 @@ array with a row per item, in its own order. Behind that:
   for company after the first; while the model is busy it keeps topping the next
   batch up, so the model never waits for Python and never runs half-empty batches
   when work is queued;
-* a batch is sorted by length and cut into chunks whose padded size stays under
-  ``max_batch_tokens`` (sorting is what cuts the padding);
+* a batch is sorted by length and cut into the chunks with the least padded work
+  (plus a per-call overhead), each under ``max_batch_tokens``;
 * chunks run one at a time on a dedicated compute thread, off the event loop;
 * a chunk that raises is retried request by request, so a failure fails only the
   request that caused it.
@@ -92,6 +92,9 @@ class MicroBatcher(Generic[Item]):
         Budget for ``len(chunk) * longest item`` in one call.
     max_queue
         Items that may wait; ``submit`` blocks beyond it.
+    chunk_overhead
+        Cost of one model call in padded-token units (splitting a batch is worth it
+        only when it saves more padding than this).
     length
         Cost of one item (its token count); used to sort and to cut chunks.
     on_batch
@@ -106,6 +109,7 @@ class MicroBatcher(Generic[Item]):
         max_wait_s: float = 0.005,
         max_batch_tokens: int = 16384,
         max_queue: int = 8192,
+        chunk_overhead: int = 64,
         length: Callable[[Item], int] = len,  # type: ignore[assignment]  # Item is Sized here
         on_batch: Callable[[BatchStats], None] | None = None,
         name: str = "batcher",
@@ -116,6 +120,7 @@ class MicroBatcher(Generic[Item]):
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self.max_batch_tokens = max_batch_tokens
+        self.chunk_overhead = chunk_overhead
         self._length = length
         self._on_batch = on_batch
         self._queue: asyncio.Queue[_Pending[Item]] = asyncio.Queue(maxsize=max_queue)
@@ -230,18 +235,32 @@ class MicroBatcher(Generic[Item]):
     # -- compute ----------------------------------------------------------------------
 
     def _chunks(self, batch: list[_Pending[Item]]) -> list[list[_Pending[Item]]]:
-        """Length-sorted chunks within the token budget (cuts padding)."""
+        """Cut a batch into length-sorted chunks that minimise padded work.
+
+        Sorted by length, a chunk costs ``len(chunk) * longest`` padded tokens plus a fixed
+        ``chunk_overhead`` per model call; dynamic programming over the cut points finds
+        the cheapest split under the ``max_batch_tokens`` budget (O(n²), n ≤ batch size).
+        """
         ordered = sorted(batch, key=lambda p: p.length)
+        lengths = [max(p.length, 1) for p in ordered]
+        n = len(ordered)
+        best = [0.0] + [float("inf")] * n  # best[j]: cheapest cost of the first j items
+        cut = [0] * (n + 1)
+        for j in range(1, n + 1):
+            longest = lengths[j - 1]
+            for i in range(j - 1, -1, -1):  # chunk = items i .. j-1
+                size = j - i
+                if size > 1 and size * longest > self.max_batch_tokens:
+                    break
+                cost = best[i] + size * longest + self.chunk_overhead
+                if cost < best[j]:
+                    best[j], cut[j] = cost, i
         chunks: list[list[_Pending[Item]]] = []
-        current: list[_Pending[Item]] = []
-        for p in ordered:
-            # sorted ascending, so p is the longest of the chunk if added
-            if current and (len(current) + 1) * max(p.length, 1) > self.max_batch_tokens:
-                chunks.append(current)
-                current = []
-            current.append(p)
-        if current:
-            chunks.append(current)
+        j = n
+        while j > 0:
+            chunks.append(ordered[cut[j] : j])
+            j = cut[j]
+        chunks.reverse()
         return chunks
 
     async def _run(self, batch: list[_Pending[Item]]) -> None:

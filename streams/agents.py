@@ -21,13 +21,12 @@ import faust
 
 from streams.errors import RequestError, to_request_error
 from streams.observer import Observer
+from streams.producer import OutputProducer
 from streams.records import dead_letter, decode_json_object, parse_classify, request_id_of
 from streams.service import ClassifyService
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
-
-_SEND_RETRY_S = (0.1, 0.5, 1.0, 2.0, 5.0)
 
 
 def encode(value: dict[str, Any]) -> bytes:
@@ -103,14 +102,14 @@ class ClassifyHandler:
         self,
         settings: Settings,
         service: ClassifyService,
-        predictions: faust.TopicT,
-        errors: faust.TopicT,
+        output: OutputProducer,
         observer: Observer,
     ) -> None:
         self.settings = settings
         self.service = service
-        self.predictions = predictions
-        self.errors = errors
+        self.output = output
+        self.predictions = settings.topic("predictions")
+        self.errors = settings.topic("errors")
         self.observer = observer
 
     async def __call__(self, event: faust.EventT[Any]) -> None:
@@ -132,7 +131,7 @@ class ClassifyHandler:
                 request_id = bytes(message.key).decode("utf-8", "replace")
             await self.send_dead_letter(event, request_id, error)
             return
-        await send_reliably(self.predictions, request_id, encode(response))
+        await self.output.send(self.predictions, request_id, encode(response))
         latency = time.time() - message.timestamp if message.timestamp else None
         self.observer.on_response(message.topic, kind, len(request.inputs), latency)
 
@@ -148,22 +147,5 @@ class ClassifyHandler:
             offset=message.offset,
             payload=message.value if isinstance(message.value, bytes) else None,
         )
-        await send_reliably(self.errors, request_id, encode(record))
+        await self.output.send(self.errors, request_id, encode(record))
         self.observer.on_dead_letter(message.topic, str(error.code))
-
-
-async def send_reliably(topic: faust.TopicT, key: str | None, value: bytes) -> None:
-    """Produce and wait for the broker's ack, retrying transient failures."""
-    raw_key = key.encode("utf-8") if key is not None else None
-    for attempt, pause in enumerate((*_SEND_RETRY_S, None)):
-        try:
-            fut = await topic.send(key=raw_key, value=value, force=True)
-            await fut
-            return
-        except Exception:
-            if pause is None:
-                raise
-            log.warning(
-                "send to %s failed (attempt %d); retrying", topic, attempt + 1, exc_info=True
-            )
-            await asyncio.sleep(pause)

@@ -18,6 +18,10 @@ from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
+EMBEDDED_FETCH_MAX_WAIT_MS = 25
+"""The embedded broker holds a fetch for about half of ``fetch_max_wait_ms`` even when
+records arrive meanwhile; faust hard-codes 1,500 ms, which added ~750 ms to every request."""
+
 EMBEDDED_BROKER_OVERRIDES: dict[str, Any] = {
     "producer_max_batch_size": 1,
     "broker_session_timeout": 6.0,
@@ -48,6 +52,33 @@ def app_config(settings: Settings) -> dict[str, Any]:
     return config
 
 
+def shorten_fetch_wait(max_wait_ms: int = EMBEDDED_FETCH_MAX_WAIT_MS) -> None:
+    """Make faust's worker consumer poll with a short fetch wait (embedded broker only).
+
+    faust passes ``fetch_max_wait_ms=1500`` to aiokafka with no setting to change it, so
+    the consumer it builds is adjusted before it starts. Apache Kafka answers a fetch as
+    soon as data arrives and needs none of this.
+    """
+    from faust.transport.drivers import aiokafka as driver
+
+    _fetch_wait["ms"] = max_wait_ms
+    thread_cls: Any = driver.AIOKafkaConsumerThread
+    if getattr(thread_cls, "_shotstream_patched", False):
+        return
+    original = thread_cls._create_worker_consumer
+
+    def create(self: Any, transport: Any) -> Any:
+        consumer = original(self, transport)
+        consumer._fetch_max_wait_ms = _fetch_wait["ms"]
+        return consumer
+
+    thread_cls._create_worker_consumer = create
+    thread_cls._shotstream_patched = True
+
+
+_fetch_wait: dict[str, int] = {"ms": EMBEDDED_FETCH_MAX_WAIT_MS}
+
+
 @dataclass(frozen=True)
 class Topics:
     classify: faust.TopicT
@@ -59,6 +90,8 @@ class Topics:
 
 def create_app(settings: Settings) -> tuple[faust.App, Topics]:
     """A faust app and its topics; agents are attached by ``streams.agents``."""
+    if settings.embedded_broker:
+        shorten_fetch_wait()
     app = faust.App(settings.kafka.group_id, **app_config(settings))
 
     def topic(name: str) -> faust.TopicT:

@@ -57,6 +57,7 @@ class ClassifyService:
                     max_wait_s=b.max_wait_ms / 1000,
                     max_batch_tokens=b.max_batch_tokens,
                     max_queue=b.max_queue,
+                    chunk_overhead=b.chunk_overhead_tokens,
                     label_cache_size=self.settings.models.label_cache_size,
                     on_batch=functools.partial(self.observer.on_batch, spec.name),
                 )

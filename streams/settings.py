@@ -28,6 +28,9 @@ class BatchingSettings(BaseModel):
     """How long the first input of a batch may wait for company."""
     max_batch_tokens: int = Field(16384, ge=512)
     """Padded tokens per forward pass; a batch is cut into length-sorted chunks below it."""
+    chunk_overhead_tokens: int = Field(64, ge=0)
+    """Cost of one model call in padded tokens: a batch is split by length only where that
+    saves more padding than this."""
     max_queue: int = Field(8192, ge=1)
     """Inputs waiting for the model; producers wait (backpressure) when it is full."""
     max_in_flight: int = Field(256, ge=1)
@@ -79,6 +82,8 @@ class KafkaSettings(BaseModel):
     group_id: str = "shotstream"
     replication_factor: int = Field(1, ge=1)
     request_timeout_s: float = Field(30.0, gt=0)
+    output_linger_ms: int = Field(2, ge=0)
+    """How long answers wait to share a produce request."""
 
 
 class Settings(BaseSettings):

@@ -14,6 +14,7 @@ from streams.agents import ClassifyHandler, RequestAgent
 from streams.app import create_app
 from streams.broker import ensure_topics, wait_for_broker
 from streams.metrics import PrometheusObserver
+from streams.producer import OutputProducer
 from streams.service import ClassifyService
 from streams.settings import TOPICS, Settings
 
@@ -56,7 +57,8 @@ def build_worker(settings: Settings) -> tuple[faust.App, ClassifyService, Promet
     observer = PrometheusObserver()
     service = ClassifyService(settings, make_registry(settings), observer)
     app, topics = create_app(settings)
-    handler = ClassifyHandler(settings, service, topics.predictions, topics.errors, observer)
+    output = OutputProducer(settings)
+    handler = ClassifyHandler(settings, service, output, observer)
     runner = RequestAgent(handler, max_in_flight=settings.batching.max_in_flight)
 
     async def classify(stream: faust.StreamT[Any]) -> None:
@@ -81,6 +83,7 @@ def build_worker(settings: Settings) -> tuple[faust.App, ClassifyService, Promet
     @app.on_before_shutdown.connect  # type: ignore[arg-type]  # faust types receivers as sync
     async def _close(sender: faust.App, **_: object) -> None:
         await service.aclose()
+        await output.stop()
 
     return app, service, observer
 

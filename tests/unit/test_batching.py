@@ -151,3 +151,14 @@ def test_submit_after_close_raises() -> None:
             await b.submit([[1]])
 
     run(go())
+
+
+def test_chunks_split_where_padding_costs_more_than_a_call() -> None:
+    b = MicroBatcher(Recorder(), max_batch_tokens=100_000, chunk_overhead=64)
+    from models.batching import _Pending
+
+    lengths = [5] * 20 + [200] * 3
+    chunks = b._chunks([_Pending(None, i, None, n) for i, n in enumerate(lengths)])  # type: ignore[arg-type]
+    assert [[p.length for p in c] for c in chunks] == [[5] * 20, [200] * 3]
+    same = b._chunks([_Pending(None, i, None, 10 + i % 3) for i in range(30)])  # type: ignore[arg-type]
+    assert len(same) == 1  # near-equal lengths: one call beats several
