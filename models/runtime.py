@@ -18,6 +18,9 @@ import numpy as np
 from models.batching import BatchStats, MicroBatcher, Vectors
 from models.embedders import TextEncoder, TokenIds
 
+LABEL_SET_CACHE = 1024
+"""Distinct label lists kept whole (each also lives in the per-label cache)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Tokenized:
@@ -79,6 +82,7 @@ class EmbeddingRuntime:
         self._tokenizer_pool = ThreadPoolExecutor(tokenizer_threads, thread_name_prefix="tok")
         self._label_cache: OrderedDict[str, tuple[Vectors, int]] = OrderedDict()
         self._label_cache_size = label_cache_size
+        self._label_sets: OrderedDict[tuple[str, ...], LabelVectors] = OrderedDict()
         self._label_inflight: dict[str, asyncio.Future[tuple[Vectors, int]]] = {}
 
     @property
@@ -111,7 +115,24 @@ class EmbeddingRuntime:
         return await self.batcher.submit(ids)
 
     async def labels(self, labels: Sequence[str]) -> LabelVectors:
-        """Embeddings of ``labels`` (cached) and their total token count."""
+        """Embeddings of ``labels`` (cached) and their total token count.
+
+        Requests tend to repeat the same label list, so whole lists are cached too: a
+        repeated list of 256 labels costs one dictionary lookup, not 256 plus a stack.
+        """
+        key = tuple(labels)
+        hit = self._label_sets.get(key)
+        if hit is not None:
+            self._label_sets.move_to_end(key)
+            return hit
+        found = await self._labels(labels)
+        if self._label_cache_size:
+            self._label_sets[key] = found
+            while len(self._label_sets) > LABEL_SET_CACHE:
+                self._label_sets.popitem(last=False)
+        return found
+
+    async def _labels(self, labels: Sequence[str]) -> LabelVectors:
         results: dict[str, tuple[Vectors, int]] = {}
         missing: list[str] = []
         waiting: dict[str, asyncio.Future[tuple[Vectors, int]]] = {}

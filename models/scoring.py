@@ -56,5 +56,6 @@ def ranked(labels: list[str], probabilities: npt.NDArray[np.floating]) -> list[t
     >>> ranked(["a", "b", "c"], np.array([0.2, 0.5, 0.3]))
     [('b', 0.5), ('c', 0.3), ('a', 0.2)]
     """
-    order = np.argsort(-np.asarray(probabilities), kind="stable")
-    return [(labels[i], float(probabilities[i])) for i in order]
+    p = np.asarray(probabilities)
+    order = np.argsort(-p, kind="stable")
+    return list(zip([labels[i] for i in order.tolist()], p[order].tolist(), strict=True))
