@@ -116,10 +116,22 @@ class LoadClient:
         Give up waiting when no answer came for this long.
     """
 
-    def __init__(self, brokers: str, prefix: str, *, stall_s: float = 120.0) -> None:
+    def __init__(
+        self,
+        brokers: str,
+        prefix: str,
+        *,
+        stall_s: float = 120.0,
+        request_topic: str = "classify",
+        answer_topics: Sequence[str] = ("predictions", "errors"),
+        headers: Sequence[tuple[str, bytes]] = (),
+    ) -> None:
         self.brokers = brokers
         self.prefix = prefix
         self.stall_s = stall_s
+        self.request_topic = request_topic
+        self.answer_topics = tuple(answer_topics)
+        self.headers = list(headers)
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -138,7 +150,7 @@ class LoadClient:
         await self._consumer.start()
         partitions = [
             TopicPartition(topic, p)
-            for topic in (f"{self.prefix}predictions", f"{self.prefix}errors")
+            for topic in (f"{self.prefix}{t}" for t in self.answer_topics)
             for p in await _partitions(self._consumer, topic)
         ]
         self._consumer.assign(partitions)
@@ -165,18 +177,20 @@ class LoadClient:
     async def burst(self, requests: Sequence[Request], desc: str) -> RunResult:
         """Produce every request as fast as possible; wait for all answers."""
         producer, run = self._begin(requests, desc)
-        topic = f"{self.prefix}classify"
+        topic = f"{self.prefix}{self.request_topic}"
         pending = []
         for rid, value in requests:
             run.result.sent[rid] = time.perf_counter()
-            pending.append(await producer.send(topic, value, key=rid.encode()))
+            pending.append(
+                await producer.send(topic, value, key=self._key(rid, value), headers=self.headers)
+            )
         await asyncio.gather(*pending)
         return await self._finish(run)
 
     async def paced(self, requests: Sequence[Request], rate: float, desc: str) -> RunResult:
         """Produce at ``rate`` requests per second (an open loop); wait for all answers."""
         producer, run = self._begin(requests, desc)
-        topic = f"{self.prefix}classify"
+        topic = f"{self.prefix}{self.request_topic}"
         pending = []
         start = time.perf_counter()
         for i, (rid, value) in enumerate(requests):
@@ -184,11 +198,21 @@ class LoadClient:
             if delay > 0:
                 await asyncio.sleep(delay)
             run.result.sent[rid] = time.perf_counter()
-            pending.append(await producer.send(topic, value, key=rid.encode()))
+            pending.append(
+                await producer.send(topic, value, key=self._key(rid, value), headers=self.headers)
+            )
         await asyncio.gather(*pending)
         return await self._finish(run)
 
     # -- internals ----------------------------------------------------------------------
+
+    def _key(self, rid: str, value: bytes) -> bytes:
+        """Train records are keyed by classifier id, everything else by request id."""
+        if self.request_topic == "train":
+            cid = json.loads(value).get("classifier_id")
+            if cid:
+                return str(cid).encode()
+        return rid.encode()
 
     def _begin(self, requests: Sequence[Request], desc: str) -> tuple[AIOKafkaProducer, _Run]:
         assert self._producer is not None, "use LoadClient as an async context manager"

@@ -19,6 +19,7 @@ from typing import Any, cast
 
 import faust
 
+from streams.auth import KeyRing, header_value
 from streams.errors import RequestError, to_request_error
 from streams.observer import Observer
 from streams.producer import OutputProducer
@@ -55,18 +56,42 @@ class InOrderAcks:
         return sum(len(q) for q in self._pending.values())
 
 
+class Turn:
+    """A request's place in its partition's order.
+
+    Handlers run concurrently; ``async with turn:`` runs a block only after the same block
+    of every earlier request of the partition has finished (or its request has ended),
+    so state changes apply in offset order while the slow parts (embedding) overlap.
+    """
+
+    def __init__(self, previous: asyncio.Future[None] | None, mine: asyncio.Future[None]) -> None:
+        self._previous = previous
+        self._mine = mine
+
+    async def __aenter__(self) -> Turn:
+        if self._previous is not None:
+            await asyncio.shield(self._previous)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.finish()
+
+    def finish(self) -> None:
+        if not self._mine.done():
+            self._mine.set_result(None)
+
+
+Handler = Callable[[faust.EventT[Any], Turn], Awaitable[None]]
+
+
 class RequestAgent:
     """Runs ``handle`` for each event of a stream, concurrently, with in-order acks."""
 
-    def __init__(
-        self,
-        handle: Callable[[faust.EventT[Any]], Awaitable[None]],
-        *,
-        max_in_flight: int,
-    ) -> None:
+    def __init__(self, handle: Handler, *, max_in_flight: int) -> None:
         self._handle = handle
         self._slots = asyncio.Semaphore(max_in_flight)
         self._acks = InOrderAcks()
+        self._turns: dict[Any, asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def __call__(self, stream: faust.StreamT[Any]) -> None:
@@ -74,20 +99,26 @@ class RequestAgent:
         events: AsyncIterable[faust.EventT[Any]] = (
             cast("faust.Stream[Any]", stream).noack().events()
         )
+        loop = asyncio.get_running_loop()
         async for event in events:
             await self._slots.acquire()
             entry = self._acks.track(event)
-            task = asyncio.ensure_future(self._run(event, entry))
+            tp = event.message.tp
+            mine: asyncio.Future[None] = loop.create_future()
+            turn = Turn(self._turns.get(tp), mine)
+            self._turns[tp] = mine
+            task = asyncio.ensure_future(self._run(event, entry, turn))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, event: faust.EventT[Any], entry: list[Any]) -> None:
+    async def _run(self, event: faust.EventT[Any], entry: list[Any], turn: Turn) -> None:
         try:
-            await self._handle(event)
+            await self._handle(event, turn)
         except Exception:  # the handler answers every error itself; this is a last resort
             log.exception("unhandled error for %s; it will be redelivered", event.message.tp)
             return  # not acked: the offset is not committed past it
         finally:
+            turn.finish()
             self._slots.release()
         self._acks.done(entry)
 
@@ -102,17 +133,19 @@ class ClassifyHandler:
         self,
         settings: Settings,
         service: ClassifyService,
+        keys: KeyRing,
         output: OutputProducer,
         observer: Observer,
     ) -> None:
         self.settings = settings
         self.service = service
+        self.keys = keys
         self.output = output
         self.predictions = settings.topic("predictions")
         self.errors = settings.topic("errors")
         self.observer = observer
 
-    async def __call__(self, event: faust.EventT[Any]) -> None:
+    async def __call__(self, event: faust.EventT[Any], turn: Turn | None = None) -> None:
         message = event.message
         raw = message.value
         request_id: str | None = None
@@ -122,30 +155,41 @@ class ClassifyHandler:
             request = parse_classify(body, self.settings.limits, request_id=request_id)
             kind = self.kind_few_shot if request.classifier_id else self.kind_zero_shot
             self.observer.on_request(message.topic, kind, len(request.inputs))
-            response = await self.service.classify(request)
-        except Exception as exc:
-            error = to_request_error(exc)
-            if not isinstance(exc, RequestError):
-                log.exception("request %s failed", request_id)
-            if request_id is None and message.key is not None:
-                request_id = bytes(message.key).decode("utf-8", "replace")
-            await self.send_dead_letter(event, request_id, error)
+            owner = None
+            if request.classifier_id is not None:
+                owner = self.keys.authenticate(header_value(message.headers, "authorization"))
+            response = await self.service.classify(request, owner)
+        except Exception as exc:  # every failure becomes a dead letter
+            await send_dead_letter(self.output, self.errors, self.observer, event, request_id, exc)
             return
         await self.output.send(self.predictions, request_id, encode(response))
         latency = time.time() - message.timestamp if message.timestamp else None
         self.observer.on_response(message.topic, kind, len(request.inputs), latency)
 
-    async def send_dead_letter(
-        self, event: faust.EventT[Any], request_id: str | None, error: RequestError
-    ) -> None:
-        message = event.message
-        record = dead_letter(
-            request_id=request_id,
-            error=error,
-            topic=message.topic,
-            partition=message.partition,
-            offset=message.offset,
-            payload=message.value if isinstance(message.value, bytes) else None,
-        )
-        await self.output.send(self.errors, request_id, encode(record))
-        self.observer.on_dead_letter(message.topic, str(error.code))
+
+async def send_dead_letter(
+    output: OutputProducer,
+    topic: str,
+    observer: Observer,
+    event: faust.EventT[Any],
+    request_id: str | None,
+    exc: Exception,
+) -> None:
+    """Answer a failed record with its dead letter (the record key stands in for a
+    request_id the body did not yield). Unexpected errors are logged with a traceback."""
+    message = event.message
+    error = to_request_error(exc)
+    if not isinstance(exc, RequestError):
+        log.exception("request %s on %s failed", request_id, message.topic, exc_info=exc)
+    if request_id is None and message.key is not None:
+        request_id = bytes(message.key).decode("utf-8", "replace")
+    record = dead_letter(
+        request_id=request_id,
+        error=error,
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        payload=message.value if isinstance(message.value, bytes) else None,
+    )
+    await output.send(topic, request_id, encode(record))
+    observer.on_dead_letter(message.topic, str(error.code))

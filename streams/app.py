@@ -79,6 +79,11 @@ def shorten_fetch_wait(max_wait_ms: int = EMBEDDED_FETCH_MAX_WAIT_MS) -> None:
 _fetch_wait: dict[str, int] = {"ms": EMBEDDED_FETCH_MAX_WAIT_MS}
 
 
+def classifier_changelog_topic(settings: Settings) -> str:
+    """The changelog topic of the ``classifiers`` table (faust's naming)."""
+    return f"{settings.kafka.group_id}-classifiers-changelog"
+
+
 @dataclass(frozen=True)
 class Topics:
     classify: faust.TopicT

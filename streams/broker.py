@@ -148,8 +148,11 @@ async def ensure_topics(
     topics: Iterable[str],
     partitions: int,
     replication_factor: int = 1,
+    compacted: Iterable[str] = (),
 ) -> list[str]:
-    """Create the topics that do not exist yet; return the ones created."""
+    """Create the topics that do not exist yet (``compacted`` ones with
+    ``cleanup.policy=compact``); return the ones created."""
+    compact = set(compacted)
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
@@ -164,7 +167,10 @@ async def ensure_topics(
                 await admin.create_topics(
                     [
                         NewTopic(
-                            name, num_partitions=partitions, replication_factor=replication_factor
+                            name,
+                            num_partitions=partitions,
+                            replication_factor=replication_factor,
+                            topic_configs={"cleanup.policy": "compact"} if name in compact else {},
                         )
                     ]
                 )

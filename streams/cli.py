@@ -6,7 +6,9 @@ import asyncio
 import json
 import logging
 import socket
+import sys
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -125,6 +127,160 @@ def classify(
     _print_answer(answer, texts, as_json)
     if "error" in answer:
         raise typer.Exit(2)
+
+
+APIKey = Annotated[
+    str | None,
+    typer.Option("--api-key", envvar="SHOTSTREAM_API_KEY", help="your API key (few-shot)"),
+]
+
+
+def _read_examples(source: str) -> list[dict[str, str]]:
+    """JSON array or JSON lines of ``{"text"|"image", "label"}``; ``-`` is stdin."""
+    text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    text = text.strip()
+    if text.startswith("["):
+        examples = json.loads(text)
+    else:
+        examples = [json.loads(line) for line in text.splitlines() if line.strip()]
+    if not isinstance(examples, list) or not all(isinstance(e, dict) for e in examples):
+        raise typer.BadParameter("examples must be JSON objects with 'text' and 'label'")
+    return examples
+
+
+@app.command()
+def train(
+    examples: Annotated[str, typer.Argument(help="JSON array / JSON lines file, - for stdin")],
+    classifier_id: Annotated[
+        str | None, typer.Option(help="classifier to update (default: create a new one)")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="model (needed to create)")] = None,
+    access: Annotated[str | None, typer.Option(help="private or public")] = None,
+    num_iters: Annotated[int | None, typer.Option(help="passes per example (10)")] = None,
+    api_key: APIKey = None,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the answer")] = 120.0,
+) -> None:
+    """Send labelled examples to the train topic; print the train response."""
+    import uuid
+
+    from streams.client import ShotstreamClient
+
+    settings = _settings()
+    body = _read_examples(examples)
+    cid = classifier_id or str(uuid.uuid4())
+    if classifier_id is None and model is None:
+        model = settings.default_model_name
+
+    async def go() -> dict[str, Any]:
+        async with ShotstreamClient(settings) as client:
+            return await client.train(
+                body,
+                classifier_id=cid,
+                api_key=api_key,
+                model=model,
+                access=access,
+                num_iters=num_iters,
+                timeout_s=timeout,
+            )
+
+    answer = asyncio.run(go())
+    typer.echo(json.dumps(answer, ensure_ascii=False, indent=2))
+    if "error" in answer:
+        raise typer.Exit(2)
+
+
+classifiers_app = typer.Typer(help="List or delete your few-shot classifiers.")
+app.add_typer(classifiers_app, name="classifiers")
+
+
+@classifiers_app.command("list")
+def classifiers_list(
+    api_key: APIKey = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Your classifiers: id, model, labels, access, version, samples, times."""
+    from streams.app import classifier_changelog_topic
+    from streams.auth import hash_key
+    from streams.replica import ClassifierReplica
+
+    if not api_key:
+        raise typer.BadParameter("give --api-key (or SHOTSTREAM_API_KEY)")
+    settings = _settings()
+
+    async def go() -> list[dict[str, Any]]:
+        replica = ClassifierReplica(
+            ",".join(settings.brokers), classifier_changelog_topic(settings)
+        )
+        await replica.start()
+        try:
+            await replica.caught_up(timeout_s=settings.kafka.request_timeout_s)
+            return [summary(r) for r in replica.owned_by(hash_key(api_key))]
+        finally:
+            await replica.stop()
+
+    rows = asyncio.run(go())
+    if as_json:
+        typer.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        "classifier_id", "model", "labels", "access", "version", "samples", "updated", "accuracy"
+    )
+    for r in rows:
+        acc = r["prequential_accuracy"]
+        table.add_row(
+            r["classifier_id"],
+            r["model"],
+            ", ".join(r["labels"]),
+            r["access"],
+            str(r["version"]),
+            str(r["samples_seen"]),
+            r["updated_at"],
+            "-" if acc is None else f"{acc:.2f}",
+        )
+    Console().print(table)
+
+
+@classifiers_app.command("delete")
+def classifiers_delete(
+    classifier_id: Annotated[str, typer.Argument(help="the classifier to delete")],
+    api_key: APIKey = None,
+) -> None:
+    """Delete one of your classifiers (only its owner may)."""
+    from streams.client import ShotstreamClient
+
+    settings = _settings()
+
+    async def go() -> dict[str, Any]:
+        async with ShotstreamClient(settings) as client:
+            return await client.delete(classifier_id, api_key=api_key)
+
+    answer = asyncio.run(go())
+    typer.echo(json.dumps(answer, ensure_ascii=False, indent=2))
+    if "error" in answer:
+        raise typer.Exit(2)
+
+
+def summary(record: Any) -> dict[str, Any]:
+    """What a listing shows of a classifier record (never weights or owner hashes)."""
+    from datetime import UTC, datetime
+
+    def iso(t: float) -> str:
+        return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
+
+    return {
+        "classifier_id": record.classifier_id,
+        "model": record.model,
+        "labels": list(record.labels),
+        "access": record.access,
+        "version": record.version,
+        "samples_seen": record.samples_seen,
+        "created_at": iso(record.created_at),
+        "updated_at": iso(record.updated_at),
+        "prequential_accuracy": record.prequential_accuracy,
+    }
 
 
 def _print_answer(answer: dict[str, Any], texts: list[str], as_json: bool) -> None:

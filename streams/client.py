@@ -39,7 +39,7 @@ class ShotstreamClient:
     def __init__(self, settings: Settings, *, answer_topics: Sequence[str] | None = None) -> None:
         self.settings = settings
         self._answer_topics = list(
-            answer_topics or [settings.topic("predictions"), settings.topic("errors")]
+            answer_topics or [settings.topic(t) for t in ("predictions", "train-results", "errors")]
         )
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -132,8 +132,10 @@ class ShotstreamClient:
         labels: list[str] | dict[str, list[str]] | None = None,
         model: str | None = None,
         classifier_id: str | None = None,
+        api_key: str | None = None,
         timeout_s: float = 60.0,
     ) -> Answer:
+        """Zero-shot (labels) or few-shot (classifier_id + api_key) classification."""
         body: dict[str, Any] = {"input": inputs}
         if labels is not None:
             body["labels"] = labels
@@ -141,8 +143,42 @@ class ShotstreamClient:
             body["model"] = model
         if classifier_id is not None:
             body["classifier_id"] = classifier_id
-        future = await self.send(self.settings.topic("classify"), body)
+        future = await self.send(self.settings.topic("classify"), body, headers=_auth(api_key))
         return await asyncio.wait_for(future, timeout_s)
+
+    async def train(
+        self,
+        examples: list[dict[str, str]],
+        *,
+        classifier_id: str,
+        api_key: str | None,
+        model: str | None = None,
+        access: str | None = None,
+        num_iters: int | None = None,
+        timeout_s: float = 60.0,
+    ) -> Answer:
+        """Send labelled examples (``{"text", "label"}``) to the train topic."""
+        body: dict[str, Any] = {"classifier_id": classifier_id, "input": examples}
+        for name, value in (("model", model), ("access", access), ("num_iters", num_iters)):
+            if value is not None:
+                body[name] = value
+        future = await self.send(
+            self.settings.topic("train"), body, key=classifier_id, headers=_auth(api_key)
+        )
+        return await asyncio.wait_for(future, timeout_s)
+
+    async def delete(
+        self, classifier_id: str, *, api_key: str | None, timeout_s: float = 60.0
+    ) -> Answer:
+        body = {"classifier_id": classifier_id, "action": "delete"}
+        future = await self.send(
+            self.settings.topic("train"), body, key=classifier_id, headers=_auth(api_key)
+        )
+        return await asyncio.wait_for(future, timeout_s)
+
+
+def _auth(api_key: str | None) -> list[tuple[str, bytes]]:
+    return [("authorization", f"Bearer {api_key}".encode())] if api_key else []
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:

@@ -23,6 +23,8 @@ class ErrorCode(StrEnum):
     INPUT_LIMIT_EXCEEDED = "INPUT_LIMIT_EXCEEDED"
     """More inputs than a request may carry."""
     INPUT_TOO_LONG = "INPUT_TOO_LONG"
+    UNAUTHORIZED = "UNAUTHORIZED"
+    """Few-shot needs a valid ``authorization: Bearer <key>`` header."""
     CLASSIFIER_NOT_FOUND = "CLASSIFIER_NOT_FOUND"
     AUTHZ_RESOURCE_LIMIT_EXCEEDED = "AUTHZ_RESOURCE_LIMIT_EXCEEDED"
     IMAGE_FETCH_FAILED = "IMAGE_FETCH_FAILED"

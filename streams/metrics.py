@@ -106,6 +106,18 @@ class PrometheusObserver(Observer):
             ["model"],
             registry=r,
         )
+        self.train_examples = Counter(
+            "shotstream_train_examples", "Labelled examples learned", registry=r
+        )
+        self.train_requests = Counter(
+            "shotstream_train_requests", "Train requests applied", registry=r
+        )
+        self.prequential = Gauge(
+            "shotstream_fewshot_prequential_accuracy",
+            "Accuracy on recent examples, each predicted before it was learned",
+            ["classifier_id"],
+            registry=r,
+        )
         self.model_info = Info("shotstream_model", "Loaded models", ["model"], registry=r)
 
     # -- hooks ------------------------------------------------------------------------
@@ -128,6 +140,12 @@ class PrometheusObserver(Observer):
 
     def on_tokens(self, model: str, kind: str, tokens: int) -> None:
         self.tokens.labels(model, kind).inc(tokens)
+
+    def on_train(self, classifier_id: str, examples: int, accuracy: float | None) -> None:
+        self.train_requests.inc()
+        self.train_examples.inc(examples)
+        if accuracy is not None:
+            self.prequential.labels(classifier_id).set(accuracy)
 
     def on_batch(self, model: str, stats: BatchStats) -> None:
         self.batch_size.labels(model).observe(stats.items)

@@ -29,6 +29,9 @@ class Observer:
     def on_tokens(self, model: str, kind: str, tokens: int) -> None:
         """Usage tokens counted for a response."""
 
+    def on_train(self, classifier_id: str, examples: int, accuracy: float | None) -> None:
+        """A train request was applied; ``accuracy`` is the windowed prequential accuracy."""
+
     def on_batch(self, model: str, stats: BatchStats) -> None:
         """The model ran one batch."""
 

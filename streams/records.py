@@ -116,6 +116,11 @@ def parse_classify(
 
 def parse_inputs(raw: object, limits: LimitSettings) -> tuple[InputItem, ...]:
     """``input``: a string, ``{"text"}``, ``{"image"}``, or a list of them."""
+    return tuple(_parse_item(item, i) for i, item in enumerate(_input_list(raw, limits)))
+
+
+def _input_list(raw: object, limits: LimitSettings) -> list[object]:
+    """``input`` as a non-empty list within the input limit."""
     if raw is None:
         raise RequestError(ErrorCode.INPUT_MISSING, "input is missing")
     items = raw if isinstance(raw, list) else [raw]
@@ -126,7 +131,7 @@ def parse_inputs(raw: object, limits: LimitSettings) -> tuple[InputItem, ...]:
             ErrorCode.INPUT_LIMIT_EXCEEDED,
             f"{len(items)} inputs given, at most {limits.max_inputs} allowed",
         )
-    return tuple(_parse_item(item, i) for i, item in enumerate(items))
+    return items
 
 
 def _parse_item(item: object, index: int) -> InputItem:
@@ -203,6 +208,80 @@ def _json_type(value: object) -> str:
         bool: "boolean",
         type(None): "null",
     }.get(type(value), type(value).__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class TrainExample:
+    item: InputItem
+    label: str
+
+
+@dataclass(frozen=True, slots=True)
+class TrainRequest:
+    """Create (first request for an id, needs ``model``) or update a few-shot classifier."""
+
+    request_id: str
+    classifier_id: str
+    examples: tuple[TrainExample, ...]
+    model: str | None = None
+    access: str | None = None
+    num_iters: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteRequest:
+    """``{"action": "delete"}`` on the train topic: the owner removes a classifier."""
+
+    request_id: str
+    classifier_id: str
+
+
+ACCESS_LEVELS = ("private", "public")
+MAX_NUM_ITERS = 1000
+
+
+def parse_train(
+    body: Mapping[str, Any], limits: LimitSettings, *, request_id: str, key: bytes | None
+) -> TrainRequest | DeleteRequest:
+    """Validate a train body (Jina's ``/v1/train`` plus ``request_id``, or a delete)."""
+    classifier_id = _optional_str(body, "classifier_id")
+    if classifier_id is None and key is not None:
+        classifier_id = key.decode("utf-8", "replace")
+    if not classifier_id:
+        raise RequestError(ErrorCode.INPUT_MISSING, "classifier_id is missing (body or key)")
+    action = body.get("action", "train")
+    if action == "delete":
+        return DeleteRequest(request_id, classifier_id)
+    if action != "train":
+        raise RequestError(ErrorCode.INPUT_INVALID, "action must be 'train' or 'delete'")
+    examples = []
+    for index, item in enumerate(_input_list(body.get("input"), limits)):
+        label = item.get("label") if isinstance(item, Mapping) else None
+        if not isinstance(label, str) or not label.strip():
+            raise RequestError(
+                ErrorCode.INPUT_INVALID, f"input[{index}] needs a non-empty string 'label'"
+            )
+        examples.append(TrainExample(_parse_item(item, index), label))
+    access = _optional_str(body, "access")
+    if access is not None and access not in ACCESS_LEVELS:
+        raise RequestError(ErrorCode.INPUT_INVALID, "access must be 'private' or 'public'")
+    num_iters = body.get("num_iters", 10)
+    if (
+        not isinstance(num_iters, int)
+        or isinstance(num_iters, bool)
+        or not 1 <= num_iters <= MAX_NUM_ITERS
+    ):
+        raise RequestError(
+            ErrorCode.INPUT_INVALID, f"num_iters must be an integer from 1 to {MAX_NUM_ITERS}"
+        )
+    return TrainRequest(
+        request_id,
+        classifier_id,
+        tuple(examples),
+        model=_optional_str(body, "model"),
+        access=access,
+        num_iters=num_iters,
+    )
 
 
 # -- outgoing records -----------------------------------------------------------------

@@ -15,11 +15,13 @@ import numpy as np
 import numpy.typing as npt
 
 from models.registry import ModelRegistry, ModelSpec
-from models.runtime import EmbeddingRuntime
+from models.runtime import EmbeddingRuntime, Tokenized
 from models.scoring import l2_normalize, ranked, softmax
+from state.classifiers import learner
 from streams.errors import ErrorCode, RequestError
 from streams.observer import Observer
-from streams.records import ClassifyRequest, ImageInput, TextInput
+from streams.records import ClassifyRequest, ImageInput, InputItem, TextInput
+from streams.replica import ClassifierReplica
 from streams.settings import Settings
 
 
@@ -31,10 +33,12 @@ class ClassifyService:
         settings: Settings,
         registry: ModelRegistry,
         observer: Observer | None = None,
+        classifiers: ClassifierReplica | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.observer = observer or Observer()
+        self.classifiers = classifiers
         self._runtimes: dict[str, EmbeddingRuntime] = {}
         self._loading: dict[str, asyncio.Lock] = {}
 
@@ -83,19 +87,11 @@ class ClassifyService:
 
     # -- classify ---------------------------------------------------------------------
 
-    async def classify(self, request: ClassifyRequest) -> dict[str, Any]:
-        """Answer one classify request (DESIGN.md response body, ``request_id`` first)."""
-        if request.classifier_id is not None:
-            raise RequestError(
-                ErrorCode.CLASSIFIER_NOT_FOUND,
-                f"classifier {request.classifier_id!r} not found",
-            )
-        return await self._zero_shot(request)
+    def runtime_if_loaded(self, name: str) -> EmbeddingRuntime | None:
+        return self._runtimes.get(name)
 
-    async def _zero_shot(self, request: ClassifyRequest) -> dict[str, Any]:
-        spec = self.registry.resolve(request.model)
-        texts = _texts_only(request, spec.name)
-        runtime = await self.runtime(spec)
+    async def tokenize_checked(self, runtime: EmbeddingRuntime, texts: list[str]) -> Tokenized:
+        """Tokenize, enforce the per-input token limit, count truncations."""
         tokenized = await runtime.tokenize(texts)
         limit = self.settings.limits.max_tokens_per_input
         for index, count in enumerate(tokenized.counts):
@@ -105,7 +101,58 @@ class ClassifyService:
                     f"input[{index}] has {count} tokens, at most {limit} allowed",
                 )
         if tokenized.truncated:
-            self.observer.on_truncated(spec.name, tokenized.truncated)
+            self.observer.on_truncated(runtime.name, tokenized.truncated)
+        return tokenized
+
+    async def classify(self, request: ClassifyRequest, owner: str | None = None) -> dict[str, Any]:
+        """Answer one classify request (DESIGN.md response body, ``request_id`` first).
+
+        ``owner`` is the caller's key hash (few-shot needs one).
+        """
+        if request.classifier_id is not None:
+            return await self._few_shot(request, owner)
+        return await self._zero_shot(request)
+
+    async def _few_shot(self, request: ClassifyRequest, owner: str | None) -> dict[str, Any]:
+        assert request.classifier_id is not None  # noqa: S101 - the caller checked
+        if owner is None:
+            raise RequestError(
+                ErrorCode.UNAUTHORIZED,
+                "few-shot classification needs a valid 'authorization: Bearer <key>' header",
+            )
+        record = None
+        if self.classifiers is not None:
+            record = self.classifiers.get(request.classifier_id) or (
+                await self.classifiers.wait_for(
+                    request.classifier_id, self.settings.limits.visibility_wait_s
+                )
+            )
+        if record is None or (record.access != "public" and record.owner != owner):
+            raise RequestError(
+                ErrorCode.CLASSIFIER_NOT_FOUND, f"classifier {request.classifier_id!r} not found"
+            )
+        spec = self.registry.resolve(record.model)
+        runtime = await self.runtime(spec)
+        tokenized = await self.tokenize_checked(runtime, texts_only(request.inputs, spec.name))
+        vectors = await runtime.embed(tokenized.ids)
+        probabilities = learner(record).predict_proba_many(vectors)
+        tokens = sum(tokenized.counts)
+        self.observer.on_tokens(spec.name, "few-shot", tokens)
+        return {
+            "request_id": request.request_id,
+            "classifier_id": record.classifier_id,
+            "version": record.version,
+            "usage": {"total_tokens": tokens, "prompt_tokens": tokens},
+            "data": [
+                _prediction(i, list(record.labels), row) for i, row in enumerate(probabilities)
+            ],
+        }
+
+    async def _zero_shot(self, request: ClassifyRequest) -> dict[str, Any]:
+        spec = self.registry.resolve(request.model)
+        texts = texts_only(request.inputs, spec.name)
+        runtime = await self.runtime(spec)
+        tokenized = await self.tokenize_checked(runtime, texts)
         labels = request.all_labels
         vectors, label_vectors = await asyncio.gather(
             runtime.embed(tokenized.ids), runtime.labels(labels)
@@ -127,9 +174,10 @@ class ClassifyService:
         }
 
 
-def _texts_only(request: ClassifyRequest, model: str) -> list[str]:
+def texts_only(items: Sequence[InputItem], model: str) -> list[str]:
+    """The texts of ``items``; an image is an error for a text-only model."""
     texts: list[str] = []
-    for index, item in enumerate(request.inputs):
+    for index, item in enumerate(items):
         if isinstance(item, ImageInput):
             raise RequestError(
                 ErrorCode.INPUT_INVALID,

@@ -8,15 +8,19 @@ import sys
 from typing import Any
 
 import faust
+from faust.types import TableT
 
 from models.registry import ModelRegistry
 from streams.agents import ClassifyHandler, RequestAgent
-from streams.app import create_app
+from streams.app import classifier_changelog_topic, create_app
+from streams.auth import KeyRing
 from streams.broker import ensure_topics, wait_for_broker
 from streams.metrics import PrometheusObserver
 from streams.producer import OutputProducer
+from streams.replica import ClassifierReplica
 from streams.service import ClassifyService
 from streams.settings import TOPICS, Settings
+from streams.training import TrainHandler
 
 log = logging.getLogger("shotstream.worker")
 
@@ -53,18 +57,41 @@ def make_registry(settings: Settings) -> ModelRegistry:
 
 
 def build_worker(settings: Settings) -> tuple[faust.App, ClassifyService, PrometheusObserver]:
-    """The faust app with its agents, ready for ``faust.Worker``."""
+    """The faust app with its agents and table, ready for ``faust.Worker``."""
     observer = PrometheusObserver()
-    service = ClassifyService(settings, make_registry(settings), observer)
     app, topics = create_app(settings)
+    table: TableT[bytes, bytes] = app.Table(
+        "classifiers",
+        partitions=settings.partitions,
+        key_type=bytes,
+        value_type=bytes,
+    )  # raw bytes: the app's default serializers; values use state.records' codec
+    assert table.changelog_topic.get_topic_name() == classifier_changelog_topic(settings)  # noqa: S101
+    replica = ClassifierReplica(
+        ",".join(settings.brokers),
+        classifier_changelog_topic(settings),
+        fetch_max_wait_ms=25 if settings.embedded_broker else 500,
+    )
+    service = ClassifyService(settings, make_registry(settings), observer, replica)
+    keys = KeyRing(settings.all_api_keys())
     output = OutputProducer(settings)
-    handler = ClassifyHandler(settings, service, output, observer)
-    runner = RequestAgent(handler, max_in_flight=settings.batching.max_in_flight)
+    classify = ClassifyHandler(settings, service, keys, output, observer)
+    train = TrainHandler(settings, service, table, replica, keys, output, observer)
+    classify_runner = RequestAgent(classify, max_in_flight=settings.batching.max_in_flight)
+    train_runner = RequestAgent(train, max_in_flight=settings.batching.max_in_flight)
 
-    async def classify(stream: faust.StreamT[Any]) -> None:
-        await runner(stream)
+    async def classify_agent(stream: faust.StreamT[Any]) -> None:
+        await classify_runner(stream)
 
-    app.agent(topics.classify, name="shotstream.classify")(classify)
+    async def train_agent(stream: faust.StreamT[Any]) -> None:
+        await train_runner(stream)
+
+    app.agent(topics.classify, name="shotstream.classify")(classify_agent)
+    app.agent(topics.train, name="shotstream.train")(train_agent)
+
+    @app.task  # type: ignore[untyped-decorator]  # faust types it loosely
+    async def _follow_classifiers() -> None:
+        await replica.start()
 
     announced = False
 
@@ -83,6 +110,7 @@ def build_worker(settings: Settings) -> tuple[faust.App, ClassifyService, Promet
     @app.on_before_shutdown.connect  # type: ignore[arg-type]  # faust types receivers as sync
     async def _close(sender: faust.App, **_: object) -> None:
         await service.aclose()
+        await replica.stop()
         await output.stop()
 
     return app, service, observer
@@ -91,11 +119,13 @@ def build_worker(settings: Settings) -> tuple[faust.App, ClassifyService, Promet
 async def prepare_broker(settings: Settings) -> None:
     """Wait for the brokers and create shotstream's topics where missing."""
     await wait_for_broker(settings.brokers, timeout_s=settings.kafka.request_timeout_s)
+    changelog = classifier_changelog_topic(settings)
     created = await ensure_topics(
         settings.brokers,
-        [settings.topic(t) for t in TOPICS],
+        [*(settings.topic(t) for t in TOPICS), changelog],
         settings.partitions,
         settings.kafka.replication_factor,
+        compacted=[changelog],
     )
     if created:
         log.info("created topics %s (%d partitions)", ", ".join(created), settings.partitions)

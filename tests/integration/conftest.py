@@ -22,6 +22,8 @@ from streams.settings import Settings
 
 T = TypeVar("T")
 
+API_KEYS = {"alice": "key-alice", "bob": "key-bob", "carol": "key-carol"}
+
 pytestmark = pytest.mark.integration
 
 
@@ -45,6 +47,7 @@ def worker_env(
         "SHOTSTREAM_MODEL_CACHE_DIR": str(model_cache),
         "SHOTSTREAM_METRICS_PORT": "0",
         "SHOTSTREAM_PARTITIONS": "4",
+        "SHOTSTREAM_API_KEYS": ",".join(API_KEYS.values()),
         **extra,
     }
 

@@ -8,11 +8,14 @@ import pytest
 
 from streams.errors import ErrorCode, RequestError
 from streams.records import (
+    DeleteRequest,
     ImageInput,
     TextInput,
+    TrainRequest,
     dead_letter,
     decode_json_object,
     parse_classify,
+    parse_train,
     request_id_of,
 )
 from streams.settings import LimitSettings
@@ -106,3 +109,39 @@ def test_dead_letter_keeps_payload_as_text_or_base64() -> None:
     )
     assert text["payload"] == '{"a": 1}'
     assert "payload_encoding" not in text
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({"input": [{"text": "x", "label": "a"}]}, None),
+        ({"input": [{"text": "x"}]}, ErrorCode.INPUT_INVALID),
+        ({"input": [{"text": "x", "label": ""}]}, ErrorCode.INPUT_INVALID),
+        ({"input": []}, ErrorCode.INPUT_MISSING),
+        ({"input": [{"text": "x", "label": "a"}] * 1025}, ErrorCode.INPUT_LIMIT_EXCEEDED),
+        ({"input": [{"text": "x", "label": "a"}], "num_iters": 0}, ErrorCode.INPUT_INVALID),
+        ({"input": [{"text": "x", "label": "a"}], "num_iters": True}, ErrorCode.INPUT_INVALID),
+        ({"input": [{"text": "x", "label": "a"}], "access": "secret"}, ErrorCode.INPUT_INVALID),
+        ({"action": "explode"}, ErrorCode.INPUT_INVALID),
+    ],
+)
+def test_train_bodies(body: dict, code: ErrorCode | None) -> None:
+    if code is None:
+        req = parse_train(body, LIMITS, request_id="r", key=b"cls-1")
+        assert isinstance(req, TrainRequest)
+        assert req.classifier_id == "cls-1"  # from the record key
+        assert req.num_iters == 10
+        assert req.examples[0].label == "a"
+        return
+    with pytest.raises(RequestError) as info:
+        parse_train(body, LIMITS, request_id="r", key=b"cls-1")
+    assert info.value.code == code
+
+
+def test_delete_and_missing_id() -> None:
+    req = parse_train({"action": "delete", "classifier_id": "c9"}, LIMITS, request_id="r", key=None)
+    assert isinstance(req, DeleteRequest)
+    assert req.classifier_id == "c9"
+    with pytest.raises(RequestError) as info:
+        parse_train({"input": [{"text": "x", "label": "a"}]}, LIMITS, request_id="r", key=None)
+    assert info.value.code == ErrorCode.INPUT_MISSING

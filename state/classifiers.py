@@ -1,0 +1,112 @@
+"""Applying train requests to classifier records: pure, deterministic, idempotent.
+
+A record remembers, per source partition, the last offset it applied, so a train record
+that Kafka redelivers after a crash (at-least-once) changes nothing the second time:
+exactly-once *effects* without transactions, on any Kafka.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from models.fewshot import ClassLimitError, PassiveAggressiveClassifier
+from state.records import ClassifierRecord
+
+PREQUENTIAL_WINDOW = 200
+"""Examples in the windowed prequential accuracy."""
+REPLAY_MEMORY = 64
+"""Recent (offset, version) pairs kept to answer a redelivered request identically."""
+
+
+@dataclass(frozen=True, slots=True)
+class LearnerSettings:
+    """Frozen into a record's ``hyper`` at creation, so a classifier keeps its behaviour."""
+
+    C: float = 1.0
+    variant: str = "PA-I"
+    temperature: float = 1.0
+    warm_start: bool = True
+    warm_start_scale: float = 20.0
+    max_classes: int = 16
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "C": self.C,
+            "variant": self.variant,
+            "temperature": self.temperature,
+            "warm_start": self.warm_start,
+            "warm_start_scale": self.warm_start_scale,
+            "max_classes": self.max_classes,
+        }
+
+
+def learner(record: ClassifierRecord) -> PassiveAggressiveClassifier:
+    """The record's classifier (weights copied: the record is only changed on success)."""
+    h = record.hyper
+    return PassiveAggressiveClassifier(
+        dim=record.dim,
+        C=float(h.get("C", 1.0)),
+        variant=h.get("variant", "PA-I"),
+        max_classes=int(h.get("max_classes", 16)),
+        temperature=float(h.get("temperature", 1.0)),
+        labels=list(record.labels),
+        weights=record.weights.copy(),
+    )
+
+
+def already_applied(record: ClassifierRecord | None, source: str, offset: int) -> bool:
+    return record is not None and record.applied.get(source, -1) >= offset
+
+
+def replayed_version(record: ClassifierRecord, source: str, offset: int) -> int:
+    """The version an already-applied request produced (best effort for old ones)."""
+    for off, version in record.hyper.get("_replay", {}).get(source, []):
+        if off == offset:
+            return int(version)
+    return record.version
+
+
+def apply_examples(
+    record: ClassifierRecord,
+    vectors: npt.NDArray[np.float32],
+    labels: Sequence[str],
+    *,
+    num_iters: int,
+    label_vectors: Mapping[str, npt.NDArray[np.float32]] | None,
+    source: str,
+    offset: int,
+    now: float,
+) -> list[bool]:
+    """Learn ``vectors``/``labels`` into ``record`` (in place) and stamp the source offset.
+
+    Raises ``ClassLimitError`` (and leaves the record untouched) when the new labels would
+    exceed the class limit. Returns the prequential outcome of each example.
+    """
+    clf = learner(record)
+    new = [label for label in dict.fromkeys(labels) if label not in record.labels]
+    if len(record.labels) + len(new) > clf.max_classes:
+        raise ClassLimitError(
+            f"{len(record.labels) + len(new)} classes requested, at most {clf.max_classes} "
+            "allowed per classifier"
+        )
+    warm = bool(record.hyper.get("warm_start", True)) and label_vectors is not None
+    scale = float(record.hyper.get("warm_start_scale", 20.0))
+    if warm:
+        assert label_vectors is not None  # noqa: S101 - narrowed above
+        for label in new:
+            clf.add_class(label, init=scale * label_vectors[label])
+    prior = clf.learn_many(vectors, labels, num_iters=num_iters)
+    record.labels = list(clf.labels)
+    record.weights = clf.weights
+    record.version += 1
+    record.samples_seen += len(labels)
+    record.updated_at = now
+    record.applied[source] = offset
+    record.recent = (record.recent + [int(p) for p in prior])[-PREQUENTIAL_WINDOW:]
+    replay = record.hyper.setdefault("_replay", {})
+    replay[source] = ([*replay.get(source, []), [offset, record.version]])[-REPLAY_MEMORY:]
+    return prior

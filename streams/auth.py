@@ -1,0 +1,66 @@
+"""API keys: kept only as SHA-256 hashes, compared in constant time.
+
+A key arrives in a Kafka header ``authorization: Bearer <key>`` (or the HTTP header of
+the same name). Its hash is the owner id stored in classifier records, so records never
+hold a key in clear.
+
+>>> ring = KeyRing(["k-alice", "k-bob"])
+>>> ring.authenticate("Bearer k-alice") == hash_key("k-alice")
+True
+>>> ring.authenticate("Bearer nope") is None
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable, Mapping, Sequence
+
+
+def hash_key(key: str) -> str:
+    """The owner id of an API key."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def bearer_token(value: str | bytes | None) -> str | None:
+    """``Bearer <key>`` → ``<key>`` (None when absent or malformed)."""
+    if value is None:
+        return None
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    scheme, _, token = text.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def header_value(
+    headers: Sequence[tuple[str, bytes]] | Mapping[str, bytes] | None, name: str
+) -> bytes | None:
+    """A Kafka header's value, case-insensitively (first wins)."""
+    pairs = headers.items() if isinstance(headers, Mapping) else (headers or ())
+    for key, value in pairs:
+        if key.lower() == name:
+            return value
+    return None
+
+
+class KeyRing:
+    """The configured API keys, as hashes only."""
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        self._hashes = [bytes.fromhex(hash_key(k)) for k in keys if k]
+
+    def __len__(self) -> int:
+        return len(self._hashes)
+
+    def authenticate(self, authorization: str | bytes | None) -> str | None:
+        """The owner id for a valid ``Bearer`` value, else None (constant time per key)."""
+        token = bearer_token(authorization)
+        if token is None:
+            return None
+        presented = hashlib.sha256(token.encode("utf-8")).digest()
+        found = False
+        for known in self._hashes:  # no early exit: timing does not tell which key matched
+            found |= hmac.compare_digest(presented, known)
+        return presented.hex() if found else None

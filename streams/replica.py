@@ -1,0 +1,123 @@
+"""A read replica of every few-shot classifier, on every worker.
+
+Classifiers are *written* by the worker that owns their partition of the train topic
+(a faust table in RocksDB, with a changelog topic). Classify requests are keyed by
+request_id, so they land on any worker: each worker therefore follows the table's
+changelog topic from the beginning (all partitions, no consumer group) and keeps the
+latest record per classifier in memory. Reads are local and cheap; they lag the writer
+by the replication delay (milliseconds), and an unknown id is waited for briefly before
+it is called unknown, so a classifier is usable as soon as its creation is answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from state.records import ClassifierRecord, RecordFormatError, decode_record
+
+log = logging.getLogger(__name__)
+
+
+class ClassifierReplica:
+    """Latest record per classifier id, from the changelog topic."""
+
+    def __init__(self, brokers: str, topic: str, *, fetch_max_wait_ms: int = 25) -> None:
+        self.brokers = brokers
+        self.topic = topic
+        self.fetch_max_wait_ms = fetch_max_wait_ms
+        self.records: dict[str, ClassifierRecord] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+
+    async def start(self, timeout_s: float = 30.0) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.brokers,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=self.fetch_max_wait_ms,
+            auto_offset_reset="earliest",
+        )
+        await consumer.start()
+        deadline = time.monotonic() + timeout_s
+        partitions: set[int] | None = None
+        while not partitions:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(self.topic)
+            if not partitions:
+                if time.monotonic() > deadline:
+                    await consumer.stop()
+                    raise RuntimeError(f"changelog topic {self.topic} does not exist")
+                await asyncio.sleep(0.2)
+        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        self._consumer = consumer
+        self._task = asyncio.create_task(self._follow(consumer))
+
+    async def _follow(self, consumer: AIOKafkaConsumer) -> None:
+        async for message in consumer:
+            key = message.key.decode("utf-8", "replace") if message.key else None
+            if key is None:
+                continue
+            if message.value is None:
+                self.records.pop(key, None)
+            else:
+                try:
+                    self.records[key] = decode_record(message.value)
+                except RecordFormatError:
+                    log.exception(
+                        "unreadable classifier record %s at offset %d", key, message.offset
+                    )
+                    continue
+            self._changed.set()
+            self._changed = asyncio.Event()
+
+    async def caught_up(self, timeout_s: float = 30.0) -> None:
+        """Wait until every partition has been read to its end (as the broker reports it)."""
+        consumer = self._consumer
+        if consumer is None:
+            raise RuntimeError("replica not started")
+        tps = list(consumer.assignment())
+        ends = await consumer.end_offsets(tps)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            positions = [await consumer.position(tp) for tp in tps]
+            if all(pos >= ends[tp] for pos, tp in zip(positions, tps, strict=True)):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"replica of {self.topic} did not catch up")
+            await asyncio.sleep(0.05)
+
+    def get(self, classifier_id: str) -> ClassifierRecord | None:
+        return self.records.get(classifier_id)
+
+    async def wait_for(
+        self, classifier_id: str, timeout_s: float, min_version: int = 0
+    ) -> ClassifierRecord | None:
+        """The record once it exists (and has ``min_version``), or None after the timeout."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            record = self.records.get(classifier_id)
+            if record is not None and record.version >= min_version:
+                return record
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return record
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+
+    def owned_by(self, owner: str) -> list[ClassifierRecord]:
+        return [r for r in self.records.values() if r.owner == owner]
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()

@@ -1,0 +1,252 @@
+"""The train agent: labelled examples in, classifier updates and train responses out.
+
+Per record: validate and authenticate, embed the examples through the shared
+micro-batcher (overlapping with other records), then — in partition order — read the
+classifier from the table, skip it if this source offset was already applied (a replay
+after a crash), learn, write the table (RocksDB + changelog) and answer on
+``train-results``. Examples are never stored: only the weights they produced.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import faust
+import numpy as np
+from faust.types import TableT
+
+from models.fewshot import ClassLimitError
+from state.classifiers import (
+    LearnerSettings,
+    already_applied,
+    apply_examples,
+    replayed_version,
+)
+from state.records import ClassifierRecord, decode_record, encode_record
+from streams.agents import Turn, encode, send_dead_letter
+from streams.auth import KeyRing, header_value
+from streams.errors import ErrorCode, RequestError
+from streams.observer import Observer
+from streams.producer import OutputProducer
+from streams.records import (
+    DeleteRequest,
+    TrainRequest,
+    decode_json_object,
+    parse_train,
+    request_id_of,
+)
+from streams.replica import ClassifierReplica
+from streams.service import ClassifyService, texts_only
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class TrainHandler:
+    """One train record → one train response or one dead letter."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        service: ClassifyService,
+        table: TableT[bytes, bytes],
+        replica: ClassifierReplica,
+        keys: KeyRing,
+        output: OutputProducer,
+        observer: Observer,
+        learner_settings: LearnerSettings | None = None,
+    ) -> None:
+        self.settings = settings
+        self.service = service
+        self.table = table
+        self.replica = replica
+        self.keys = keys
+        self.output = output
+        self.observer = observer
+        self.learner_settings = learner_settings or LearnerSettings()
+        self.results_topic = settings.topic("train-results")
+        self.errors_topic = settings.topic("errors")
+
+    def _read(self, classifier_id: str) -> ClassifierRecord | None:
+        raw = self.table.get(classifier_id.encode())
+        return decode_record(raw) if raw is not None else None
+
+    def _write(self, record: ClassifierRecord) -> None:
+        self.table[record.classifier_id.encode()] = encode_record(record)
+
+    async def __call__(self, event: faust.EventT[Any], turn: Turn) -> None:
+        message = event.message
+        source = f"{message.topic}:{message.partition}"
+        request_id: str | None = None
+        try:
+            body = decode_json_object(message.value)
+            request_id = request_id_of(body, message.key)
+            request = parse_train(
+                body, self.settings.limits, request_id=request_id, key=message.key
+            )
+            owner = self.keys.authenticate(header_value(message.headers, "authorization"))
+            if owner is None:
+                raise RequestError(
+                    ErrorCode.UNAUTHORIZED,
+                    "few-shot training needs a valid 'authorization: Bearer <key>' header",
+                )
+            if isinstance(request, DeleteRequest):
+                async with turn:
+                    response = self._delete(request, owner)
+            else:
+                response = await self._train(request, owner, source, message.offset, turn)
+        except Exception as exc:  # every failure becomes a dead letter
+            await send_dead_letter(
+                self.output, self.errors_topic, self.observer, event, request_id, exc
+            )
+            return
+        await self.output.send(self.results_topic, request.classifier_id, encode(response))
+
+    async def _train(
+        self, request: TrainRequest, owner: str, source: str, offset: int, turn: Turn
+    ) -> dict[str, Any]:
+        existing = self.replica.get(request.classifier_id) or self._read(request.classifier_id)
+        model = request.model or (existing.model if existing else None)
+        embedded = await self._embed(request, model) if model else None
+        async with turn:
+            record = self._read(request.classifier_id)
+            if already_applied(record, source, offset):
+                assert record is not None  # noqa: S101 - implied by already_applied
+                log.info(
+                    "train record %s@%d already applied to %s: answering again",
+                    source,
+                    offset,
+                    record.classifier_id,
+                )
+                self._write(record)  # re-assert: the changelog may have lost the first write
+                return self._response(
+                    request,
+                    record,
+                    replayed_version(record, source, offset),
+                    embedded[2] if embedded else 0,
+                )
+            record = self._authorize(request, record, owner)
+            if embedded is None or embedded[3] != record.model:
+                embedded = await self._embed(request, record.model)  # rare: the model changed
+            vectors, label_vectors, tokens, _model = embedded
+            if record.version == 0 and not record.labels:  # new: its size is the model's
+                record.dim = int(vectors.shape[1])
+                record.weights = np.zeros((0, record.dim), dtype=np.float32)
+            try:
+                prior = apply_examples(
+                    record,
+                    vectors,
+                    [e.label for e in request.examples],
+                    num_iters=request.num_iters,
+                    label_vectors=label_vectors,
+                    source=source,
+                    offset=offset,
+                    now=time.time(),
+                )
+            except ClassLimitError as exc:
+                raise RequestError(ErrorCode.INPUT_LABEL_LIMIT_EXCEEDED, str(exc)) from exc
+            if request.access is not None:
+                record.access = request.access
+            self._write(record)
+        self.observer.on_train(record.classifier_id, len(prior), record.prequential_accuracy)
+        self.observer.on_tokens(record.model, "train", tokens)
+        return self._response(request, record, record.version, tokens)
+
+    def _authorize(
+        self, request: TrainRequest, record: ClassifierRecord | None, owner: str
+    ) -> ClassifierRecord:
+        if record is None:
+            if request.model is None:
+                raise RequestError(
+                    ErrorCode.INPUT_MISSING,
+                    f"classifier {request.classifier_id!r} does not exist yet: the first train "
+                    "request needs a 'model'",
+                )
+            limit = self.settings.limits.max_classifiers_per_key
+            others = {r.classifier_id for r in self.replica.owned_by(owner)}
+            others.discard(request.classifier_id)
+            if len(others) >= limit:
+                raise RequestError(
+                    ErrorCode.AUTHZ_RESOURCE_LIMIT_EXCEEDED,
+                    f"this API key already owns {len(others)} classifiers (limit {limit})",
+                )
+            spec = self.service.registry.resolve(request.model)
+            record = ClassifierRecord.new(
+                request.classifier_id,
+                model=spec.name,
+                owner=owner,
+                access=request.access or "private",
+                dim=0,
+                now=time.time(),
+            )
+            record.hyper.update(self.learner_settings.as_dict())
+            record.hyper["max_classes"] = self.settings.limits.max_classes
+            return record
+        if record.owner != owner:
+            if record.access != "public":
+                raise RequestError(
+                    ErrorCode.CLASSIFIER_NOT_FOUND,
+                    f"classifier {request.classifier_id!r} not found",
+                )
+            raise RequestError(
+                ErrorCode.UNAUTHORIZED,
+                f"classifier {request.classifier_id!r} is public, but only its owner may train it",
+            )
+        if request.model is not None:
+            spec = self.service.registry.resolve(request.model)
+            if spec.name != record.model:
+                raise RequestError(
+                    ErrorCode.INPUT_INVALID,
+                    f"classifier {request.classifier_id!r} uses model {record.model!r}, "
+                    f"not {spec.name!r}",
+                )
+        return record
+
+    async def _embed(
+        self, request: TrainRequest, model: str
+    ) -> tuple[np.ndarray, dict[str, np.ndarray], int, str]:
+        """Example vectors, label vectors (warm start), usage tokens, the model's name."""
+        spec = self.service.registry.resolve(model)
+        items = tuple(e.item for e in request.examples)
+        texts = texts_only(items, spec.name)
+        runtime = await self.service.runtime(spec)
+        tokenized = await self.service.tokenize_checked(runtime, texts)
+        labels = list(dict.fromkeys(e.label for e in request.examples))
+        vectors = await runtime.embed(tokenized.ids)
+        label_vectors = await runtime.labels(labels)
+        by_label = dict(zip(labels, label_vectors.vectors, strict=True))
+        return vectors, by_label, sum(tokenized.counts) * request.num_iters, spec.name
+
+    def _delete(self, request: DeleteRequest, owner: str) -> dict[str, Any]:
+        record = self._read(request.classifier_id)
+        if record is None or (record.owner != owner and record.access != "public"):
+            raise RequestError(
+                ErrorCode.CLASSIFIER_NOT_FOUND, f"classifier {request.classifier_id!r} not found"
+            )
+        if record.owner != owner:
+            raise RequestError(
+                ErrorCode.UNAUTHORIZED,
+                f"only the owner may delete classifier {request.classifier_id!r}",
+            )
+        del self.table[request.classifier_id.encode()]
+        return {
+            "request_id": request.request_id,
+            "classifier_id": request.classifier_id,
+            "deleted": True,
+        }
+
+    @staticmethod
+    def _response(
+        request: TrainRequest, record: ClassifierRecord, version: int, tokens: int
+    ) -> dict[str, Any]:
+        return {
+            "request_id": request.request_id,
+            "classifier_id": record.classifier_id,
+            "num_samples": len(request.examples),
+            "version": version,
+            "labels": list(record.labels),
+            "prequential_accuracy": record.prequential_accuracy,
+            "usage": {"total_tokens": tokens, "prompt_tokens": tokens},
+        }

@@ -1,0 +1,246 @@
+"""Exactly-once effects of training: crashes, restarts and moving partitions change nothing.
+
+A reference worker learns a fixed stream of train records without interruption. Then
+the same records go through workers that are SIGKILLed at random points, restarted on
+their RocksDB, and joined by a second worker (partitions move mid-stream). At the end
+every classifier must have the reference weights and one version per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from state.records import ClassifierRecord
+from streams.app import classifier_changelog_topic
+from streams.broker import EmbeddedBroker
+from streams.client import Answer, ShotstreamClient
+from streams.processes import WorkerProcess
+from streams.replica import ClassifierReplica
+from streams.settings import Settings
+from tests.integration.conftest import API_KEYS, client_settings, worker_env
+
+pytestmark = [pytest.mark.integration, pytest.mark.model]
+
+KEY = API_KEYS["alice"]
+WORDS = [
+    "billing",
+    "invoice",
+    "refund",
+    "login",
+    "password",
+    "crash",
+    "slow",
+    "export",
+    "report",
+    "chart",
+    "api",
+    "token",
+    "firewall",
+    "sso",
+    "upgrade",
+    "mobile",
+    "email",
+    "sync",
+    "backup",
+    "latency",
+]
+
+
+def train_stream(seed: int, classifiers: int = 4, per: int = 10) -> list[tuple[str, dict]]:
+    """(classifier_id, body) pairs in production order; ids are fixed per seed."""
+    rng = random.Random(seed)
+    ids = [str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(classifiers)]
+    stream = []
+    for step in range(per):
+        for cid in ids:
+            examples = [
+                {"text": " ".join(rng.choices(WORDS, k=6)), "label": f"team{rng.randint(1, 4)}"}
+                for _ in range(3)
+            ]
+            body: dict = {"input": examples, "num_iters": 5}
+            if step == 0:
+                body["model"] = "jina-embeddings-v3"
+            stream.append((cid, body))
+    return stream
+
+
+async def produce(
+    c: ShotstreamClient,
+    stream: list[tuple[str, dict]],
+    pause_s: float,
+    answered: list[asyncio.Future[Answer]],
+    start: int = 0,
+) -> None:
+    for i, (cid, body) in enumerate(stream, start):
+        answered.append(
+            await c.send(
+                c.settings.topic("train"),
+                {**body, "request_id": f"t-{i:04d}"},
+                key=cid,
+                headers=[("authorization", f"Bearer {KEY}".encode())],
+            )
+        )
+        await asyncio.sleep(pause_s)
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Poll a condition on state that other tasks change (answers arriving)."""
+    while not condition():  # noqa: ASYNC110 - many futures, no single event to wait on
+        await asyncio.sleep(0.01)
+
+
+async def final_records(settings: Settings) -> dict[str, ClassifierRecord]:
+    replica = ClassifierReplica(",".join(settings.brokers), classifier_changelog_topic(settings))
+    await replica.start()
+    try:
+        await replica.caught_up()
+        return dict(replica.records)
+    finally:
+        await replica.stop()
+
+
+def run_reference(
+    broker: EmbeddedBroker, tmp: Path, cache: Path, stream: list[tuple[str, dict]], tag: str
+) -> dict[str, ClassifierRecord]:
+    env = worker_env(
+        broker,
+        tmp / "ref",
+        cache,
+        SHOTSTREAM_TOPIC_PREFIX=f"{tag}-ref.",
+        SHOTSTREAM_KAFKA__GROUP_ID=f"{tag}-ref",
+    )
+    settings = client_settings(broker, topic_prefix=f"{tag}-ref.", kafka={"group_id": f"{tag}-ref"})
+    with WorkerProcess(env, tmp / "ref.log") as w:
+        w.wait_ready(600)
+
+        async def go() -> dict[str, ClassifierRecord]:
+            async with ShotstreamClient(settings) as c:
+                answered: list[asyncio.Future[Answer]] = []
+                await produce(c, stream, 0.0, answered)
+                answers = await asyncio.wait_for(asyncio.gather(*answered), 300)
+                assert all("error" not in a for a in answers), answers
+            return await final_records(settings)
+
+        return asyncio.run(go())
+
+
+def assert_same(
+    records: dict[str, ClassifierRecord],
+    reference: dict[str, ClassifierRecord],
+    stream: list[tuple[str, dict]],
+) -> None:
+    assert set(records) == set(reference)
+    for cid, ref in reference.items():
+        got = records[cid]
+        assert got.version == ref.version == sum(1 for c, _ in stream if c == cid)
+        assert got.samples_seen == ref.samples_seen
+        assert got.labels == ref.labels
+        np.testing.assert_allclose(got.weights, ref.weights, atol=2e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("seed", [11, 23, 37])
+def test_sigkill_restart_and_moving_partitions_apply_each_record_once(
+    broker: EmbeddedBroker, tmp_path: Path, model_cache: Path, seed: int
+) -> None:
+    tag = f"eo{seed}"
+    stream = train_stream(seed)
+    reference = run_reference(broker, tmp_path, model_cache, stream, tag)
+    rng = random.Random(seed)
+    prefix, group = f"{tag}-trial.", f"{tag}-trial"
+    env = worker_env(
+        broker,
+        tmp_path / "a",
+        model_cache,
+        SHOTSTREAM_TOPIC_PREFIX=prefix,
+        SHOTSTREAM_KAFKA__GROUP_ID=group,
+    )
+    env_b = {**env, "SHOTSTREAM_DATA_DIR": str(tmp_path / "b")}
+    settings = client_settings(broker, topic_prefix=prefix, kafka={"group_id": group})
+    first = WorkerProcess(env, tmp_path / "a1.log").start()
+    restarted = WorkerProcess(env, tmp_path / "a2.log")  # same RocksDB directory
+    joiner = WorkerProcess(env_b, tmp_path / "b.log")  # a second worker: partitions move
+    kill_at = rng.randint(6, len(stream) // 3)
+    join_at = rng.randint(len(stream) // 2, 2 * len(stream) // 3)
+    try:
+        first.wait_ready(600)
+
+        async def go() -> dict[str, ClassifierRecord]:
+            async with ShotstreamClient(settings) as c:
+                answered: list[asyncio.Future[Answer]] = []
+                # phase 1, then a SIGKILL while some of it is still unanswered
+                await produce(c, stream[:kill_at], 0.02, answered)
+                await until(lambda: sum(f.done() for f in answered) >= kill_at // 2)
+                first.kill()
+                await asyncio.to_thread(restarted.start)
+                # phase 2 goes to the restarted worker (same RocksDB directory)
+                await produce(c, stream[kill_at:join_at], 0.02, answered, start=kill_at)
+                await asyncio.to_thread(restarted.wait_ready, 600)
+                # a second worker joins: partitions move mid-stream
+                await asyncio.to_thread(joiner.start)
+                await asyncio.to_thread(joiner.wait_ready, 600)
+                await produce(c, stream[join_at:], 0.02, answered, start=join_at)
+                answers = await asyncio.wait_for(asyncio.gather(*answered), 300)
+                assert all("error" not in a for a in answers), answers
+            return await final_records(settings)
+
+        records = asyncio.run(go())
+        assert_same(records, reference, stream)
+        assert "shotstream worker ready" in restarted.log_text()
+        assert "shotstream worker ready" in joiner.log_text()
+        replays = restarted.log_text().count("already applied") + joiner.log_text().count(
+            "already applied"
+        )
+        print(
+            f"seed {seed}: killed after {kill_at} answers, joined at {join_at}; "
+            f"{replays} redelivered records recognised and not applied again"
+        )
+    finally:
+        for w in (first, restarted, joiner):
+            w.stop()
+
+
+def test_a_worker_without_its_rocksdb_rebuilds_from_the_changelog(
+    broker: EmbeddedBroker, tmp_path: Path, model_cache: Path
+) -> None:
+    stream = train_stream(5, classifiers=2, per=4)
+    prefix, group = "rebuild.", "rebuild"
+    env = worker_env(
+        broker,
+        tmp_path / "data",
+        model_cache,
+        SHOTSTREAM_TOPIC_PREFIX=prefix,
+        SHOTSTREAM_KAFKA__GROUP_ID=group,
+    )
+    settings = client_settings(broker, topic_prefix=prefix, kafka={"group_id": group})
+    extra = [{"text": "refund my invoice please", "label": "team1"}]
+
+    async def train_all(items: list[tuple[str, dict]]) -> list[Answer]:
+        async with ShotstreamClient(settings) as c:
+            answered: list[asyncio.Future[Answer]] = []
+            await produce(c, items, 0.0, answered)
+            return await asyncio.wait_for(asyncio.gather(*answered), 300)
+
+    with WorkerProcess(env, tmp_path / "w1.log") as w:
+        w.wait_ready(600)
+        asyncio.run(train_all(stream))
+        before = asyncio.run(final_records(settings))
+    assert (tmp_path / "data" / "faust").exists()
+    shutil.rmtree(tmp_path / "data" / "faust")  # the RocksDB state is gone
+    cid = stream[0][0]
+    with WorkerProcess(env, tmp_path / "w2.log") as w:
+        w.wait_ready(600)
+        [answer] = asyncio.run(train_all([(cid, {"input": extra, "num_iters": 5})]))
+        after = asyncio.run(final_records(settings))
+        restored = w.log_text()
+    assert answer["version"] == before[cid].version + 1  # continued, not restarted at 1
+    assert after[cid].samples_seen == before[cid].samples_seen + 1
+    assert after[cid].labels[: len(before[cid].labels)] == before[cid].labels
+    assert "shotstream worker ready" in restored

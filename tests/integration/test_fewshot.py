@@ -1,0 +1,168 @@
+"""Few-shot over the embedded broker: the support-ticket example, access, limits, delete."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from streams.broker import EmbeddedBroker
+from streams.client import ShotstreamClient
+from streams.processes import WorkerProcess
+from tests.integration.conftest import API_KEYS, client_settings, with_client
+
+pytestmark = [pytest.mark.integration, pytest.mark.model]
+
+ALICE, BOB, CAROL = API_KEYS["alice"], API_KEYS["bob"], API_KEYS["carol"]
+
+FIRST = [
+    {"text": "I cant log into my account after the latest app update.", "label": "team1"},
+    {"text": "My subscription renewal failed due to an expired credit card.", "label": "team2"},
+    {"text": "How do I export my data from the platform?", "label": "team3"},
+]
+SECOND = [
+    {
+        "text": "Im getting a 404 error when trying to access the new AI chatbot feature.",
+        "label": "team4",
+    },
+    {
+        "text": "The latest security patch is conflicting with my company firewall.",
+        "label": "team1",
+    },
+    {"text": "I need help setting up SSO for my organization account.", "label": "team5"},
+]
+TICKETS = [
+    {"text": "The new feature is causing my dashboard to load slowly."},
+    {"text": "I need to update my billing information for tax purposes."},
+]
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def code(answer: dict) -> str | None:
+    return answer["error"]["code"] if "error" in answer else None
+
+
+def test_support_ticket_example(broker: EmbeddedBroker, worker: WorkerProcess) -> None:
+    cid = new_id()
+
+    async def go(c: ShotstreamClient) -> tuple[dict, dict, dict]:
+        created = await c.train(
+            FIRST,
+            classifier_id=cid,
+            api_key=ALICE,
+            model="jina-embeddings-v3",
+            access="private",
+            num_iters=10,
+        )
+        updated = await c.train(SECOND, classifier_id=cid, api_key=ALICE, num_iters=10)
+        answer = await c.classify(TICKETS, classifier_id=cid, api_key=ALICE)
+        seen = await c.classify(
+            [e["text"] for e in FIRST + SECOND], classifier_id=cid, api_key=ALICE
+        )
+        return created, updated, answer, seen
+
+    created, updated, answer, seen = with_client(client_settings(broker), go)
+    assert created["classifier_id"] == cid
+    assert created["num_samples"] == 3
+    assert created["version"] == 1
+    assert created["labels"] == ["team1", "team2", "team3"]
+    assert created["usage"]["total_tokens"] > 10 * 3  # input tokens x num_iters
+    assert updated["version"] == 2
+    assert updated["labels"] == ["team1", "team2", "team3", "team4", "team5"]
+    assert answer["classifier_id"] == cid
+    assert answer["version"] == 2
+    assert [d["index"] for d in answer["data"]] == [0, 1]
+    for d in answer["data"]:
+        assert {p["label"] for p in d["predictions"]} == {f"team{i}" for i in range(1, 6)}
+        assert abs(sum(p["score"] for p in d["predictions"]) - 1) < 1e-4
+    # ten passes per example: every training example is now on its own side
+    assert [d["prediction"] for d in seen["data"]] == [e["label"] for e in FIRST + SECOND]
+
+
+def test_private_and_public_access(broker: EmbeddedBroker, worker: WorkerProcess) -> None:
+    cid = new_id()
+
+    async def go(c: ShotstreamClient) -> list[dict]:
+        out = [await c.train(FIRST, classifier_id=cid, api_key=ALICE, model="jina-embeddings-v3")]
+        out.append(await c.classify(TICKETS, classifier_id=cid, api_key=BOB))  # private: hidden
+        out.append(await c.classify(TICKETS, classifier_id=cid, api_key=None))  # no key
+        out.append(await c.classify(TICKETS, classifier_id=cid, api_key="key-unknown"))
+        out.append(await c.train(SECOND, classifier_id=cid, api_key=BOB))  # not found for bob
+        out.append(await c.train(FIRST[:1], classifier_id=cid, api_key=ALICE, access="public"))
+        out.append(await c.classify(TICKETS, classifier_id=cid, api_key=BOB))  # now visible
+        out.append(await c.train(SECOND, classifier_id=cid, api_key=BOB))  # only owner trains
+        out.append(await c.delete(cid, api_key=BOB))  # only owner deletes
+        out.append(await c.delete(cid, api_key=ALICE))
+        out.append(await c.classify(TICKETS, classifier_id=cid, api_key=ALICE))
+        return out
+
+    (
+        created,
+        hidden,
+        anon,
+        unknown,
+        bob_train,
+        public,
+        bob_reads,
+        bob_public_train,
+        bob_delete,
+        deleted,
+        gone,
+    ) = with_client(client_settings(broker), go)
+    assert created["version"] == 1
+    assert code(hidden) == "CLASSIFIER_NOT_FOUND"
+    assert code(anon) == "UNAUTHORIZED"
+    assert code(unknown) == "UNAUTHORIZED"
+    assert code(bob_train) == "CLASSIFIER_NOT_FOUND"
+    assert public["version"] == 2
+    assert code(bob_reads) is None
+    assert bob_reads["classifier_id"] == cid
+    assert code(bob_public_train) == "UNAUTHORIZED"
+    assert code(bob_delete) == "UNAUTHORIZED"
+    assert deleted["deleted"] is True
+    assert code(gone) == "CLASSIFIER_NOT_FOUND"
+
+
+def test_limits(broker: EmbeddedBroker, worker: WorkerProcess) -> None:
+    async def go(c: ShotstreamClient) -> tuple[list[dict], dict, dict, dict, dict]:
+        ids = [new_id() for _ in range(17)]
+        made = []
+        for cid in ids:  # one at a time: the per-key count reads the replica
+            made.append(
+                await c.train(
+                    [{"text": "hello", "label": "a"}],
+                    classifier_id=cid,
+                    api_key=CAROL,
+                    model="jina-embeddings-v3",
+                )
+            )
+            await asyncio.sleep(0.05)
+        many = await c.train(
+            [{"text": f"example {i}", "label": f"class{i}"} for i in range(17)],
+            classifier_id=new_id(),
+            api_key=ALICE,
+            model="jina-embeddings-v3",
+        )
+        no_model = await c.train(FIRST, classifier_id=new_id(), api_key=ALICE)
+        too_many = await c.train(
+            [{"text": "x", "label": "a"}] * 1025,
+            classifier_id=new_id(),
+            api_key=ALICE,
+            model="jina-embeddings-v3",
+        )
+        bad_iters = await c.train(
+            FIRST, classifier_id=new_id(), api_key=ALICE, model="jina-embeddings-v3", num_iters=0
+        )
+        return made, many, no_model, too_many, bad_iters
+
+    made, many, no_model, too_many, bad_iters = with_client(client_settings(broker), go)
+    assert [code(m) for m in made[:16]] == [None] * 16
+    assert code(made[16]) == "AUTHZ_RESOURCE_LIMIT_EXCEEDED"
+    assert code(many) == "INPUT_LABEL_LIMIT_EXCEEDED"
+    assert code(no_model) == "INPUT_MISSING"
+    assert code(too_many) == "INPUT_LIMIT_EXCEEDED"
+    assert code(bad_iters) == "INPUT_INVALID"

@@ -1,0 +1,108 @@
+"""Property tests of the passive-aggressive learner (Crammer et al. 2006)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from models.fewshot import ClassLimitError, PassiveAggressiveClassifier
+
+DIM = 8
+vec = arrays(np.float32, DIM, elements=st.floats(-1, 1, width=32))
+
+
+def trained(seed: int, n_classes: int = 3, variant: str = "PA-I") -> PassiveAggressiveClassifier:
+    rng = np.random.default_rng(seed)
+    clf = PassiveAggressiveClassifier(dim=DIM, C=0.5, variant=variant)  # type: ignore[arg-type]
+    for i in range(12):
+        clf.learn_one(rng.standard_normal(DIM), f"c{i % n_classes}")
+    return clf
+
+
+@given(st.integers(0, 1000), vec, st.integers(0, 2))
+def test_no_update_when_the_loss_is_zero(seed: int, x: np.ndarray, y: int) -> None:
+    clf = trained(seed)
+    label = f"c{y}"
+    assume(float(x @ x) > 1e-3)
+    clf.learn_one(x, label, num_iters=50)  # drive the margin to >= 1
+    assume(clf.margin(x, label) >= 1.0)
+    before = clf.weights.copy()
+    clf.learn_one(x, label)
+    assert np.array_equal(before, clf.weights)
+
+
+@given(st.integers(0, 1000), vec, st.integers(0, 2), st.sampled_from(["PA", "PA-I", "PA-II"]))
+def test_learning_an_example_grows_its_margin(
+    seed: int, x: np.ndarray, y: int, variant: str
+) -> None:
+    clf = trained(seed, variant=variant)
+    label = f"c{y}"
+    assume(float(x @ x) > 1e-3)
+    before = clf.margin(x, label)
+    clf.learn_one(x, label)
+    after = clf.margin(x, label)
+    assert after >= before - 1e-5
+    if before < 1:
+        assert after > before
+
+
+@given(st.integers(0, 1000), vec, st.integers(0, 2))
+def test_a_pa1_step_is_bounded_by_c(seed: int, x: np.ndarray, y: int) -> None:
+    clf = trained(seed)
+    assume(float(x @ x) > 1e-3)
+    before = clf.weights.copy()
+    clf.learn_one(x, f"c{y}", num_iters=1)
+    moved = np.linalg.norm(clf.weights - before, axis=1)
+    assert (moved <= clf.C * np.linalg.norm(x) + 1e-4).all()  # ‖τx‖ with τ ≤ C
+
+
+@given(st.integers(0, 1000), arrays(np.float32, (5, DIM), elements=st.floats(-1, 1, width=32)))
+def test_probabilities_sum_to_one(seed: int, X: np.ndarray) -> None:
+    p = trained(seed).predict_proba_many(X)
+    assert np.allclose(p.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_classes_are_added_online_up_to_the_limit() -> None:
+    clf = PassiveAggressiveClassifier(dim=2, max_classes=3)
+    clf.learn_one([1, 0], "a")
+    clf.learn_one([0, 1], "b")
+    old = clf.weights.copy()
+    clf.add_class("c")
+    assert np.array_equal(clf.weights[:2], old)  # a new class leaves the others alone
+    with pytest.raises(ClassLimitError):
+        clf.add_class("d")
+
+
+def test_learns_a_separable_problem_and_num_iters_weights_examples() -> None:
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((4, 16))
+    X = np.vstack([c + 0.3 * rng.standard_normal((30, 16)) for c in centers])
+    y = [f"k{i}" for i in range(4) for _ in range(30)]
+    order = rng.permutation(len(y))
+    clf = PassiveAggressiveClassifier(dim=16)
+    prior = clf.learn_many(X[order], [y[i] for i in order], num_iters=5)
+    assert sum(prior[-40:]) >= 36  # prequential accuracy climbs once classes are known
+    assert np.mean(np.array(clf.predict_many(X)) == np.array(y)) > 0.95
+    once, many = PassiveAggressiveClassifier(dim=2), PassiveAggressiveClassifier(dim=2)
+    for clf2, iters in ((once, 1), (many, 10)):
+        clf2.learn_one([1, 0], "a")
+        clf2.learn_one([0, 1], "b")
+        clf2.learn_one([0.9, 0.2], "b", num_iters=iters)
+    assert many.margin([0.9, 0.2], "b") > once.margin([0.9, 0.2], "b")
+
+
+@settings(max_examples=20)
+@given(st.integers(0, 1000))
+def test_warm_start_predicts_like_the_label_embeddings(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    labels = rng.standard_normal((3, DIM)).astype(np.float32)
+    clf = PassiveAggressiveClassifier(dim=DIM)
+    for i, row in enumerate(labels):
+        clf.add_class(f"l{i}", init=20 * row)
+    x = labels[1] + 0.01 * rng.standard_normal(DIM).astype(np.float32)
+    cos = labels @ x / np.linalg.norm(labels, axis=1)
+    assert clf.predict_one(x) == f"l{int(np.argmax(labels @ x))}"
+    assert cos.shape == (3,)
