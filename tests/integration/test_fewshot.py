@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 import uuid
 
 import pytest
@@ -166,3 +170,40 @@ def test_limits(broker: EmbeddedBroker, worker: WorkerProcess) -> None:
     assert code(no_model) == "INPUT_MISSING"
     assert code(too_many) == "INPUT_LIMIT_EXCEEDED"
     assert code(bad_iters) == "INPUT_INVALID"
+
+
+def test_cli_lists_and_deletes_your_classifiers(
+    broker: EmbeddedBroker, worker: WorkerProcess
+) -> None:
+    cid = new_id()
+
+    async def go(c: ShotstreamClient) -> dict:
+        return await c.train(FIRST, classifier_id=cid, api_key=BOB, model="jina-embeddings-v3")
+
+    assert with_client(client_settings(broker), go)["version"] == 1
+    env = {**os.environ, "SHOTSTREAM_BROKERS": broker.address, "SHOTSTREAM_API_KEY": BOB}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "streams", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    listed = json.loads(cli("classifiers", "list", "--json").stdout)
+    mine = {row["classifier_id"]: row for row in listed}
+    assert mine[cid]["labels"] == ["team1", "team2", "team3"]
+    assert mine[cid]["access"] == "private"
+    assert mine[cid]["version"] == 1
+    assert mine[cid]["samples_seen"] == 3
+    assert "owner" not in mine[cid]
+    others = json.loads(cli("classifiers", "list", "--json", "--api-key", ALICE).stdout)
+    assert cid not in {row["classifier_id"] for row in others}
+    deleted = cli("classifiers", "delete", cid)
+    assert deleted.returncode == 0, deleted.stderr
+    assert json.loads(deleted.stdout)["deleted"] is True
+    after = json.loads(cli("classifiers", "list", "--json").stdout)
+    assert cid not in {row["classifier_id"] for row in after}
