@@ -86,11 +86,10 @@ def classifier_changelog_topic(settings: Settings) -> str:
 
 @dataclass(frozen=True)
 class Topics:
+    """The topics the agents consume (answers go out through ``streams.producer``)."""
+
     classify: faust.TopicT
-    predictions: faust.TopicT
     train: faust.TopicT
-    train_results: faust.TopicT
-    errors: faust.TopicT
 
 
 def create_app(settings: Settings) -> tuple[faust.App, Topics]:
@@ -107,11 +106,5 @@ def create_app(settings: Settings) -> tuple[faust.App, Topics]:
             partitions=settings.partitions,
         )
 
-    topics = Topics(
-        classify=topic("classify"),
-        predictions=topic("predictions"),
-        train=topic("train"),
-        train_results=topic("train-results"),
-        errors=topic("errors"),
-    )
+    topics = Topics(classify=topic("classify"), train=topic("train"))
     return app, topics

@@ -75,20 +75,11 @@ class ClassifyService:
                 )
         return runtime
 
-    async def warm_up(self, model: str | None = None) -> EmbeddingRuntime:
-        """Load a model before traffic arrives (the default one if ``model`` is None)."""
-        runtime = await self.runtime(self.registry.resolve(model))
-        await runtime.labels(["warm-up"])
-        return runtime
-
     async def aclose(self) -> None:
         for runtime in self._runtimes.values():
             await runtime.aclose()
 
     # -- classify ---------------------------------------------------------------------
-
-    def runtime_if_loaded(self, name: str) -> EmbeddingRuntime | None:
-        return self._runtimes.get(name)
 
     async def tokenize_checked(self, runtime: EmbeddingRuntime, texts: list[str]) -> Tokenized:
         """Tokenize, enforce the per-input token limit, count truncations."""
