@@ -8,6 +8,7 @@ import logging
 import socket
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -44,6 +45,24 @@ def _logging(settings: Settings) -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+
+
+def _ask(settings: Settings, call: Callable[[Any], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+    """Open a client, make one request, return its answer (prediction or dead letter)."""
+    from streams.client import ShotstreamClient
+
+    async def go() -> dict[str, Any]:
+        async with ShotstreamClient(settings) as client:
+            return await call(client)
+
+    return asyncio.run(go())
+
+
+def _echo_json(answer: dict[str, Any]) -> None:
+    """Print an answer as JSON; exit 2 if it is a dead letter."""
+    typer.echo(json.dumps(answer, ensure_ascii=False, indent=2))
+    if "error" in answer:
+        raise typer.Exit(2)
 
 
 def free_port() -> int:
@@ -91,6 +110,12 @@ def dev(
         run_worker(settings)
 
 
+APIKey = Annotated[
+    str | None,
+    typer.Option("--api-key", envvar="SHOTSTREAM_API_KEY", help="your API key (few-shot)"),
+]
+
+
 @app.command()
 def classify(
     texts: Annotated[list[str], typer.Argument(help="texts to classify")],
@@ -101,38 +126,30 @@ def classify(
     classifier_id: Annotated[str | None, typer.Option(help="few-shot classifier id")] = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the answer")] = 60.0,
     as_json: Annotated[bool, typer.Option("--json", help="print the raw response")] = False,
+    api_key: APIKey = None,
 ) -> None:
     """Produce a classify request and print the prediction when it arrives."""
-    from streams.client import ShotstreamClient
-
     settings = _settings()
     if not labels and not classifier_id:
         raise typer.BadParameter("give --labels (zero-shot) or --classifier-id (few-shot)")
-
-    async def go() -> dict[str, Any]:
-        async with ShotstreamClient(settings) as client:
-            return await client.classify(
+    try:
+        answer = _ask(
+            settings,
+            lambda client: client.classify(
                 list(texts),
                 labels=labels,
                 model=model,
                 classifier_id=classifier_id,
+                api_key=api_key,
                 timeout_s=timeout,
-            )
-
-    try:
-        answer = asyncio.run(go())
+            ),
+        )
     except TimeoutError:
         typer.echo(f"no answer within {timeout}s: is a worker running?", err=True)
         raise typer.Exit(3) from None
     _print_answer(answer, texts, as_json)
     if "error" in answer:
         raise typer.Exit(2)
-
-
-APIKey = Annotated[
-    str | None,
-    typer.Option("--api-key", envvar="SHOTSTREAM_API_KEY", help="your API key (few-shot)"),
-]
 
 
 def _read_examples(source: str) -> list[dict[str, str]]:
@@ -163,17 +180,16 @@ def train(
     """Send labelled examples to the train topic; print the train response."""
     import uuid
 
-    from streams.client import ShotstreamClient
-
     settings = _settings()
     body = _read_examples(examples)
     cid = classifier_id or str(uuid.uuid4())
     if classifier_id is None and model is None:
         model = settings.default_model_name
 
-    async def go() -> dict[str, Any]:
-        async with ShotstreamClient(settings) as client:
-            return await client.train(
+    _echo_json(
+        _ask(
+            settings,
+            lambda client: client.train(
                 body,
                 classifier_id=cid,
                 api_key=api_key,
@@ -181,12 +197,9 @@ def train(
                 access=access,
                 num_iters=num_iters,
                 timeout_s=timeout,
-            )
-
-    answer = asyncio.run(go())
-    typer.echo(json.dumps(answer, ensure_ascii=False, indent=2))
-    if "error" in answer:
-        raise typer.Exit(2)
+            ),
+        )
+    )
 
 
 classifiers_app = typer.Typer(help="List or delete your few-shot classifiers.")
@@ -249,18 +262,10 @@ def classifiers_delete(
     api_key: APIKey = None,
 ) -> None:
     """Delete one of your classifiers (only its owner may)."""
-    from streams.client import ShotstreamClient
 
     settings = _settings()
 
-    async def go() -> dict[str, Any]:
-        async with ShotstreamClient(settings) as client:
-            return await client.delete(classifier_id, api_key=api_key)
-
-    answer = asyncio.run(go())
-    typer.echo(json.dumps(answer, ensure_ascii=False, indent=2))
-    if "error" in answer:
-        raise typer.Exit(2)
+    _echo_json(_ask(settings, lambda client: client.delete(classifier_id, api_key=api_key)))
 
 
 def summary(record: Any) -> dict[str, Any]:
@@ -319,7 +324,6 @@ def demo(
 ) -> None:
     """Quick start: embedded broker + worker, send the LLM-routing example, print answers."""
     from streams.broker import EmbeddedBroker
-    from streams.client import ShotstreamClient
     from streams.processes import WorkerProcess
 
     port = port or free_port()
@@ -338,13 +342,12 @@ def demo(
                 f"worker ready; producing the routing example to {settings.topic('classify')} ..."
             )
 
-            async def go() -> dict[str, Any]:
-                async with ShotstreamClient(settings) as client:
-                    return await client.classify(
-                        ROUTING_INPUTS, labels=ROUTING_LABELS, model="jina-embeddings-v3"
-                    )
-
-            answer = asyncio.run(go())
+            answer = _ask(
+                settings,
+                lambda client: client.classify(
+                    ROUTING_INPUTS, labels=ROUTING_LABELS, model="jina-embeddings-v3"
+                ),
+            )
             _print_answer(answer, ROUTING_INPUTS, as_json=False)
 
 

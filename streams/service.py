@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from models.registry import ModelRegistry, ModelSpec
 from models.runtime import EmbeddingRuntime, Tokenized
-from models.scoring import l2_normalize, ranked, softmax
+from models.scoring import ranked, softmax
 from state.classifiers import learner
 from streams.errors import ErrorCode, RequestError
 from streams.observer import Observer
@@ -148,7 +148,8 @@ class ClassifyService:
         vectors, label_vectors = await asyncio.gather(
             runtime.embed(tokenized.ids), runtime.labels(labels)
         )
-        cosine = l2_normalize(vectors) @ l2_normalize(label_vectors.vectors).T
+        # encoders return L2-normalised rows (TextEncoder's contract): a dot product is cosine
+        cosine = vectors @ label_vectors.vectors.T
         temperature = self.settings.models.temperature
         if request.label_groups is not None:
             position = {label: i for i, label in enumerate(labels)}

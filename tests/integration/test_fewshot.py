@@ -202,6 +202,9 @@ def test_cli_lists_and_deletes_your_classifiers(
     assert "owner" not in mine[cid]
     others = json.loads(cli("classifiers", "list", "--json", "--api-key", ALICE).stdout)
     assert cid not in {row["classifier_id"] for row in others}
+    used = cli("classify", "--json", "--classifier-id", cid, "My card was declined again")
+    assert used.returncode == 0, used.stderr
+    assert json.loads(used.stdout)["classifier_id"] == cid  # the key comes from the env
     deleted = cli("classifiers", "delete", cid)
     assert deleted.returncode == 0, deleted.stderr
     assert json.loads(deleted.stdout)["deleted"] is True
