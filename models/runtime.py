@@ -2,7 +2,8 @@
 
 Zero-shot requests repeat their labels; each label is tokenized and embedded once per
 model and then served from an LRU cache (concurrent misses of the same label share one
-computation).
+computation). A model with an image tower gets a second micro-batcher of its own for
+preprocessed images, so text and image items never share a model call.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import numpy as np
 
 from models.batching import BatchStats, MicroBatcher, Vectors
 from models.embedders import TextEncoder, TokenIds
+from models.images import ImageEncoder, Pixels
+
+Encoder = TextEncoder | ImageEncoder
 
 LABEL_SET_CACHE = 1024
 """Distinct label lists kept whole (each also lives in the per-label cache)."""
@@ -39,12 +43,12 @@ class LabelVectors:
 
 
 class EmbeddingRuntime:
-    """An encoder behind a micro-batcher, with a label cache.
+    """An encoder behind a micro-batcher (one per modality), with a label cache.
 
     Parameters
     ----------
     encoder
-        The loaded model.
+        The loaded model: a text encoder, an image encoder, or both (CLIP).
     batcher_options
         Passed to :class:`~models.batching.MicroBatcher`.
     label_cache_size
@@ -55,7 +59,7 @@ class EmbeddingRuntime:
 
     def __init__(
         self,
-        encoder: TextEncoder,
+        encoder: Encoder,
         *,
         max_batch_size: int = 64,
         max_wait_s: float = 0.005,
@@ -66,18 +70,39 @@ class EmbeddingRuntime:
         tokenizer_threads: int = 1,
         inline_tokenize_chars: int = 2048,
         on_batch: Callable[[BatchStats], None] | None = None,
+        on_image_batch: Callable[[BatchStats], None] | None = None,
     ) -> None:
         self.encoder = encoder
-        self.batcher: MicroBatcher[TokenIds] = MicroBatcher(
-            encoder.embed_ids,
-            max_batch_size=max_batch_size,
-            max_wait_s=max_wait_s,
-            max_batch_tokens=max_batch_tokens,
-            max_queue=max_queue,
-            chunk_overhead=chunk_overhead,
-            on_batch=on_batch,
-            name=f"embed-{encoder.name}",
-        )
+        self.text: TextEncoder | None = encoder if isinstance(encoder, TextEncoder) else None
+        self.image: ImageEncoder | None = encoder if isinstance(encoder, ImageEncoder) else None
+        if self.text is None and self.image is None:
+            raise TypeError(f"{type(encoder).__name__} is neither a text nor an image encoder")
+        self._batcher: MicroBatcher[TokenIds] | None = None
+        if self.text is not None:
+            self._batcher = MicroBatcher(
+                self.text.embed_ids,
+                max_batch_size=max_batch_size,
+                max_wait_s=max_wait_s,
+                max_batch_tokens=max_batch_tokens,
+                max_queue=max_queue,
+                chunk_overhead=chunk_overhead,
+                on_batch=on_batch,
+                name=f"embed-{encoder.name}",
+            )
+        self.image_batcher: MicroBatcher[Pixels] | None = None
+        if self.image is not None:
+            # images are all the same size once preprocessed: each costs one unit
+            self.image_batcher = MicroBatcher(
+                self.image.embed_pixels,
+                max_batch_size=max_batch_size,
+                max_wait_s=max_wait_s,
+                max_batch_tokens=max(max_batch_size, 1),
+                max_queue=max_queue,
+                chunk_overhead=0,
+                length=lambda _pixels: 1,
+                on_batch=on_image_batch or on_batch,
+                name=f"image-{encoder.name}",
+            )
         self.inline_tokenize_chars = inline_tokenize_chars
         self._tokenizer_pool = ThreadPoolExecutor(tokenizer_threads, thread_name_prefix="tok")
         self._label_cache: OrderedDict[str, tuple[Vectors, int]] = OrderedDict()
@@ -93,26 +118,49 @@ class EmbeddingRuntime:
     def dim(self) -> int:
         return self.encoder.dim
 
+    @property
+    def batcher(self) -> MicroBatcher[TokenIds]:
+        """The text batcher; ``TypeError`` for an image-only model."""
+        if self._batcher is None:
+            raise TypeError(f"model {self.name!r} embeds images only")
+        return self._batcher
+
+    @property
+    def queue_depth(self) -> int:
+        """Items waiting in this model's batchers."""
+        depth = self._batcher.queue_depth if self._batcher is not None else 0
+        return depth + (self.image_batcher.queue_depth if self.image_batcher else 0)
+
+    def _text(self) -> TextEncoder:
+        if self.text is None:
+            raise TypeError(f"model {self.name!r} embeds images only")
+        return self.text
+
     async def tokenize(self, texts: Sequence[str]) -> Tokenized:
         """Token ids and counts; long inputs are tokenized off the event loop.
 
         Short requests are tokenized inline: a few microseconds of Rust beat a thread hop
         (executor submit plus a cross-thread wake-up) by an order of magnitude.
         """
+        text = self._text()
         if sum(len(t) for t in texts) <= self.inline_tokenize_chars:
-            ids = self.encoder.tokenize(list(texts))
+            ids = text.tokenize(list(texts))
         else:
             loop = asyncio.get_running_loop()
-            ids = await loop.run_in_executor(
-                self._tokenizer_pool, self.encoder.tokenize, list(texts)
-            )
+            ids = await loop.run_in_executor(self._tokenizer_pool, text.tokenize, list(texts))
         counts = [len(i) for i in ids]
-        window = self.encoder.max_length
+        window = text.max_length
         return Tokenized(ids, counts, sum(1 for c in counts if c > window))
 
     async def embed(self, ids: Sequence[TokenIds]) -> Vectors:
         """Embed token ids through the shared micro-batcher."""
         return await self.batcher.submit(ids)
+
+    async def embed_images(self, pixels: Sequence[Pixels]) -> Vectors:
+        """Embed preprocessed images through this model's image micro-batcher."""
+        if self.image_batcher is None:
+            raise TypeError(f"model {self.name!r} embeds text only")
+        return await self.image_batcher.submit(pixels)
 
     async def labels(self, labels: Sequence[str]) -> LabelVectors:
         """Embeddings of ``labels`` (cached) and their total token count.
@@ -181,5 +229,8 @@ class EmbeddingRuntime:
             self._label_cache.popitem(last=False)
 
     async def aclose(self) -> None:
-        await self.batcher.aclose()
+        if self._batcher is not None:
+            await self._batcher.aclose()
+        if self.image_batcher is not None:
+            await self.image_batcher.aclose()
         self._tokenizer_pool.shutdown(wait=False, cancel_futures=True)

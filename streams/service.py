@@ -2,6 +2,8 @@
 
 ``ClassifyService.classify`` takes a validated request and returns the response body;
 it knows nothing of Kafka or HTTP. Models load lazily, once, off the event loop.
+Requests mix text and image items freely; ``embed_items`` embeds each kind through its
+own micro-batcher of the same model and puts the rows back in request order.
 """
 
 from __future__ import annotations
@@ -9,16 +11,18 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from models.registry import ModelRegistry, ModelSpec
+from models.registry import IMAGE, TEXT, ModelRegistry, ModelSpec
 from models.runtime import EmbeddingRuntime, Tokenized
 from models.scoring import ranked, softmax
 from state.classifiers import learner
 from streams.errors import ErrorCode, RequestError
+from streams.images import ImageLoader
 from streams.observer import Observer
 from streams.records import ClassifyRequest, ImageInput, InputItem, TextInput
 from streams.replica import ClassifierReplica
@@ -34,11 +38,13 @@ class ClassifyService:
         registry: ModelRegistry,
         observer: Observer | None = None,
         classifiers: ClassifierReplica | None = None,
+        images: ImageLoader | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.observer = observer or Observer()
         self.classifiers = classifiers
+        self.images = images or ImageLoader(settings.images)
         self._runtimes: dict[str, EmbeddingRuntime] = {}
         self._loading: dict[str, asyncio.Lock] = {}
 
@@ -64,6 +70,7 @@ class ClassifyService:
                     chunk_overhead=b.chunk_overhead_tokens,
                     label_cache_size=self.settings.models.label_cache_size,
                     on_batch=functools.partial(self.observer.on_batch, spec.name),
+                    on_image_batch=functools.partial(self.observer.on_batch, f"{spec.name}/image"),
                 )
                 self._runtimes[spec.name] = runtime
                 self.observer.on_model_loaded(
@@ -71,22 +78,28 @@ class ClassifyService:
                     spec.source,
                     str(getattr(encoder, "device", "cpu")),
                     encoder.dim,
-                    lambda: runtime.batcher.queue_depth if runtime else 0,
+                    lambda: runtime.queue_depth if runtime else 0,
                 )
         return runtime
 
     async def aclose(self) -> None:
         for runtime in self._runtimes.values():
             await runtime.aclose()
+        await self.images.aclose()
 
     # -- classify ---------------------------------------------------------------------
 
-    async def tokenize_checked(self, runtime: EmbeddingRuntime, texts: list[str]) -> Tokenized:
-        """Tokenize, enforce the per-input token limit, count truncations."""
+    async def tokenize_checked(
+        self, runtime: EmbeddingRuntime, texts: list[str], indices: Sequence[int] | None = None
+    ) -> Tokenized:
+        """Tokenize, enforce the per-input token limit, count truncations.
+
+        ``indices`` are the texts' positions in the request (for error details)."""
         tokenized = await runtime.tokenize(texts)
         limit = self.settings.limits.max_tokens_per_input
-        for index, count in enumerate(tokenized.counts):
+        for position, count in enumerate(tokenized.counts):
             if count > limit:
+                index = indices[position] if indices is not None else position
                 raise RequestError(
                     ErrorCode.INPUT_TOO_LONG,
                     f"input[{index}] has {count} tokens, at most {limit} allowed",
@@ -123,11 +136,11 @@ class ClassifyService:
                 ErrorCode.CLASSIFIER_NOT_FOUND, f"classifier {request.classifier_id!r} not found"
             )
         spec = self.registry.resolve(record.model)
+        check_modalities(request.inputs, spec)
         runtime = await self.runtime(spec)
-        tokenized = await self.tokenize_checked(runtime, texts_only(request.inputs, spec.name))
-        vectors = await runtime.embed(tokenized.ids)
-        probabilities = learner(record).predict_proba_many(vectors)
-        tokens = sum(tokenized.counts)
+        embedded = await self.embed_items(runtime, request.inputs)
+        probabilities = learner(record).predict_proba_many(embedded.vectors)
+        tokens = embedded.tokens
         self.observer.on_tokens(spec.name, "few-shot", tokens)
         return {
             "request_id": request.request_id,
@@ -141,15 +154,21 @@ class ClassifyService:
 
     async def _zero_shot(self, request: ClassifyRequest) -> dict[str, Any]:
         spec = self.registry.resolve(request.model)
-        texts = texts_only(request.inputs, spec.name)
+        if spec.modality == IMAGE:
+            raise RequestError(
+                ErrorCode.MODEL_NOT_AVAILABLE,
+                f"model {spec.name!r} embeds images only and cannot embed labels, so it has no "
+                "zero-shot: name a CLIP model ('jina-clip-v1' once SHOTSTREAM_IMAGES__CLIP_MODEL "
+                f"is set, or a CLIP folder), or train a few-shot classifier with {spec.name!r}",
+            )
+        check_modalities(request.inputs, spec)
         runtime = await self.runtime(spec)
-        tokenized = await self.tokenize_checked(runtime, texts)
         labels = request.all_labels
-        vectors, label_vectors = await asyncio.gather(
-            runtime.embed(tokenized.ids), runtime.labels(labels)
+        embedded, label_vectors = await asyncio.gather(
+            self.embed_items(runtime, request.inputs), runtime.labels(labels)
         )
-        # encoders return L2-normalised rows (TextEncoder's contract): a dot product is cosine
-        cosine = vectors @ label_vectors.vectors.T
+        # encoders return L2-normalised rows (their contract): a dot product is cosine
+        cosine = embedded.vectors @ label_vectors.vectors.T
         temperature = self.settings.models.temperature
         if request.label_groups is not None:
             position = {label: i for i, label in enumerate(labels)}
@@ -157,7 +176,7 @@ class ClassifyService:
         else:
             probabilities = softmax(cosine, temperature)
             data = [_prediction(i, list(labels), row) for i, row in enumerate(probabilities)]
-        tokens = sum(tokenized.counts) + label_vectors.tokens
+        tokens = embedded.tokens + label_vectors.tokens
         self.observer.on_tokens(spec.name, "zero-shot", tokens)
         return {
             "request_id": request.request_id,
@@ -165,20 +184,64 @@ class ClassifyService:
             "data": data,
         }
 
+    async def embed_items(self, runtime: EmbeddingRuntime, items: Sequence[InputItem]) -> Embedded:
+        """Embed text and image items (each kind in its own batches), rows in item order.
 
-def texts_only(items: Sequence[InputItem], model: str) -> list[str]:
-    """The texts of ``items``; an image is an error for a text-only model."""
-    texts: list[str] = []
+        Texts are tokenized and checked first (cheap), then the text embedding and the
+        image fetch → decode → embedding run concurrently."""
+        texts = [(i, it.text) for i, it in enumerate(items) if isinstance(it, TextInput)]
+        images = [(i, it.image) for i, it in enumerate(items) if isinstance(it, ImageInput)]
+        vectors = np.zeros((len(items), runtime.dim), dtype=np.float32)
+        tokens = 0
+        tokenized = None
+        if texts:
+            tokenized = await self.tokenize_checked(
+                runtime, [t for _, t in texts], [i for i, _ in texts]
+            )
+            tokens += sum(tokenized.counts)
+
+        async def embed_texts() -> None:
+            if tokenized is not None:
+                vectors[[i for i, _ in texts]] = await runtime.embed(tokenized.ids)
+
+        async def embed_images() -> int:
+            if not images:
+                return 0
+            assert runtime.image is not None  # noqa: S101 - check_modalities ran
+            loaded = await self.images.load(
+                [v for _, v in images], [i for i, _ in images], runtime.image
+            )
+            vectors[[i for i, _ in images]] = await runtime.embed_images(loaded.pixels)
+            return sum(loaded.tokens)
+
+        _, image_tokens = await asyncio.gather(embed_texts(), embed_images())
+        return Embedded(vectors, tokens + image_tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class Embedded:
+    vectors: npt.NDArray[np.float32]
+    """One L2-normalised row per item, in request order."""
+    tokens: int
+    """Usage: text tokens plus image tokens (tile rule)."""
+
+
+def check_modalities(items: Sequence[InputItem], spec: ModelSpec) -> None:
+    """Refuse items the model cannot embed (before any model is loaded)."""
     for index, item in enumerate(items):
-        if isinstance(item, ImageInput):
+        if isinstance(item, ImageInput) and spec.modality == TEXT:
             raise RequestError(
                 ErrorCode.INPUT_INVALID,
-                f"input[{index}] is an image but model {model!r} embeds text only; "
-                "name an image-capable model in 'model'",
+                f"input[{index}] is an image but model {spec.name!r} embeds text only; name an "
+                "image model in 'model': a CLIP model for zero-shot ('jina-clip-v1' once "
+                "SHOTSTREAM_IMAGES__CLIP_MODEL is set) or 'efficientnet-lite0' for few-shot",
             )
-        assert isinstance(item, TextInput)  # noqa: S101 - exhaustive union
-        texts.append(item.text)
-    return texts
+        if isinstance(item, TextInput) and spec.modality == IMAGE:
+            raise RequestError(
+                ErrorCode.INPUT_INVALID,
+                f"input[{index}] is text but model {spec.name!r} embeds images only; use a "
+                "CLIP model for text and images in one classifier",
+            )
 
 
 def _prediction(

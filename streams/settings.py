@@ -88,6 +88,43 @@ class KafkaSettings(BaseModel):
     """How long answers wait to share a produce request."""
 
 
+class ImageSettings(BaseModel):
+    """Image inputs: safe fetching and decoding, the CLIP model, usage counting."""
+
+    model_config = _FROZEN
+
+    allow_list: tuple[str, ...] = ()
+    """Networks (CIDRs, e.g. ``["10.1.0.0/16"]``) that URLs may reach although they are
+    loopback, private, link-local, multicast or reserved (refused otherwise)."""
+    schemes: tuple[str, ...] = ("https", "http")
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(10.0, gt=0)
+    """Longest wait for the next bytes of a response."""
+    total_timeout_s: float = Field(20.0, gt=0)
+    """Longest a whole fetch (all redirects and the body) may take: cuts off slow drips."""
+    max_redirects: int = Field(3, ge=0)
+    max_bytes: int = Field(8 * 1024 * 1024, ge=1)
+    """Largest image, fetched or base64 (Jina's 8 MB)."""
+    max_pixels: int = Field(40_000_000, ge=1)
+    """Largest decoded image (width x height), checked before decoding."""
+    fetch_concurrency: int = Field(16, ge=1)
+    """URLs fetched at once per worker."""
+    decode_threads: int = Field(2, ge=1)
+    """Threads decoding and preprocessing images off the event loop."""
+    clip_model: str | None = None
+    """What ``jina-clip-v1`` means: a local CLIP folder or a cached Hugging Face id."""
+    tile_pixels: int = Field(224, ge=1)
+    tokens_per_tile: int = Field(1000, ge=0)
+    """Usage: an image counts ``tokens_per_tile`` per ``tile_pixels``² tile it covers."""
+
+    @field_validator("allow_list")
+    @classmethod
+    def _check_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for network in value:
+            ipaddress.ip_network(network, strict=False)  # ValueError names the bad one
+        return value
+
+
 class Settings(BaseSettings):
     """Everything a shotstream process reads from its environment."""
 
@@ -121,6 +158,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     models: ModelSettings = ModelSettings()
     kafka: KafkaSettings = KafkaSettings()
+    images: ImageSettings = ImageSettings()
 
     @field_validator("brokers", mode="before")
     @classmethod

@@ -38,7 +38,7 @@ from streams.records import (
     request_id_of,
 )
 from streams.replica import ClassifierReplica
-from streams.service import ClassifyService, texts_only
+from streams.service import ClassifyService, check_modalities
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -206,18 +206,20 @@ class TrainHandler:
 
     async def _embed(
         self, request: TrainRequest, model: str
-    ) -> tuple[np.ndarray, dict[str, np.ndarray], int, str]:
-        """Example vectors, label vectors (warm start), usage tokens, the model's name."""
+    ) -> tuple[np.ndarray, dict[str, np.ndarray] | None, int, str]:
+        """Example vectors, label vectors (warm start; ``None`` for an image-only model,
+        which has no text tower to embed labels), usage tokens, the model's name."""
         spec = self.service.registry.resolve(model)
         items = tuple(e.item for e in request.examples)
-        texts = texts_only(items, spec.name)
+        check_modalities(items, spec)
         runtime = await self.service.runtime(spec)
-        tokenized = await self.service.tokenize_checked(runtime, texts)
-        labels = list(dict.fromkeys(e.label for e in request.examples))
-        vectors = await runtime.embed(tokenized.ids)
-        label_vectors = await runtime.labels(labels)
-        by_label = dict(zip(labels, label_vectors.vectors, strict=True))
-        return vectors, by_label, sum(tokenized.counts) * request.num_iters, spec.name
+        embedded = await self.service.embed_items(runtime, items)
+        by_label = None
+        if runtime.text is not None:
+            labels = list(dict.fromkeys(e.label for e in request.examples))
+            label_vectors = await runtime.labels(labels)
+            by_label = dict(zip(labels, label_vectors.vectors, strict=True))
+        return embedded.vectors, by_label, embedded.tokens * request.num_iters, spec.name
 
     def _delete(self, request: DeleteRequest, owner: str) -> dict[str, Any]:
         record = self._read(request.classifier_id)

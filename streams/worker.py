@@ -53,6 +53,7 @@ def make_registry(settings: Settings) -> ModelRegistry:
         aliases=settings.models.aliases,
         device=device,
         dtype=dtype,
+        clip_model=settings.images.clip_model,
     )
 
 

