@@ -200,8 +200,8 @@ class ModelRegistry:
             if self.clip_model is None:
                 raise ModelNotAvailableError(
                     f"model {requested!r} is not available: it names a CLIP model and "
-                    "none is configured; set SHOTSTREAM_IMAGES__CLIP_MODEL to a local CLIP folder or "
-                    "a cached Hugging Face id (no CLIP weights install offline); "
+                    "none is configured; set SHOTSTREAM_IMAGES__CLIP_MODEL to a local CLIP "
+                    "folder or a cached Hugging Face id (no CLIP weights install offline); "
                     "'efficientnet-lite0' embeds images for few-shot classifiers"
                 )
             target = self.clip_model

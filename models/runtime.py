@@ -91,14 +91,15 @@ class EmbeddingRuntime:
             )
         self.image_batcher: MicroBatcher[Pixels] | None = None
         if self.image is not None:
-            # images are all the same size once preprocessed: each costs one unit
+            # images are all the same size once preprocessed: each costs one unit, a model
+            # call costs more than that, so a batch is never split
             self.image_batcher = MicroBatcher(
                 self.image.embed_pixels,
                 max_batch_size=max_batch_size,
                 max_wait_s=max_wait_s,
-                max_batch_tokens=max(max_batch_size, 1),
+                max_batch_tokens=max_batch_size,
                 max_queue=max_queue,
-                chunk_overhead=0,
+                chunk_overhead=max_batch_size,
                 length=lambda _pixels: 1,
                 on_batch=on_image_batch or on_batch,
                 name=f"image-{encoder.name}",

@@ -1,0 +1,226 @@
+"""The CLIP path through the shared service and batcher, with a tiny random CLIPModel.
+
+Random weights make the predictions meaningless, so the tests check what the path must
+do whatever the weights: rows back in request order (the service's answer equals the
+encoder's own embeddings item by item), usage, image batching, few-shot learning from
+text and image examples together, and errors naming the right index.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from models.images import ClipEncoder, encode_png
+from models.registry import TEXT_IMAGE, ModelRegistry
+from models.scoring import softmax
+from state.classifiers import apply_examples
+from state.records import ClassifierRecord
+from streams.errors import ErrorCode, RequestError
+from streams.observer import Observer
+from streams.records import ClassifyRequest, ImageInput, InputItem, TextInput
+from streams.replica import ClassifierReplica
+from streams.service import ClassifyService
+from streams.settings import Settings
+from tests.clip import build_tiny_clip
+
+OWNER = "owner-hash"
+
+
+@pytest.fixture(scope="module")
+def clip_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip")
+
+
+class Batches(Observer):
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int, int]] = []
+
+    def on_batch(self, model: str, stats: Any) -> None:
+        self.calls.append((model, stats.items, stats.requests))
+
+
+def b64(color: str, size: tuple[int, int] = (40, 30)) -> str:
+    return base64.b64encode(encode_png(Image.new("RGB", size, color))).decode()
+
+
+def noise(seed: int) -> str:
+    rng = np.random.default_rng(seed)
+    array = rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    return base64.b64encode(encode_png(Image.fromarray(array))).decode()
+
+
+def make_service(settings: Settings, folder: Path, observer: Observer) -> ClassifyService:
+    registry = ModelRegistry(cache_dir=settings.model_cache_dir, clip_model=str(folder))
+    replica = ClassifierReplica("127.0.0.1:1", "unused")  # filled by hand, never started
+    return ClassifyService(settings, registry, observer, replica)
+
+
+def run(service: ClassifyService, coro_fn: Any) -> Any:
+    async def go() -> Any:
+        try:
+            return await coro_fn()
+        finally:
+            await service.aclose()
+
+    return asyncio.run(go())
+
+
+MIXED: tuple[InputItem, ...] = (
+    TextInput("a photo of a red car"),
+    ImageInput(b64("red")),
+    TextInput("the blue sea"),
+    ImageInput(f"data:image/png;base64,{b64('blue', (300, 200))}"),
+)
+LABELS = ("animal", "vehicle", "colour")
+
+
+def test_jina_clip_alias_resolves_to_the_configured_model(
+    settings: Settings, clip_folder: Path
+) -> None:
+    registry = ModelRegistry(cache_dir=settings.model_cache_dir, clip_model=str(clip_folder))
+    spec = registry.resolve("jina-clip-v1")
+    assert spec.modality == TEXT_IMAGE
+    assert registry.resolve(str(clip_folder)).modality == TEXT_IMAGE  # the folder itself
+    assert isinstance(registry.load(spec), ClipEncoder)
+
+
+def test_mixed_zero_shot_matches_the_encoder_item_by_item(
+    settings: Settings, clip_folder: Path
+) -> None:
+    observer = Batches()
+    service = make_service(settings, clip_folder, observer)
+    request = ClassifyRequest("r1", MIXED, model="jina-clip-v1", labels=LABELS)
+    out = run(service, lambda: service.classify(request))
+    encoder = ClipEncoder(clip_folder, name="direct")
+    rows = []
+    for item in MIXED:
+        if isinstance(item, TextInput):
+            rows.append(encoder.embed_ids(encoder.tokenize([item.text]))[0])
+        else:
+            image = Image.open(
+                __import__("io").BytesIO(base64.b64decode(item.image.split(",")[-1]))
+            ).convert("RGB")
+            rows.append(encoder.embed_pixels([encoder.preprocess(image)])[0])
+    label_rows = encoder.embed_ids(encoder.tokenize(list(LABELS)))
+    expected = softmax(np.stack(rows) @ label_rows.T, settings.models.temperature)
+    assert [d["index"] for d in out["data"]] == [0, 1, 2, 3]
+    for d, probs in zip(out["data"], expected, strict=True):
+        got = {p["label"]: p["score"] for p in d["predictions"]}
+        np.testing.assert_allclose([got[lb] for lb in LABELS], probs, atol=2e-4)
+        assert abs(sum(got.values()) - 1) < 1e-4
+    text_tokens = sum(len(encoder.tokenize([t.text])[0]) for t in MIXED[::2])
+    label_tokens = sum(len(ids) for ids in encoder.tokenize(list(LABELS)))
+    # images: 1000 tokens per started 224x224 tile; 40x30 → 1 tile, 300x200 → 2 tiles
+    assert out["usage"]["total_tokens"] == text_tokens + label_tokens + 1000 + 2000
+    models = {m for m, _, _ in observer.calls}
+    assert models == {
+        service.registry.resolve("jina-clip-v1").name + "/image",
+        service.registry.resolve("jina-clip-v1").name,
+    }
+
+
+def test_concurrent_image_requests_share_image_batches(
+    settings: Settings, clip_folder: Path
+) -> None:
+    observer = Batches()
+    service = make_service(settings, clip_folder, observer)
+    requests = [
+        ClassifyRequest(
+            f"r{i}",
+            (ImageInput(noise(i)), ImageInput(noise(100 + i))),
+            model="jina-clip-v1",
+            labels=LABELS,
+        )
+        for i in range(12)
+    ]
+
+    async def go() -> list[dict[str, Any]]:
+        return await asyncio.gather(*(service.classify(r) for r in requests))
+
+    outs = run(service, go)
+    assert [o["request_id"] for o in outs] == [r.request_id for r in requests]
+    image_calls = [(n, k) for m, n, k in observer.calls if m.endswith("/image")]
+    assert sum(n for n, _ in image_calls) == 24
+    assert len(image_calls) < 12  # fewer model calls than requests
+    assert max(k for _, k in image_calls) > 1  # one call served several requests
+
+
+def test_few_shot_learns_from_text_and_images_together(
+    settings: Settings, clip_folder: Path
+) -> None:
+    service = make_service(settings, clip_folder, Observer())
+    examples: list[tuple[InputItem, str]] = [
+        (TextInput("a photo of a cat"), "animal"),
+        (ImageInput(b64("red")), "animal"),
+        (TextInput("a red car"), "vehicle"),
+        (ImageInput(b64("blue")), "vehicle"),
+        (TextInput("a green tree"), "plant"),
+        (ImageInput(b64("white")), "plant"),
+    ]
+
+    async def go() -> tuple[dict[str, Any], int]:
+        spec = service.registry.resolve("jina-clip-v1")
+        runtime = await service.runtime(spec)
+        embedded = await service.embed_items(runtime, [item for item, _ in examples])
+        labels = ["animal", "vehicle", "plant"]
+        label_vectors = await runtime.labels(labels)
+        record = ClassifierRecord.new(
+            "c1", model=spec.name, owner=OWNER, access="private", dim=runtime.dim, now=0.0
+        )
+        apply_examples(
+            record,
+            embedded.vectors,
+            [label for _, label in examples],
+            num_iters=20,
+            label_vectors=dict(zip(labels, label_vectors.vectors, strict=True)),
+            source="t:0",
+            offset=0,
+            now=0.0,
+        )
+        assert service.classifiers is not None
+        service.classifiers.records["c1"] = record
+        request = ClassifyRequest("q", tuple(item for item, _ in examples), classifier_id="c1")
+        return await service.classify(request, OWNER), embedded.tokens
+
+    out, tokens = run(service, go)
+    assert out["classifier_id"] == "c1"
+    assert [d["prediction"] for d in out["data"]] == [label for _, label in examples]
+    assert out["usage"]["total_tokens"] == tokens
+    assert tokens > 3 * 1000  # three images at 1000 tokens each, plus the texts
+
+
+def test_bad_images_fail_the_request_naming_the_index(
+    settings: Settings, clip_folder: Path
+) -> None:
+    service = make_service(settings, clip_folder, Observer())
+
+    async def attempt(items: tuple[InputItem, ...]) -> RequestError:
+        request = ClassifyRequest("r", items, model="jina-clip-v1", labels=LABELS)
+        with pytest.raises(RequestError) as caught:
+            await service.classify(request)
+        return caught.value
+
+    async def go() -> list[RequestError]:
+        return [
+            await attempt((TextInput("ok"), ImageInput("%%% not base64"))),
+            await attempt((TextInput("ok"), TextInput("ok"), ImageInput("http://10.0.0.1/a.png"))),
+            await attempt(
+                (ImageInput(b64("red")), ImageInput(base64.b64encode(b"GIF89a").decode()))
+            ),
+        ]
+
+    invalid, fetch, corrupt = run(service, go)
+    assert invalid.code == ErrorCode.IMAGE_INVALID
+    assert invalid.detail.startswith("input[1]")
+    assert fetch.code == ErrorCode.IMAGE_FETCH_FAILED
+    assert fetch.detail.startswith("input[2]")
+    assert "private" in fetch.detail
+    assert corrupt.code == ErrorCode.IMAGE_INVALID
+    assert corrupt.detail.startswith("input[1]")

@@ -1,0 +1,145 @@
+"""Decoding and preprocessing images; the packaged EfficientNet-Lite0 on real photos."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from models.images import (
+    EfficientNetLiteEncoder,
+    ImageDecodeError,
+    decode_base64,
+    decode_image,
+    encode_png,
+    image_tokens,
+)
+from models.registry import ModelRegistry
+from tests.data import PHOTOS, photo
+
+
+def encoded(image: Image.Image, fmt: str = "PNG", **kw: object) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format=fmt, **kw)
+    return out.getvalue()
+
+
+def test_base64_forms() -> None:
+    png = encode_png(Image.new("RGB", (4, 4), "blue"))
+    b64 = base64.b64encode(png).decode()
+    assert decode_base64(b64, max_bytes=10_000) == png
+    assert decode_base64(f"data:image/png;base64,{b64}", max_bytes=10_000) == png
+    assert decode_base64(b64.rstrip("="), max_bytes=10_000) == png  # padding optional
+    wrapped = "\n".join(b64[i : i + 16] for i in range(0, len(b64), 16))
+    assert decode_base64(wrapped, max_bytes=10_000) == png  # MIME line breaks
+    urlsafe = base64.urlsafe_b64encode(png).decode()
+    assert decode_base64(urlsafe, max_bytes=10_000) == png
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("not base64 at all!", "not valid base64"),
+        ("data:text/plain;base64,aGVsbG8=", "not an image"),
+        ("data:image/png,rawbytes", "base64-encoded"),
+        ("", "empty"),
+        ("A" * 2000, "larger than 1000 bytes"),
+    ],
+)
+def test_bad_base64(value: str, message: str) -> None:
+    with pytest.raises(ImageDecodeError, match=message):
+        decode_base64(value, max_bytes=1000)
+
+
+def test_rgb_conversion_alpha_and_grayscale() -> None:
+    rgba = Image.new("RGBA", (4, 4), (255, 0, 0, 0))  # fully transparent red
+    out = decode_image(encoded(rgba), max_pixels=100)
+    assert out.mode == "RGB"
+    assert out.getpixel((0, 0)) == (255, 255, 255)  # composited on white
+    gray = decode_image(encoded(Image.new("L", (4, 4), 77)), max_pixels=100)
+    assert gray.mode == "RGB"
+    assert gray.getpixel((1, 1)) == (77, 77, 77)
+
+
+def test_exif_orientation_is_applied() -> None:
+    image = Image.new("RGB", (40, 20), "green")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise when displayed
+    out = decode_image(encoded(image, "JPEG", exif=exif), max_pixels=10_000)
+    assert out.size == (20, 40)
+
+
+def test_animated_gif_gives_its_first_frame() -> None:
+    frames = [Image.new("RGB", (6, 6), c) for c in ("red", "blue", "green")]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=50)
+    out = decode_image(buf.getvalue(), max_pixels=100)
+    r, g, b = out.getpixel((2, 2))
+    assert (r > 200, g < 50, b < 50) == (True, True, True)  # red, the first frame
+
+
+def test_pixel_limit_is_checked_before_decoding() -> None:
+    big = encoded(Image.new("L", (5000, 4000)))  # 20 M pixels, a few kB of PNG
+    assert len(big) < 100_000
+    with pytest.raises(ImageDecodeError, match="20000000 pixels, at most 1000000"):
+        decode_image(big, max_pixels=1_000_000)
+
+
+def test_pillow_decompression_bomb_guard_is_an_invalid_image() -> None:
+    bomb = encoded(Image.new("1", (20_000, 10_000)))  # over Pillow's own 89 M pixel limit
+    with pytest.raises(ImageDecodeError, match="decompression bomb"):
+        decode_image(bomb, max_pixels=10**9)
+
+
+def test_corrupt_and_truncated_images() -> None:
+    png = encode_png(Image.effect_noise((64, 64), 50).convert("RGB"))
+    with pytest.raises(ImageDecodeError, match="not an image"):
+        decode_image(b"GIF89a but not really", max_pixels=10_000)
+    with pytest.raises(ImageDecodeError, match="corrupt or truncated"):
+        decode_image(png[: len(png) // 2], max_pixels=10_000)
+
+
+def test_tile_token_rule() -> None:
+    assert image_tokens(224, 224, tile=224, per_tile=1000) == 1000
+    assert image_tokens(225, 224, tile=224, per_tile=1000) == 2000
+    assert image_tokens(28, 28, tile=224, per_tile=1000) == 1000
+
+
+@pytest.fixture(scope="module")
+def efficientnet(tmp_path_factory: pytest.TempPathFactory) -> EfficientNetLiteEncoder:
+    registry = ModelRegistry(cache_dir=tmp_path_factory.mktemp("models"))
+    encoder = registry.load(registry.resolve("efficientnet-lite0"))
+    assert isinstance(encoder, EfficientNetLiteEncoder)
+    return encoder
+
+
+def embed(encoder: EfficientNetLiteEncoder, images: list[Image.Image]) -> np.ndarray:
+    return encoder.embed_pixels([encoder.preprocess(i) for i in images])
+
+
+@pytest.mark.model
+def test_efficientnet_near_duplicates_score_higher_than_unrelated_photos(
+    efficientnet: EfficientNetLiteEncoder,
+) -> None:
+    originals = [decode_image(Path(photo(n)).read_bytes(), max_pixels=10**8) for n in PHOTOS]
+    variants = []
+    for i, image in enumerate(originals):
+        w, h = image.size
+        variant = [
+            image.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+            image.crop((w // 10, h // 10, w - w // 10, h - h // 10)),
+            Image.eval(image, lambda v: min(255, int(v * 1.2) + 10)),
+        ][i % 3]
+        variants.append(variant)
+    a = embed(efficientnet, originals)
+    b = embed(efficientnet, variants)
+    assert a.shape == (len(PHOTOS), 1280)
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1, atol=1e-5)
+    similarity = b @ a.T
+    for i in range(len(PHOTOS)):
+        others = np.delete(similarity[i], i)
+        assert similarity[i, i] > others.max() + 0.1, (PHOTOS[i], similarity[i].round(2))
