@@ -19,6 +19,7 @@ from streams.cli import free_port
 from streams.client import ShotstreamClient
 from streams.processes import WorkerProcess
 from streams.settings import Settings
+from tests.clip import build_tiny_clip
 
 T = TypeVar("T")
 
@@ -53,11 +54,27 @@ def worker_env(
 
 
 @pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random CLIP folder: what ``jina-clip-v1`` means for the shared worker."""
+    return build_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip")
+
+
+@pytest.fixture(scope="session")
 def worker(
-    broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory, model_cache: Path
+    broker: EmbeddedBroker,
+    tmp_path_factory: pytest.TempPathFactory,
+    model_cache: Path,
+    tiny_clip: Path,
 ) -> Iterator[WorkerProcess]:
     data = tmp_path_factory.mktemp("worker")
-    proc = WorkerProcess(worker_env(broker, data, model_cache), data / "worker.log").start()
+    env = worker_env(
+        broker,
+        data,
+        model_cache,
+        SHOTSTREAM_IMAGES__CLIP_MODEL=str(tiny_clip),
+        SHOTSTREAM_IMAGES__ALLOW_LIST='["127.0.0.1/32"]',  # the tests' local image server
+    )
+    proc = WorkerProcess(env, data / "worker.log").start()
     try:
         proc.wait_ready(600)
         yield proc

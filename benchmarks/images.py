@@ -1,0 +1,217 @@
+"""Image throughput: images/s through Kafka vs the raw encoder, decoding included on both.
+
+    .venv/bin/python -m benchmarks.images [--images 384] [--per-request 4]
+
+Measured in one run on one machine, with the packaged EfficientNet-Lite0:
+
+* (a) raw: base64 → decode (Pillow, EXIF, RGB) → preprocess → ``embed_pixels`` in one
+  process, best of batch 16/32/64;
+* (k) end to end: few-shot classify requests carrying ``--per-request`` base64 JPEG
+  images each, produced at once to the embedded broker, one worker; images/s from the
+  first send to the last answer.
+
+The images are 320x240 JPEG crops, flips and recolourings of the photos Debian's
+``darknet`` package ships (scripts/testdata.sh). Writes ``<out>/images-efficientnet-lite0
+.json`` and ``.png``; prints (k)/(a) (target >= 0.85).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+import os
+import random
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from benchmarks.load import LoadClient, Request
+from models.images import decode_base64, decode_image
+from models.registry import ModelRegistry
+from streams.broker import EmbeddedBroker
+from streams.cli import free_port
+from streams.client import ShotstreamClient
+from streams.processes import WorkerProcess
+from streams.settings import Settings
+from tests.data import PHOTOS, photo
+
+KEY = "bench-key"
+MODEL = "efficientnet-lite0"
+
+
+def make_images(n: int, seed: int = 0) -> list[str]:
+    """``n`` base64 JPEGs (320x240) cut from the darknet photos."""
+    rng = random.Random(seed)
+    originals = [Image.open(photo(name)).convert("RGB") for name in PHOTOS]
+    out = []
+    for i in range(n):
+        image = originals[i % len(originals)]
+        w, h = image.size
+        cw, ch = int(w * rng.uniform(0.5, 1.0)), int(h * rng.uniform(0.5, 1.0))
+        x, y = rng.randrange(0, w - cw + 1), rng.randrange(0, h - ch + 1)
+        crop = image.crop((x, y, x + cw, y + ch)).resize((320, 240))
+        if rng.random() < 0.5:
+            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        buf = io.BytesIO()
+        crop.save(buf, format="JPEG", quality=90)
+        out.append(base64.b64encode(buf.getvalue()).decode())
+    return out
+
+
+def raw_rate(cache: Path, images: Sequence[str]) -> dict[str, Any]:
+    registry = ModelRegistry(cache_dir=cache)
+    encoder = registry.load(registry.resolve(MODEL))
+    assert hasattr(encoder, "embed_pixels")
+    settings = Settings().images
+
+    def prepare(values: Sequence[str]) -> list[Any]:
+        return [
+            encoder.preprocess(  # type: ignore[union-attr]
+                decode_image(decode_base64(v, max_bytes=settings.max_bytes), max_pixels=10**8)
+            )
+            for v in values
+        ]
+
+    encoder.embed_pixels(prepare(images[:16]))  # type: ignore[union-attr]  # warm up
+    rates = {}
+    for batch in (16, 32, 64):
+        start = time.perf_counter()
+        for i in range(0, len(images), batch):
+            encoder.embed_pixels(prepare(images[i : i + batch]))  # type: ignore[union-attr]
+        rates[batch] = len(images) / (time.perf_counter() - start)
+    best = max(rates, key=lambda b: rates[b])
+    return {"by_batch": rates, "best_batch": best, "images_per_s": rates[best]}
+
+
+def classify_requests(tag: str, images: Sequence[str], per_request: int, cid: str) -> list[Request]:
+    out: list[Request] = []
+    for n, i in enumerate(range(0, len(images) - per_request + 1, per_request)):
+        body = {
+            "request_id": f"{tag}-{n:05d}",
+            "classifier_id": cid,
+            "input": [{"image": v} for v in images[i : i + per_request]],
+        }
+        out.append((body["request_id"], json.dumps(body).encode()))
+    return out
+
+
+async def create_classifier(brokers: str, prefix: str, cid: str) -> None:
+    examples = make_images(len(PHOTOS) * 2, seed=99)
+    settings = Settings(brokers=brokers, topic_prefix=prefix)
+    async with ShotstreamClient(settings) as client:
+        answer = await client.train(
+            [{"image": v, "label": PHOTOS[i % len(PHOTOS)]} for i, v in enumerate(examples)],
+            classifier_id=cid,
+            api_key=KEY,
+            model=MODEL,
+            timeout_s=300,
+        )
+    if answer.is_error:
+        raise RuntimeError(f"training failed: {answer}")
+
+
+async def end_to_end(
+    brokers: str, prefix: str, warm: list[Request], run: list[Request]
+) -> dict[str, Any]:
+    async with LoadClient(
+        brokers, prefix, headers=[("authorization", f"Bearer {KEY}".encode())]
+    ) as client:
+        await client.burst(warm, "warm")
+        result = await client.burst(run, "(k)")
+    return result.summary()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=384)
+    parser.add_argument("--per-request", type=int, default=4)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="shotstream-image-bench-"))
+    images = make_images(args.images + 32, seed=1)
+    warm_images, run_images = images[:32], images[32:]
+    print(f"(a) raw encoder on {len(run_images)} images ...", flush=True)
+    raw = raw_rate(work / "models", run_images)
+    cid = str(uuid.uuid4())
+    warm = classify_requests("warm", warm_images, args.per_request, cid)
+    run = classify_requests("run", run_images, args.per_request, cid)
+    prefix = "ibench."
+    with EmbeddedBroker(free_port()) as broker:
+        env = {
+            "SHOTSTREAM_BROKERS": broker.address,
+            "SHOTSTREAM_DATA_DIR": str(work / "worker"),
+            "SHOTSTREAM_MODEL_CACHE_DIR": str(work / "models"),
+            "SHOTSTREAM_DEFAULT_MODEL": "all-MiniLM-L6-v2",  # loaded at start; small
+            "SHOTSTREAM_TOPIC_PREFIX": prefix,
+            "SHOTSTREAM_KAFKA__GROUP_ID": "ibench",
+            "SHOTSTREAM_API_KEYS": KEY,
+        }
+        print("(k) starting a worker ...", flush=True)
+        with WorkerProcess(env, work / "worker.log") as worker:
+            worker.wait_ready(600)
+            asyncio.run(create_classifier(broker.address, prefix, cid))
+            e2e = asyncio.run(end_to_end(broker.address, prefix, warm, run))
+    answered = e2e["answered"] * args.per_request
+    e2e["images_per_s"] = answered / e2e["seconds"] if e2e["seconds"] else 0.0
+    ratio = e2e["images_per_s"] / raw["images_per_s"]
+    results = {
+        "model": MODEL,
+        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "load_average": list(os.getloadavg())},
+        "config": {
+            "images": len(run_images),
+            "images_per_request": args.per_request,
+            "image_size": "320x240 JPEG, base64",
+        },
+        "raw": raw,
+        "end_to_end": e2e,
+        "ratio_end_to_end_vs_raw": ratio,
+    }
+    print(f"(a) raw encoder: {raw['images_per_s']:.1f} images/s (batch {raw['best_batch']})")
+    print(
+        f"(k) via Kafka:   {e2e['images_per_s']:.1f} images/s "
+        f"({e2e['answered']}/{e2e['requests']} answered, {e2e['errors']} errors)"
+    )
+    print(f"(k)/(a) = {ratio:.2f} (target >= 0.85: {'PASS' if ratio >= 0.85 else 'MISS'})")
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"images-{MODEL}.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    plot(results, path.with_suffix(".png"))
+    print(f"wrote {path} and .png")
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    raw = results["raw"]["images_per_s"]
+    e2e = results["end_to_end"]["images_per_s"]
+    bars = ax.bar(
+        ["(a) raw encoder\n(decode included)", "(k) classify via Kafka"],
+        [raw, e2e],
+        color=["#888888", "#2a7ab9"],
+    )
+    ax.bar_label(bars, labels=[f"{raw:.1f}/s", f"{e2e:.1f}/s = {e2e / raw:.2f}x"])
+    ax.axhline(0.85 * raw, color="red", linestyle="--", label="target 0.85 x raw")
+    ax.set_ylabel("images / s")
+    ax.set_title(f"image throughput, {results['model']} (one run, 2 shared cores)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
