@@ -510,7 +510,7 @@ class BodyLimit:
         response = JSONResponse(
             {"detail": self._detail(), "code": "REQUEST_TOO_LARGE", "request_id": rid},
             status_code=413,
-            headers={"Connection": "close"},
+            headers={"Connection": "close", "X-Request-Id": rid},
         )
         await response(scope, _no_receive, send)
 
