@@ -54,7 +54,7 @@ from streams.metrics import HttpMetrics
 from streams.ratelimit import Decision, Limit, RateLimiter
 from streams.records import parse_classify, parse_train
 from streams.replica import ClassifierReplica
-from streams.settings import Settings
+from streams.settings import EMBEDDED_FETCH_MAX_WAIT_MS, Settings
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,9 @@ class Gateway:
         self.limits = RateLimiter(limit_of)
         self.client = ShotstreamClient(settings)
         self.replica = ClassifierReplica(
-            ",".join(settings.brokers), classifier_changelog_topic(settings)
+            ",".join(settings.brokers),
+            classifier_changelog_topic(settings),
+            fetch_max_wait_ms=EMBEDDED_FETCH_MAX_WAIT_MS if settings.embedded_broker else 500,
         )
         self._recent: OrderedDict[str, int] = OrderedDict()
         """Classifier id → version this gateway last answered (-1: deleted), for listings
