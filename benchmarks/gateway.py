@@ -15,7 +15,8 @@ callers, each sending its next request when its previous answer arrives:
 The two paths alternate over ``--rounds`` rounds so that drift hits both alike; the
 medians of the rounds give the ratios: throughput http ÷ kafka (target ≥ 0.85, i.e.
 overhead ≤ 15%) and p50/p99 latency http ÷ kafka. It also reports the gateway process's
-CPU seconds per request. Writes ``<out>/gateway-<model>.json`` and ``.png``.
+CPU use while serving and while idle (during the kafka rounds: its reply consumers poll).
+Writes ``<out>/gateway-<model>.json`` and ``.png``.
 """
 
 from __future__ import annotations
@@ -103,7 +104,6 @@ async def measure(
     headers = {"Authorization": f"Bearer {KEY}"}
     rounds: dict[str, list[dict[str, float]]] = {"kafka": [], "http": []}
     all_latencies: dict[str, list[float]] = {"kafka": [], "http": []}
-    gateway_cpu: list[float] = []
     connector = aiohttp.TCPConnector(limit=args.concurrency)
     async with (
         ShotstreamClient(settings) as kafka,
@@ -132,8 +132,9 @@ async def measure(
                 start = time.perf_counter()
                 lat = await closed_loop(call, texts, args.concurrency, f"round {i + 1} {name}")
                 result = summary(lat, time.perf_counter() - start)
-                if name == "http":
-                    gateway_cpu.append((cpu_seconds(gateway_pid) - cpu_before) / len(lat))
+                result["gateway_cpu_cores"] = (cpu_seconds(gateway_pid) - cpu_before) / result[
+                    "seconds"
+                ]
                 rounds[name].append(result)
                 all_latencies[name].extend(lat)
                 print(
@@ -152,7 +153,9 @@ async def measure(
             "p50_http_over_kafka": med["http"]["p50_ms"] / med["kafka"]["p50_ms"],
             "p99_http_over_kafka": med["http"]["p99_ms"] / med["kafka"]["p99_ms"],
         },
-        "gateway_cpu_ms_per_request": 1000 * statistics.median(gateway_cpu),
+        "gateway_cpu_ms_per_request": 1000
+        * (med["http"]["gateway_cpu_cores"] - med["kafka"]["gateway_cpu_cores"])
+        / med["http"]["throughput"],
         "latencies_ms": {k: sorted(1000 * x for x in v) for k, v in all_latencies.items()},
     }
 
@@ -231,7 +234,9 @@ def run(args: argparse.Namespace) -> None:
         f"{100 * (1 - TARGET):.0f}%) {verdict}\n"
         f"p50 http/kafka = {r['p50_http_over_kafka']:.3f}   "
         f"p99 http/kafka = {r['p99_http_over_kafka']:.3f}\n"
-        f"gateway CPU per request: {results['gateway_cpu_ms_per_request']:.2f} ms"
+        f"gateway CPU: {results['median']['http']['gateway_cpu_cores']:.2f} cores while serving, "
+        f"{results['median']['kafka']['gateway_cpu_cores']:.2f} while idle (polling); "
+        f"{results['gateway_cpu_ms_per_request']:.2f} ms per request beyond idle"
     )
     name = args.model.replace("/", "_")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -260,7 +260,7 @@ def _gateway(request: Request) -> Gateway:
 def _caller(anonymous_ok: bool) -> Any:
     """A dependency: the caller, checked before the body is (401 before 422, as Jina)."""
 
-    def dependency(
+    async def dependency(  # async: a plain def would cost a thread hop per request
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> Caller:
