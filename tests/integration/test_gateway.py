@@ -28,7 +28,7 @@ pytestmark = pytest.mark.integration
 
 EXAMPLES = Path(__file__).with_name("data") / "jina_curl_examples.txt"
 REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference"
-ALICE, BOB = API_KEYS["alice"], API_KEYS["bob"]
+DAVE, BOB = API_KEYS["dave"], API_KEYS["bob"]
 RPM_KEY, TPM_KEY = "key-rpm-2", "key-tpm-50"
 TIERS = {
     "free": {"rpm": 500, "tpm": 1_000_000},
@@ -77,7 +77,7 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def post(url: str, body: dict[str, Any], key: str = ALICE) -> httpx.Response:
+def post(url: str, body: dict[str, Any], key: str = DAVE) -> httpx.Response:
     return httpx.post(url, json=body, headers=bearer(key), timeout=60)
 
 
@@ -131,7 +131,7 @@ def test_seed_page_curl_examples_work_unchanged(gateway: str) -> None:
     classifier_id = None
     seen = []
     for command in examples:
-        status, body = run_curl(command, gateway, ALICE, classifier_id)
+        status, body = run_curl(command, gateway, DAVE, classifier_id)
         if '"jina-clip-v1"' in command:
             # Example 2 needs CLIP weights and images from picsum.photos: neither can be
             # had offline here, and the gateway says which (README, "HTTP gateway").
@@ -173,6 +173,8 @@ def test_seed_page_curl_examples_work_unchanged(gateway: str) -> None:
             }
             seen.append("zero-shot")
     assert sorted(seen) == ["clip", "create", "few-shot", "update", "zero-shot", "zero-shot"]
+    deleted = httpx.delete(f"{gateway}/v1/classifiers/{classifier_id}", headers=bearer(DAVE))
+    assert deleted.status_code == 200
 
 
 # -- through Kafka -------------------------------------------------------------------------
@@ -190,7 +192,7 @@ def test_two_gateways_each_get_their_own_replies(
             "labels": ["cat", "dog"],
             "input": [f"request {i} item {j}" for j in range(i % 7 + 1)],
         }
-        return i, await c.post(f"{bases[i % 2]}/v1/classify", json=body, headers=bearer(ALICE))
+        return i, await c.post(f"{bases[i % 2]}/v1/classify", json=body, headers=bearer(DAVE))
 
     async def go() -> list[tuple[int, httpx.Response]]:
         async with httpx.AsyncClient(timeout=120) as c:
@@ -241,43 +243,43 @@ def test_worker_errors_become_http_errors(gateway: str) -> None:
     assert not_owner.json()["code"] == "AUTHZ_ACCESS_DENIED"
     for created in (private, public):
         cid = created.json()["classifier_id"]
-        gone = httpx.delete(f"{gateway}/v1/classifiers/{cid}", headers=bearer(ALICE))
+        gone = httpx.delete(f"{gateway}/v1/classifiers/{cid}", headers=bearer(DAVE))
         assert gone.status_code == 200
         assert gone.json() == {
             "request_id": gone.headers["x-request-id"],
             "classifier_id": cid,
             "deleted": True,
         }
-    again = httpx.delete(f"{gateway}/v1/classifiers/{cid}", headers=bearer(ALICE))
+    again = httpx.delete(f"{gateway}/v1/classifiers/{cid}", headers=bearer(DAVE))
     assert again.status_code == 404
 
 
 def test_listing_reads_its_own_writes(gateway: str) -> None:
-    carol = API_KEYS["carol"]
+    erin = API_KEYS["erin"]
     train = [
         {"text": "the pasta was cold", "label": "food"},
         {"text": "rude waiter", "label": "service"},
     ]
-    created = post(f"{gateway}/v1/train", {"model": "jina-embeddings-v3", "input": train}, carol)
+    created = post(f"{gateway}/v1/train", {"model": "jina-embeddings-v3", "input": train}, erin)
     cid = created.json()["classifier_id"]
-    rows = httpx.get(f"{gateway}/v1/classifiers", headers=bearer(carol)).json()
+    rows = httpx.get(f"{gateway}/v1/classifiers", headers=bearer(erin)).json()
     mine = [r for r in rows if r["classifier_id"] == cid]
     assert len(mine) == 1
     assert mine[0]["labels"] == ["food", "service"]
     assert mine[0]["updated_number"] == 1
     assert mine[0]["access"] == "private"
     uuid.UUID(mine[0]["user_id"])
-    assert carol not in json.dumps(rows)
-    assert hash_key(carol) not in json.dumps(rows)
-    post(f"{gateway}/v1/train", {"classifier_id": cid, "input": train}, carol)
-    rows = httpx.post(f"{gateway}/v1/classifiers", headers=bearer(carol)).json()
+    assert erin not in json.dumps(rows)
+    assert hash_key(erin) not in json.dumps(rows)
+    post(f"{gateway}/v1/train", {"classifier_id": cid, "input": train}, erin)
+    rows = httpx.post(f"{gateway}/v1/classifiers", headers=bearer(erin)).json()
     assert [r["updated_number"] for r in rows if r["classifier_id"] == cid] == [2]
     assert all(
         r["classifier_id"] != cid
-        for r in httpx.get(f"{gateway}/v1/classifiers", headers=bearer(ALICE)).json()
+        for r in httpx.get(f"{gateway}/v1/classifiers", headers=bearer(DAVE)).json()
     )
-    httpx.delete(f"{gateway}/v1/classifiers/{cid}", headers=bearer(carol))
-    rows = httpx.get(f"{gateway}/v1/classifiers", headers=bearer(carol)).json()
+    httpx.delete(f"{gateway}/v1/classifiers/{cid}", headers=bearer(erin))
+    rows = httpx.get(f"{gateway}/v1/classifiers", headers=bearer(erin)).json()
     assert all(r["classifier_id"] != cid for r in rows)
 
 
@@ -291,7 +293,7 @@ def test_rate_limits_per_key(gateway: str) -> None:
     assert third.json()["code"] == "RATE_REQUEST_LIMIT_EXCEEDED"
     assert 1 <= int(third.headers["retry-after"]) <= 30
     assert third.headers["x-ratelimit-remaining-requests"] == "0"
-    assert post(url, body, ALICE).status_code == 200  # others are not affected
+    assert post(url, body, DAVE).status_code == 200  # others are not affected
 
     statuses = []
     for _ in range(10):
@@ -355,7 +357,7 @@ def test_schemathesis_finds_no_server_errors_and_no_schema_breaks(gateway: str) 
             "run",
             f"{gateway}/openapi.json",
             "--header",
-            f"Authorization: Bearer {ALICE}",
+            f"Authorization: Bearer {DAVE}",
             "--phases",
             "examples,coverage,fuzzing",
             "--max-examples",
