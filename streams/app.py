@@ -14,13 +14,9 @@ from typing import Any
 
 import faust
 
-from streams.settings import Settings
+from streams.settings import EMBEDDED_FETCH_MAX_WAIT_MS, Settings
 
 log = logging.getLogger(__name__)
-
-EMBEDDED_FETCH_MAX_WAIT_MS = 25
-"""The embedded broker holds a fetch for about half of ``fetch_max_wait_ms`` even when
-records arrive meanwhile; faust hard-codes 1,500 ms, which added ~750 ms to every request."""
 
 EMBEDDED_BROKER_OVERRIDES: dict[str, Any] = {
     "producer_max_batch_size": 1,

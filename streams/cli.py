@@ -97,17 +97,43 @@ def worker() -> None:
 
 
 @app.command()
+def gateway() -> None:
+    """Serve Jina's Classifier API over HTTP on SHOTSTREAM_HTTP_PORT, backed by the topics."""
+    from streams.gateway import run_gateway
+
+    settings = _settings()
+    _logging(settings)
+    run_gateway(settings)
+
+
+@app.command()
 def dev(
     port: Annotated[int, typer.Option(help="embedded broker port")] = 9092,
+    http: Annotated[
+        bool, typer.Option("--http/--no-http", help="also serve the HTTP gateway")
+    ] = True,
 ) -> None:
-    """Embedded broker + topics + worker in one command; Ctrl-C stops everything."""
+    """Embedded broker + topics + worker (+ HTTP gateway) in one command; Ctrl-C stops all."""
+    import os
+    import subprocess
+
     from streams.broker import EmbeddedBroker
     from streams.worker import run_worker
 
-    settings = _settings(brokers=f"127.0.0.1:{port}")
+    brokers = f"127.0.0.1:{port}"
+    settings = _settings(brokers=brokers)
     _logging(settings)
     with EmbeddedBroker(port):
-        run_worker(settings)
+        gateway = None
+        if http:  # its own process: its event loop never waits for the worker's
+            env = {**os.environ, "SHOTSTREAM_BROKERS": brokers}
+            gateway = subprocess.Popen([sys.executable, "-m", "streams", "gateway"], env=env)
+        try:
+            run_worker(settings)
+        finally:
+            if gateway is not None:
+                gateway.terminate()
+                gateway.wait(timeout=15)
 
 
 APIKey = Annotated[

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streams.settings import Settings
+from streams.settings import EMBEDDED_FETCH_MAX_WAIT_MS, Settings
 
 
 class Answer(dict[str, Any]):
@@ -53,7 +53,12 @@ class ShotstreamClient:
         # No group: assign every partition and start at the end. The embedded broker's
         # end offset can be *lower* than the real one (notes/embedded-broker.md), which
         # only replays a few old answers here: they are ignored by request_id.
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=brokers, enable_auto_commit=False)
+        # the embedded broker holds a fetch for about half its max wait even when answers
+        # arrive meanwhile: keep the wait short there (streams/app.py)
+        wait_ms = EMBEDDED_FETCH_MAX_WAIT_MS if self.settings.embedded_broker else 500
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=brokers, enable_auto_commit=False, fetch_max_wait_ms=wait_ms
+        )
         await self._consumer.start()
         partitions = [
             TopicPartition(topic, p)

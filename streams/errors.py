@@ -25,6 +25,9 @@ class ErrorCode(StrEnum):
     INPUT_TOO_LONG = "INPUT_TOO_LONG"
     UNAUTHORIZED = "UNAUTHORIZED"
     """Few-shot needs a valid ``authorization: Bearer <key>`` header."""
+    AUTHZ_ACCESS_DENIED = "AUTHZ_ACCESS_DENIED"
+    """A valid key that may not do this: training or deleting someone else's public
+    classifier."""
     CLASSIFIER_NOT_FOUND = "CLASSIFIER_NOT_FOUND"
     AUTHZ_RESOURCE_LIMIT_EXCEEDED = "AUTHZ_RESOURCE_LIMIT_EXCEEDED"
     IMAGE_FETCH_FAILED = "IMAGE_FETCH_FAILED"

@@ -6,6 +6,7 @@ Served as Prometheus text on ``http://<host>:$SHOTSTREAM_METRICS_PORT/metrics``.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from prometheus_client import (
@@ -16,6 +17,7 @@ from prometheus_client import (
     Info,
     start_http_server,
 )
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.batching import BatchStats
 from streams.observer import Observer
@@ -168,3 +170,54 @@ class PrometheusObserver(Observer):
         bound = int(server.server_port)
         log.info("metrics on http://%s:%d/metrics", host, bound)
         return bound
+
+
+class HttpMetrics:
+    """ASGI middleware: HTTP requests by route template, method and status, and latency.
+
+    The route is the matched template (``/v1/classifiers/{classifier_id}``), never the raw
+    path, so ids do not explode the label set; unmatched paths count as ``other``.
+    """
+
+    def __init__(self, app: ASGIApp, registry: CollectorRegistry) -> None:
+        self.app = app
+        self.requests = Counter(
+            "shotstream_http_requests",
+            "HTTP requests answered",
+            ["route", "method", "status"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "shotstream_http_request_duration_seconds",
+            "HTTP request handling time",
+            ["route", "method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "shotstream_http_requests_in_flight", "HTTP requests being served", registry=registry
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        start = time.perf_counter()
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        self.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            self.in_flight.dec()
+            route = scope.get("route")
+            name = getattr(route, "path", "other")
+            method = str(scope.get("method", ""))
+            self.requests.labels(name, method, str(status)).inc()
+            self.latency.labels(name, method).observe(time.perf_counter() - start)

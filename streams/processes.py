@@ -1,4 +1,4 @@
-"""Worker child processes, for the quick-start demo, the tests and the benchmarks."""
+"""Worker and gateway child processes, for ``dev``, the demo, the tests and the benchmarks."""
 
 from __future__ import annotations
 
@@ -11,10 +11,14 @@ from pathlib import Path
 from typing import IO
 
 READY_MARK = "shotstream worker ready"
+GATEWAY_READY_MARK = "shotstream gateway ready"
 
 
 class WorkerProcess:
     """``shotstream worker`` in a child process, its output in ``log_path``."""
+
+    command = "worker"
+    ready_mark = READY_MARK
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.env = {**os.environ, **env}
@@ -25,8 +29,8 @@ class WorkerProcess:
     def start(self) -> WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streams", "worker"],
+        self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", "streams", self.command],
             env=self.env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -37,17 +41,17 @@ class WorkerProcess:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
     def wait_ready(self, timeout_s: float = 300.0, previous_readies: int = 0) -> None:
-        """Wait for the worker's ``ready`` line; raise with its log if it exits first."""
+        """Wait for the ``ready`` line; raise with the log if the process exits first."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.log_text().count(READY_MARK) > previous_readies:
+            if self.log_text().count(self.ready_mark) > previous_readies:
                 return
             if self.proc is not None and self.proc.poll() is not None:
                 break
             time.sleep(0.2)
         tail = "\n".join(self.log_text().splitlines()[-40:])
         code = self.proc.poll() if self.proc else None
-        raise RuntimeError(f"worker not ready after {timeout_s}s (exit {code}):\n{tail}")
+        raise RuntimeError(f"{self.command} not ready after {timeout_s}s (exit {code}):\n{tail}")
 
     def stop(self, timeout_s: float = 20.0) -> int | None:
         """SIGTERM, then SIGKILL after ``timeout_s``; returns the exit code."""
@@ -79,3 +83,10 @@ class WorkerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class GatewayProcess(WorkerProcess):
+    """``shotstream gateway`` in a child process (``SHOTSTREAM_HTTP_PORT`` in ``env``)."""
+
+    command = "gateway"
+    ready_mark = GATEWAY_READY_MARK

@@ -11,7 +11,7 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
@@ -125,6 +125,58 @@ class ImageSettings(BaseModel):
         return value
 
 
+class RateTier(BaseModel):
+    """Requests and tokens one caller may use per minute (Jina's RPM and TPM)."""
+
+    model_config = _FROZEN
+
+    rpm: int = Field(ge=1)
+    tpm: int = Field(ge=1)
+
+
+def _default_tiers() -> dict[str, RateTier]:
+    # Jina's published tiers (reference OpenAPI): free, tier1, tier2
+    return {
+        "free": RateTier(rpm=500, tpm=1_000_000),
+        "tier1": RateTier(rpm=500, tpm=10_000_000),
+        "tier2": RateTier(rpm=5_000, tpm=100_000_000),
+    }
+
+
+class GatewaySettings(BaseModel):
+    """The HTTP gateway (``shotstream gateway``): Jina's Classifier API over the topics."""
+
+    model_config = _FROZEN
+
+    host: str = "127.0.0.1"
+    """Address uvicorn binds (``0.0.0.0`` to serve other hosts); the port is ``http_port``."""
+    reply_timeout_s: float = Field(30.0, gt=0)
+    """How long a request waits for its answer on the reply topics before a 504."""
+    anonymous_zero_shot: bool = False
+    """Let callers without a key classify zero-shot (rate-limited per client address)."""
+    tiers: dict[str, RateTier] = Field(default_factory=_default_tiers)
+    default_tier: str = "free"
+    """The tier of every key not listed in ``key_tiers``."""
+    anonymous_tier: str = "free"
+    key_tiers: dict[str, str] = Field(default_factory=dict)
+    """SHA-256 hex of an API key (its owner id) → tier name."""
+    startup_timeout_s: float = Field(120.0, gt=0)
+    """How long the gateway waits for the topics (a worker creates them) at start."""
+
+    @model_validator(mode="after")
+    def _tiers_exist(self) -> GatewaySettings:
+        named = {self.default_tier, self.anonymous_tier, *self.key_tiers.values()}
+        missing = sorted(named - set(self.tiers))
+        if missing:
+            raise ValueError(f"unknown rate-limit tier(s) {missing}; known: {sorted(self.tiers)}")
+        return self
+
+
+EMBEDDED_FETCH_MAX_WAIT_MS = 25
+"""The embedded broker holds a fetch for about half of ``fetch_max_wait_ms`` even when
+records arrive meanwhile; faust hard-codes 1,500 ms, which added ~750 ms to every request."""
+
+
 class Settings(BaseSettings):
     """Everything a shotstream process reads from its environment."""
 
@@ -159,6 +211,9 @@ class Settings(BaseSettings):
     models: ModelSettings = ModelSettings()
     kafka: KafkaSettings = KafkaSettings()
     images: ImageSettings = ImageSettings()
+
+
+    gateway: GatewaySettings = GatewaySettings()
 
     @field_validator("brokers", mode="before")
     @classmethod

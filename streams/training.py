@@ -191,7 +191,7 @@ class TrainHandler:
                     f"classifier {request.classifier_id!r} not found",
                 )
             raise RequestError(
-                ErrorCode.UNAUTHORIZED,
+                ErrorCode.AUTHZ_ACCESS_DENIED,
                 f"classifier {request.classifier_id!r} is public, but only its owner may train it",
             )
         if request.model is not None:
@@ -229,7 +229,7 @@ class TrainHandler:
             )
         if record.owner != owner:
             raise RequestError(
-                ErrorCode.UNAUTHORIZED,
+                ErrorCode.AUTHZ_ACCESS_DENIED,
                 f"only the owner may delete classifier {request.classifier_id!r}",
             )
         del self.table[request.classifier_id.encode()]

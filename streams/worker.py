@@ -19,7 +19,7 @@ from streams.metrics import PrometheusObserver
 from streams.producer import OutputProducer
 from streams.replica import ClassifierReplica
 from streams.service import ClassifyService
-from streams.settings import TOPICS, Settings
+from streams.settings import EMBEDDED_FETCH_MAX_WAIT_MS, TOPICS, Settings
 from streams.training import TrainHandler
 
 log = logging.getLogger("shotstream.worker")
@@ -71,7 +71,7 @@ def build_worker(settings: Settings) -> tuple[faust.App, ClassifyService, Promet
     replica = ClassifierReplica(
         ",".join(settings.brokers),
         classifier_changelog_topic(settings),
-        fetch_max_wait_ms=25 if settings.embedded_broker else 500,
+        fetch_max_wait_ms=EMBEDDED_FETCH_MAX_WAIT_MS if settings.embedded_broker else 500,
     )
     service = ClassifyService(settings, make_registry(settings), observer, replica)
     keys = KeyRing(settings.all_api_keys())

@@ -23,7 +23,14 @@ from tests.clip import build_tiny_clip
 
 T = TypeVar("T")
 
-API_KEYS = {"alice": "key-alice", "bob": "key-bob", "carol": "key-carol"}
+API_KEYS = {
+    "alice": "key-alice",
+    "bob": "key-bob",
+    "carol": "key-carol",
+    # the gateway tests' own keys: each key may own 16 classifiers, and other tests fill theirs
+    "dave": "key-dave",
+    "erin": "key-erin",
+}
 
 pytestmark = pytest.mark.integration
 

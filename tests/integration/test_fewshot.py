@@ -125,8 +125,8 @@ def test_private_and_public_access(broker: EmbeddedBroker, worker: WorkerProcess
     assert public["version"] == 2
     assert code(bob_reads) is None
     assert bob_reads["classifier_id"] == cid
-    assert code(bob_public_train) == "UNAUTHORIZED"
-    assert code(bob_delete) == "UNAUTHORIZED"
+    assert code(bob_public_train) == "AUTHZ_ACCESS_DENIED"
+    assert code(bob_delete) == "AUTHZ_ACCESS_DENIED"
     assert deleted["deleted"] is True
     assert code(gone) == "CLASSIFIER_NOT_FOUND"
 

@@ -1,0 +1,528 @@
+"""The HTTP gateway: Jina's Classifier API, served over the Kafka topics.
+
+A request is checked here (key, rate limit, schema, the workers' own parsers), produced to
+``<prefix>classify`` or ``<prefix>train`` under a fresh ``request_id``, and answered with
+whatever comes back for that id on the predictions, train-results or errors topic. The
+gateway computes no embeddings: any number of gateways and workers scale apart.
+
+Every gateway reads all reply partitions with no consumer group (from their end, at
+start), so each sees every reply and keeps the ones it is waiting for; the cost is that
+each gateway reads every reply. Listing classifiers reads a replica of the classifier
+changelog, as workers do (``streams/replica.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import socket
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from aiokafka.errors import KafkaError
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.exceptions import HTTPException
+
+from state.records import ClassifierRecord
+from streams.app import classifier_changelog_topic
+from streams.auth import KeyRing
+from streams.client import Answer, ShotstreamClient
+from streams.errors import ErrorCode, RequestError
+from streams.http_models import (
+    ClassificationResponse,
+    ClassifierSummary,
+    ClassifyBody,
+    DeleteResponse,
+    ErrorBody,
+    TrainBody,
+    TrainingResponse,
+    ValidationErrorBody,
+)
+from streams.metrics import HttpMetrics
+from streams.middleware import BodyLimit, RequestIds
+from streams.ratelimit import Decision, Limit, RateLimiter
+from streams.records import parse_classify, parse_train
+from streams.replica import ClassifierReplica
+from streams.settings import EMBEDDED_FETCH_MAX_WAIT_MS, Settings
+
+log = logging.getLogger(__name__)
+
+STATUS_OF: Mapping[str, int] = {
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.AUTHZ_ACCESS_DENIED: 403,
+    ErrorCode.AUTHZ_RESOURCE_LIMIT_EXCEEDED: 403,
+    ErrorCode.CLASSIFIER_NOT_FOUND: 404,
+    ErrorCode.INTERNAL_ERROR: 500,
+}
+"""HTTP status of a worker's error code; every other code is the caller's input: 400."""
+
+
+class GatewayError(Exception):
+    """An HTTP error answer: status, code and detail (Jina's codes where one fits)."""
+
+    def __init__(
+        self, status: int, code: str, detail: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(f"{status} {code}: {detail}")
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.headers = dict(headers or {})
+
+    @classmethod
+    def from_request_error(cls, exc: RequestError) -> GatewayError:
+        return cls(STATUS_OF.get(exc.code, 400), exc.code, exc.detail)
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is asking: the key's owner id (None: anonymous) and the rate-limit bucket."""
+
+    owner: str | None
+    authorization: str | None
+    bucket: str
+
+
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "Invalid input or label limits"},
+    401: {"model": ErrorBody, "description": "Missing or invalid API key"},
+    403: {"model": ErrorBody, "description": "Resource limit, or not the owner"},
+    404: {"model": ErrorBody, "description": "Classifier not found or access denied"},
+    413: {"model": ErrorBody, "description": "Request body too large"},
+    422: {"model": ValidationErrorBody, "description": "Body does not match the schema"},
+    429: {"model": ErrorBody, "description": "Rate limit exceeded (see Retry-After)"},
+    500: {"model": ErrorBody, "description": "Internal error"},
+    503: {"model": ErrorBody, "description": "Kafka unavailable"},
+    504: {"model": ErrorBody, "description": "No answer in time"},
+}
+
+bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
+router = APIRouter(responses=_RESPONSES, tags=["Zero/Few-shot Classification"])
+
+
+class Gateway:
+    """The Kafka side of the gateway: the correlating client, the replica, keys, limits."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.keys = KeyRing(settings.all_api_keys())
+        tiers = settings.gateway.tiers
+        gw = settings.gateway
+
+        def limit_of(bucket: str) -> Limit:
+            tier = gw.anonymous_tier if bucket.startswith("ip:") else gw.default_tier
+            tier = gw.key_tiers.get(bucket, tier)
+            return Limit(rpm=tiers[tier].rpm, tpm=tiers[tier].tpm)
+
+        self.limits = RateLimiter(limit_of)
+        self.client = ShotstreamClient(settings)
+        self.replica = ClassifierReplica(
+            ",".join(settings.brokers),
+            classifier_changelog_topic(settings),
+            fetch_max_wait_ms=EMBEDDED_FETCH_MAX_WAIT_MS if settings.embedded_broker else 500,
+        )
+        self._recent: OrderedDict[str, int] = OrderedDict()
+        """Classifier id → version this gateway last answered (-1: deleted), for listings
+        that read their own writes."""
+
+    async def start(self) -> None:
+        deadline = time.monotonic() + self.settings.gateway.startup_timeout_s
+        while True:
+            try:
+                await self.client.__aenter__()
+                break
+            except (RuntimeError, KafkaError) as exc:
+                await self.client.__aexit__(None, None, None)
+                if time.monotonic() > deadline:
+                    raise
+                log.info("waiting for the shotstream topics (start a worker): %s", exc)
+                await asyncio.sleep(1.0)
+        remaining = max(1.0, deadline - time.monotonic())
+        await self.replica.start(timeout_s=remaining)
+
+    async def stop(self) -> None:
+        await self.replica.stop()
+        await self.client.__aexit__(None, None, None)
+
+    # -- callers -------------------------------------------------------------------------
+
+    def identify(
+        self, request: Request, authorization: str | None, *, anonymous_ok: bool
+    ) -> Caller:
+        """The caller of ``request``; 401 unless the key is valid (or anonymous is allowed)."""
+        if authorization is None:
+            if anonymous_ok and self.settings.gateway.anonymous_zero_shot:
+                host = request.client.host if request.client else "unknown"
+                return Caller(None, None, f"ip:{host}")
+            raise GatewayError(401, "AUTH_MISSING_API_KEY", "Authentication required")
+        owner = self.keys.authenticate(authorization)
+        if owner is None:
+            raise GatewayError(401, "AUTH_INVALID_API_KEY", "Invalid API key")
+        return Caller(owner, authorization, owner)
+
+    def admit(self, caller: Caller) -> Decision:
+        decision = self.limits.admit(caller.bucket)
+        if not decision.allowed:
+            limit = decision.limit
+            assert limit is not None  # noqa: S101 - set on every decision
+            if decision.reason == "requests":
+                code = "RATE_REQUEST_LIMIT_EXCEEDED"
+                detail = f"Request rate limit exceeded: {limit.rpm} requests per minute"
+            else:
+                code = "RATE_TOKEN_LIMIT_EXCEEDED"
+                detail = f"Token rate limit exceeded: {limit.tpm:,} tokens per minute"
+            raise GatewayError(
+                429,
+                code,
+                detail,
+                {"Retry-After": str(decision.retry_after_s), **rate_headers(decision)},
+            )
+        return decision
+
+    # -- Kafka round trip ------------------------------------------------------------------
+
+    async def ask(
+        self, topic: str, body: dict[str, Any], *, key: str, caller: Caller
+    ) -> tuple[Answer, Decision]:
+        """Produce ``body``, wait for its answer; charge its tokens to the caller."""
+        headers = []
+        if caller.authorization is not None:
+            headers.append(("authorization", caller.authorization.encode()))
+        timeout = self.settings.gateway.reply_timeout_s
+        try:
+            future = await self.client.send(topic, body, key=key, headers=headers)
+        except KafkaError as exc:
+            raise GatewayError(
+                503, "SERVICE_UNAVAILABLE", f"Kafka unavailable: {type(exc).__name__}"
+            ) from exc
+        try:
+            answer = await asyncio.wait_for(future, timeout)
+        except TimeoutError as exc:
+            raise GatewayError(
+                504, "SERVICE_TIMEOUT", f"Request timed out after {timeout:g} seconds"
+            ) from exc
+        usage = answer.get("usage")
+        tokens = usage.get("total_tokens", 0) if isinstance(usage, dict) else 0
+        after = self.limits.charge(caller.bucket, int(tokens or 0))
+        if answer.is_error:
+            error = answer["error"]
+            code = str(error.get("code", ErrorCode.INTERNAL_ERROR))
+            raise GatewayError(
+                STATUS_OF.get(code, 400), code, str(error.get("detail", "")), rate_headers(after)
+            )
+        return answer, after
+
+    def remember(self, classifier_id: str, version: int) -> None:
+        self._recent[classifier_id] = version
+        self._recent.move_to_end(classifier_id)
+        while len(self._recent) > 10_000:
+            self._recent.popitem(last=False)
+
+    async def classifiers_of(self, owner: str) -> list[ClassifierRecord]:
+        """The owner's classifiers, including what this gateway has just written."""
+        timeout = self.settings.kafka.request_timeout_s
+        await self.replica.caught_up(timeout_s=timeout)
+        deadline = time.monotonic() + min(timeout, 5.0)
+        for cid, version in list(self._recent.items()):
+            record = self.replica.get(cid)
+            if version < 0:
+                while record is not None and time.monotonic() < deadline:
+                    await asyncio.sleep(0.02)
+                    record = self.replica.get(cid)
+            elif record is None or (record.owner == owner and record.version < version):
+                await self.replica.wait_for(cid, max(0.0, deadline - time.monotonic()), version)
+        return sorted(self.replica.owned_by(owner), key=lambda r: r.created_at)
+
+
+def rate_headers(decision: Decision) -> dict[str, str]:
+    return {
+        "X-RateLimit-Remaining-Requests": str(decision.remaining_requests),
+        "X-RateLimit-Remaining-Tokens": str(decision.remaining_tokens),
+    }
+
+
+def _gateway(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+def _caller(anonymous_ok: bool) -> Any:
+    """A dependency: the caller, checked before the body is (401 before 422, as Jina)."""
+
+    async def dependency(  # async: a plain def would cost a thread hop per request
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> Caller:
+        raw = request.headers.get("authorization")
+        if raw is not None and credentials is None:
+            raise GatewayError(
+                401, "AUTH_INVALID_FORMAT", "Invalid authorization format: use 'Bearer <key>'"
+            )
+        return _gateway(request).identify(request, raw, anonymous_ok=anonymous_ok)
+
+    return dependency
+
+
+AnyCaller = Annotated[Caller, Depends(_caller(anonymous_ok=True))]
+"""Zero-shot may be anonymous when ``gateway.anonymous_zero_shot`` allows it."""
+KeyedCaller = Annotated[Caller, Depends(_caller(anonymous_ok=False))]
+
+
+def _answer(body: Mapping[str, Any], request: Request, decision: Decision) -> JSONResponse:
+    headers = {"X-Request-Id": request.state.request_id, **rate_headers(decision)}
+    return JSONResponse(dict(body), headers=headers)
+
+
+def _checked(parse: Any, payload: dict[str, Any], gw: Gateway, **kw: Any) -> Any:
+    try:
+        return parse(payload, gw.settings.limits, **kw)
+    except RequestError as exc:
+        raise GatewayError.from_request_error(exc) from exc
+
+
+# -- routes -------------------------------------------------------------------------------
+
+
+@router.post(
+    "/v1/classify",
+    summary="Classify",
+    response_model=ClassificationResponse,
+    description="Zero-shot (model + labels) or few-shot (classifier_id) classification of "
+    "text and images, answered by the workers through Kafka.",
+)
+async def classify(body: ClassifyBody, request: Request, caller: AnyCaller) -> Response:
+    gw = _gateway(request)
+    if caller.owner is None and body.classifier_id is not None:
+        raise GatewayError(401, "AUTH_MISSING_API_KEY", "Few-shot classification needs a key")
+    rid = request.state.request_id
+    payload = body.model_dump(mode="json", exclude_none=True)
+    _checked(parse_classify, payload, gw, request_id=rid)
+    gw.admit(caller)
+    payload["request_id"] = rid
+    answer, after = await gw.ask(gw.settings.topic("classify"), payload, key=rid, caller=caller)
+    return _answer(answer, request, after)
+
+
+@router.post(
+    "/v1/train",
+    summary="Train",
+    response_model=TrainingResponse,
+    description="Create a few-shot classifier (no classifier_id: one is made and returned) "
+    "or update one with labelled examples. Examples are learned, never stored.",
+)
+async def train(body: TrainBody, request: Request, caller: KeyedCaller) -> Response:
+    gw = _gateway(request)
+    rid = request.state.request_id
+    if body.classifier_id is None and body.model is None:
+        raise GatewayError(400, ErrorCode.INPUT_MISSING, "creating a classifier needs a 'model'")
+    payload = body.model_dump(mode="json", exclude_none=True)
+    payload["classifier_id"] = cid = body.classifier_id or str(uuid.uuid4())
+    _checked(parse_train, payload, gw, request_id=rid, key=None)
+    gw.admit(caller)
+    payload["request_id"] = rid
+    answer, after = await gw.ask(gw.settings.topic("train"), payload, key=cid, caller=caller)
+    gw.remember(cid, int(answer.get("version", 0)))
+    return _answer(answer, request, after)
+
+
+async def _list(request: Request, caller: Caller) -> Response:
+    gw = _gateway(request)
+    decision = gw.admit(caller)
+    assert caller.owner is not None  # noqa: S101 - identify(anonymous_ok=False)
+    records = await gw.classifiers_of(caller.owner)
+    rows = [summary(r).model_dump(mode="json") for r in records]
+    return JSONResponse(
+        rows, headers={"X-Request-Id": request.state.request_id, **rate_headers(decision)}
+    )
+
+
+@router.get(
+    "/v1/classifiers",
+    summary="List Classifiers",
+    response_model=list[ClassifierSummary],
+    description="Your classifiers (those your key owns).",
+)
+async def list_classifiers(request: Request, caller: KeyedCaller) -> Response:
+    return await _list(request, caller)
+
+
+@router.post(
+    "/v1/classifiers",
+    summary="List Classifiers",
+    response_model=list[ClassifierSummary],
+    description="Your classifiers (the same as GET, as in Jina's API).",
+    operation_id="list_classifiers_post",
+)
+async def list_classifiers_post(request: Request, caller: KeyedCaller) -> Response:
+    return await _list(request, caller)
+
+
+@router.delete(
+    "/v1/classifiers/{classifier_id}",
+    summary="Delete Classifier",
+    response_model=DeleteResponse,
+    description="Delete one of your classifiers (only its owner may).",
+)
+async def delete_classifier(classifier_id: str, request: Request, caller: KeyedCaller) -> Response:
+    gw = _gateway(request)
+    gw.admit(caller)
+    rid = request.state.request_id
+    payload = {"request_id": rid, "classifier_id": classifier_id, "action": "delete"}
+    answer, after = await gw.ask(
+        gw.settings.topic("train"), payload, key=classifier_id, caller=caller
+    )
+    gw.remember(classifier_id, -1)
+    return _answer(answer, request, after)
+
+
+def summary(record: ClassifierRecord) -> ClassifierSummary:
+    """A listing row (Jina's ClassifierSummary); never weights or the owner's key hash."""
+
+    def iso(t: float) -> str:
+        return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
+
+    user = hashlib.sha256(f"shotstream-user:{record.owner}".encode()).hexdigest()[:32]
+    return ClassifierSummary(
+        classifier_id=record.classifier_id,
+        user_id=str(uuid.UUID(user)),
+        model=record.model,
+        labels=list(record.labels),
+        access=record.access,
+        updated_number=record.version,
+        num_samples=record.samples_seen,
+        created_at=iso(record.created_at),
+        updated_at=iso(record.updated_at),
+        prequential_accuracy=record.prequential_accuracy,
+    )
+
+
+# -- errors -------------------------------------------------------------------------------
+
+
+def _error(request: Request, status: int, code: str, detail: str, **extra: Any) -> JSONResponse:
+    rid = getattr(request.state, "request_id", None) or str(uuid.uuid4())
+    body = {"detail": detail, "code": code, "request_id": rid, **extra}
+    return JSONResponse(body, status_code=status, headers={"X-Request-Id": rid})
+
+
+async def _on_gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)  # noqa: S101 - registered for GatewayError
+    response = _error(request, exc.status, exc.code, exc.detail)
+    response.headers.update(exc.headers)
+    return response
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)  # noqa: S101 - registered for it
+    errors = [
+        {
+            "field": ".".join(str(p) for p in e.get("loc", ())),
+            "message": str(e.get("msg", "")),
+            "type": str(e.get("type", "")),
+        }
+        for e in exc.errors()
+    ]
+    first = errors[0] if errors else {"field": "body", "message": "invalid"}
+    detail = f"{first['field']}: {first['message']}"
+    if len(errors) > 1:
+        detail += f" (and {len(errors) - 1} more)"
+    return _error(request, 422, "INPUT_VALIDATION_FAILED", detail, errors=errors)
+
+
+_HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "REQUEST_TOO_LARGE"}
+
+
+async def _on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)  # noqa: S101 - registered for it
+    code = _HTTP_CODES.get(exc.status_code, f"HTTP_{exc.status_code}")
+    response = _error(request, exc.status_code, code, str(exc.detail))
+    response.headers.update(exc.headers or {})
+    return response
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error serving %s %s", request.method, request.url.path)
+    return _error(
+        request, 500, "INTERNAL_ERROR", f"An unexpected error occurred ({type(exc).__name__})"
+    )
+
+
+# -- the app ------------------------------------------------------------------------------
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The gateway app for ``settings``; Kafka connections open with its lifespan."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        gateway = Gateway(settings)
+        await gateway.start()
+        app.state.gateway = gateway
+        log.info("connected to Kafka at %s", ",".join(settings.brokers))
+        try:
+            yield
+        finally:
+            await gateway.stop()
+
+    app = FastAPI(
+        title="shotstream",
+        summary="Jina-compatible zero-shot and few-shot classification over Kafka",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.include_router(router)
+    registry = CollectorRegistry()
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app.add_exception_handler(GatewayError, _on_gateway_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(HTTPException, _on_http_error)
+    app.add_exception_handler(Exception, _on_unexpected)
+    # outermost first: ids, then metrics (they see every status), then the body limit
+    app.add_middleware(BodyLimit, max_bytes=settings.limits.max_request_bytes)
+    app.add_middleware(HttpMetrics, registry=registry)
+    app.add_middleware(RequestIds)
+    return app
+
+
+def run_gateway(settings: Settings) -> None:
+    """Serve the gateway with uvicorn on ``gateway.host:http_port`` until SIGINT/SIGTERM.
+
+    Logs ``shotstream gateway ready`` once the socket accepts connections.
+    """
+    import uvicorn
+
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.gateway.host,
+        port=settings.http_port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+    )
+    url = f"http://{settings.gateway.host}:{settings.http_port}"
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                log.info("shotstream gateway ready on %s (docs: %s/docs)", url, url)
+
+    Server(config).run()

@@ -1,0 +1,185 @@
+"""The gateway's HTTP edge without Kafka: auth, schema, local validation, body limit.
+
+Everything here is answered before a record would be produced, so the app runs without
+its lifespan (no broker); the round trip through Kafka is in tests/integration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from streams.gateway import Gateway, create_app
+from streams.settings import Settings
+
+KEY = "key-alice"
+
+
+class Http:
+    """A synchronous face on httpx's ASGI transport (no server, no lifespan)."""
+
+    def __init__(self, **overrides: Any) -> None:
+        settings = Settings(api_keys=KEY, **overrides)
+        self.app = create_app(settings)
+        self.app.state.gateway = Gateway(settings)
+
+    def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        async def go() -> httpx.Response:
+            transport = httpx.ASGITransport(app=self.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
+                return await c.request(method, path, **kw)
+
+        return asyncio.run(go())
+
+    def get(self, path: str, **kw: Any) -> httpx.Response:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, **kw: Any) -> httpx.Response:
+        return self.request("POST", path, **kw)
+
+    def put(self, path: str, **kw: Any) -> httpx.Response:
+        return self.request("PUT", path, **kw)
+
+    def delete(self, path: str, **kw: Any) -> httpx.Response:
+        return self.request("DELETE", path, **kw)
+
+
+def client_for(**overrides: Any) -> Http:
+    return Http(**overrides)
+
+
+@pytest.fixture
+def http() -> Http:
+    return client_for()
+
+
+def auth(key: str = KEY) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+ZERO_SHOT = {"model": "jina-embeddings-v3", "labels": ["a", "b"], "input": ["x"]}
+
+
+def assert_error(response: Any, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body: dict[str, Any] = response.json()
+    assert body["code"] == code
+    assert body["detail"]
+    assert body["request_id"] == response.headers["x-request-id"]
+    return body
+
+
+@pytest.mark.parametrize(
+    ("headers", "code"),
+    [
+        ({}, "AUTH_MISSING_API_KEY"),
+        ({"Authorization": "Basic a2V5"}, "AUTH_INVALID_FORMAT"),
+        ({"Authorization": "Bearer "}, "AUTH_INVALID_FORMAT"),
+        (auth("key-mallory"), "AUTH_INVALID_API_KEY"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/v1/classify"),
+        ("POST", "/v1/train"),
+        ("GET", "/v1/classifiers"),
+        ("POST", "/v1/classifiers"),
+        ("DELETE", "/v1/classifiers/c-1"),
+    ],
+)
+def test_every_route_needs_a_valid_key(
+    http: Http, headers: dict[str, str], code: str, method: str, path: str
+) -> None:
+    # 401 comes before the body is even looked at (an empty body would be a 422)
+    assert_error(http.request(method, path, headers=headers), 401, code)
+
+
+def test_anonymous_zero_shot_may_be_allowed_but_few_shot_never() -> None:
+    http = client_for(gateway={"anonymous_zero_shot": True})
+    few_shot = {"classifier_id": "c-1", "input": ["x"]}
+    assert_error(http.post("/v1/classify", json=few_shot), 401, "AUTH_MISSING_API_KEY")
+    assert_error(http.post("/v1/train", json={"input": []}), 401, "AUTH_MISSING_API_KEY")
+
+
+def test_schema_errors_are_422_with_field_errors(http: Http) -> None:
+    body = assert_error(
+        http.post("/v1/classify", json={"labels": "zz", "input": 5}, headers=auth()),
+        422,
+        "INPUT_VALIDATION_FAILED",
+    )
+    fields = {e["field"].split(".")[1] for e in body["errors"]}
+    assert fields == {"input", "labels"}
+    bad_iters = {"model": "m", "num_iters": 0, "input": [{"text": "t", "label": "l"}]}
+    assert_error(
+        http.post("/v1/train", json=bad_iters, headers=auth()), 422, "INPUT_VALIDATION_FAILED"
+    )
+    not_json = http.post(
+        "/v1/classify", content=b"{nope", headers={**auth(), "Content-Type": "application/json"}
+    )
+    assert_error(not_json, 422, "INPUT_VALIDATION_FAILED")
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "code"),
+    [
+        (
+            "/v1/classify",
+            {**ZERO_SHOT, "labels": [f"l{i}" for i in range(257)]},
+            "INPUT_LABEL_LIMIT_EXCEEDED",
+        ),
+        ("/v1/classify", {**ZERO_SHOT, "input": ["x"] * 1025}, "INPUT_LIMIT_EXCEEDED"),
+        ("/v1/classify", {"model": "m", "input": ["x"]}, "INPUT_MISSING"),
+        ("/v1/classify", {**ZERO_SHOT, "input": []}, "INPUT_MISSING"),
+        ("/v1/train", {"input": [{"text": "t", "label": "l"}]}, "INPUT_MISSING"),
+        ("/v1/train", {"model": "m", "input": [{"text": "t", "label": " "}]}, "INPUT_INVALID"),
+    ],
+)
+def test_invalid_requests_are_400_before_kafka(
+    http: Http, path: str, body: dict[str, Any], code: str
+) -> None:
+    assert_error(http.post(path, json=body, headers=auth()), 400, code)
+
+
+def test_oversized_bodies_are_refused_before_parsing() -> None:
+    http = client_for(limits={"max_request_bytes": 2048})
+    big = {**ZERO_SHOT, "input": ["x" * 4096]}
+    assert_error(http.post("/v1/classify", json=big, headers=auth()), 413, "REQUEST_TOO_LARGE")
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted as it streams
+        yield b'{"input": ["'
+        yield b"x" * 4096
+        yield b'"], "labels": ["a"]}'
+
+    streamed = http.post(
+        "/v1/classify", content=chunks(), headers={**auth(), "Content-Type": "application/json"}
+    )
+    assert_error(streamed, 413, "REQUEST_TOO_LARGE")
+
+
+def test_unknown_routes_answer_json(http: Http) -> None:
+    assert_error(http.get("/v2/nothing"), 404, "NOT_FOUND")
+    assert_error(http.put("/v1/classify", json={}), 405, "METHOD_NOT_ALLOWED")
+
+
+def test_openapi_and_metrics(http: Http) -> None:
+    spec = http.get("/openapi.json").json()
+    assert set(spec["paths"]) == {
+        "/v1/classify",
+        "/v1/train",
+        "/v1/classifiers",
+        "/v1/classifiers/{classifier_id}",
+    }
+    assert "HTTPBearer" in spec["components"]["securitySchemes"]
+    for status in ("400", "401", "404", "422", "429", "504"):
+        assert status in spec["paths"]["/v1/classify"]["post"]["responses"]
+    assert http.get("/docs").status_code == 200
+    http.post("/v1/classify", json=ZERO_SHOT)
+    http.delete("/v1/classifiers/abc")
+    text = http.get("/metrics").text
+    assert 'route="/v1/classify",status="401"' in text.replace('method="POST",', "")
+    assert 'route="/v1/classifiers/{classifier_id}"' in text

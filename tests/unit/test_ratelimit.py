@@ -1,0 +1,86 @@
+"""Rate limits: token buckets per caller (pure, with a fake clock)."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streams.ratelimit import Limit, RateLimiter
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def limiter(rpm: int = 3, tpm: int = 100) -> tuple[RateLimiter, Clock]:
+    clock = Clock()
+    return RateLimiter(lambda _caller: Limit(rpm=rpm, tpm=tpm), clock=clock), clock
+
+
+def test_requests_per_minute_then_retry_after() -> None:
+    limits, clock = limiter(rpm=3)
+    assert [limits.admit("a").allowed for _ in range(3)] == [True, True, True]
+    refused = limits.admit("a")
+    assert not refused.allowed
+    assert refused.reason == "requests"
+    assert refused.remaining_requests == 0
+    assert refused.retry_after_s == 20  # one request refills every 60/3 s
+    clock.now = 19.0
+    assert not limits.admit("a").allowed
+    clock.now = 20.0
+    assert limits.admit("a").allowed
+
+
+def test_callers_have_their_own_buckets() -> None:
+    limits, _ = limiter(rpm=1)
+    assert limits.admit("a").allowed
+    assert not limits.admit("a").allowed
+    assert limits.admit("b").allowed
+
+
+def test_tokens_are_charged_after_the_answer_and_may_overdraw() -> None:
+    limits, clock = limiter(rpm=100, tpm=60)
+    assert limits.admit("a").allowed
+    after = limits.charge("a", 90)  # the answer used more than was left
+    assert after.remaining_tokens == 0
+    refused = limits.admit("a")
+    assert not refused.allowed
+    assert refused.reason == "tokens"
+    assert refused.retry_after_s == 31  # 30 tokens owed + 1, at one token per second
+    clock.now = 31.0
+    assert limits.admit("a").allowed
+
+
+def test_buckets_never_exceed_one_minute() -> None:
+    limits, clock = limiter(rpm=2, tpm=10)
+    limits.admit("a")
+    clock.now = 3600.0
+    decision = limits.admit("a")
+    assert decision.remaining_requests == 1
+    assert decision.remaining_tokens == 10
+
+
+def test_forgotten_callers_start_full() -> None:
+    clock = Clock()
+    limits = RateLimiter(lambda _c: Limit(rpm=1, tpm=10), clock=clock, max_callers=2)
+    limits.admit("a")
+    limits.admit("b")
+    limits.admit("c")  # evicts a
+    assert len(limits._buckets) == 2
+    assert limits.admit("a").allowed
+
+
+@given(st.lists(st.sampled_from(["admit", "tick"]), max_size=200), st.integers(1, 20))
+def test_never_more_than_rpm_plus_refill(ops: list[str], rpm: int) -> None:
+    limits, clock = limiter(rpm=rpm, tpm=10**9)
+    admitted = 0
+    for op in ops:
+        if op == "tick":
+            clock.now += 1.0
+        elif limits.admit("a").allowed:
+            admitted += 1
+    assert admitted <= rpm + clock.now * rpm / 60.0 + 1e-9
