@@ -13,6 +13,7 @@ import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar, cast
 
 from models.images import (
     ImageDecodeError,
@@ -25,6 +26,8 @@ from models.images import (
 from streams.errors import ErrorCode, RequestError
 from streams.fetch import FetchError, ImageFetcher
 from streams.settings import ImageSettings
+
+T = TypeVar("T")
 
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
@@ -53,14 +56,20 @@ class ImageLoader:
         self, values: Sequence[str], indices: Sequence[int], encoder: ImageEncoder
     ) -> LoadedImages:
         """Preprocessed images for ``values`` (request positions ``indices``)."""
-        raw = await asyncio.gather(
-            *(self._bytes(value, index) for value, index in zip(values, indices, strict=True))
+        raw = _first_error_in_order(
+            await asyncio.gather(
+                *(self._bytes(value, index) for value, index in zip(values, indices, strict=True)),
+                return_exceptions=True,
+            )
         )
         loop = asyncio.get_running_loop()
-        prepared = await asyncio.gather(
-            *(
-                loop.run_in_executor(self._pool, self._prepare, data, index, encoder)
-                for data, index in zip(raw, indices, strict=True)
+        prepared = _first_error_in_order(
+            await asyncio.gather(
+                *(
+                    loop.run_in_executor(self._pool, self._prepare, data, index, encoder)
+                    for data, index in zip(raw, indices, strict=True)
+                ),
+                return_exceptions=True,
             )
         )
         return LoadedImages([p for p, _ in prepared], [t for _, t in prepared])
@@ -100,3 +109,12 @@ class ImageLoader:
 
 def _shorten(url: str, limit: int = 120) -> str:
     return url if len(url) <= limit else url[: limit - 1] + "…"
+
+
+def _first_error_in_order(results: list[T | BaseException]) -> list[T]:
+    """The results, or the error of the lowest failing index (the same one every time,
+    whichever fetch failed first)."""
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return cast("list[T]", results)

@@ -212,7 +212,6 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     images: ImageSettings = ImageSettings()
 
-
     gateway: GatewaySettings = GatewaySettings()
 
     @field_validator("brokers", mode="before")
