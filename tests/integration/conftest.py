@@ -30,6 +30,7 @@ API_KEYS = {
     # the gateway tests' own keys: each key may own 16 classifiers, and other tests fill theirs
     "dave": "key-dave",
     "erin": "key-erin",
+    "frank": "key-frank",  # the image tests'
 }
 
 pytestmark = pytest.mark.integration
