@@ -36,7 +36,7 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -207,6 +207,7 @@ def training_set(ds: Dataset, pool: Ints, n: int, seed: int) -> Ints:
 def validation_split(ds: Dataset, size: int = 300) -> tuple[Ints, Ints]:
     """A stratified validation split carved from the pool, and the rest of the pool."""
     rng = np.random.default_rng(7)
+    size = min(size, len(ds.pool) // 3)
     picked = ds.pool[
         stratified_take(ds.y[ds.pool], proportional_counts(ds.y[ds.pool], size, ds.n_classes), rng)
     ]
@@ -241,6 +242,8 @@ class Study:
     setfit_sizes: Sequence[int] = SETFIT_SIZES
     setfit_seeds: int = 3
     encoders: dict[str, Callable[[], TextEncoder]] = field(default_factory=dict)
+    """Encoder loaders by model name (default: the model as a worker loads it)."""
+    loaders: Mapping[str, Callable[[], Dataset]] = field(default_factory=lambda: LOADERS)
 
     def embeddings(self, ds: Dataset, model: str, cache: EmbeddingCache) -> tuple[Matrix, Matrix]:
         load = self.encoders.get(model) or functools.cache(functools.partial(_load_encoder, model))
@@ -260,7 +263,7 @@ def _load_encoder(model: str) -> TextEncoder:
 def run_study(study: Study, *, progress: bool = True) -> dict[str, Any]:
     """Every method, size and seed; returns the JSON-ready results."""
     cache = EmbeddingCache(study.cache)
-    data = {name: LOADERS[name]() for name in study.datasets}
+    data = {name: study.loaders[name]() for name in study.datasets}
     runs: list[tuple[Dataset, str, MethodSpec, int, int]] = []
     for ds in data.values():
         for model in study.models:
@@ -357,8 +360,8 @@ def _timed(fn: Callable[[], object]) -> float:
 TUNE_GRID: dict[str, Sequence[Any]] = {
     "center": (False, True),
     "variant": ("PA-I", "PA-II"),
-    "C": (0.03, 0.1, 0.3, 1.0),
-    "warm_start_scale": (1.0, 2.0, 5.0, 10.0, 20.0),
+    "C": (0.01, 0.03, 0.1, 0.3, 1.0),
+    "warm_start_scale": (0.5, 1.0, 2.0, 5.0, 20.0),
 }
 TUNE_ITERS = (1, 3, 10, 30)
 TUNE_TEMPERATURES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -376,7 +379,7 @@ def tune(study: Study, *, progress: bool = True) -> dict[str, Any]:
     sizes = [n for n in study.sizes if n > 0]
     cells = []
     for name in study.datasets:
-        ds = LOADERS[name]()
+        ds = study.loaders[name]()
         val, rest = validation_split(ds)
         for model in study.models:
             X, labels = study.embeddings(ds, model, cache)

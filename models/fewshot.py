@@ -27,7 +27,7 @@ classifier with meaningful labels predicts like zero-shot and improves from ther
 
 With ``center=True`` the classifier scores ``w_k · (x - μ)``, where ``μ`` is the running
 mean of every input it has learned (zero before the first). Sentence embeddings share a
-large common component (all cosines of e5 embeddings lie around 0.7–0.9); an update along
+large common component (all cosines of e5 embeddings lie around 0.7 to 0.9); an update along
 raw ``x`` mostly moves that component, which shifts a class's score on *every* input.
 Centring makes each step move only what distinguishes the example (measured: about one
 macro-F1 point on BBC news and tweet sentiment, ``benchmarks/accuracy.py``). Before the
