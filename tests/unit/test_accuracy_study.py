@@ -133,3 +133,22 @@ def test_tuning_never_touches_the_test_split(
     assert tuned["best"]["settings"]["C"] in (0.1, 1.0)
     assert set(tuned["num_iters_sweep"]) == {"1", "10"}
     assert tuned["best_temperature"] > 0
+
+
+def test_bench_command_finds_the_checkout_or_says_it_needs_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    import streams.bench as bench
+    from streams.cli import app
+
+    assert (bench.checkout_root() / "benchmarks" / "accuracy.py").is_file()
+    (tmp_path / "streams").mkdir()
+    monkeypatch.setattr(bench, "__file__", str(tmp_path / "streams" / "bench.py"))
+    with pytest.raises(typer.BadParameter, match="source checkout"):
+        bench.checkout_root()
+    result = CliRunner().invoke(app, ["bench", "accuracy", "--seeds", "1"])
+    assert result.exit_code == 2
+    assert "source checkout" in result.output
