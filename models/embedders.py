@@ -22,7 +22,7 @@ import logging
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -63,6 +63,21 @@ def truncate(ids: TokenIds, max_length: int) -> TokenIds:
     if len(ids) <= max_length:
         return ids
     return [*ids[: max_length - 1], ids[-1]]
+
+
+def padded(batch: Sequence[TokenIds], max_length: int, pad_id: int) -> tuple[Any, Any]:
+    """Token id rows (each truncated to ``max_length``) → right-padded ``input_ids`` and
+    ``attention_mask`` tensors (torch, long) of the batch's longest row."""
+    import torch
+
+    rows = [truncate(ids, max_length) for ids in batch]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return ids, mask
 
 
 class HashTextEncoder:
@@ -191,13 +206,7 @@ class TransformersTextEncoder:
 
         if not batch:
             return np.zeros((0, self.dim), dtype=np.float32)
-        rows = [truncate(ids, self.max_length) for ids in batch]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-            mask[i, : len(r)] = 1
+        ids, mask = padded(batch, self.max_length, self.pad_id)
         with self._lock, torch.inference_mode():
             ids, mask = ids.to(self.device), mask.to(self.device)
             hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state

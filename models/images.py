@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from models.embedders import TokenIds, Vectors, truncate
+from models.embedders import TokenIds, Vectors, padded
 
 log = logging.getLogger(__name__)
 
@@ -328,13 +328,7 @@ class ClipEncoder:
 
         if not batch:
             return np.zeros((0, self.dim), dtype=np.float32)
-        rows = [truncate(ids, self.max_length) for ids in batch]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-            mask[i, : len(r)] = 1
+        ids, mask = padded(batch, self.max_length, self.pad_id)
         with self._lock, torch.inference_mode():
             out = self.model.get_text_features(
                 input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
