@@ -55,6 +55,8 @@ class EmbeddingRuntime:
         Labels kept (0 disables the cache).
     tokenizer_threads
         Threads tokenizing off the event loop (Rust tokenizers release the GIL).
+    image_max_batch_size
+        Images per model call (default: ``max_batch_size``).
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class EmbeddingRuntime:
         inline_tokenize_chars: int = 2048,
         on_batch: Callable[[BatchStats], None] | None = None,
         on_image_batch: Callable[[BatchStats], None] | None = None,
+        image_max_batch_size: int | None = None,
     ) -> None:
         self.encoder = encoder
         self.text: TextEncoder | None = encoder if isinstance(encoder, TextEncoder) else None
@@ -93,13 +96,14 @@ class EmbeddingRuntime:
         if self.image is not None:
             # images are all the same size once preprocessed: each costs one unit, a model
             # call costs more than that, so a batch is never split
+            image_batch = image_max_batch_size or max_batch_size
             self.image_batcher = MicroBatcher(
                 self.image.embed_pixels,
-                max_batch_size=max_batch_size,
+                max_batch_size=image_batch,
                 max_wait_s=max_wait_s,
-                max_batch_tokens=max_batch_size,
+                max_batch_tokens=image_batch,
                 max_queue=max_queue,
-                chunk_overhead=max_batch_size,
+                chunk_overhead=image_batch,
                 length=lambda _pixels: 1,
                 on_batch=on_image_batch or on_batch,
                 name=f"image-{encoder.name}",

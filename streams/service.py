@@ -71,6 +71,7 @@ class ClassifyService:
                     label_cache_size=self.settings.models.label_cache_size,
                     on_batch=functools.partial(self.observer.on_batch, spec.name),
                     on_image_batch=functools.partial(self.observer.on_batch, f"{spec.name}/image"),
+                    image_max_batch_size=self.settings.images.max_batch_size,
                 )
                 self._runtimes[spec.name] = runtime
                 self.observer.on_model_loaded(
