@@ -143,3 +143,34 @@ def test_efficientnet_near_duplicates_score_higher_than_unrelated_photos(
     for i in range(len(PHOTOS)):
         others = np.delete(similarity[i], i)
         assert similarity[i, i] > others.max() + 0.1, (PHOTOS[i], similarity[i].round(2))
+
+
+def test_image_batches_have_their_own_size_cap() -> None:
+    """Images are batched apart from text, at most ``image_max_batch_size`` per call."""
+    import asyncio
+
+    from models.runtime import EmbeddingRuntime
+
+    class Counting:
+        name, dim = "counting", 3
+        calls: list[int] = []  # noqa: RUF012 - one instance per test
+
+        def preprocess(self, image: Image.Image) -> np.ndarray:
+            return np.zeros((3, 2, 2), dtype=np.float32)
+
+        def embed_pixels(self, batch: list[np.ndarray]) -> np.ndarray:
+            self.calls.append(len(batch))
+            return np.tile(np.array([1.0, 0.0, 0.0], dtype=np.float32), (len(batch), 1))
+
+    encoder = Counting()
+
+    async def go() -> None:
+        runtime = EmbeddingRuntime(encoder, max_batch_size=64, image_max_batch_size=4)
+        pixels = [encoder.preprocess(Image.new("RGB", (2, 2))) for _ in range(10)]
+        vectors = await asyncio.gather(*(runtime.embed_images([p]) for p in pixels))
+        assert all(v.shape == (1, 3) for v in vectors)
+        await runtime.aclose()
+
+    asyncio.run(go())
+    assert sum(encoder.calls) == 10
+    assert max(encoder.calls) <= 4
