@@ -148,3 +148,60 @@ def test_alias_resolves(service: ClassifyService) -> None:
     [out] = classify(service, req(["x"], ["a", "b"], model="jina-embeddings-v3"))
     assert len(out["data"]) == 1
     assert np.isclose(sum(p["score"] for p in out["data"][0]["predictions"]), 1)
+
+
+def test_few_shot_waits_for_an_access_change_still_replicating(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A classifier made public a moment ago may still be private in the replica: the
+    read waits for a newer version before it answers CLASSIFIER_NOT_FOUND."""
+    from state.records import ClassifierRecord
+    from streams.replica import ClassifierReplica
+
+    replica = ClassifierReplica("127.0.0.1:1", "changelog")  # never started: fed by hand
+    private = ClassifierRecord.new(
+        "c1", model="hash", owner="alice", access="private", dim=64, now=0.0
+    )
+    private.labels = ["a", "b"]
+    private.weights = np.zeros((2, 64), dtype=np.float32)
+    private.version = 1
+    replica.records["c1"] = private
+    service = ClassifyService(settings, hash_registry(tmp_path), Observer(), replica)
+    request = ClassifyRequest("r1", (TextInput("x"),), classifier_id="c1")
+
+    async def publish_later() -> None:
+        await asyncio.sleep(0.1)
+        public = ClassifierRecord.new(
+            "c1", model="hash", owner="alice", access="public", dim=64, now=0.0
+        )
+        public.labels, public.weights, public.version = ["a", "b"], private.weights, 2
+        replica.records["c1"] = public
+        replica._changed.set()
+
+    async def go() -> Any:
+        try:
+            answer, _ = await asyncio.gather(service.classify(request, "bob"), publish_later())
+            return answer
+        finally:
+            await service.aclose()
+
+    answer = asyncio.run(go())
+    assert answer["version"] == 2
+    assert answer["classifier_id"] == "c1"
+
+    replica.records["c1"] = private  # private again, and nothing newer comes
+    fast = Settings(data_dir=tmp_path, limits={"visibility_wait_s": 0.05})
+    service = ClassifyService(fast, hash_registry(tmp_path), Observer(), replica)
+    [denied] = classify_as(service, request, "bob")
+    assert isinstance(denied, RequestError)
+    assert denied.code == ErrorCode.CLASSIFIER_NOT_FOUND
+
+
+def classify_as(service: ClassifyService, request: ClassifyRequest, owner: str) -> list[Any]:
+    async def go() -> list[Any]:
+        try:
+            return await asyncio.gather(service.classify(request, owner), return_exceptions=True)
+        finally:
+            await service.aclose()
+
+    return asyncio.run(go())
