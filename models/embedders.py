@@ -65,6 +65,19 @@ def truncate(ids: TokenIds, max_length: int) -> TokenIds:
     return [*ids[: max_length - 1], ids[-1]]
 
 
+def fast_tokenizer(path: str | Path, *, local_files_only: bool) -> Any:
+    """The folder's Hugging Face tokenizer, which must be a fast (Rust) one; its backend is
+    set to neither truncate nor pad (the batcher truncates and pads, see :func:`padded`)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=local_files_only)
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"{path}: shotstream needs a fast (Rust) tokenizer")
+    tokenizer.backend_tokenizer.no_truncation()
+    tokenizer.backend_tokenizer.no_padding()
+    return tokenizer
+
+
 def padded(batch: Sequence[TokenIds], max_length: int, pad_id: int) -> tuple[Any, Any]:
     """Token id rows (each truncated to ``max_length``) → right-padded ``input_ids`` and
     ``attention_mask`` tensors (torch, long) of the batch's longest row."""
@@ -148,7 +161,7 @@ class TransformersTextEncoder:
         model_kwargs: Mapping[str, object] | None = None,
     ) -> None:
         import torch
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # untyped upstream
@@ -157,12 +170,8 @@ class TransformersTextEncoder:
         self.prefix = prefix
         self.device = torch.device(device)
         self._torch_dtype = getattr(torch, dtype)
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=local_files_only)
-        if not getattr(tokenizer, "is_fast", False):
-            raise ValueError(f"{path}: shotstream needs a fast (Rust) tokenizer")
+        tokenizer = fast_tokenizer(path, local_files_only=local_files_only)
         self._backend = tokenizer.backend_tokenizer
-        self._backend.no_truncation()
-        self._backend.no_padding()
         self.pad_id = int(tokenizer.pad_token_id or 0)
         model = AutoModel.from_pretrained(
             str(path),

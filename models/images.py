@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from models.embedders import TokenIds, Vectors, padded
+from models.embedders import TokenIds, Vectors, fast_tokenizer, padded
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +274,7 @@ class ClipEncoder:
         local_files_only: bool = True,
     ) -> None:
         import torch
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # untyped upstream
@@ -282,12 +282,8 @@ class ClipEncoder:
         self.name = name
         self.prefix = ""
         self.device = torch.device(device)
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=local_files_only)
-        if not getattr(tokenizer, "is_fast", False):
-            raise ValueError(f"{path}: shotstream needs a fast (Rust) tokenizer")
+        tokenizer = fast_tokenizer(path, local_files_only=local_files_only)
         self._backend = tokenizer.backend_tokenizer
-        self._backend.no_truncation()
-        self._backend.no_padding()
         pad = tokenizer.pad_token_id
         if pad is None:
             pad = tokenizer.eos_token_id

@@ -73,6 +73,11 @@ def learner(record: ClassifierRecord) -> PassiveAggressiveClassifier:
     )
 
 
+def may_read(record: ClassifierRecord, owner: str) -> bool:
+    """Public classifiers are read by any valid key, private ones by their owner only."""
+    return record.access == "public" or record.owner == owner
+
+
 def already_applied(record: ClassifierRecord | None, source: str, offset: int) -> bool:
     return record is not None and record.applied.get(source, -1) >= offset
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,15 @@ _HEAD = struct.Struct("<4sHI")
 
 class RecordFormatError(ValueError):
     """Bytes that are not a classifier record this code can read."""
+
+
+def iso_time(t: float) -> str:
+    """A record's timestamp (seconds since the epoch) as ISO 8601 UTC, to the second.
+
+    >>> iso_time(0)
+    '1970-01-01T00:00:00+00:00'
+    """
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
 
 
 @dataclass

@@ -298,10 +298,7 @@ def classifiers_delete(
 
 def summary(record: Any) -> dict[str, Any]:
     """What a listing shows of a classifier record (never weights or owner hashes)."""
-    from datetime import UTC, datetime
-
-    def iso(t: float) -> str:
-        return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
+    from state.records import iso_time as iso
 
     return {
         "classifier_id": record.classifier_id,

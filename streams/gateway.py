@@ -23,7 +23,6 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from aiokafka.errors import KafkaError
@@ -34,7 +33,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException
 
-from state.records import ClassifierRecord
+from state.records import ClassifierRecord, iso_time
 from streams.app import classifier_changelog_topic
 from streams.auth import KeyRing
 from streams.client import Answer, ShotstreamClient
@@ -388,10 +387,6 @@ async def delete_classifier(classifier_id: str, request: Request, caller: KeyedC
 
 def summary(record: ClassifierRecord) -> ClassifierSummary:
     """A listing row (Jina's ClassifierSummary); never weights or the owner's key hash."""
-
-    def iso(t: float) -> str:
-        return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
-
     user = hashlib.sha256(f"shotstream-user:{record.owner}".encode()).hexdigest()[:32]
     return ClassifierSummary(
         classifier_id=record.classifier_id,
@@ -401,8 +396,8 @@ def summary(record: ClassifierRecord) -> ClassifierSummary:
         access=record.access,
         updated_number=record.version,
         num_samples=record.samples_seen,
-        created_at=iso(record.created_at),
-        updated_at=iso(record.updated_at),
+        created_at=iso_time(record.created_at),
+        updated_at=iso_time(record.updated_at),
         prequential_accuracy=record.prequential_accuracy,
     )
 

@@ -20,8 +20,7 @@ import numpy.typing as npt
 from models.registry import IMAGE, TEXT, ModelRegistry, ModelSpec
 from models.runtime import EmbeddingRuntime, Tokenized
 from models.scoring import ranked, softmax
-from state.classifiers import learner
-from state.records import ClassifierRecord
+from state.classifiers import learner, may_read
 from streams.errors import ErrorCode, RequestError
 from streams.images import ImageLoader
 from streams.observer import Observer
@@ -133,7 +132,7 @@ class ClassifyService:
                     request.classifier_id, self.settings.limits.visibility_wait_s
                 )
             )
-        if record is not None and not _may_read(record, owner) and self.classifiers is not None:
+        if record is not None and not may_read(record, owner) and self.classifiers is not None:
             # a train request that just made it public may not have replicated yet: before
             # denying, wait (as for an unknown id) for a newer version of the record
             record = await self.classifiers.wait_for(
@@ -141,7 +140,7 @@ class ClassifyService:
                 self.settings.limits.visibility_wait_s,
                 min_version=record.version + 1,
             )
-        if record is None or not _may_read(record, owner):
+        if record is None or not may_read(record, owner):
             raise RequestError(
                 ErrorCode.CLASSIFIER_NOT_FOUND, f"classifier {request.classifier_id!r} not found"
             )
@@ -294,8 +293,3 @@ def _grouped_data(
             item["predictions"][name] = single["predictions"]
         data.append(item)
     return data
-
-
-def _may_read(record: ClassifierRecord, owner: str) -> bool:
-    """Public classifiers are read by any valid key, private ones by their owner only."""
-    return record.access == "public" or record.owner == owner

@@ -22,6 +22,7 @@ from state.classifiers import (
     LearnerSettings,
     already_applied,
     apply_examples,
+    may_read,
     replayed_version,
 )
 from state.records import ClassifierRecord, decode_record, encode_record
@@ -185,7 +186,7 @@ class TrainHandler:
             record.hyper["max_classes"] = self.settings.limits.max_classes
             return record
         if record.owner != owner:
-            if record.access != "public":
+            if not may_read(record, owner):
                 raise RequestError(
                     ErrorCode.CLASSIFIER_NOT_FOUND,
                     f"classifier {request.classifier_id!r} not found",
@@ -223,7 +224,7 @@ class TrainHandler:
 
     def _delete(self, request: DeleteRequest, owner: str) -> dict[str, Any]:
         record = self._read(request.classifier_id)
-        if record is None or (record.owner != owner and record.access != "public"):
+        if record is None or not may_read(record, owner):
             raise RequestError(
                 ErrorCode.CLASSIFIER_NOT_FOUND, f"classifier {request.classifier_id!r} not found"
             )
