@@ -63,7 +63,13 @@ def test_support_ticket_example(broker: EmbeddedBroker, worker: WorkerProcess) -
             num_iters=10,
         )
         updated = await c.train(SECOND, classifier_id=cid, api_key=ALICE, num_iters=10)
-        answer = await c.classify(TICKETS, classifier_id=cid, api_key=ALICE)
+        # reads follow writes by the replication delay (README, "How it works"): a classify
+        # right after the update may still be served by version 1, and says so
+        for _ in range(50):
+            answer = await c.classify(TICKETS, classifier_id=cid, api_key=ALICE)
+            if answer.get("version") == 2:
+                break
+            await asyncio.sleep(0.1)
         seen = await c.classify(
             [e["text"] for e in FIRST + SECOND], classifier_id=cid, api_key=ALICE
         )
