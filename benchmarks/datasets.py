@@ -13,6 +13,7 @@ Splits depend only on the data and a fixed seed, never on the run.
 from __future__ import annotations
 
 import csv
+import gzip
 import importlib.util
 import re
 from collections.abc import Callable, Sequence
@@ -25,6 +26,11 @@ import numpy.typing as npt
 SPLIT_SEED = 20240601
 
 Ints = npt.NDArray[np.int64]
+Pixels = npt.NDArray[np.uint8]
+
+REPO = Path(__file__).resolve().parents[1]
+DEBIAN_ROOTS = (Path("/"), REPO / ".testdata")
+"""Where Debian package files are looked for: a system install, then ``.testdata/``."""
 
 
 @dataclass(frozen=True)
@@ -152,6 +158,40 @@ def load_tweets(per_class: int = 1000, test_per_class: int = 300) -> Dataset:
         "a positive tweet: praise, hope or enthusiasm",
     ]
     return Dataset("tweets", texts, y, classes, np.sort(test), pool, descriptions)
+
+
+FASHION_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+"""Fashion-MNIST's class names, in label order (as published with the data set)."""
+
+
+def debian_file(path: str) -> Path:
+    """``usr/share/...`` from a system install or from ``.testdata/``."""
+    for root in DEBIAN_ROOTS:
+        candidate = root / path
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"{path} not found: run scripts/testdata.sh (Debian packages)")
+
+
+def fashion_mnist(split: str = "t10k") -> tuple[Pixels, npt.NDArray[np.uint8]]:
+    """Fashion-MNIST images ``(n, 28, 28)`` and labels ``(n,)`` from the idx.gz files."""
+    folder = "usr/share/datasets/fashion-mnist"
+    with gzip.open(debian_file(f"{folder}/{split}-images-idx3-ubyte.gz")) as f:
+        images = np.frombuffer(f.read(), dtype=np.uint8, offset=16).reshape(-1, 28, 28)
+    with gzip.open(debian_file(f"{folder}/{split}-labels-idx1-ubyte.gz")) as f:
+        labels = np.frombuffer(f.read(), dtype=np.uint8, offset=8)
+    return images, labels
 
 
 LOADERS: dict[str, Callable[[], Dataset]] = {"bbc": load_bbc, "tweets": load_tweets}
