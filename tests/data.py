@@ -1,48 +1,21 @@
-"""Test data shipped in Debian packages (unpacked by scripts/testdata.sh into .testdata/)."""
+"""Test data shipped in Debian packages (unpacked by scripts/testdata.sh into .testdata/).
+
+The Fashion-MNIST reader and the Debian file lookup live in ``benchmarks/datasets.py``
+(the accuracy study reads the same files); they are re-exported here for the tests.
+"""
 
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
-REPO = Path(__file__).resolve().parents[1]
-ROOTS = (Path("/"), REPO / ".testdata")
+from benchmarks.datasets import FASHION_CLASSES, debian_file, fashion_mnist
 
-FASHION_CLASSES = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
+__all__ = ["FASHION_CLASSES", "PHOTOS", "debian_file", "fashion_mnist", "per_class", "photo"]
+
 PHOTOS = ("dog", "eagle", "giraffe", "horses", "kite", "person", "scream")
-
-
-def debian_file(path: str) -> Path:
-    """``usr/share/...`` from a system install or from ``.testdata/``."""
-    for root in ROOTS:
-        candidate = root / path
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"{path} not found: run scripts/testdata.sh (Debian packages)")
-
-
-def fashion_mnist(split: str = "t10k") -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
-    """Fashion-MNIST images ``(n, 28, 28)`` and labels ``(n,)`` from the idx.gz files."""
-    folder = "usr/share/datasets/fashion-mnist"
-    with gzip.open(debian_file(f"{folder}/{split}-images-idx3-ubyte.gz")) as f:
-        images = np.frombuffer(f.read(), dtype=np.uint8, offset=16).reshape(-1, 28, 28)
-    with gzip.open(debian_file(f"{folder}/{split}-labels-idx1-ubyte.gz")) as f:
-        labels = np.frombuffer(f.read(), dtype=np.uint8, offset=8)
-    return images, labels
 
 
 def per_class(labels: npt.NDArray[np.uint8], n: int, skip: int = 0) -> list[int]:

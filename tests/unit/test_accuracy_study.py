@@ -1,14 +1,24 @@
-"""The accuracy study engine on a tiny synthetic data set with the hash embedder."""
+"""The accuracy study engine on tiny synthetic data sets: texts with the hash embedder,
+images with a stand-in image model (the pixels themselves)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pytest
+from PIL import Image
 
-from benchmarks.accuracy import Study, markdown, plot, run_study, training_set, tune
-from benchmarks.datasets import Dataset, proportional_counts, stratified_take
+from benchmarks.accuracy import Study, markdown, plot, run_study, targets, training_set, tune
+from benchmarks.datasets import (
+    FASHION_CLASSES,
+    Dataset,
+    load_fashion,
+    proportional_counts,
+    stratified_take,
+)
 from models.embedders import HashTextEncoder
 
 CLASSES = ["alpha", "beta", "gamma"]
@@ -37,6 +47,47 @@ def toy() -> Dataset:
     return Dataset("toy", texts, y, CLASSES, test, pool, [f"about {c}" for c in CLASSES])
 
 
+SHAPES = ["top", "bottom", "left", "right"]
+
+
+def pictures() -> Dataset:
+    """16x16 grayscale images: a bright band on one side (the class) over noise."""
+    rng = np.random.default_rng(0)
+    images, labels = [], []
+    for k in range(len(SHAPES)):
+        for _ in range(30):
+            image = rng.integers(0, 120, (16, 16))
+            band = slice(0, 5) if k % 2 == 0 else slice(11, 16)
+            if k < 2:
+                image[band, :] += 120  # top, bottom
+            else:
+                image[:, band] += 120  # left, right
+            images.append(image.astype(np.uint8))
+            labels.append(k)
+    y = np.asarray(labels, dtype=np.int64)
+    test = np.sort(stratified_take(y, [10] * len(SHAPES), np.random.default_rng(1)))
+    pool = np.setdiff1d(np.arange(len(y)), test)
+    return Dataset(
+        "pictures", [], y, SHAPES, test, pool, None, images=np.stack(images), models=("pixels",)
+    )
+
+
+class PixelEncoder:
+    """A stand-in image model: the centred 8x8 grayscale pixels, L2-normalised."""
+
+    name = "pixels"
+    dim = 64
+
+    def preprocess(self, image: Image.Image) -> npt.NDArray[np.float32]:
+        assert image.mode == "RGB"  # the worker's path: models.images.to_rgb first
+        small = np.asarray(image.convert("L").resize((8, 8)), dtype=np.float32)
+        return np.asarray((small - small.mean())[None], dtype=np.float32)
+
+    def embed_pixels(self, batch: Sequence[npt.NDArray[np.float32]]) -> npt.NDArray[np.float32]:
+        x = np.stack(batch).reshape(len(batch), -1)
+        return np.asarray(x / np.linalg.norm(x, axis=1, keepdims=True), dtype=np.float32)
+
+
 def study(cache: Path, seeds: int = 2, sizes: tuple[int, ...] = (0, 6, 30, 90)) -> Study:
     loads: list[int] = []
 
@@ -54,6 +105,14 @@ def study(cache: Path, seeds: int = 2, sizes: tuple[int, ...] = (0, 6, 30, 90)) 
         encoders={"hash": encoder},
     )
     s.loads = loads  # type: ignore[attr-defined]
+    return s
+
+
+def with_pictures(s: Study) -> Study:
+    """``s`` with the image set added (embedded with the stand-in image model)."""
+    s.datasets = [*s.datasets, "pictures"]
+    s.loaders = {**s.loaders, "pictures": pictures}
+    s.image_encoders["pixels"] = PixelEncoder
     return s
 
 
@@ -110,6 +169,77 @@ def test_study_scores_every_method_and_caches_embeddings(tmp_path: Path) -> None
     assert pngs[0].stat().st_size > 1000
 
 
+def test_fashion_split_is_stratified_disjoint_and_fixed() -> None:
+    ds = load_fashion()
+    assert ds.is_image
+    assert ds.images is not None
+    assert ds.images.shape == (1500, 28, 28)
+    assert ds.images.dtype == np.uint8
+    assert ds.texts == []
+    assert ds.descriptions is None
+    assert ds.classes == list(FASHION_CLASSES)
+    assert ds.models == ("efficientnet-lite0",)
+    assert np.bincount(ds.y[ds.test]).tolist() == [50] * 10
+    assert np.bincount(ds.y[ds.pool]).tolist() == [100] * 10
+    assert not set(ds.test.tolist()) & set(ds.pool.tolist())
+    assert len(np.unique(ds.images.reshape(1500, -1), axis=0)) == 1500  # distinct images
+    again = load_fashion()
+    assert np.array_equal(again.test, ds.test)
+    assert again.images is not None
+    assert np.array_equal(again.images, ds.images)
+
+
+def test_an_image_set_runs_without_label_vectors_and_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import benchmarks.accuracy as acc
+    from state.classifiers import apply_examples as real
+
+    label_vectors: list[object] = []
+
+    def spy(*args, **kw):  # type: ignore[no-untyped-def]
+        label_vectors.append(kw["label_vectors"])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(acc, "apply_examples", spy)
+    s = with_pictures(study(tmp_path / "cache", seeds=1, sizes=(0, 3, 10, 40)))
+    results = run_study(s, progress=False)
+    assert set(results["scores"]) == {"toy", "pictures"}
+    assert set(results["scores"]["pictures"]) == {"pixels"}  # its own model, not "hash"
+    scores = results["scores"]["pictures"]["pixels"]
+    assert set(scores) == {"PA cold", "shipped", "LinearSVC", "RBF SVC", "centroid"}
+    assert set(scores["shipped"]) == {"10", "40"}  # 3 examples cannot hold 4 classes
+    assert set(results["scores"]["toy"]["hash"]["shipped"]) == {"3", "10", "40"}
+    assert np.mean(scores["shipped"]["40"]) > 0.8
+    assert None in label_vectors  # the image set: a cold start, as a worker's
+    assert any(v is not None for v in label_vectors)  # the text set: warm
+    (skipped,) = results["skipped"]["pictures"]["pixels"]
+    assert skipped["methods"] == ["zero-shot", "zero-shot (descriptions)", "PA warm"]
+    assert "no text tower" in skipped["why"]
+    assert "toy" not in results["skipped"]
+    assert results["datasets"]["pictures"]["modality"] == "image"
+    assert len(list((tmp_path / "cache").glob("pictures-pixels-*.npy"))) == 1
+    again = run_study(
+        with_pictures(study(tmp_path / "cache", seeds=1, sizes=(0, 3, 10, 40))), progress=False
+    )
+    assert again["embedding_seconds"] == {}  # images cached too
+    assert again["scores"] == results["scores"]
+
+    table = markdown(results)
+    section = table.split("## pictures, pixels")[1]
+    assert "| zero-shot |" not in section
+    assert "| shipped |" in section
+    assert "Not run: zero-shot, zero-shot (descriptions), PA warm. pixels embeds" in section
+    assert "Left out: training size 3 (fewer examples than its 4 classes" in section
+    assert "| zero-shot |" in table.split("## pictures, pixels")[0]  # the text set keeps it
+    lines = targets(results)
+    assert any(line.startswith("pictures/pixels:") and "n/a" in line for line in lines)
+    assert [p.name for p in plot(results, tmp_path)] == [
+        "accuracy-toy-hash.png",
+        "accuracy-pictures-pixels.png",
+    ]
+
+
 def test_tuning_never_touches_the_test_split(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -127,7 +257,15 @@ def test_tuning_never_touches_the_test_split(
     monkeypatch.setattr(acc, "make_task", spy)
     monkeypatch.setattr(acc, "TUNE_GRID", {"C": (0.1, 1.0)})
     monkeypatch.setattr(acc, "TUNE_ITERS", (1, 10))
-    tuned = tune(study(tmp_path / "cache", seeds=1, sizes=(0, 6, 30)), progress=False)
+    tuned = tune(
+        with_pictures(study(tmp_path / "cache", seeds=1, sizes=(0, 6, 30))), progress=False
+    )
+    assert tuned["datasets"] == ["toy"]  # text sets only: an image set has no warm start
+    assert set(tuned["not_tuned_on"]) == {"pictures"}
+    only_images = with_pictures(study(tmp_path / "cache", seeds=1, sizes=(0, 6)))
+    only_images.datasets = ["pictures"]
+    with pytest.raises(ValueError, match="nothing to tune on"):
+        tune(only_images, progress=False)
     assert seen
     assert not {ds.texts[i] for i in seen} & test_rows
     assert tuned["best"]["settings"]["C"] in (0.1, 1.0)
