@@ -63,7 +63,7 @@ from benchmarks.embeddings import DEFAULT_CACHE, EmbeddingCache
 from models.embedders import TextEncoder
 from models.fewshot import PassiveAggressiveClassifier
 from models.images import ImageEncoder
-from state.classifiers import LearnerSettings, apply_examples, learner
+from state.classifiers import LearnerSettings, apply_examples, default_learner, learner
 from state.records import ClassifierRecord
 
 Matrix = npt.NDArray[np.float32]
@@ -128,7 +128,8 @@ def train_shipped(
 ) -> PassiveAggressiveClassifier:
     """The worker's path: a new record with the shipped settings, one train request
     (without label vectors, as for an image-only model, it starts cold)."""
-    settings = settings or LearnerSettings()
+    # as a worker picks them: no label vectors means an image-only model
+    settings = settings or default_learner("image" if task.label_vectors is None else "text")
     dim = task.X_test.shape[1]
     record = ClassifierRecord.new(
         "bench", model="bench", owner="bench", access="private", dim=dim, now=0.0
@@ -442,7 +443,10 @@ def run_study(study: Study, *, progress: bool = True) -> dict[str, Any]:
         "sizes": list(study.sizes),
         "seeds": study.seeds,
         "num_iters": NUM_ITERS,
-        "learner_settings": LearnerSettings().as_dict(),
+        "learner_settings": {
+            "text": default_learner("text").as_dict(),
+            "image": default_learner("image").as_dict(),
+        },
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
     }
@@ -491,42 +495,78 @@ TUNE_ITERS = (1, 3, 10, 30)
 TUNE_TEMPERATURES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
+IMAGE_TUNE_GRID: dict[str, Sequence[Any]] = {
+    "center": (False, True),
+    "variant": ("PA-I", "PA-II"),
+    "C": (0.01, 0.03, 0.1, 0.3, 1.0),
+}
+"""Image-only models start cold (no label vectors), so there is no warm start to tune."""
+
+
 def tune(study: Study, *, progress: bool = True) -> dict[str, Any]:
     """Grid-search the learner's settings on a validation split carved from the pool.
 
-    The objective is the mean validation macro-F1 over the text data sets, models and
-    training sizes ≥ 1 (``num_iters`` 10, the API default). For the winner it then reports
-    ``num_iters`` (guidance; users pick it per request) and picks the softmax temperature
-    with the lowest validation log-loss (it does not change predictions, only scores).
-    Image sets are left out (listed under ``not_tuned_on``): the grid tunes the warm
-    start, which they do not have (no label vectors).
+    Text sets and image sets are tuned apart, since a worker picks its settings by the
+    model's modality (``state.classifiers.default_learner``): text models start warm from
+    their label embeddings, image-only models start cold. For each, the objective is the
+    mean validation macro-F1 over its data sets, models and training sizes ≥ 1
+    (``num_iters`` 10, the API default); for the winner it then reports ``num_iters``
+    (guidance; users pick it per request) and picks the softmax temperature with the
+    lowest validation log-loss (it does not change predictions, only scores). The text
+    results are at the top level of the returned dict, the image results under ``image``.
     """
     cache = EmbeddingCache(study.cache)
     sizes = [n for n in study.sizes if n > 0]
-    cells = []
-    tuned_on: list[str] = []
+    cells: dict[str, list[Cell]] = {"text": [], "image": []}
+    datasets: dict[str, list[str]] = {"text": [], "image": []}
     for name in study.datasets:
         ds = study.loaders[name]()
-        if ds.is_image:
-            continue
-        tuned_on.append(name)
+        modality = "image" if ds.is_image else "text"
+        datasets[modality].append(name)
         val, rest = validation_split(ds)
-        for model in study.models:
+        for model in study.models_for(ds):
             X, labels, _described = study.embeddings(ds, model, cache)
-            for n in sizes:
+            for n in sizes_for(ds, sizes):
                 for seed in range(study.seeds):
                     train = training_set(ds, rest, n, seed)
-                    cells.append(
-                        (f"{name}/{model}", n, make_task(ds, X, labels, train, val), ds.y[val])
-                    )
-    if not tuned_on:
-        raise ValueError(
-            "nothing to tune on: image sets have no warm start to tune; name a text set "
-            "(e.g. --datasets bbc tweets)"
-        )
-    keys = list(TUNE_GRID)
-    configs = [dict(zip(keys, values, strict=True)) for values in _product(*TUNE_GRID.values())]
-    bar = tqdm(total=len(configs) * len(cells), desc="tuning", unit="fit", disable=not progress)
+                    task = make_task(ds, X, labels, train, val)
+                    cells[modality].append((f"{name}/{model}", n, task, ds.y[val]))
+    if not datasets["text"]:
+        raise ValueError("nothing to tune the text learner on: name a text set (e.g. bbc)")
+    text_configs = _configs(TUNE_GRID)
+    image_configs = [{**c, "warm_start": False} for c in _configs(IMAGE_TUNE_GRID)]
+    fits = len(text_configs) * len(cells["text"]) + len(image_configs) * len(cells["image"])
+    fits += len(TUNE_ITERS) * (len(cells["text"]) + len(cells["image"]))
+    bar = tqdm(total=fits, desc="tuning", unit="fit", disable=not progress)
+    text = _tune_group(cells["text"], text_configs, bar)
+    image = _tune_group(cells["image"], image_configs, bar) if cells["image"] else None
+    bar.close()
+    return {
+        "objective": "mean validation macro-F1 over the group's data sets, models and sizes >= 1",
+        "datasets": datasets["text"],
+        "validation": "300 stratified items carved from each pool (seed 7); never the test split",
+        "sizes": sizes,
+        "seeds": study.seeds,
+        "num_iters": NUM_ITERS,
+        **text,
+        "image": None if image is None else {"datasets": datasets["image"], **image},
+        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+Cell = tuple[str, int, Task, Ints]
+"""Where (data set/model), training size, the task (validation as its test), the truth."""
+
+
+def _configs(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    keys = list(grid)
+    return [dict(zip(keys, values, strict=True)) for values in _product(*grid.values())]
+
+
+def _tune_group(
+    cells: Sequence[Cell], configs: Sequence[dict[str, Any]], bar: Any
+) -> dict[str, Any]:
+    """The grid over ``configs`` on ``cells``, then ``num_iters`` and the temperature."""
 
     def evaluate(settings: LearnerSettings, num_iters: int = NUM_ITERS) -> dict[str, Any]:
         per: dict[str, dict[str, list[float]]] = {}
@@ -539,15 +579,10 @@ def tune(study: Study, *, progress: bool = True) -> dict[str, Any]:
         overall = float(np.mean([m for d in means.values() for m in d.values()]))
         return {"mean_f1": overall, "by_set": means}
 
-    results: list[dict[str, Any]] = []
-    for config in configs:
-        settings = LearnerSettings(**config)
-        results.append({"settings": config, **evaluate(settings)})
+    results = [{"settings": c, **evaluate(LearnerSettings(**c))} for c in configs]
     results.sort(key=lambda r: -r["mean_f1"])
     best = LearnerSettings(**results[0]["settings"])
-    bar.total += len(TUNE_ITERS) * len(cells)
     iters = {str(k): evaluate(best, k) for k in TUNE_ITERS}
-    bar.close()
     temperatures = {}
     for t in TUNE_TEMPERATURES:
         losses = []
@@ -561,23 +596,11 @@ def tune(study: Study, *, progress: bool = True) -> dict[str, Any]:
             )
         temperatures[str(t)] = float(np.mean(losses))
     return {
-        "objective": "mean validation macro-F1 over data sets, models and sizes >= 1",
-        "datasets": tuned_on,
-        "not_tuned_on": {
-            name: "image set: no label vectors, so no warm start to tune"
-            for name in study.datasets
-            if name not in tuned_on
-        },
-        "validation": "300 stratified items carved from each pool (seed 7); never the test split",
-        "sizes": sizes,
-        "seeds": study.seeds,
-        "num_iters": NUM_ITERS,
         "best": results[0],
         "grid": results,
         "num_iters_sweep": iters,
         "temperature_log_loss": temperatures,
         "best_temperature": float(min(temperatures, key=lambda k: temperatures[k])),
-        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 
@@ -613,7 +636,8 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"Mean ± standard deviation over {results['seeds']} seeds (SetFit: fewer, see JSON); "
         f"few-shot learners get `num_iters` {results['num_iters']}. Shipped learner settings: "
-        f"`{json.dumps(results['learner_settings'])}`. Generated by "
+        f"text and CLIP-style models `{json.dumps(results['learner_settings']['text'])}`; "
+        f"image-only models `{json.dumps(results['learner_settings']['image'])}`. Generated by "
         "`python -m benchmarks.accuracy` in "
         f"{results['total_seconds'] / 60:.1f} min on {results['machine']['cpus']} CPUs.",
         "",
@@ -785,6 +809,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(
             "num_iters:", {k: round(v["mean_f1"], 3) for k, v in tuned["num_iters_sweep"].items()}
         )
+        if tuned["image"] is not None:
+            image = tuned["image"]
+            print(
+                f"image sets {image['datasets']}: best settings {image['best']['settings']} "
+                f"mean validation F1 {image['best']['mean_f1']:.3f}; "
+                f"temperature {image['best_temperature']}"
+            )
         print(f"wrote {path}")
         return
     results = run_study(study, progress=not args.no_progress)

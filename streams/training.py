@@ -22,6 +22,7 @@ from state.classifiers import (
     LearnerSettings,
     already_applied,
     apply_examples,
+    default_learner,
     may_read,
     replayed_version,
 )
@@ -66,7 +67,8 @@ class TrainHandler:
         self.keys = keys
         self.output = output
         self.observer = observer
-        self.learner_settings = learner_settings or LearnerSettings()
+        self.learner_settings = learner_settings
+        """Settings for every new classifier; ``None``: by the model's modality."""
         self.results_topic = settings.topic("train-results")
         self.errors_topic = settings.topic("errors")
 
@@ -182,7 +184,8 @@ class TrainHandler:
                 dim=0,
                 now=time.time(),
             )
-            record.hyper.update(self.learner_settings.as_dict())
+            settings = self.learner_settings or default_learner(spec.modality)
+            record.hyper.update(settings.as_dict())
             record.hyper["max_classes"] = self.settings.limits.max_classes
             return record
         if record.owner != owner:

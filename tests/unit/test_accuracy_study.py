@@ -250,21 +250,27 @@ def test_tuning_never_touches_the_test_split(
     seen: list[int] = []
     real = acc.make_task
 
-    def spy(ds: Dataset, X, labels, train, test, **kw):  # type: ignore[no-untyped-def]
-        seen.extend(train.tolist() + test.tolist())
-        return real(ds, X, labels, train, test, **kw)
+    def spy(data: Dataset, X, labels, train, test, **kw):  # type: ignore[no-untyped-def]
+        if data.name == ds.name:
+            seen.extend(train.tolist() + test.tolist())
+        return real(data, X, labels, train, test, **kw)
 
     monkeypatch.setattr(acc, "make_task", spy)
     monkeypatch.setattr(acc, "TUNE_GRID", {"C": (0.1, 1.0)})
+    monkeypatch.setattr(acc, "IMAGE_TUNE_GRID", {"C": (0.03, 0.3)})
     monkeypatch.setattr(acc, "TUNE_ITERS", (1, 10))
     tuned = tune(
         with_pictures(study(tmp_path / "cache", seeds=1, sizes=(0, 6, 30))), progress=False
     )
-    assert tuned["datasets"] == ["toy"]  # text sets only: an image set has no warm start
-    assert set(tuned["not_tuned_on"]) == {"pictures"}
+    # text and image sets are tuned apart: a worker picks settings by modality
+    assert tuned["datasets"] == ["toy"]
+    assert tuned["image"]["datasets"] == ["pictures"]
+    assert {r["settings"]["warm_start"] for r in tuned["image"]["grid"]} == {False}
+    assert tuned["image"]["best"]["settings"]["C"] in (0.03, 0.3)
+    assert set(tuned["image"]["num_iters_sweep"]) == {"1", "10"}
     only_images = with_pictures(study(tmp_path / "cache", seeds=1, sizes=(0, 6)))
     only_images.datasets = ["pictures"]
-    with pytest.raises(ValueError, match="nothing to tune on"):
+    with pytest.raises(ValueError, match="nothing to tune the text learner on"):
         tune(only_images, progress=False)
     assert seen
     assert not {ds.texts[i] for i in seen} & test_rows

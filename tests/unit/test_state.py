@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -116,3 +118,15 @@ def test_bad_bytes_are_refused() -> None:
     ):
         with pytest.raises(RecordFormatError, match=match):
             decode_record(bad)
+
+
+def test_image_only_models_get_their_own_cold_start_settings() -> None:
+    from models.registry import ModelRegistry
+    from state.classifiers import IMAGE_LEARNER, TEXT_LEARNER, default_learner
+
+    registry = ModelRegistry(cache_dir=Path("unused"))
+    assert default_learner(registry.resolve("efficientnet-lite0").modality) is IMAGE_LEARNER
+    assert default_learner(registry.resolve("all-MiniLM-L6-v2").modality) is TEXT_LEARNER
+    assert default_learner("text+image") is TEXT_LEARNER  # CLIP embeds labels: warm start
+    assert not IMAGE_LEARNER.warm_start
+    assert TEXT_LEARNER.warm_start
