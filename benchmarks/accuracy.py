@@ -426,6 +426,7 @@ def run_study(study: Study, *, progress: bool = True) -> dict[str, Any]:
         "skipped": skipped,
         "fit_seconds": seconds,
         "update_ms_per_example": update_cost(),
+        "update_ms_per_example_image": update_cost(dim=1280, classes=10, image=True),
         "embedding_seconds": cache.stats,
         "total_seconds": time.perf_counter() - started,
         "datasets": {
@@ -453,11 +454,12 @@ def run_study(study: Study, *, progress: bool = True) -> dict[str, Any]:
 
 
 def update_cost(
-    dim: int = 384, classes: int = 5, n: int = 400, repeats: int = 5
+    dim: int = 384, classes: int = 5, n: int = 400, repeats: int = 5, *, image: bool = False
 ) -> dict[str, float]:
     """Milliseconds per example of one shipped train request beyond embedding
     (``apply_examples`` with ``num_iters`` 10 on random unit vectors: the worst case,
-    since random data keeps every pass active), best of ``repeats``."""
+    since random data keeps every pass active), best of ``repeats``; ``image``: with the
+    image-only settings (no label vectors)."""
     rng = np.random.default_rng(0)
     out: dict[str, float] = {}
     for size in (8, 40, n):
@@ -470,7 +472,7 @@ def update_cost(
             X_train=X,
             y_train=np.arange(size, dtype=np.int64) % classes,
             X_test=X[:1],
-            label_vectors=labels,
+            label_vectors=None if image else labels,
         )
         best = min(_timed(functools.partial(train_shipped, task)) for _ in range(repeats))
         out[str(size)] = 1000 * best / size
@@ -664,6 +666,13 @@ def markdown(results: dict[str, Any]) -> str:
         "5 classes): " + ", ".join(f"{n} examples: {ms:.3f}" for n, ms in cost.items()),
         "",
     ]
+    image = results.get("update_ms_per_example_image")
+    if image:
+        lines += [
+            "Image-only (1280-d like efficientnet-lite0, 10 classes, no warm start): "
+            + ", ".join(f"{n} examples: {ms:.3f}" for n, ms in image.items()),
+            "",
+        ]
     return "\n".join(lines)
 
 
