@@ -7,6 +7,11 @@ changelog topic from the beginning (all partitions, no consumer group) and keeps
 latest record per classifier in memory. Reads are local and cheap; they lag the writer
 by the replication delay (milliseconds), and an unknown id is waited for briefly before
 it is called unknown, so a classifier is usable as soon as its creation is answered.
+
+A delete is read at once on the worker that made it (:meth:`ClassifierReplica.forget`):
+the record goes, and its older changelog records still on the way cannot bring it back
+before the changelog's own tombstone arrives. Other workers see the delete when the
+tombstone reaches them.
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ from state.records import ClassifierRecord, RecordFormatError, decode_record
 
 log = logging.getLogger(__name__)
 
+FORGET_S = 60.0
+"""How long a local delete outranks the changelog if its tombstone never arrives."""
+
 
 class ClassifierReplica:
     """Latest record per classifier id, from the changelog topic."""
@@ -34,6 +42,8 @@ class ClassifierReplica:
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
+        self._forgotten: dict[str, float] = {}
+        """Ids deleted by this process, until the changelog's tombstone for them arrives."""
 
     async def start(self, timeout_s: float = 30.0) -> None:
         consumer = AIOKafkaConsumer(
@@ -62,20 +72,35 @@ class ClassifierReplica:
     async def _follow(self, consumer: AIOKafkaConsumer) -> None:
         async for message in consumer:
             key = message.key.decode("utf-8", "replace") if message.key else None
-            if key is None:
-                continue
-            if message.value is None:
-                self.records.pop(key, None)
-            else:
-                try:
-                    self.records[key] = decode_record(message.value)
-                except RecordFormatError:
-                    log.exception(
-                        "unreadable classifier record %s at offset %d", key, message.offset
-                    )
-                    continue
-            self._changed.set()
-            self._changed = asyncio.Event()
+            if key is not None:
+                self.apply(key, message.value, offset=message.offset)
+
+    def apply(self, key: str, value: bytes | None, *, offset: int = -1) -> None:
+        """One changelog record: the classifier's latest state, or a tombstone (``None``)."""
+        if value is None:
+            self.records.pop(key, None)
+            self._forgotten.pop(key, None)
+        else:
+            forgotten = self._forgotten.get(key)
+            if forgotten is not None and time.monotonic() - forgotten < FORGET_S:
+                return  # an older write of a classifier deleted here; its tombstone follows
+            self._forgotten.pop(key, None)
+            try:
+                self.records[key] = decode_record(value)
+            except RecordFormatError:
+                log.exception("unreadable classifier record %s at offset %d", key, offset)
+                return
+        self._notify()
+
+    def forget(self, classifier_id: str) -> None:
+        """This process just deleted ``classifier_id``: read it as gone from now on."""
+        self.records.pop(classifier_id, None)
+        self._forgotten[classifier_id] = time.monotonic()
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     async def caught_up(self, timeout_s: float = 30.0) -> None:
         """Wait until every partition has been read to its end (as the broker reports it)."""

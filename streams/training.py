@@ -237,6 +237,7 @@ class TrainHandler:
                 f"only the owner may delete classifier {request.classifier_id!r}",
             )
         del self.table[request.classifier_id.encode()]
+        self.replica.forget(request.classifier_id)  # this worker reads its delete at once
         return {
             "request_id": request.request_id,
             "classifier_id": request.classifier_id,
