@@ -350,8 +350,11 @@ def test_no_answer_in_time_is_504(broker: EmbeddedBroker, tmp_path: Path) -> Non
     assert "1.5 seconds" in response.json()["detail"]
 
 
-def test_schemathesis_finds_no_server_errors_and_no_schema_breaks(gateway: str) -> None:
-    """A bounded schemathesis run: generated and mutated requests, real answers."""
+def test_schemathesis_finds_no_server_errors_and_no_schema_breaks(
+    gateway: str, tmp_path: Path
+) -> None:
+    """A bounded schemathesis run: generated and mutated requests, real answers. It runs
+    in a scratch directory: schemathesis keeps a ``.schemathesis/`` cache in its cwd."""
     st = Path(sys.executable).with_name("st")
     done = subprocess.run(
         [
@@ -378,5 +381,6 @@ def test_schemathesis_finds_no_server_errors_and_no_schema_breaks(gateway: str) 
         text=True,
         timeout=400,
         check=False,
+        cwd=tmp_path,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
