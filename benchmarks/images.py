@@ -25,7 +25,6 @@ import json
 import os
 import random
 import tempfile
-import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -34,9 +33,9 @@ from typing import Any
 
 from PIL import Image
 
-from benchmarks.load import LoadClient, Request
-from models.images import decode_base64, decode_image
-from models.registry import ModelRegistry
+from benchmarks.load import Request, best_batch_rate, warm_then_burst
+from benchmarks.throughput import load_model
+from models.images import ImageEncoder, decode_base64, decode_image
 from streams.broker import EmbeddedBroker
 from streams.cli import free_port
 from streams.client import ShotstreamClient
@@ -68,27 +67,16 @@ def make_images(n: int, seed: int = 0) -> list[str]:
 
 
 def raw_rate(cache: Path, images: Sequence[str]) -> dict[str, Any]:
-    registry = ModelRegistry(cache_dir=cache)
-    encoder = registry.load(registry.resolve(MODEL))
-    assert hasattr(encoder, "embed_pixels")
-    settings = Settings().images
+    encoder = load_model(MODEL, cache)
+    assert isinstance(encoder, ImageEncoder), f"{MODEL} is an image model"
+    max_bytes = Settings().images.max_bytes
 
-    def prepare(values: Sequence[str]) -> list[Any]:
-        return [
-            encoder.preprocess(  # type: ignore[union-attr]
-                decode_image(decode_base64(v, max_bytes=settings.max_bytes), max_pixels=10**8)
-            )
-            for v in values
-        ]
+    def decode_and_embed(values: list[str]) -> object:
+        raw = [decode_base64(v, max_bytes=max_bytes) for v in values]
+        pixels = [encoder.preprocess(decode_image(data, max_pixels=10**8)) for data in raw]
+        return encoder.embed_pixels(pixels)
 
-    encoder.embed_pixels(prepare(images[:16]))  # type: ignore[union-attr]  # warm up
-    rates = {}
-    for batch in (16, 32, 64):
-        start = time.perf_counter()
-        for i in range(0, len(images), batch):
-            encoder.embed_pixels(prepare(images[i : i + batch]))  # type: ignore[union-attr]
-        rates[batch] = len(images) / (time.perf_counter() - start)
-    best = max(rates, key=lambda b: rates[b])
+    rates, best = best_batch_rate(decode_and_embed, images)
     return {"by_batch": rates, "best_batch": best, "images_per_s": rates[best]}
 
 
@@ -117,17 +105,6 @@ async def create_classifier(brokers: str, prefix: str, cid: str) -> None:
         )
     if answer.is_error:
         raise RuntimeError(f"training failed: {answer}")
-
-
-async def end_to_end(
-    brokers: str, prefix: str, warm: list[Request], run: list[Request]
-) -> dict[str, Any]:
-    async with LoadClient(
-        brokers, prefix, headers=[("authorization", f"Bearer {KEY}".encode())]
-    ) as client:
-        await client.burst(warm, "warm")
-        result = await client.burst(run, "(k)")
-    return result.summary()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -159,7 +136,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         with WorkerProcess(env, work / "worker.log") as worker:
             worker.wait_ready(600)
             asyncio.run(create_classifier(broker.address, prefix, cid))
-            e2e = asyncio.run(end_to_end(broker.address, prefix, warm, run))
+            e2e = asyncio.run(
+                warm_then_burst(
+                    broker.address,
+                    prefix,
+                    warm,
+                    run,
+                    "(k)",
+                    headers=[("authorization", f"Bearer {KEY}".encode())],
+                )
+            )
     answered = e2e["answered"] * args.per_request
     e2e["images_per_s"] = answered / e2e["seconds"] if e2e["seconds"] else 0.0
     ratio = e2e["images_per_s"] / raw["images_per_s"]

@@ -13,10 +13,10 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -24,6 +24,23 @@ from tqdm import tqdm  # type: ignore[import-untyped]  # tqdm ships no type info
 
 Request = tuple[str, bytes]
 """``(request_id, encoded JSON body)``; bodies are encoded before any clock starts."""
+
+T = TypeVar("T")
+
+
+def best_batch_rate(
+    run: Callable[[list[T]], object], items: Sequence[T], batches: Sequence[int] = (16, 32, 64)
+) -> tuple[dict[int, float], int]:
+    """Items per second of ``run`` over ``items`` in chunks of each batch size (after one
+    warm-up chunk), and the fastest batch size."""
+    run(list(items[: batches[0]]))
+    rates = {}
+    for batch in batches:
+        start = time.perf_counter()
+        for i in range(0, len(items), batch):
+            run(list(items[i : i + batch]))
+        rates[batch] = len(items) / (time.perf_counter() - start)
+    return rates, max(rates, key=lambda b: rates[b])
 
 
 def make_requests(
@@ -274,3 +291,18 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[int]:
             return sorted(parts)
         await asyncio.sleep(0.1)
     raise RuntimeError(f"topic {topic} not found")
+
+
+async def warm_then_burst(
+    brokers: str,
+    prefix: str,
+    warm: Sequence[Request],
+    run: Sequence[Request],
+    desc: str,
+    **client: Any,
+) -> dict[str, Any]:
+    """One :class:`LoadClient`: the ``warm`` burst, then the measured ``run`` burst's summary."""
+    async with LoadClient(brokers, prefix, **client) as load:
+        await load.burst(warm, "warm")
+        result = await load.burst(run, desc)
+    return result.summary()

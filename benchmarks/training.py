@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.load import LoadClient, Request
+from benchmarks.load import Request, best_batch_rate, warm_then_burst
 from benchmarks.texts import make_texts
 from benchmarks.throughput import load_encoder
 from models.fewshot import PassiveAggressiveClassifier
@@ -65,14 +65,7 @@ def pa_rate(dim: int = 384, classes: int = 16, n: int = 200_000) -> dict[str, fl
 def raw_rate(model: str, cache: Path, texts: Sequence[str]) -> dict[str, Any]:
     encoder = load_encoder(model, cache)
     ids = sorted(encoder.tokenize(list(texts)), key=len)
-    encoder.embed_ids(ids[:32])  # warm up
-    rates = {}
-    for batch in (16, 32, 64):
-        start = time.perf_counter()
-        for i in range(0, len(ids), batch):
-            encoder.embed_ids(ids[i : i + batch])
-        rates[batch] = len(ids) / (time.perf_counter() - start)
-    best = max(rates, key=lambda b: rates[b])
+    rates, best = best_batch_rate(encoder.embed_ids, ids)
     return {"by_batch": rates, "best_batch": best, "examples_per_s": rates[best]}
 
 
@@ -102,21 +95,6 @@ def train_requests(
             body["model"] = model
         out.append((body["request_id"], json.dumps(body, ensure_ascii=False).encode()))
     return out
-
-
-async def end_to_end(
-    brokers: str, prefix: str, warm: list[Request], run: list[Request]
-) -> dict[str, Any]:
-    async with LoadClient(
-        brokers,
-        prefix,
-        request_topic="train",
-        answer_topics=("train-results", "errors"),
-        headers=[("authorization", f"Bearer {KEY}".encode())],
-    ) as client:
-        await client.burst(warm, "warm")
-        result = await client.burst(run, "(t)")
-    return result.summary()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -155,7 +133,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         print("(t) starting a worker ...", flush=True)
         with WorkerProcess(env, work / "worker.log") as worker:
             worker.wait_ready(600)
-            e2e = asyncio.run(end_to_end(broker.address, "tbench.", warm, run))
+            e2e = asyncio.run(
+                warm_then_burst(
+                    broker.address,
+                    "tbench.",
+                    warm,
+                    run,
+                    "(t)",
+                    request_topic="train",
+                    answer_topics=("train-results", "errors"),
+                    headers=[("authorization", f"Bearer {KEY}".encode())],
+                )
+            )
     examples = e2e["answered"] * args.examples
     e2e["examples_per_s"] = examples / e2e["seconds"] if e2e["seconds"] else 0.0
     ratio = e2e["examples_per_s"] / raw["examples_per_s"]
