@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import http.server
-import io
 import random
-import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -26,6 +24,7 @@ from streams.client import Answer, ShotstreamClient
 from streams.processes import WorkerProcess
 from tests.data import FASHION_CLASSES, fashion_mnist, per_class
 from tests.integration.conftest import API_KEYS, client_settings, with_client
+from tests.local_server import serve
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]
 
@@ -58,20 +57,12 @@ class Images(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def image_server() -> Iterator[str]:
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Images)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with serve(Images) as url:
+        yield url
 
 
 def b64_png(array: np.ndarray) -> str:
-    out = io.BytesIO()
-    Image.fromarray(array).save(out, format="PNG")
-    return base64.b64encode(out.getvalue()).decode()
+    return base64.b64encode(encode_png(Image.fromarray(array))).decode()
 
 
 def code(answer: Answer) -> str | None:
