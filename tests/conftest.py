@@ -30,3 +30,12 @@ def hash_registry(cache_dir: Path, dim: int = 64, max_length: int = 32) -> Model
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(data_dir=tmp_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random CLIP folder (``tests/clip.py``): unit tests use it directly, and it is
+    what ``jina-clip-v1`` means for the integration tests' shared worker."""
+    from tests.clip import build_tiny_clip
+
+    return build_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip")

@@ -19,7 +19,6 @@ from streams.cli import free_port
 from streams.client import ShotstreamClient
 from streams.processes import WorkerProcess
 from streams.settings import Settings
-from tests.clip import build_tiny_clip
 
 T = TypeVar("T")
 
@@ -59,12 +58,6 @@ def worker_env(
         "SHOTSTREAM_API_KEYS": ",".join(API_KEYS.values()),
         **extra,
     }
-
-
-@pytest.fixture(scope="session")
-def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random CLIP folder: what ``jina-clip-v1`` means for the shared worker."""
-    return build_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip")
 
 
 @pytest.fixture(scope="session")

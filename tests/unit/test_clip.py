@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.images import ClipEncoder, encode_png
+from models.images import ClipEncoder, decode_base64, decode_image, encode_png
 from models.registry import TEXT_IMAGE, ModelRegistry
 from models.scoring import softmax
 from state.classifiers import apply_examples
@@ -28,14 +28,8 @@ from streams.records import ClassifyRequest, ImageInput, InputItem, TextInput
 from streams.replica import ClassifierReplica
 from streams.service import ClassifyService
 from streams.settings import Settings
-from tests.clip import build_tiny_clip
 
 OWNER = "owner-hash"
-
-
-@pytest.fixture(scope="module")
-def clip_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip")
 
 
 class Batches(Observer):
@@ -82,31 +76,30 @@ LABELS = ("animal", "vehicle", "colour")
 
 
 def test_jina_clip_alias_resolves_to_the_configured_model(
-    settings: Settings, clip_folder: Path
+    settings: Settings, tiny_clip: Path
 ) -> None:
-    registry = ModelRegistry(cache_dir=settings.model_cache_dir, clip_model=str(clip_folder))
+    registry = ModelRegistry(cache_dir=settings.model_cache_dir, clip_model=str(tiny_clip))
     spec = registry.resolve("jina-clip-v1")
     assert spec.modality == TEXT_IMAGE
-    assert registry.resolve(str(clip_folder)).modality == TEXT_IMAGE  # the folder itself
+    assert registry.resolve(str(tiny_clip)).modality == TEXT_IMAGE  # the folder itself
     assert isinstance(registry.load(spec), ClipEncoder)
 
 
 def test_mixed_zero_shot_matches_the_encoder_item_by_item(
-    settings: Settings, clip_folder: Path
+    settings: Settings, tiny_clip: Path
 ) -> None:
     observer = Batches()
-    service = make_service(settings, clip_folder, observer)
+    service = make_service(settings, tiny_clip, observer)
     request = ClassifyRequest("r1", MIXED, model="jina-clip-v1", labels=LABELS)
     out = run(service, lambda: service.classify(request))
-    encoder = ClipEncoder(clip_folder, name="direct")
+    encoder = ClipEncoder(tiny_clip, name="direct")
     rows = []
     for item in MIXED:
         if isinstance(item, TextInput):
             rows.append(encoder.embed_ids(encoder.tokenize([item.text]))[0])
         else:
-            image = Image.open(
-                __import__("io").BytesIO(base64.b64decode(item.image.split(",")[-1]))
-            ).convert("RGB")
+            data = decode_base64(item.image, max_bytes=settings.images.max_bytes)
+            image = decode_image(data, max_pixels=settings.images.max_pixels)
             rows.append(encoder.embed_pixels([encoder.preprocess(image)])[0])
     label_rows = encoder.embed_ids(encoder.tokenize(list(LABELS)))
     expected = softmax(np.stack(rows) @ label_rows.T, settings.models.temperature)
@@ -126,11 +119,9 @@ def test_mixed_zero_shot_matches_the_encoder_item_by_item(
     }
 
 
-def test_concurrent_image_requests_share_image_batches(
-    settings: Settings, clip_folder: Path
-) -> None:
+def test_concurrent_image_requests_share_image_batches(settings: Settings, tiny_clip: Path) -> None:
     observer = Batches()
-    service = make_service(settings, clip_folder, observer)
+    service = make_service(settings, tiny_clip, observer)
     requests = [
         ClassifyRequest(
             f"r{i}",
@@ -152,10 +143,8 @@ def test_concurrent_image_requests_share_image_batches(
     assert max(k for _, k in image_calls) > 1  # one call served several requests
 
 
-def test_few_shot_learns_from_text_and_images_together(
-    settings: Settings, clip_folder: Path
-) -> None:
-    service = make_service(settings, clip_folder, Observer())
+def test_few_shot_learns_from_text_and_images_together(settings: Settings, tiny_clip: Path) -> None:
+    service = make_service(settings, tiny_clip, Observer())
     examples: list[tuple[InputItem, str]] = [
         (TextInput("a photo of a cat"), "animal"),
         (ImageInput(b64("red")), "animal"),
@@ -196,10 +185,8 @@ def test_few_shot_learns_from_text_and_images_together(
     assert tokens > 3 * 1000  # three images at 1000 tokens each, plus the texts
 
 
-def test_bad_images_fail_the_request_naming_the_index(
-    settings: Settings, clip_folder: Path
-) -> None:
-    service = make_service(settings, clip_folder, Observer())
+def test_bad_images_fail_the_request_naming_the_index(settings: Settings, tiny_clip: Path) -> None:
+    service = make_service(settings, tiny_clip, Observer())
 
     async def attempt(items: tuple[InputItem, ...]) -> RequestError:
         request = ClassifyRequest("r", items, model="jina-clip-v1", labels=LABELS)

@@ -32,11 +32,13 @@ class Counting(Observer):
         self.truncated += count
 
 
-def classify(service: ClassifyService, *requests: ClassifyRequest) -> list[Any]:
+def classify(
+    service: ClassifyService, *requests: ClassifyRequest, owner: str | None = None
+) -> list[Any]:
     async def go() -> list[Any]:
         try:
             return await asyncio.gather(
-                *(service.classify(r) for r in requests), return_exceptions=True
+                *(service.classify(r, owner) for r in requests), return_exceptions=True
             )
         finally:
             await service.aclose()
@@ -192,16 +194,6 @@ def test_few_shot_waits_for_an_access_change_still_replicating(
     replica.records["c1"] = private  # private again, and nothing newer comes
     fast = Settings(data_dir=tmp_path, limits={"visibility_wait_s": 0.05})
     service = ClassifyService(fast, hash_registry(tmp_path), Observer(), replica)
-    [denied] = classify_as(service, request, "bob")
+    [denied] = classify(service, request, owner="bob")
     assert isinstance(denied, RequestError)
     assert denied.code == ErrorCode.CLASSIFIER_NOT_FOUND
-
-
-def classify_as(service: ClassifyService, request: ClassifyRequest, owner: str) -> list[Any]:
-    async def go() -> list[Any]:
-        try:
-            return await asyncio.gather(service.classify(request, owner), return_exceptions=True)
-        finally:
-            await service.aclose()
-
-    return asyncio.run(go())
