@@ -116,15 +116,6 @@ def default_prefix(name: str) -> str:
     return "query: " if re.search(r"(^|[^a-z])e5([^a-z]|$)", name.lower()) else ""
 
 
-def _in_hub_cache(repo_id: str) -> bool:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover - transformers depends on it
-        return False
-    found = try_to_load_from_cache(repo_id, "config.json")
-    return isinstance(found, str)
-
-
 def _modality(config_file: Path | None) -> str:
     """``text+image`` for a config with both a text and a vision tower (CLIP and the like)."""
     if config_file is None or not config_file.is_file():
@@ -190,6 +181,8 @@ class ModelRegistry:
         self.builtins = dict(builtins if builtins is not None else BUILTINS)
         self.clip_model = clip_model
         self._loaded: dict[str, Encoder] = {}
+        self._found: dict[str, ModelSpec] = {}
+        """Folder and hub specs already found: resolving reads no files twice."""
         self._lock = threading.Lock()
 
     def resolve(self, name: str | None) -> ModelSpec:
@@ -207,6 +200,18 @@ class ModelRegistry:
             target = self.clip_model
         if target in self.builtins:
             return self.builtins[target]
+        found = self._found.get(target) or self._find(target)
+        if found is not None:
+            self._found[target] = found
+            return found
+        known = sorted({*self.builtins, *self.aliases})
+        raise ModelNotAvailableError(
+            f"model {requested!r} is not available; known names: {', '.join(known)} "
+            "(or a local model folder / a cached Hugging Face id)"
+        )
+
+    def _find(self, target: str) -> ModelSpec | None:
+        """A local model folder, or a hub id (cached, or any with ``allow_download``)."""
         folder = Path(target).expanduser()
         if folder.is_dir() and (folder / "config.json").is_file():
             path = str(folder.resolve())
@@ -217,19 +222,17 @@ class ModelRegistry:
                 default_prefix(target),
                 modality=_modality(folder / "config.json"),
             )
-        if _HUB_ID.match(target) and (self.allow_download or _in_hub_cache(target)):
-            return ModelSpec(
-                target,
-                f"hub {target}",
-                lambda _c: target,
-                default_prefix(target),
-                modality=_modality(_hub_config(target)),
-            )
-        known = sorted({*self.builtins, *self.aliases})
-        raise ModelNotAvailableError(
-            f"model {requested!r} is not available; known names: {', '.join(known)} "
-            "(or a local model folder / a cached Hugging Face id)"
-        )
+        if _HUB_ID.match(target):
+            config = _hub_config(target)
+            if config is not None or self.allow_download:
+                return ModelSpec(
+                    target,
+                    f"hub {target}",
+                    lambda _c: target,
+                    default_prefix(target),
+                    modality=_modality(config),
+                )
+        return None
 
     def load(self, spec: ModelSpec) -> Encoder:
         """Load (once) and return the encoder for ``spec``. Blocking: call off the loop."""

@@ -9,6 +9,7 @@ with ``IMAGE_FETCH_FAILED`` or ``IMAGE_INVALID`` and a detail naming the input's
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -87,8 +88,11 @@ class ImageLoader:
                     ErrorCode.IMAGE_FETCH_FAILED, f"input[{index}]: {_shorten(value)}: {exc}"
                 ) from exc
             return data
-        try:
-            return decode_base64(value, max_bytes=self.settings.max_bytes)
+        try:  # megabytes of base64: decoded in the pool, never on the event loop
+            return await asyncio.get_running_loop().run_in_executor(
+                self._pool,
+                functools.partial(decode_base64, value, max_bytes=self.settings.max_bytes),
+            )
         except ImageDecodeError as exc:
             raise RequestError(
                 ErrorCode.IMAGE_INVALID,

@@ -208,6 +208,8 @@ class ClassifyService:
                 runtime, [t for _, t in texts], [i for i, _ in texts]
             )
             tokens += sum(tokenized.counts)
+            if not images:  # the common case, texts only: no row placement, no gather
+                return Embedded(await runtime.embed(tokenized.ids), tokens)
 
         async def embed_texts() -> None:
             if tokenized is not None:
