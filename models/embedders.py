@@ -78,6 +78,15 @@ def fast_tokenizer(path: str | Path, *, local_files_only: bool) -> Any:
     return tokenizer
 
 
+def l2_rows(features: object) -> Vectors:
+    """A ``(n, dim)`` torch tensor as float32 numpy rows of unit length."""
+    import torch
+
+    assert isinstance(features, torch.Tensor)  # noqa: S101 - callers pass tensors
+    pooled = torch.nn.functional.normalize(features.float(), dim=-1)
+    return pooled.cpu().numpy().astype(np.float32, copy=False)
+
+
 def padded(batch: Sequence[TokenIds], max_length: int, pad_id: int) -> tuple[Any, Any]:
     """Token id rows (each truncated to ``max_length``) → right-padded ``input_ids`` and
     ``attention_mask`` tensors (torch, long) of the batch's longest row."""
@@ -221,5 +230,4 @@ class TransformersTextEncoder:
             hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
             weights = mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
-            pooled = torch.nn.functional.normalize(pooled.float(), dim=-1)
-            return pooled.cpu().numpy().astype(np.float32, copy=False)
+            return l2_rows(pooled)

@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from models.embedders import TokenIds, Vectors, fast_tokenizer, padded
+from models.embedders import TokenIds, Vectors, fast_tokenizer, l2_rows, padded
 
 log = logging.getLogger(__name__)
 
@@ -189,14 +189,6 @@ def to_chw(image: Image.Image, mean: Sequence[float], std: Sequence[float]) -> P
     return np.ascontiguousarray(scaled.transpose(2, 0, 1), dtype=np.float32)
 
 
-def _normalised(features: object) -> Vectors:
-    import torch
-
-    assert isinstance(features, torch.Tensor)  # noqa: S101 - callers pass tensors
-    pooled = torch.nn.functional.normalize(features.float(), dim=-1)
-    return pooled.cpu().numpy().astype(np.float32, copy=False)
-
-
 # -- encoders ---------------------------------------------------------------------------
 
 
@@ -246,7 +238,7 @@ class EfficientNetLiteEncoder:
         with self._lock, torch.inference_mode():
             x = torch.from_numpy(np.stack(batch)).to(self.device)
             features = self.model.extract_features(x).mean(dim=(2, 3))
-            return _normalised(features)
+            return l2_rows(features)
 
 
 OPENAI_CLIP_MEAN = (0.48145466 * 255, 0.4578275 * 255, 0.40821073 * 255)
@@ -280,7 +272,6 @@ class ClipEncoder:
         hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # untyped upstream
 
         self.name = name
-        self.prefix = ""
         self.device = torch.device(device)
         tokenizer = fast_tokenizer(path, local_files_only=local_files_only)
         self._backend = tokenizer.backend_tokenizer
@@ -329,7 +320,7 @@ class ClipEncoder:
             out = self.model.get_text_features(
                 input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
             )
-            return _normalised(getattr(out, "pooler_output", out))
+            return l2_rows(getattr(out, "pooler_output", out))
 
     # image tower (ImageEncoder)
 
@@ -344,7 +335,7 @@ class ClipEncoder:
         with self._lock, torch.inference_mode():
             x = torch.from_numpy(np.stack(batch)).to(self.device, self._dtype)
             out = self.model.get_image_features(pixel_values=x)
-            return _normalised(getattr(out, "pooler_output", out))
+            return l2_rows(getattr(out, "pooler_output", out))
 
 
 def _clip_normalisation(
