@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import os
 import platform
@@ -333,13 +334,13 @@ class Study:
         """Items, class names and class descriptions, embedded (cached). An image set has
         neither label nor description vectors: its image models have no text tower."""
         if ds.images is not None:
-            load_image = self.image_encoders.get(model) or functools.cache(
-                functools.partial(_load_image_encoder, model)
+            load_image = self.image_encoders.setdefault(
+                model, functools.cache(functools.partial(_load_image_encoder, model))
             )
-            self.image_encoders[model] = load_image
             return cache.get_images(ds.name, model, ds.images, load_image), None, None
-        load = self.encoders.get(model) or functools.cache(functools.partial(_load_encoder, model))
-        self.encoders[model] = load
+        load = self.encoders.setdefault(
+            model, functools.cache(functools.partial(_load_encoder, model))
+        )
         X = cache.get(ds.name, model, ds.texts, load)
         labels = cache.get(f"{ds.name}-labels", model, ds.classes, load)
         described = None
@@ -562,7 +563,7 @@ Cell = tuple[str, int, Task, Ints]
 
 def _configs(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
     keys = list(grid)
-    return [dict(zip(keys, values, strict=True)) for values in _product(*grid.values())]
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*grid.values())]
 
 
 def _tune_group(
@@ -585,17 +586,19 @@ def _tune_group(
     results.sort(key=lambda r: -r["mean_f1"])
     best = LearnerSettings(**results[0]["settings"])
     iters = {str(k): evaluate(best, k) for k in TUNE_ITERS}
+    # the temperature changes scores, never training: fit each cell once, score it at each
+    fitted = []
+    for _where, _n, task, truth in cells:
+        clf = train_shipped(task, best)
+        order = np.array([clf.labels.index(c) for c in task.classes])
+        fitted.append((clf, task.X_test, order[truth]))
     temperatures = {}
     for t in TUNE_TEMPERATURES:
         losses = []
-        for _where, _n, task, truth in cells:
-            clf = train_shipped(task, best)
+        for clf, X, columns in fitted:
             clf.temperature = t
-            p = clf.predict_proba_many(task.X_test)
-            order = [clf.labels.index(c) for c in task.classes]
-            losses.append(
-                float(-np.mean(np.log(p[np.arange(len(truth)), np.array(order)[truth]] + 1e-12)))
-            )
+            p = clf.predict_proba_many(X)
+            losses.append(float(-np.mean(np.log(p[np.arange(len(columns)), columns] + 1e-12))))
         temperatures[str(t)] = float(np.mean(losses))
     return {
         "best": results[0],
@@ -606,25 +609,10 @@ def _tune_group(
     }
 
 
-def _product(*axes: Sequence[Any]) -> list[tuple[Any, ...]]:
-    import itertools
-
-    return list(itertools.product(*axes))
-
-
 # -- reports ------------------------------------------------------------------------------
 
-ORDER = (
-    "zero-shot",
-    "zero-shot (descriptions)",
-    "PA cold",
-    "PA warm",
-    "shipped",
-    "LinearSVC",
-    "RBF SVC",
-    "centroid",
-    "SetFit",
-)
+ORDER = tuple(spec.name for spec in (*METHODS, SETFIT))
+"""Rows and lines in this order."""
 
 
 def summary(values: Sequence[float]) -> tuple[float, float]:
