@@ -78,6 +78,16 @@ def fast_tokenizer(path: str | Path, *, local_files_only: bool) -> Any:
     return tokenizer
 
 
+def hub_cached_file(repo_id: str, filename: str) -> Path | None:
+    """``filename`` of a Hugging Face repo from the local hub cache (never the network)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - transformers depends on it
+        return None
+    found = try_to_load_from_cache(repo_id, filename)
+    return Path(found) if isinstance(found, str) else None
+
+
 def l2_rows(features: object) -> Vectors:
     """A ``(n, dim)`` torch tensor as float32 numpy rows of unit length."""
     import torch

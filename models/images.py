@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from models.embedders import TokenIds, Vectors, fast_tokenizer, l2_rows, padded
+from models.embedders import TokenIds, Vectors, fast_tokenizer, hub_cached_file, l2_rows, padded
 
 log = logging.getLogger(__name__)
 
@@ -347,14 +347,7 @@ def _clip_normalisation(
     folder = Path(str(path))
     config_file: Path | None = folder / "preprocessor_config.json"
     if not folder.is_dir():
-        config_file = None
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            found = try_to_load_from_cache(str(path), "preprocessor_config.json")
-            config_file = Path(found) if isinstance(found, str) else None
-        except ImportError:  # pragma: no cover - transformers depends on it
-            config_file = None
+        config_file = hub_cached_file(str(path), "preprocessor_config.json")
     if config_file is None or not config_file.is_file():
         return OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
     config = json.loads(config_file.read_text())

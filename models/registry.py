@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from models.embedders import TextEncoder, TransformersTextEncoder
+from models.embedders import TextEncoder, TransformersTextEncoder, hub_cached_file
 from models.images import ClipEncoder, EfficientNetLiteEncoder, ImageEncoder
 
 Encoder = TextEncoder | ImageEncoder
@@ -130,12 +130,7 @@ def _modality(config_file: Path | None) -> str:
 
 
 def _hub_config(repo_id: str) -> Path | None:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover - transformers depends on it
-        return None
-    found = try_to_load_from_cache(repo_id, "config.json")
-    return Path(found) if isinstance(found, str) else None
+    return hub_cached_file(repo_id, "config.json")
 
 
 class ModelRegistry:
@@ -238,32 +233,31 @@ class ModelRegistry:
         """Load (once) and return the encoder for ``spec``. Blocking: call off the loop."""
         with self._lock:
             encoder = self._loaded.get(spec.name)
-            if encoder is None and spec.build is not None:
-                encoder = self._loaded[spec.name] = spec.build()
-            if encoder is None and spec.modality == IMAGE:
-                encoder = EfficientNetLiteEncoder(
-                    spec.locate(self.cache_dir), name=spec.name, device=self.device
-                )
-                self._loaded[spec.name] = encoder
-            if encoder is None and spec.modality == TEXT_IMAGE:
-                encoder = ClipEncoder(
-                    spec.locate(self.cache_dir),
-                    name=spec.name,
-                    device=self.device,
-                    dtype=self.dtype,
-                    local_files_only=not self.allow_download,
-                )
-                self._loaded[spec.name] = encoder
             if encoder is None:
-                path = spec.locate(self.cache_dir)
-                encoder = TransformersTextEncoder(
-                    path,
-                    name=spec.name,
-                    prefix=spec.prefix,
-                    device=self.device,
-                    dtype=self.dtype,
-                    local_files_only=not self.allow_download,
-                    model_kwargs=spec.model_kwargs,
-                )
-                self._loaded[spec.name] = encoder
+                encoder = self._loaded[spec.name] = self._build(spec)
             return encoder
+
+    def _build(self, spec: ModelSpec) -> Encoder:
+        if spec.build is not None:
+            return spec.build()
+        if spec.modality == IMAGE:
+            return EfficientNetLiteEncoder(
+                spec.locate(self.cache_dir), name=spec.name, device=self.device
+            )
+        if spec.modality == TEXT_IMAGE:
+            return ClipEncoder(
+                spec.locate(self.cache_dir),
+                name=spec.name,
+                device=self.device,
+                dtype=self.dtype,
+                local_files_only=not self.allow_download,
+            )
+        return TransformersTextEncoder(
+            spec.locate(self.cache_dir),
+            name=spec.name,
+            prefix=spec.prefix,
+            device=self.device,
+            dtype=self.dtype,
+            local_files_only=not self.allow_download,
+            model_kwargs=spec.model_kwargs,
+        )
