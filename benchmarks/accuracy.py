@@ -259,22 +259,23 @@ def macro_f1(y_true: Ints, y_pred: Ints) -> float:
 # -- training sets --------------------------------------------------------------------
 
 
+def stratified_subset(ds: Dataset, indices: Ints, n: int, rng: np.random.Generator) -> Ints:
+    """``n`` of ``indices``, each class in proportion (at least once), in random order."""
+    counts = proportional_counts(ds.y[indices], n, ds.n_classes)
+    return indices[stratified_take(ds.y[indices], counts, rng)]
+
+
 def training_set(ds: Dataset, pool: Ints, n: int, seed: int) -> Ints:
     """``n`` stratified indices from ``pool`` (every class at least once), random order."""
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    rng = np.random.default_rng([seed, n])
-    counts = proportional_counts(ds.y[pool], n, ds.n_classes)
-    return pool[stratified_take(ds.y[pool], counts, rng)]
+    return stratified_subset(ds, pool, n, np.random.default_rng([seed, n]))
 
 
 def validation_split(ds: Dataset, size: int = 300) -> tuple[Ints, Ints]:
     """A stratified validation split carved from the pool, and the rest of the pool."""
-    rng = np.random.default_rng(7)
     size = min(size, len(ds.pool) // 3)
-    picked = ds.pool[
-        stratified_take(ds.y[ds.pool], proportional_counts(ds.y[ds.pool], size, ds.n_classes), rng)
-    ]
+    picked = stratified_subset(ds, ds.pool, size, np.random.default_rng(7))
     return np.sort(picked), np.setdiff1d(ds.pool, picked)
 
 

@@ -19,8 +19,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.accuracy import Task, class_indices, macro_f1, train_shipped, training_set
-from benchmarks.datasets import load_bbc, proportional_counts, stratified_take
+from benchmarks.accuracy import (
+    Task,
+    class_indices,
+    macro_f1,
+    stratified_subset,
+    train_shipped,
+    training_set,
+)
+from benchmarks.datasets import load_bbc
 from benchmarks.embeddings import embed_texts
 from benchmarks.throughput import load_encoder
 from streams.broker import EmbeddedBroker
@@ -43,8 +50,7 @@ def test_pipeline_learns_what_the_offline_study_measures(
 ) -> None:
     ds = load_bbc()
     train = training_set(ds, ds.pool, TRAIN, seed=0)
-    rng = np.random.default_rng(0)
-    test = ds.test[stratified_take(ds.y[ds.test], proportional_counts(ds.y[ds.test], TEST, 5), rng)]
+    test = stratified_subset(ds, ds.test, TEST, np.random.default_rng(0))
     train_texts = [lead(ds.texts[i]) for i in train]
     test_texts = [lead(ds.texts[i]) for i in test]
     truth = ds.y[test]
