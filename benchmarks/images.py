@@ -162,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "end_to_end": e2e,
         "ratio_end_to_end_vs_raw": ratio,
     }
-    print(f"(a) raw encoder: {raw['images_per_s']:.1f} images/s (batch {raw['best_batch']})")
+    print(f"(a) raw encoder: {raw['images_per_s']:.1f} images/s ({raw['best_batch']})")
     print(
         f"(k) via Kafka:   {e2e['images_per_s']:.1f} images/s "
         f"({e2e['answered']}/{e2e['requests']} answered, {e2e['errors']} errors)"

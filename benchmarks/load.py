@@ -13,7 +13,8 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar
@@ -28,18 +29,59 @@ Request = tuple[str, bytes]
 T = TypeVar("T")
 
 
+RAW_STREAMS = (1, 2)
+"""Compute streams the raw embedder is timed with: one stream with all of torch's threads,
+and two with half each (what a CPU worker runs by default, ``streams.worker.plan_compute``)."""
+
+
+def config_name(batch: int, streams: int) -> str:
+    """``"32"``: batches of 32 on one stream; ``"32x2"``: on two streams at once."""
+    return str(batch) if streams == 1 else f"{batch}x{streams}"
+
+
+@contextlib.contextmanager
+def torch_threads_for(streams: int) -> Iterator[None]:
+    """torch's threads split among ``streams`` as a worker splits them; restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, before // streams))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def run_batches(
+    run: Callable[[list[T]], object], batches: Sequence[list[T]], streams: int
+) -> float:
+    """Seconds ``run`` takes over ``batches`` with ``streams`` threads taking them in turn
+    (a worker's compute streams), torch's threads split among them."""
+    with torch_threads_for(streams):
+        start = time.perf_counter()
+        if streams == 1:
+            for batch in batches:
+                run(batch)
+        else:
+            with ThreadPoolExecutor(streams) as pool:
+                list(pool.map(run, batches))
+        return time.perf_counter() - start
+
+
 def best_batch_rate(
-    run: Callable[[list[T]], object], items: Sequence[T], batches: Sequence[int] = (16, 32, 64)
-) -> tuple[dict[int, float], int]:
-    """Items per second of ``run`` over ``items`` in chunks of each batch size (after one
-    warm-up chunk), and the fastest batch size."""
+    run: Callable[[list[T]], object],
+    items: Sequence[T],
+    batches: Sequence[int] = (16, 32, 64),
+    streams: Sequence[int] = RAW_STREAMS,
+) -> tuple[dict[str, float], str]:
+    """Items per second of ``run`` over ``items`` in chunks of each batch size on each
+    number of streams (after one warm-up chunk), by ``config_name``, and the fastest."""
     run(list(items[: batches[0]]))
     rates = {}
-    for batch in batches:
-        start = time.perf_counter()
-        for i in range(0, len(items), batch):
-            run(list(items[i : i + batch]))
-        rates[batch] = len(items) / (time.perf_counter() - start)
+    for count in streams:
+        for batch in batches:
+            chunks = [list(items[i : i + batch]) for i in range(0, len(items), batch)]
+            rates[config_name(batch, count)] = len(items) / run_batches(run, chunks, count)
     return rates, max(rates, key=lambda b: rates[b])
 
 

@@ -81,10 +81,10 @@ def print_report(results: dict[str, Any], found: list[str]) -> None:
     for key, desc in CONFIGS.items():
         label = f"({key}) {desc}"
         if key == "a":
-            label = f"(a) raw embedder (batch {raw['best_batch_size']})"
+            label = f"(a) raw embedder ({raw['best_batch_size']})"
         print(f"{label:<44}{tput[key]:>10.1f}{_div(tput[key], tput['a']):>9.2f}")
     per_batch = "  ".join(f"{bs}: {v['texts_per_s']:.0f}" for bs, v in raw["batch_sizes"].items())
-    print(f"    raw embedder by batch size: {per_batch}")
+    print(f"    raw embedder by batch size (NxS: S compute streams at once): {per_batch}")
     print(
         f"    compute: {raw['gflops']:.1f} GFLOP/s effective "
         f"({raw['flops_per_token'] / 1e6:.1f} MFLOP/token, mean {raw['mean_tokens']:.1f} "

@@ -7,7 +7,8 @@ Run from the repository root::
 
 Everything is measured in one run, on one embedded broker (see README.md):
 
-(a) the raw embedder, ``embed_ids`` on length-sorted texts at several batch sizes;
+(a) the raw embedder, ``embed_ids`` on length-sorted texts at several batch sizes, on
+    one compute stream and on two at once (``benchmarks.load.RAW_STREAMS``);
 (b) shotstream end to end (a worker process, micro-batching on);
 (c) the same with micro-batching off;
 (d) latency on (b)'s worker, paced at half of (b)'s rate;
@@ -38,7 +39,15 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm  # type: ignore[import-untyped]  # tqdm ships no type information
 
-from benchmarks.load import LoadClient, Request, RunResult, make_requests
+from benchmarks.load import (
+    RAW_STREAMS,
+    LoadClient,
+    Request,
+    RunResult,
+    config_name,
+    make_requests,
+    run_batches,
+)
 from benchmarks.peers import NaivePeer
 from benchmarks.report import plot, print_report, ratios, write_json
 from benchmarks.scrape import batch_stats, scrape
@@ -88,31 +97,38 @@ def load_encoder(model: str, cache_dir: Path) -> TransformersTextEncoder:
 
 
 def measure_raw(encoder: TransformersTextEncoder, texts: Sequence[str]) -> dict[str, Any]:
-    """texts/s of ``embed_ids`` per batch size over length-sorted, pre-tokenized texts."""
+    """texts/s of ``embed_ids`` per batch size and compute streams (``config_name``) over
+    length-sorted, pre-tokenized texts; batch 1 on one stream only."""
     ids = sorted(encoder.tokenize(texts), key=len)
     per_batch: dict[str, dict[str, float]] = {}
     for bs in BATCH_SIZES:
         rows = ids[:: max(1, len(ids) // SINGLE_SAMPLE)][:SINGLE_SAMPLE] if bs == 1 else ids
         batches = [rows[i : i + bs] for i in range(0, len(rows), bs)]
         encoder.embed_ids(batches[len(batches) // 2])  # warm up at this shape
-        started = time.perf_counter()
-        for batch in tqdm(batches, desc=f"(a) batch {bs}", unit="batch", leave=False):
-            encoder.embed_ids(batch)
-        seconds = time.perf_counter() - started
         tokens = sum(min(len(r), encoder.max_length) for r in rows)
-        per_batch[str(bs)] = {
-            "texts": len(rows),
-            "tokens": tokens,
-            "seconds": seconds,
-            "texts_per_s": len(rows) / seconds,
-        }
+        for streams in RAW_STREAMS[:1] if bs == 1 else RAW_STREAMS:
+            name = config_name(bs, streams)
+            with tqdm(total=len(batches), desc=f"(a) {name}", unit="batch", leave=False) as bar:
+
+                def step(batch: list[list[int]], bar: Any = bar) -> object:
+                    out = encoder.embed_ids(batch)
+                    bar.update()
+                    return out
+
+                seconds = run_batches(step, batches, streams)
+            per_batch[name] = {
+                "texts": len(rows),
+                "tokens": tokens,
+                "seconds": seconds,
+                "texts_per_s": len(rows) / seconds,
+            }
     best = max(per_batch, key=lambda k: per_batch[k]["texts_per_s"])
     mean_tokens = float(np.mean([min(len(r), encoder.max_length) for r in ids]))
     flops = flops_per_token(encoder, mean_tokens)
     b = per_batch[best]
     return {
         "batch_sizes": per_batch,
-        "best_batch_size": int(best),
+        "best_batch_size": best,
         "texts_per_s": b["texts_per_s"],
         "mean_tokens": mean_tokens,
         "flops_per_token": flops,
@@ -321,8 +337,11 @@ def run(args: argparse.Namespace) -> None:
         finally:
             bench.stop_worker("b", worker, found)
         print(f"(b) {b.throughput:.1f}/s  (e) {e.throughput:.1f}/s  (d) paced done")
-        worker = bench.start_worker(
-            "c", SHOTSTREAM_BATCHING__MAX_BATCH_SIZE="1", SHOTSTREAM_BATCHING__MAX_IN_FLIGHT="1"
+        worker = bench.start_worker(  # one request, one input, one stream at a time
+            "c",
+            SHOTSTREAM_BATCHING__MAX_BATCH_SIZE="1",
+            SHOTSTREAM_BATCHING__MAX_IN_FLIGHT="1",
+            SHOTSTREAM_BATCHING__COMPUTE_STREAMS="1",
         )
         try:
             c = asyncio.run(bench.plain("c"))

@@ -168,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"(target >= 100,000: {'PASS' if pa['single_updates_per_s'] >= 1e5 else 'MISS'})"
     )
     print(f"learn_many, 10 passes: {pa['learn_many_examples_per_s_10_iters']:,.0f} examples/s")
-    print(f"(a) raw embedder: {raw['examples_per_s']:.1f} examples/s (batch {raw['best_batch']})")
+    print(f"(a) raw embedder: {raw['examples_per_s']:.1f} examples/s ({raw['best_batch']})")
     print(
         f"(t) end to end:  {e2e['examples_per_s']:.1f} examples/s "
         f"({e2e['answered']}/{e2e['requests']} answered, {e2e['errors']} errors)"

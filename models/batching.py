@@ -5,12 +5,15 @@ array with a row per item, in its own order. Behind that:
 
 * a bounded queue of items gives backpressure: ``submit`` waits while it is full;
 * a collector takes up to ``max_batch_size`` items, waiting at most ``max_wait_s``
-  for company after the first; while the model is busy it keeps topping the next
-  batch up, so the model never waits for Python and never runs half-empty batches
-  when work is queued;
+  for company after the first; while every compute stream is busy it keeps topping
+  the next batch up, so the model never waits for Python and never runs half-empty
+  batches when work is queued;
 * a batch is sorted by length and cut into the chunks with the least padded work
   (plus a per-call overhead), each under ``max_batch_tokens``;
-* chunks run one at a time on a dedicated compute thread, off the event loop;
+* batches run on ``streams`` compute threads, off the event loop; each runs its chunks
+  one at a time (on a CPU, two single-threaded streams beat one two-threaded stream:
+  neither waits at the other's barriers, so a core taken by the broker or the event
+  loop slows one stream instead of stalling both);
 * a chunk that raises is retried request by request, so a failure fails only the
   request that caused it.
 
@@ -83,7 +86,7 @@ class MicroBatcher(Generic[Item]):
     ----------
     embed
         Blocking function from a list of items to an ``(n, dim)`` float32 array. It runs
-        on the batcher's own thread.
+        on the batcher's own threads, ``streams`` calls at a time.
     max_batch_size
         Most items in one batch.
     max_wait_s
@@ -99,6 +102,9 @@ class MicroBatcher(Generic[Item]):
         Cost of one item (its token count); used to sort and to cut chunks.
     on_batch
         Observer hook called after each model call (metrics live there).
+    streams
+        Batches computed at once, each on its own thread (``embed`` must be thread-safe
+        when this is above 1).
     """
 
     def __init__(
@@ -113,9 +119,12 @@ class MicroBatcher(Generic[Item]):
         length: Callable[[Item], int] = len,  # type: ignore[assignment]  # Item is Sized here
         on_batch: Callable[[BatchStats], None] | None = None,
         name: str = "batcher",
+        streams: int = 1,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
+        if streams < 1:
+            raise ValueError("streams must be >= 1")
         self._embed = embed
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
@@ -124,11 +133,13 @@ class MicroBatcher(Generic[Item]):
         self._length = length
         self._on_batch = on_batch
         self._queue: asyncio.Queue[_Pending[Item]] = asyncio.Queue(maxsize=max_queue)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self.streams = streams
+        self._executor = ThreadPoolExecutor(max_workers=streams, thread_name_prefix=name)
+        self._free_streams = streams
+        self._stream_free = asyncio.Event()  # set while a stream is free
+        self._stream_free.set()
         self._collector: asyncio.Task[None] | None = None
-        self._compute: asyncio.Task[None] | None = None
+        self._computing: set[asyncio.Task[None]] = set()
         self._closed = False
 
     # -- public API -------------------------------------------------------------------
@@ -156,15 +167,15 @@ class MicroBatcher(Generic[Item]):
         return await request.future
 
     async def aclose(self) -> None:
-        """Stop collecting; fail what is still queued; wait for the running batch."""
+        """Stop collecting; fail what is still queued; wait for the running batches."""
         self._closed = True
         if self._collector is not None:
             self._collector.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._collector
-        if self._compute is not None:
+        for task in list(self._computing):
             with contextlib.suppress(Exception, asyncio.CancelledError):
-                await self._compute
+                await task
         while not self._queue.empty():
             pending = self._queue.get_nowait()
             if pending.request.alive():
@@ -192,9 +203,13 @@ class MicroBatcher(Generic[Item]):
     async def _collect_forever(self) -> None:
         while True:
             batch = await self._collect()
-            await self._idle.wait()
-            self._idle.clear()
-            self._compute = asyncio.get_running_loop().create_task(self._run(batch))
+            await self._stream_free.wait()
+            self._free_streams -= 1
+            if self._free_streams == 0:
+                self._stream_free.clear()
+            task = asyncio.get_running_loop().create_task(self._run(batch))
+            self._computing.add(task)
+            task.add_done_callback(self._computing.discard)
 
     async def _collect(self) -> list[_Pending[Item]]:
         loop = asyncio.get_running_loop()
@@ -207,14 +222,14 @@ class MicroBatcher(Generic[Item]):
             except asyncio.QueueEmpty:
                 pass
             remaining = deadline - loop.time()
-            if remaining <= 0 and self._idle.is_set():
+            if remaining <= 0 and self._stream_free.is_set():
                 break
-            # wait for another item; while the model is busy, also for it to free up
+            # wait for another item; while every stream is busy, also for one to free up
             getter = loop.create_task(self._queue.get())
             waiters: set[asyncio.Future[object]] = {getter}  # type: ignore[arg-type]
             idle: asyncio.Task[bool] | None = None
             if remaining <= 0:
-                idle = loop.create_task(self._idle.wait())
+                idle = loop.create_task(self._stream_free.wait())
                 waiters.add(idle)  # type: ignore[arg-type]
             await asyncio.wait(
                 waiters,
@@ -282,7 +297,8 @@ class MicroBatcher(Generic[Item]):
                 self._observe(chunk, time.perf_counter() - started)
                 self._deliver(chunk, vectors)
         finally:
-            self._idle.set()
+            self._free_streams += 1
+            self._stream_free.set()
 
     async def _isolate(self, chunk: list[_Pending[Item]]) -> None:
         """Re-run a failed chunk one request at a time; fail only the guilty ones."""

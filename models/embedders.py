@@ -16,6 +16,7 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -86,6 +87,15 @@ def hub_cached_file(repo_id: str, filename: str) -> Path | None:
         return None
     found = try_to_load_from_cache(repo_id, filename)
     return Path(found) if isinstance(found, str) else None
+
+
+def forward_guard(device: Any) -> contextlib.AbstractContextManager[object]:
+    """What a forward pass holds. On a GPU a lock: one batch in device memory at a time.
+    On a CPU nothing: inference-mode forwards of one model are safe to run at once, and
+    a batcher's compute streams run them side by side."""
+    if str(device).startswith("cpu"):
+        return contextlib.nullcontext()
+    return threading.Lock()
 
 
 def l2_rows(features: object) -> Vectors:
@@ -213,8 +223,7 @@ class TransformersTextEncoder:
             if isinstance(st_max, int) and st_max > 0:
                 self.max_length = min(self.max_length, st_max)
         self.dim = int(config.hidden_size)
-        # the model is called from one compute thread; tokenizers are thread-safe
-        self._lock = threading.Lock()
+        self._guard = forward_guard(self.device)
         log.info(
             "loaded %s from %s on %s (%s, window %d, dim %d)",
             name,
@@ -235,7 +244,7 @@ class TransformersTextEncoder:
         if not batch:
             return np.zeros((0, self.dim), dtype=np.float32)
         ids, mask = padded(batch, self.max_length, self.pad_id)
-        with self._lock, torch.inference_mode():
+        with self._guard, torch.inference_mode():
             ids, mask = ids.to(self.device), mask.to(self.device)
             hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
             weights = mask.unsqueeze(-1).to(hidden.dtype)

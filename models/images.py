@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import io
 import logging
 import math
 import re
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -32,7 +32,15 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from models.embedders import TokenIds, Vectors, fast_tokenizer, hub_cached_file, l2_rows, padded
+from models.embedders import (
+    TokenIds,
+    Vectors,
+    fast_tokenizer,
+    forward_guard,
+    hub_cached_file,
+    l2_rows,
+    padded,
+)
 
 log = logging.getLogger(__name__)
 
@@ -193,15 +201,15 @@ def to_chw(image: Image.Image, mean: Sequence[float], std: Sequence[float]) -> P
 
 
 class _PixelEncoder:
-    """What the image encoders share: square centre crop + normalisation, and one locked,
-    inference-mode forward pass per batch; subclasses give ``_forward``."""
+    """What the image encoders share: square centre crop + normalisation, and one guarded
+    (``forward_guard``), inference-mode forward pass per batch; subclasses give ``_forward``."""
 
     size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
     dim: int
     device: Any
-    _lock: threading.Lock
+    _guard: contextlib.AbstractContextManager[object]
 
     def preprocess(self, image: Image.Image) -> Pixels:
         return to_chw(center_crop_resize(image, self.size), self.mean, self.std)
@@ -211,7 +219,7 @@ class _PixelEncoder:
 
         if not batch:
             return np.zeros((0, self.dim), dtype=np.float32)
-        with self._lock, torch.inference_mode():
+        with self._guard, torch.inference_mode():
             return l2_rows(self._forward(torch.from_numpy(np.stack(batch)).to(self.device)))
 
     def _forward(self, pixels: Any) -> Any:
@@ -251,7 +259,7 @@ class EfficientNetLiteEncoder(_PixelEncoder):
         model.eval()
         self.model = model.to(self.device)
         self.dim = int(model._conv_head.out_channels)
-        self._lock = threading.Lock()
+        self._guard = forward_guard(self.device)
         log.info("loaded %s from %s on %s (dim %d)", name, weights, self.device, self.dim)
 
     def _forward(self, pixels: Any) -> Any:
@@ -311,7 +319,7 @@ class ClipEncoder(_PixelEncoder):
         self.size = int(getattr(vision_config, "image_size", 224))
         self.mean, self.std = _clip_normalisation(path, local_files_only)
         self._dtype = getattr(torch, dtype)
-        self._lock = threading.Lock()
+        self._guard = forward_guard(self.device)
         log.info(
             "loaded CLIP model %s from %s on %s (window %d, image %d px, dim %d)",
             name,
@@ -333,7 +341,7 @@ class ClipEncoder(_PixelEncoder):
         if not batch:
             return np.zeros((0, self.dim), dtype=np.float32)
         ids, mask = padded(batch, self.max_length, self.pad_id)
-        with self._lock, torch.inference_mode():
+        with self._guard, torch.inference_mode():
             out = self.model.get_text_features(
                 input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
             )

@@ -151,6 +151,8 @@ class ModelRegistry:
     clip_model
         What ``jina-clip-v1`` means (a CLIP folder or cached hub id), unless an alias
         says otherwise; ``None``: that name answers ``MODEL_NOT_AVAILABLE``.
+    streams
+        Batches each loaded model computes at once (``MicroBatcher(streams=...)``).
     """
 
     def __init__(
@@ -164,6 +166,7 @@ class ModelRegistry:
         allow_download: bool = False,
         builtins: Mapping[str, ModelSpec] | None = None,
         clip_model: str | None = None,
+        streams: int = 1,
     ) -> None:
         self.cache_dir = cache_dir
         self.default = default
@@ -175,6 +178,7 @@ class ModelRegistry:
         self.allow_download = allow_download
         self.builtins = dict(builtins if builtins is not None else BUILTINS)
         self.clip_model = clip_model
+        self.streams = streams
         self._loaded: dict[str, Encoder] = {}
         self._found: dict[str, ModelSpec] = {}
         """Folder and hub specs already found: resolving reads no files twice."""

@@ -57,6 +57,8 @@ class EmbeddingRuntime:
         Threads tokenizing off the event loop (Rust tokenizers release the GIL).
     image_max_batch_size
         Images per model call (default: ``max_batch_size``).
+    streams
+        Model calls run at once per batcher (see :func:`models.embedders.compute_streams`).
     """
 
     def __init__(
@@ -74,6 +76,7 @@ class EmbeddingRuntime:
         on_batch: Callable[[BatchStats], None] | None = None,
         on_image_batch: Callable[[BatchStats], None] | None = None,
         image_max_batch_size: int | None = None,
+        streams: int = 1,
     ) -> None:
         self.encoder = encoder
         self.text: TextEncoder | None = encoder if isinstance(encoder, TextEncoder) else None
@@ -91,6 +94,7 @@ class EmbeddingRuntime:
                 chunk_overhead=chunk_overhead,
                 on_batch=on_batch,
                 name=f"embed-{encoder.name}",
+                streams=streams,
             )
         self.image_batcher: MicroBatcher[Pixels] | None = None
         if self.image is not None:
@@ -107,6 +111,7 @@ class EmbeddingRuntime:
                 length=lambda _pixels: 1,
                 on_batch=on_image_batch or on_batch,
                 name=f"image-{encoder.name}",
+                streams=streams,
             )
         self.inline_tokenize_chars = inline_tokenize_chars
         self._tokenizer_pool = ThreadPoolExecutor(tokenizer_threads, thread_name_prefix="tok")

@@ -72,6 +72,7 @@ class ClassifyService:
                     on_batch=functools.partial(self.observer.on_batch, spec.name),
                     on_image_batch=functools.partial(self.observer.on_batch, f"{spec.name}/image"),
                     image_max_batch_size=self.settings.images.max_batch_size,
+                    streams=self.registry.streams,
                 )
                 self._runtimes[spec.name] = runtime
                 self.observer.on_model_loaded(

@@ -35,6 +35,11 @@ class BatchingSettings(BaseModel):
     """Inputs waiting for the model; producers wait (backpressure) when it is full."""
     max_in_flight: int = Field(256, ge=1)
     """Requests a worker processes at once (their inputs share batches)."""
+    compute_streams: int = Field(0, ge=0)
+    """Batches a model computes at once, each on its own thread. 0: two on a CPU with two
+    or more cores (each gets half of torch's threads; neither waits at the other's
+    barriers, so a core taken by Kafka work slows one stream instead of both), one on a
+    GPU or when ``SHOTSTREAM_MODELS__TORCH_THREADS`` is set."""
 
 
 class LimitSettings(BaseModel):
@@ -71,7 +76,7 @@ class ModelSettings(BaseModel):
     """Zero-shot softmax temperature over cosine similarities."""
     label_cache_size: int = Field(100_000, ge=0)
     torch_threads: int = Field(0, ge=0)
-    """0: torch's default (one per core)."""
+    """torch's threads per compute stream. 0: the cores divided among the streams."""
 
 
 class KafkaSettings(BaseModel):

@@ -39,14 +39,26 @@ def resolve_device(requested: str) -> tuple[str, str]:
     return device, ("float16" if device == "cuda" else "float32")
 
 
+def plan_compute(settings: Settings, device: str) -> int:
+    """Set torch's threads per compute stream; return the streams (see the settings)."""
+    import torch
+
+    threads = settings.models.torch_threads
+    streams = settings.batching.compute_streams
+    if not streams:
+        streams = 2 if device == "cpu" and not threads and torch.get_num_threads() >= 2 else 1
+    if not threads and device == "cpu":
+        threads = max(1, torch.get_num_threads() // streams)
+    if threads:
+        torch.set_num_threads(threads)
+    log.info("%d compute stream(s) of %d torch thread(s)", streams, torch.get_num_threads())
+    return streams
+
+
 def make_registry(settings: Settings) -> ModelRegistry:
     device, dtype = resolve_device(settings.model_device)
     if settings.models.dtype != "auto":
         dtype = settings.models.dtype
-    if settings.models.torch_threads:
-        import torch
-
-        torch.set_num_threads(settings.models.torch_threads)
     return ModelRegistry(
         cache_dir=settings.model_cache_dir,
         default=settings.default_model_name,
@@ -54,6 +66,7 @@ def make_registry(settings: Settings) -> ModelRegistry:
         device=device,
         dtype=dtype,
         clip_model=settings.images.clip_model,
+        streams=plan_compute(settings, device),
     )
 
 

@@ -162,3 +162,63 @@ def test_chunks_split_where_padding_costs_more_than_a_call() -> None:
     assert [[p.length for p in c] for c in chunks] == [[5] * 20, [200] * 3]
     same = b._chunks([_Pending(None, i, None, 10 + i % 3) for i in range(30)])  # type: ignore[arg-type]
     assert len(same) == 1  # near-equal lengths: one call beats several
+
+
+class Overlap(Recorder):
+    """A slow ``Recorder`` that also counts how many calls ran at once."""
+
+    def __init__(self, delay_s: float, poison: int | None = None) -> None:
+        super().__init__(delay_s=delay_s, poison=poison)
+        self._guard = threading.Lock()
+        self.running = 0
+        self.most_at_once = 0
+
+    def __call__(self, items: list[list[int]]) -> np.ndarray:
+        with self._guard:
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            return super().__call__(items)
+        finally:
+            with self._guard:
+                self.running -= 1
+
+
+@pytest.mark.parametrize("streams", [1, 2, 3])
+def test_streams_compute_that_many_batches_at_once(streams: int) -> None:
+    rec = Overlap(delay_s=0.05)
+
+    async def go() -> list[np.ndarray]:
+        async with MicroBatcher(rec, max_batch_size=4, max_wait_s=0.0, streams=streams) as b:
+            reqs = [[[100 * r + i] for i in range(1 + r % 3)] for r in range(24)]
+            return await asyncio.gather(*(b.submit(items) for items in reqs))
+
+    results = run(go())
+    for r, rows in enumerate(results):
+        assert rows[:, 0].tolist() == [100 * r + i for i in range(1 + r % 3)]
+    assert rec.most_at_once == streams
+    assert len(rec.threads) == streams
+    assert max(len(c) for c in rec.calls) <= 4
+
+
+def test_a_failure_on_one_stream_fails_only_its_request() -> None:
+    rec = Overlap(delay_s=0.02, poison=7)
+
+    async def go() -> list[np.ndarray | BaseException]:
+        async with MicroBatcher(rec, max_batch_size=3, max_wait_s=0.0, streams=2) as b:
+            reqs = [[[k], [k + 50]] for k in range(12)]
+            return await asyncio.gather(*(b.submit(r) for r in reqs), return_exceptions=True)
+
+    results = run(go())
+    for k, result in enumerate(results):
+        if k == 7:
+            assert isinstance(result, ValueError)
+        else:
+            assert isinstance(result, np.ndarray)
+            assert result[:, 0].tolist() == [k, k + 50]
+    assert rec.most_at_once == 2
+
+
+def test_streams_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="streams"):
+        MicroBatcher(Recorder(), streams=0)

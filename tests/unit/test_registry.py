@@ -46,3 +46,32 @@ def test_a_local_folder_loads_through_the_generic_loader(tmp_path: Path) -> None
     assert np.allclose(same[0], vecs[0], atol=1e-5)  # padding does not change a row
     cat, dog, tax = enc.embed_ids(enc.tokenize(["a cat", "a dog", "income tax return"]))
     assert cat @ dog > cat @ tax  # it is a real semantic model
+
+
+@pytest.mark.model
+def test_concurrent_cpu_forwards_equal_serial_ones(tmp_path: Path) -> None:
+    """Two compute streams run one model's forward passes at once on a CPU (no lock):
+    each batch's rows equal the rows of the same batch run alone."""
+    import threading
+
+    reg = ModelRegistry(cache_dir=tmp_path)
+    enc = reg.load(reg.resolve("all-MiniLM-L6-v2"))
+    texts = [
+        f"ticket {i}: the printer on floor {i % 7} is {'jammed' * (1 + i % 4)}" for i in range(48)
+    ]
+    batches = [enc.tokenize(texts[i : i + 8]) for i in range(0, len(texts), 8)]
+    serial = [enc.embed_ids(b) for b in batches]
+    concurrent: list[np.ndarray | None] = [None] * len(batches)
+
+    def work(k: int) -> None:
+        for j in range(k, len(batches), 2):
+            concurrent[j] = enc.embed_ids(batches[j])
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for alone, together in zip(serial, concurrent, strict=True):
+        assert together is not None
+        assert np.allclose(alone, together, atol=1e-5)

@@ -59,3 +59,31 @@ def test_settings_are_frozen_and_validated() -> None:
         Settings(brokers="no-port")
     with pytest.raises(ValidationError):
         Settings(partitions=0)
+
+
+@pytest.mark.parametrize(
+    ("env", "device", "cores", "expected"),
+    [
+        ({}, "cpu", 2, (2, 1)),  # default on a CPU: two streams of half the threads
+        ({}, "cpu", 8, (2, 4)),
+        ({}, "cpu", 1, (1, 1)),  # one core: nothing to split
+        ({}, "cuda", 8, (1, 8)),  # a GPU: one stream, torch's threads untouched
+        ({"models": {"torch_threads": 3}}, "cpu", 8, (1, 3)),  # threads set: one stream
+        ({"batching": {"compute_streams": 4}}, "cpu", 8, (4, 2)),
+        ({"batching": {"compute_streams": 1}}, "cpu", 2, (1, 2)),
+    ],
+)
+def test_plan_compute_splits_cores_among_streams(
+    env: dict[str, dict[str, int]], device: str, cores: int, expected: tuple[int, int]
+) -> None:
+    import torch
+
+    from streams.worker import plan_compute
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(cores)
+        streams = plan_compute(Settings(**env), device)  # type: ignore[arg-type]
+        assert (streams, torch.get_num_threads()) == expected
+    finally:
+        torch.set_num_threads(before)
