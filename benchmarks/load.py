@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import numpy as np
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from tqdm import tqdm  # type: ignore[import-untyped]  # tqdm ships no type information
 
@@ -318,7 +319,7 @@ class LoadClient:
 
 def _request_id(value: bytes | None) -> str | None:
     try:
-        body = json.loads(value or b"")
+        body = orjson.loads(value or b"")  # what a consumer app would use: json is 10x slower
     except ValueError:
         return None
     rid = body.get("request_id") if isinstance(body, dict) else None

@@ -8,10 +8,11 @@ unknown fields are ignored, as Jina does.
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from streams.errors import ErrorCode, RequestError
 from streams.settings import LimitSettings
@@ -56,16 +57,14 @@ def decode_json_object(raw: bytes | str | Mapping[str, Any] | None) -> dict[str,
         raise RequestError(ErrorCode.INPUT_MISSING, "record has no value (a tombstone)")
     if isinstance(raw, Mapping):
         return dict(raw)
-    if isinstance(raw, bytes):
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise RequestError(ErrorCode.INPUT_NOT_UTF8, f"value is not UTF-8: {exc}") from exc
-    else:
-        text = raw
     try:
-        body = json.loads(text)
-    except json.JSONDecodeError as exc:
+        body = orjson.loads(raw)  # strict RFC 8259: no NaN/Infinity, no BOM
+    except orjson.JSONDecodeError as exc:
+        if isinstance(raw, bytes):  # which of the two it is, on the slow path only
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                raise RequestError(ErrorCode.INPUT_NOT_UTF8, f"value is not UTF-8: {bad}") from bad
         raise RequestError(ErrorCode.INPUT_NOT_JSON, f"value is not JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise RequestError(
