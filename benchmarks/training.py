@@ -6,7 +6,8 @@ Measured in one run on one machine:
 
 * (p) the passive-aggressive update rate: single-example updates per second at dimension
   384 with 16 classes, one core (numpy), and ``learn_many`` with ``num_iters=10``;
-* (a) the raw embedder on the training texts (length-sorted, best of batch 16/32/64);
+* (a) the raw embedder on the training texts (length-sorted, best of batch 16/32/64 on one
+  or two compute streams);
 * (t) end to end: train requests (``--examples`` labelled texts each, ``num_iters=10``)
   for ``--classifiers`` classifiers produced at once to the embedded broker, one worker,
   examples/s from the first send to the last train response.
