@@ -10,8 +10,8 @@ array with a row per item, in its own order. Behind that:
   batches when work is queued;
 * a batch is sorted by length and cut into the chunks with the least padded work
   (plus a per-call overhead), each under ``max_batch_tokens``;
-* batches run on ``streams`` compute threads, off the event loop; each runs its chunks
-  one at a time (on a CPU, two single-threaded streams beat one two-threaded stream:
+* batches run on ``streams`` compute threads, off the event loop, their chunks queued
+  to the threads at once (on a CPU, two single-threaded streams beat one two-threaded stream:
   neither waits at the other's barriers, so a core taken by the broker or the event
   loop slows one stream instead of stalling both);
 * a chunk that raises is retried request by request, so a failure fails only the
@@ -279,46 +279,54 @@ class MicroBatcher(Generic[Item]):
         return chunks
 
     async def _run(self, batch: list[_Pending[Item]]) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            for chunk in self._chunks(batch):
-                chunk = [p for p in chunk if p.request.alive()]
-                if not chunk:
-                    continue
-                started = time.perf_counter()
-                try:
-                    vectors = await loop.run_in_executor(
-                        self._executor, self._embed, [p.item for p in chunk]
-                    )
-                except Exception:
-                    log.debug("batch of %d failed; isolating", len(chunk), exc_info=True)
-                    await self._isolate(chunk)
-                    continue
-                self._observe(chunk, time.perf_counter() - started)
-                self._deliver(chunk, vectors)
+            # all chunks go to the compute threads at once: a thread that finishes one
+            # takes the next from the executor's queue without a round trip through the
+            # event loop (which may be busy answering the previous chunk's requests)
+            await asyncio.gather(*(self._run_chunk(chunk) for chunk in self._chunks(batch)))
         finally:
             self._free_streams += 1
             self._stream_free.set()
 
+    async def _run_chunk(self, chunk: list[_Pending[Item]]) -> None:
+        chunk = [p for p in chunk if p.request.alive()]
+        if not chunk:
+            return
+        try:
+            vectors, seconds = await self._call(chunk)
+        except Exception:
+            log.debug("batch of %d failed; isolating", len(chunk), exc_info=True)
+            await self._isolate(chunk)
+            return
+        self._observe(chunk, seconds)
+        self._deliver(chunk, vectors)
+
     async def _isolate(self, chunk: list[_Pending[Item]]) -> None:
         """Re-run a failed chunk one request at a time; fail only the guilty ones."""
-        loop = asyncio.get_running_loop()
         by_request: dict[int, list[_Pending[Item]]] = {}
         for p in chunk:
             by_request.setdefault(id(p.request), []).append(p)
         for group in by_request.values():
             request = group[0].request
-            started = time.perf_counter()
             try:
-                vectors = await loop.run_in_executor(
-                    self._executor, self._embed, [p.item for p in group]
-                )
+                vectors, seconds = await self._call(group)
             except Exception as exc:
                 if request.alive():
                     request.future.set_exception(exc)
                 continue
-            self._observe(group, time.perf_counter() - started)
+            self._observe(group, seconds)
             self._deliver(group, vectors)
+
+    async def _call(self, chunk: list[_Pending[Item]]) -> tuple[Vectors, float]:
+        """``embed`` on a compute thread; its rows and the seconds it computed (not
+        counting the wait for a free thread)."""
+        items = [p.item for p in chunk]
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._timed, items)
+
+    def _timed(self, items: list[Item]) -> tuple[Vectors, float]:
+        started = time.perf_counter()
+        vectors = self._embed(items)
+        return vectors, time.perf_counter() - started
 
     def _deliver(self, chunk: list[_Pending[Item]], vectors: Vectors) -> None:
         if len(vectors) != len(chunk):

@@ -376,6 +376,11 @@ def test_schemathesis_finds_no_server_errors_and_no_schema_breaks(
             "response_schema_conformance,response_headers_conformance,negative_data_rejection",
             "--seed",
             "1",
+            # a generator-side check, not a server one: once a run finds that the HTTP
+            # stack refuses NULL bytes in headers, it filters such cases out, and on one
+            # fresh-clone run that left too few for DELETE /v1/classifiers/{id} in time
+            "--suppress-health-check",
+            "filter_too_much",
         ],
         capture_output=True,
         text=True,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -172,16 +173,19 @@ class Overlap(Recorder):
         self._guard = threading.Lock()
         self.running = 0
         self.most_at_once = 0
+        self.durations: list[float] = []
 
     def __call__(self, items: list[list[int]]) -> np.ndarray:
         with self._guard:
             self.running += 1
             self.most_at_once = max(self.most_at_once, self.running)
+        started = time.perf_counter()
         try:
             return super().__call__(items)
         finally:
             with self._guard:
                 self.running -= 1
+                self.durations.append(time.perf_counter() - started)
 
 
 @pytest.mark.parametrize("streams", [1, 2, 3])
@@ -222,3 +226,33 @@ def test_a_failure_on_one_stream_fails_only_its_request() -> None:
 def test_streams_must_be_positive() -> None:
     with pytest.raises(ValueError, match="streams"):
         MicroBatcher(Recorder(), streams=0)
+
+
+def test_chunks_of_one_batch_share_the_streams() -> None:
+    """A batch cut into chunks (token budget) has them queued to the compute threads at
+    once: one large request keeps both streams busy, and each call's observed seconds
+    are its compute time, not its wait for a thread."""
+    rec = Overlap(delay_s=0.05)
+    seen: list[BatchStats] = []
+
+    async def go() -> np.ndarray:
+        async with MicroBatcher(
+            rec,
+            max_batch_size=64,
+            max_wait_s=0.01,
+            max_batch_tokens=8,
+            chunk_overhead=1,
+            streams=2,
+            on_batch=seen.append,
+        ) as b:
+            return await b.submit([[k] * 4 for k in range(8)])  # 4 chunks of 2 items
+
+    rows = run(go())
+    assert rows[:, 0].tolist() == list(range(8))
+    assert len(rec.calls) == 4
+    assert rec.most_at_once == 2
+    # the last two chunks waited >= 0.05 s for a thread; that wait is not compute time
+    for observed, computed in zip(
+        sorted(s.seconds for s in seen), sorted(rec.durations), strict=True
+    ):
+        assert computed <= observed < computed + 0.025
