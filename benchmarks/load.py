@@ -42,11 +42,15 @@ def config_name(batch: int, streams: int) -> str:
 
 @contextlib.contextmanager
 def torch_threads_for(streams: int) -> Iterator[None]:
-    """torch's threads split among ``streams`` as a worker splits them; restored after."""
+    """torch's threads split among ``streams`` by the worker's own ``plan_compute``;
+    restored after."""
     import torch
 
+    from streams.settings import Settings
+    from streams.worker import plan_compute
+
     before = torch.get_num_threads()
-    torch.set_num_threads(max(1, before // streams))
+    plan_compute(Settings(batching={"compute_streams": streams}), "cpu")
     try:
         yield
     finally:

@@ -133,7 +133,6 @@ class MicroBatcher(Generic[Item]):
         self._length = length
         self._on_batch = on_batch
         self._queue: asyncio.Queue[_Pending[Item]] = asyncio.Queue(maxsize=max_queue)
-        self.streams = streams
         self._executor = ThreadPoolExecutor(max_workers=streams, thread_name_prefix=name)
         self._free_streams = streams
         self._stream_free = asyncio.Event()  # set while a stream is free

@@ -129,10 +129,6 @@ def _modality(config_file: Path | None) -> str:
     return TEXT
 
 
-def _hub_config(repo_id: str) -> Path | None:
-    return hub_cached_file(repo_id, "config.json")
-
-
 class ModelRegistry:
     """Resolve request model names and load each model once.
 
@@ -222,7 +218,7 @@ class ModelRegistry:
                 modality=_modality(folder / "config.json"),
             )
         if _HUB_ID.match(target):
-            config = _hub_config(target)
+            config = hub_cached_file(target, "config.json")
             if config is not None or self.allow_download:
                 return ModelSpec(
                     target,

@@ -58,7 +58,7 @@ class EmbeddingRuntime:
     image_max_batch_size
         Images per model call (default: ``max_batch_size``).
     streams
-        Model calls run at once per batcher (see :func:`models.embedders.compute_streams`).
+        Model calls run at once per batcher (a worker picks it: ``streams.worker.plan_compute``).
     """
 
     def __init__(
