@@ -8,6 +8,7 @@ unknown fields are ignored, as Jina does.
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -71,6 +72,10 @@ def decode_json_object(raw: bytes | str | Mapping[str, Any] | None) -> dict[str,
             ErrorCode.INPUT_NOT_OBJECT,
             f"value must be a JSON object, got {_json_type(body)}",
         )
+    if isinstance(body.get("request_id"), float):
+        # orjson reads an integer beyond 64 bits as a float; the standard parser keeps
+        # it exact, so a numeric request_id is echoed digit for digit (rare: slow path)
+        body = json.loads(raw)
     return body
 
 

@@ -95,6 +95,12 @@ def test_request_id_prefers_body_and_needs_one() -> None:
     assert info.value.code == ErrorCode.INPUT_MISSING
 
 
+@pytest.mark.parametrize("rid", [2**64 + 1, -(2**63) - 1, 123456789012345678901234567890, 7])
+def test_numeric_request_id_is_echoed_exactly(rid: int) -> None:
+    body = decode_json_object(b'{"request_id": ' + str(rid).encode() + b"}")
+    assert request_id_of(body, None) == str(rid)
+
+
 def test_dead_letter_keeps_payload_as_text_or_base64() -> None:
     err = RequestError(ErrorCode.INPUT_NOT_UTF8, "bad")
     rec = dead_letter(
