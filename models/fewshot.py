@@ -34,6 +34,15 @@ macro-F1 point on BBC news and tweet sentiment, ``benchmarks/accuracy.py``). Bef
 first input ``μ = 0``, so a warm-started classifier still starts as zero-shot. A batch is
 folded into ``μ`` before it is learned.
 
+With ``scale=True`` as well, centred inputs are divided by their running RMS distance to
+the mean, ``s = sqrt(mean ‖x‖² - ‖μ‖²)`` over the learned inputs, so scores are
+``w_k · (x - μ) / s``. That makes the step cap ``C`` and the hinge's unit margin mean the
+same for every model: centred e5-small sentence embeddings are ~0.4 long, all-MiniLM-L6-v2
+ones ~0.9, so without it one ``C`` gives e5 less than half MiniLM's step, and e5 fell
+1.5 (BBC) and 2.6 (tweets) points short of an offline LinearSVC at 400 examples on
+validation splits (``benchmarks/accuracy.py --tune``, 5 seeds; scaled: 0.0 and +0.8).
+A fresh classifier has ``s = 1``, so it still starts as zero-shot.
+
 >>> import numpy as np
 >>> clf = PassiveAggressiveClassifier(dim=2, C=1.0)
 >>> clf.learn_one(np.array([1.0, 0.0]), "left")
@@ -81,8 +90,11 @@ class PassiveAggressiveClassifier:
         Softmax temperature of ``predict_proba_*``.
     center
         Score ``w · (x - mean)`` with ``mean`` the running mean of learned inputs.
-    labels, weights, mean, mean_count
-        Existing state (from a codec); empty for a new classifier.
+    scale
+        With ``center``, also divide by the running RMS distance to the mean.
+    labels, weights, mean, mean_count, sq_mean
+        Existing state (from a codec); empty for a new classifier. ``sq_mean`` is the
+        running mean of ``‖x‖²`` (kept only when scaling).
     """
 
     dim: int
@@ -95,6 +107,8 @@ class PassiveAggressiveClassifier:
     center: bool = False
     mean: Vector = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
     mean_count: int = 0
+    scale: bool = False
+    sq_mean: float = 0.0
 
     def __post_init__(self) -> None:
         if self.weights.size == 0:
@@ -169,7 +183,8 @@ class PassiveAggressiveClassifier:
         return loss, gap > 0
 
     def _centred(self, M: Matrix, *, learn: bool) -> Matrix:
-        """``M - mean`` (after folding ``M`` into the running mean when learning)."""
+        """``M - mean``, divided by the spread when scaling (after folding ``M`` into the
+        running statistics when learning)."""
         if not self.center:
             return M
         if learn and len(M):
@@ -177,9 +192,20 @@ class PassiveAggressiveClassifier:
             mean = self.mean.astype(np.float64)
             mean += (M.sum(axis=0, dtype=np.float64) - len(M) * mean) / total
             self.mean = mean.astype(np.float32)
+            if self.scale:
+                sq = float(np.einsum("ij,ij->", M, M, dtype=np.float64))
+                self.sq_mean += (sq - len(M) * self.sq_mean) / total
             self.mean_count = total
         out: Matrix = M - self.mean
+        if self.scale:
+            out /= np.float32(self.spread())
         return out
+
+    def spread(self) -> float:
+        """The RMS distance of learned inputs to their mean (1 before there is any)."""
+        mean = self.mean.astype(np.float64)
+        var = self.sq_mean - float(mean @ mean)
+        return float(np.sqrt(var)) if var > 1e-12 else 1.0
 
     def learn_one(self, x: npt.ArrayLike, label: str, num_iters: int = 1) -> None:
         """Learn one example with ``num_iters`` passes (the class must exist or fit)."""

@@ -75,7 +75,8 @@ def decode_json_object(raw: bytes | str | Mapping[str, Any] | None) -> dict[str,
     if isinstance(body.get("request_id"), float):
         # orjson reads an integer beyond 64 bits as a float; the standard parser keeps
         # it exact, so a numeric request_id is echoed digit for digit (rare: slow path)
-        body = json.loads(raw)
+        exact: dict[str, Any] = json.loads(raw)
+        return exact
     return body
 
 

@@ -11,7 +11,16 @@ import numpy.typing as npt
 import pytest
 from PIL import Image
 
-from benchmarks.accuracy import Study, markdown, plot, run_study, targets, training_set, tune
+from benchmarks.accuracy import (
+    Study,
+    choose,
+    markdown,
+    plot,
+    run_study,
+    targets,
+    training_set,
+    tune,
+)
 from benchmarks.datasets import (
     FASHION_CLASSES,
     Dataset,
@@ -268,8 +277,23 @@ def test_tuning_never_touches_the_test_split(
     assert seen
     assert not {ds.texts[i] for i in seen} & test_rows
     assert tuned["best"]["settings"]["C"] in (0.1, 1.0)
+    assert tuned["best"]["svm_shortfall"] <= 0.0
+    assert tuned["best"]["settings"] in tuned["tied"]
+    assert set(tuned["svm_by_set"]) == {"toy/hash"}
     assert set(tuned["num_iters_sweep"]) == {"1", "10"}
     assert tuned["best_temperature"] > 0
+
+
+def test_ties_on_validation_go_to_the_smaller_shortfall_below_the_svms() -> None:
+    results = [
+        {"settings": "a", "mean_f1": 0.7643, "svm_shortfall": -0.0041},
+        {"settings": "b", "mean_f1": 0.7640, "svm_shortfall": -0.0029},
+        {"settings": "c", "mean_f1": 0.7610, "svm_shortfall": -0.0001},  # not a tie
+    ]
+    chosen, tied = choose(results)
+    assert chosen["settings"] == "b"
+    assert [r["settings"] for r in tied] == ["a", "b"]
+    assert choose(results[:1])[0]["settings"] == "a"
 
 
 def test_bench_command_finds_the_checkout_or_says_it_needs_one(

@@ -106,3 +106,48 @@ def test_warm_start_predicts_like_the_label_embeddings(seed: int) -> None:
     cos = labels @ x / np.linalg.norm(labels, axis=1)
     assert clf.predict_one(x) == f"l{int(np.argmax(labels @ x))}"
     assert cos.shape == (3,)
+
+
+def test_centring_and_scaling_track_the_learned_inputs() -> None:
+    """Learned in three batches, the running statistics equal those of all inputs."""
+    rng = np.random.default_rng(3)
+    X = (rng.standard_normal((30, DIM)) + 2.0).astype(np.float32)
+    clf = PassiveAggressiveClassifier(dim=DIM, center=True, scale=True)
+    for chunk in np.array_split(np.arange(30), 3):
+        clf.learn_many(X[chunk], [f"c{i % 3}" for i in chunk])
+    mean = X.astype(np.float64).mean(axis=0)
+    assert clf.mean_count == 30
+    np.testing.assert_allclose(clf.mean, mean, rtol=1e-5)
+    rms = np.sqrt(np.mean(np.sum((X - mean) ** 2, axis=1)))
+    assert clf.spread() == pytest.approx(rms, rel=1e-5)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 1000), st.floats(0.05, 20.0))
+def test_a_scaling_learner_does_not_depend_on_the_embedding_scale(seed: int, k: float) -> None:
+    """With ``scale``, inputs k times longer give the same classifier (not so without
+    it: the step cap and the unit margin would then mean different things)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.standard_normal((3, DIM)).astype(np.float32)
+    X = rng.standard_normal((20, DIM)).astype(np.float32)
+    y = [f"l{i % 3}" for i in range(20)]
+    probe = rng.standard_normal((5, DIM)).astype(np.float32)
+    scores = []
+    for factor in (1.0, k):
+        clf = PassiveAggressiveClassifier(dim=DIM, C=0.05, center=True, scale=True)
+        for i, row in enumerate(labels):
+            clf.add_class(f"l{i}", init=row)
+        clf.learn_many(np.float32(factor) * X, y, num_iters=5)
+        scores.append(clf.decision_function(np.float32(factor) * probe))
+    np.testing.assert_allclose(scores[0], scores[1], rtol=1e-3, atol=1e-3)
+
+
+def test_a_fresh_scaling_learner_scores_like_its_label_embeddings() -> None:
+    rng = np.random.default_rng(5)
+    labels = rng.standard_normal((3, DIM)).astype(np.float32)
+    clf = PassiveAggressiveClassifier(dim=DIM, center=True, scale=True)
+    for i, row in enumerate(labels):
+        clf.add_class(f"l{i}", init=row)
+    x = rng.standard_normal((4, DIM)).astype(np.float32)
+    assert clf.spread() == 1.0
+    np.testing.assert_allclose(clf.decision_function(x), x @ labels.T, rtol=1e-6)

@@ -41,6 +41,24 @@ def test_encode_decode_gives_identical_predictions(
     )
 
 
+def test_a_scaling_learner_keeps_its_statistics_in_the_record() -> None:
+    rng = np.random.default_rng(2)
+    rec = fresh()
+    rec.hyper.update({"center": True, "scale": True})
+    X = rng.standard_normal((12, DIM)).astype(np.float32) + 1.0
+    for part, (lo, hi) in enumerate([(0, 5), (5, 12)]):
+        y = ["a", "b", "c"] * 4
+        apply_examples(
+            rec, X[lo:hi], y[lo:hi], num_iters=2, label_vectors=None, source="t:0",
+            offset=part, now=2.0,
+        )  # fmt: skip
+    clf = learner(decode_record(encode_record(rec)))
+    assert clf.scale
+    assert clf.mean_count == 12
+    centred = X.astype(np.float64) - X.mean(axis=0)
+    assert clf.spread() == pytest.approx(np.sqrt(np.mean(np.sum(centred**2, axis=1))), rel=1e-5)
+
+
 def test_offsets_make_application_idempotent() -> None:
     rec = fresh()
     X = np.eye(DIM, dtype=np.float32)[:2]
