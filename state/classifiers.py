@@ -29,7 +29,7 @@ class LearnerSettings:
     The defaults were tuned by ``python -m benchmarks.accuracy --tune`` on validation
     splits carved from the training pools of BBC news and tweet sentiment, with
     multilingual-e5-small and all-MiniLM-L6-v2, 8 to 400 examples, 5 seeds, ``num_iters``
-    10 (``benchmarks/results/accuracy-tuning.json``): centring (+3.8 F1 points on average
+    10 (``benchmarks/results/accuracy-tuning.json``): centring (+3.7 F1 points on average
     over the best uncentred setting), scaling by the running spread (one ``C`` then fits
     every model's embedding length), a small step cap ``C`` (the examples, not the step,
     should decide) and a warm start at twice the label embedding. Four configurations tie
@@ -65,7 +65,7 @@ TEXT_LEARNER = LearnerSettings()
 IMAGE_LEARNER = LearnerSettings(C=0.3, warm_start=False, temperature=0.2, scale=False)
 """For image-only models (no text tower, so no label embedding to start from). Tuned the
 same way on a validation split of Fashion-MNIST with efficientnet-lite0: starting cold,
-larger steps win (C 0.3: +3.9 F1 points on average over the text setting's 0.03)."""
+larger steps win (C 0.3: +3.4 F1 points on average over the text setting started cold)."""
 
 
 def default_learner(modality: str) -> LearnerSettings:
