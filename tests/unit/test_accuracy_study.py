@@ -14,7 +14,9 @@ from PIL import Image
 from benchmarks.accuracy import (
     Study,
     choose,
+    comparison,
     markdown,
+    paired,
     plot,
     run_study,
     targets,
@@ -166,9 +168,11 @@ def test_study_scores_every_method_and_caches_embeddings(tmp_path: Path) -> None
     table = markdown(results)
     assert "## toy, hash" in table
     assert "| shipped |" in table
+    assert "| shipped minus | 6 | 30 | 90 |" in table  # paired by seed, both SVMs
+    assert "| RBF SVC | " in table.split("| shipped minus |")[1]
     pngs = plot(results, tmp_path)
-    assert [p.name for p in pngs] == ["accuracy-toy-hash.png"]
-    assert pngs[0].stat().st_size > 1000
+    assert [p.name for p in pngs] == ["accuracy-toy-hash.png", "accuracy-paired.png"]
+    assert all(p.stat().st_size > 1000 for p in pngs)
 
 
 def test_fashion_split_is_stratified_disjoint_and_fixed() -> None:
@@ -239,6 +243,7 @@ def test_an_image_set_runs_without_label_vectors_and_says_why(
     assert [p.name for p in plot(results, tmp_path)] == [
         "accuracy-toy-hash.png",
         "accuracy-pictures-pixels.png",
+        "accuracy-paired.png",
     ]
 
 
@@ -294,6 +299,38 @@ def test_ties_on_validation_go_to_the_smaller_shortfall_below_the_svms() -> None
     assert chosen["settings"] == "b"
     assert [r["settings"] for r in tied] == ["a", "b"]
     assert choose(results[:1])[0]["settings"] == "a"
+
+
+def test_paired_difference_by_seed() -> None:
+    import statistics
+
+    a, b = [0.5, 0.7, 0.6, 0.9], [0.4, 0.7, 0.8, 0.85]
+    diff = [x - y for x, y in zip(a, b, strict=True)]
+    mean, se, wins = paired(a, b)
+    assert mean == pytest.approx(statistics.fmean(diff))
+    assert se == pytest.approx(statistics.stdev(diff) / 2)  # sqrt(4 seeds)
+    assert wins == 2  # a tie is not a win
+    assert np.isnan(paired([0.5], [0.4])[1])
+
+
+def test_targets_tell_a_clear_miss_from_seed_noise() -> None:
+    """Shipped trails LinearSVC at 8 by less than its noise and at 40 by more (every seed
+    loses by about a point); at the largest size RBF SVC is the better SVM."""
+    shipped = {"8": [0.60, 0.70, 0.50, 0.63], "40": [0.80, 0.82, 0.84, 0.86]}
+    svc = {"8": [0.70, 0.60, 0.55, 0.60], "40": [0.811, 0.829, 0.851, 0.869]}
+    rbf = {"8": [0.2] * 4, "40": [0.83, 0.84, 0.86, 0.87]}
+    scores = {"shipped": shipped, "LinearSVC": svc, "RBF SVC": rbf}
+    results = {"scores": {"toy": {"hash": scores}}}
+    (line,) = targets(results)
+    assert "shipped >= LinearSVC at every size: MISS at [8, 40] (clear at [40])" in line
+    assert "at 40: +2.0 ± 0.4 points behind RBF SVC (MISS)" in line
+    table = "\n".join(comparison(scores))
+    assert "| shipped minus | 8 | 40 |" in table
+    assert "| LinearSVC | -0.5 ± 4.4 (2/4) | -1.0 ± 0.1 (0/4) |" in table
+    shipped["40"] = [v + 0.015 for v in shipped["40"]]
+    (line,) = targets(results)
+    assert "MISS at [8] (clear at [])" in line
+    assert "at 40: +0.5 ± 0.4 points behind RBF SVC (PASS)" in line
 
 
 def test_bench_command_finds_the_checkout_or_says_it_needs_one(
