@@ -14,9 +14,10 @@ from PIL import Image
 from benchmarks.accuracy import (
     Study,
     choose,
+    compare,
     comparison,
+    macro_f1,
     markdown,
-    paired,
     plot,
     run_study,
     targets,
@@ -301,36 +302,77 @@ def test_ties_on_validation_go_to_the_smaller_shortfall_below_the_svms() -> None
     assert choose(results[:1])[0]["settings"] == "a"
 
 
-def test_paired_difference_by_seed() -> None:
+def test_weighted_macro_f1_with_unit_weights_is_sklearns() -> None:
+    from benchmarks.accuracy import weighted_macro_f1
+
+    rng = np.random.default_rng(3)
+    truth = rng.integers(0, 4, 200)
+    preds = np.where(rng.random((3, 200)) < 0.6, truth, rng.integers(0, 4, (3, 200)))
+    got = weighted_macro_f1(truth, preds, np.ones((1, 200)), 4)[0]
+    assert got == pytest.approx([macro_f1(truth, row) for row in preds])
+    twice = np.r_[truth, truth[:50]], np.c_[preds, preds[:, :50]]  # weight 2 = listed twice
+    weights = np.r_[np.full(50, 2.0), np.ones(150)][None, :]
+    assert weighted_macro_f1(truth, preds, weights, 4)[0] == pytest.approx(
+        [macro_f1(twice[0], row) for row in twice[1]]
+    )
+
+
+def test_compare_pairs_by_seed_and_counts_the_test_items_noise() -> None:
     import statistics
 
-    a, b = [0.5, 0.7, 0.6, 0.9], [0.4, 0.7, 0.8, 0.85]
-    diff = [x - y for x, y in zip(a, b, strict=True)]
-    mean, se, wins = paired(a, b)
-    assert mean == pytest.approx(statistics.fmean(diff))
-    assert se == pytest.approx(statistics.stdev(diff) / 2)  # sqrt(4 seeds)
-    assert wins == 2  # a tie is not a win
-    assert np.isnan(paired([0.5], [0.4])[1])
+    rng = np.random.default_rng(4)
+    truth = rng.integers(0, 3, 300)
+
+    def guesses(right: float, seeds: int) -> npt.NDArray[np.int64]:
+        noise = rng.integers(0, 3, (seeds, 300))
+        return np.where(rng.random((seeds, 300)) < right, truth, noise)
+
+    a, b = guesses(0.7, 6), guesses(0.6, 6)
+    got = compare(truth, a, b, 3, draws=400)
+    diff = [macro_f1(truth, x) - macro_f1(truth, y) for x, y in zip(a, b, strict=True)]
+    assert got["mean"] == pytest.approx(statistics.fmean(diff))
+    assert got["se_seeds"] == pytest.approx(statistics.stdev(diff) / np.sqrt(6))
+    assert got["wins"] == sum(d > 0 for d in diff)
+    assert got["seeds"] == 6
+    assert got["se"] > 0
+    same = compare(truth, a, a, 3, draws=50)
+    assert same["mean"] == same["se"] == same["se_seeds"] == 0
+    assert same["wins"] == 0
+    # every seed predicts the same: no seed noise, but the test split is still a sample
+    one_a, one_b = np.repeat(a[:1], 5, axis=0), np.repeat(b[:1], 5, axis=0)
+    fixed = compare(truth, one_a, one_b, 3, draws=400)
+    assert fixed["se_seeds"] == 0
+    assert 0.01 < fixed["se"] < 0.1  # 300 items: a few points
 
 
-def test_targets_tell_a_clear_miss_from_seed_noise() -> None:
-    """Shipped trails LinearSVC at 8 by less than its noise and at 40 by more (every seed
-    loses by about a point); at the largest size RBF SVC is the better SVM."""
-    shipped = {"8": [0.60, 0.70, 0.50, 0.63], "40": [0.80, 0.82, 0.84, 0.86]}
-    svc = {"8": [0.70, 0.60, 0.55, 0.60], "40": [0.811, 0.829, 0.851, 0.869]}
-    rbf = {"8": [0.2] * 4, "40": [0.83, 0.84, 0.86, 0.87]}
-    scores = {"shipped": shipped, "LinearSVC": svc, "RBF SVC": rbf}
-    results = {"scores": {"toy": {"hash": scores}}}
+def test_targets_tell_a_clear_miss_from_noise() -> None:
+    """Shipped trails LinearSVC at 8 by less than twice its standard error and at 40 by
+    more; at the largest size RBF SVC is the better SVM."""
+    scores = {
+        "shipped": {"8": [0.60, 0.62], "40": [0.80, 0.82]},
+        "LinearSVC": {"8": [0.61, 0.62], "40": [0.82, 0.83]},
+        "RBF SVC": {"8": [0.2, 0.2], "40": [0.83, 0.85]},
+    }
+
+    def cell(mean: float, se: float) -> dict[str, float]:
+        return {"mean": mean, "se": se, "se_seeds": se / 2, "wins": 0, "seeds": 2}
+
+    paired = {
+        "LinearSVC": {"8": cell(-0.005, 0.01), "40": cell(-0.015, 0.005)},
+        "RBF SVC": {"8": cell(0.41, 0.01), "40": cell(-0.03, 0.004)},
+    }
+    results = {"scores": {"toy": {"hash": scores}}, "paired": {"toy": {"hash": paired}}}
     (line,) = targets(results)
     assert "shipped >= LinearSVC at every size: MISS at [8, 40] (clear at [40])" in line
-    assert "at 40: +2.0 ± 0.4 points behind RBF SVC (MISS)" in line
-    table = "\n".join(comparison(scores))
+    assert "at 40: +3.0 ± 0.4 points behind RBF SVC (MISS)" in line
+    table = "\n".join(comparison(paired))
     assert "| shipped minus | 8 | 40 |" in table
-    assert "| LinearSVC | -0.5 ± 4.4 (2/4) | -1.0 ± 0.1 (0/4) |" in table
-    shipped["40"] = [v + 0.015 for v in shipped["40"]]
+    assert "| LinearSVC | -0.5 ± 1.0 (0/2) | -1.5 ± 0.5 (0/2) |" in table
+    paired["LinearSVC"]["40"] = cell(0.002, 0.005)
+    paired["RBF SVC"]["40"] = cell(-0.008, 0.004)
     (line,) = targets(results)
     assert "MISS at [8] (clear at [])" in line
-    assert "at 40: +0.5 ± 0.4 points behind RBF SVC (PASS)" in line
+    assert "at 40: +0.8 ± 0.4 points behind RBF SVC (PASS)" in line
 
 
 def test_bench_command_finds_the_checkout_or_says_it_needs_one(
