@@ -38,9 +38,9 @@ With ``scale=True`` as well, centred inputs are divided by their running RMS dis
 the mean, ``s = sqrt(mean ‖x‖² - ‖μ‖²)`` over the learned inputs, so scores are
 ``w_k · (x - μ) / s``. That makes the step cap ``C`` and the hinge's unit margin mean the
 same for every model: centred e5-small sentence embeddings are ~0.4 long, all-MiniLM-L6-v2
-ones ~0.9, so without it one ``C`` gives e5 less than half MiniLM's step, and e5 fell
-1.5 (BBC) and 2.6 (tweets) points short of an offline LinearSVC at 400 examples on
-validation splits (``benchmarks/accuracy.py --tune``, 5 seeds; scaled: 0.0 and +0.8).
+ones ~0.9, so without it one ``C`` gives e5 less than half MiniLM's step. At 400
+examples on validation splits (``benchmarks/accuracy.py --tune``, 20 seeds) e5 then falls
+0.4 (BBC) and 0.9 (tweets) points short of the better offline SVM; scaled, 0.1 on both.
 A fresh classifier has ``s = 1``, so it still starts as zero-shot.
 
 >>> import numpy as np
