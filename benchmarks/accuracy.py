@@ -291,15 +291,13 @@ def compare(
     is one sample, shared by every seed, so seeds alone understate the uncertainty)."""
     a, b = np.atleast_2d(a), np.atleast_2d(b)
     seeds, items = a.shape
-    unit = np.ones((1, items))
-    diff = (
-        weighted_macro_f1(truth, a, unit, classes) - weighted_macro_f1(truth, b, unit, classes)
-    )[0]
     rng = np.random.default_rng(seed)
-    weights = rng.multinomial(items, np.full(items, 1 / items), size=draws).astype(np.float64)
-    per_draw = weighted_macro_f1(truth, a, weights, classes) - weighted_macro_f1(
+    draws_of_items = rng.multinomial(items, np.full(items, 1 / items), size=draws)
+    weights = np.vstack([np.ones(items), draws_of_items])  # row 0: the test split as is
+    both = weighted_macro_f1(truth, a, weights, classes) - weighted_macro_f1(
         truth, b, weights, classes
     )
+    diff, per_draw = both[0], both[1:]
     picks = rng.integers(0, seeds, size=(draws, seeds))
     boot = np.take_along_axis(per_draw, picks, axis=1).mean(axis=1)
     return {
@@ -607,24 +605,8 @@ def tune(study: Study, *, progress: bool = True) -> dict[str, Any]:
     lowest validation log-loss (it does not change predictions, only scores). The text
     results are at the top level of the returned dict, the image results under ``image``.
     """
-    cache = EmbeddingCache(study.cache)
     sizes = [n for n in study.sizes if n > 0]
-    cells: dict[str, list[Cell]] = {"text": [], "image": []}
-    datasets: dict[str, list[str]] = {"text": [], "image": []}
-    validation_items: dict[str, int] = {}
-    for name in study.datasets:
-        ds = study.loaders[name]()
-        modality = "image" if ds.is_image else "text"
-        datasets[modality].append(name)
-        val, rest = validation_split(ds)
-        validation_items[name] = len(val)
-        for model in study.models_for(ds):
-            X, labels, _described = study.embeddings(ds, model, cache)
-            for n in sizes_for(ds, sizes):
-                for seed in range(study.seeds):
-                    train = training_set(ds, rest, n, seed)
-                    task = make_task(ds, X, labels, train, val)
-                    cells[modality].append((f"{name}/{model}", n, task, ds.y[val]))
+    cells, datasets, validation_items = validation_cells(study)
     if not datasets["text"]:
         raise ValueError("nothing to tune the text learner on: name a text set (e.g. bbc)")
     text_configs = _configs(TUNE_GRID)
@@ -663,6 +645,32 @@ validation items do not resolve them (the top configurations differ by less)."""
 
 Cell = tuple[str, int, Task, Ints]
 """Where (data set/model), training size, the task (validation as its test), the truth."""
+
+
+def validation_cells(
+    study: Study,
+) -> tuple[dict[str, list[Cell]], dict[str, list[str]], dict[str, int]]:
+    """Every (data set/model, size, seed) of ``study`` with the validation split as its
+    test split, by modality; the data set names by modality; validation items per set."""
+    cache = EmbeddingCache(study.cache)
+    sizes = [n for n in study.sizes if n > 0]
+    cells: dict[str, list[Cell]] = {"text": [], "image": []}
+    datasets: dict[str, list[str]] = {"text": [], "image": []}
+    validation_items: dict[str, int] = {}
+    for name in study.datasets:
+        ds = study.loaders[name]()
+        modality = "image" if ds.is_image else "text"
+        datasets[modality].append(name)
+        val, rest = validation_split(ds)
+        validation_items[name] = len(val)
+        for model in study.models_for(ds):
+            X, labels, _described = study.embeddings(ds, model, cache)
+            for n in sizes_for(ds, sizes):
+                for seed in range(study.seeds):
+                    train = training_set(ds, rest, n, seed)
+                    task = make_task(ds, X, labels, train, val)
+                    cells[modality].append((f"{name}/{model}", n, task, ds.y[val]))
+    return cells, datasets, validation_items
 
 
 def _configs(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:

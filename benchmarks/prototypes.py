@@ -39,18 +39,13 @@ from benchmarks.accuracy import (
     Method,
     Study,
     Task,
-    class_indices,
     linear_svc,
     macro_f1,
-    make_task,
     rbf_svc,
-    sizes_for,
-    train_shipped,
-    training_set,
-    validation_split,
+    shipped,
+    validation_cells,
 )
 from benchmarks.datasets import Ints
-from benchmarks.embeddings import EmbeddingCache
 from state.classifiers import TEXT_LEARNER
 
 SETTINGS = ((1, 0), (2, 20), (3, 20), (3, 40), (3, 60), (4, 40))
@@ -106,35 +101,22 @@ def prototype_pa(
     return np.asarray(scores.max(axis=2).argmax(axis=1), dtype=np.int64)
 
 
-def shipped_method(task: Task) -> Ints:
-    return class_indices(train_shipped(task), task.classes, task.X_test)
-
-
 def run(study: Study) -> dict[str, Any]:
     """Mean validation macro-F1 per method, data set, model and size."""
-    cache = EmbeddingCache(study.cache)
-    methods: dict[str, Method] = {
-        "LinearSVC": linear_svc,
-        "RBF SVC": rbf_svc,
-        "shipped": shipped_method,
-    }
+    methods: dict[str, Method] = {"LinearSVC": linear_svc, "RBF SVC": rbf_svc, "shipped": shipped}
     for m, g in SETTINGS[1:]:
         methods[f"M={m} grow={g}"] = functools.partial(prototype_pa, prototypes=m, grow=g)
-    scores: dict[str, dict[str, dict[str, float]]] = {name: {} for name in methods}
-    for name in study.datasets:
-        ds = study.loaders[name]()
-        val, rest = validation_split(ds)
-        for model in study.models_for(ds):
-            X, labels, _ = study.embeddings(ds, model, cache)
-            for n in sizes_for(ds, [s for s in study.sizes if s > 0]):
-                tasks = [
-                    make_task(ds, X, labels, training_set(ds, rest, n, seed), val)
-                    for seed in range(study.seeds)
-                ]
-                for method, fn in methods.items():
-                    f1 = [macro_f1(ds.y[val], fn(task)) for task in tasks]
-                    scores[method].setdefault(f"{name}/{model}", {})[str(n)] = float(np.mean(f1))
-                print(f"{name}/{model} n={n} done", flush=True)
+    cells, _datasets, _items = validation_cells(study)
+    f1: dict[str, dict[str, dict[str, list[float]]]] = {name: {} for name in methods}
+    for where, n, task, truth in cells["text"]:
+        for method, fn in methods.items():
+            f1[method].setdefault(where, {}).setdefault(str(n), []).append(
+                macro_f1(truth, fn(task))
+            )
+    scores = {
+        method: {w: {n: float(np.mean(v)) for n, v in by_n.items()} for w, by_n in by_where.items()}
+        for method, by_where in f1.items()
+    }
     return {
         "validation_only": True,
         "seeds": study.seeds,
