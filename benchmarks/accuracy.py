@@ -52,7 +52,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -169,6 +169,13 @@ def shipped(task: Task) -> Ints:
     return class_indices(train_shipped(task), task.classes, task.X_test)
 
 
+def shipped_linear(task: Task) -> Ints:
+    """The shipped settings with one prototype per class (what growing prototypes add)."""
+    settings = default_learner("image" if task.label_vectors is None else "text")
+    linear = replace(settings, prototypes=1, grow=0)
+    return class_indices(train_shipped(task, linear), task.classes, task.X_test)
+
+
 def linear_svc(task: Task) -> Ints:
     from sklearn.svm import LinearSVC  # type: ignore[import-untyped]  # no type information
 
@@ -232,6 +239,7 @@ METHODS = (
     MethodSpec("PA cold", functools.partial(pa, warm_scale=None)),
     MethodSpec("PA warm", functools.partial(pa, warm_scale=1.0), min_size=0, labels=True),
     MethodSpec("shipped", shipped),
+    MethodSpec("shipped, linear", shipped_linear),
     MethodSpec("LinearSVC", linear_svc),
     MethodSpec("RBF SVC", rbf_svc),
     MethodSpec("centroid", centroid),
@@ -853,6 +861,7 @@ def plot(results: dict[str, Any], out: Path, name: str = "accuracy") -> list[Pat
     written = []
     styles: dict[str, dict[str, Any]] = {
         "shipped": {"linewidth": 2.5, "color": "black"},
+        "shipped, linear": {"linewidth": 1.2, "color": "dimgray", "linestyle": ":"},
         "zero-shot": {"linestyle": "--"},
     }
     for data, by_model in results["scores"].items():

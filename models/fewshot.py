@@ -43,6 +43,17 @@ examples on validation splits (``benchmarks/accuracy.py --tune``, 20 seeds) e5 t
 0.4 (BBC) and 0.9 (tweets) points short of the better offline SVM; scaled, 0.1 on both.
 A fresh classifier has ``s = 1``, so it still starts as zero-shot.
 
+With ``prototypes`` above 1 a class may keep up to that many weight vectors and scores as
+the largest of them, ``s_k = max_j w_kj · x``: a piecewise-linear, non-linear classifier
+that still stores no examples. A class starts with one prototype and gains the next each
+time it has learned ``grow`` more examples (counted on first passes), as a copy of its
+first prototype plus noise of RMS ``PROTOTYPE_NOISE`` (seeded by the class and prototype
+index, so replaying the same requests gives the same weights). A step then moves the
+best prototype of the true class and of the best rival (the multi-prototype update of
+Crammer & Singer's multiclass scheme). Growing late keeps small training sets linear,
+where one prototype per class is the better model; on tweet sentiment at 400 examples
+three prototypes close the gap to an RBF SVM (``benchmarks/prototypes.py``).
+
 >>> import numpy as np
 >>> clf = PassiveAggressiveClassifier(dim=2, C=1.0)
 >>> clf.learn_one(np.array([1.0, 0.0]), "left")
@@ -66,6 +77,10 @@ import numpy.typing as npt
 Vector = npt.NDArray[np.float32]
 Matrix = npt.NDArray[np.float32]
 Variant = Literal["PA", "PA-I", "PA-II"]
+
+PROTOTYPE_NOISE = 0.1
+"""RMS length of the noise that separates a new prototype from its class's first one (in
+the learner's input units: centred and scaled inputs are about 1 long)."""
 
 
 class ClassLimitError(ValueError):
@@ -92,9 +107,15 @@ class PassiveAggressiveClassifier:
         Score ``w · (x - mean)`` with ``mean`` the running mean of learned inputs.
     scale
         With ``center``, also divide by the running RMS distance to the mean.
-    labels, weights, mean, mean_count, sq_mean
+    prototypes
+        Most weight vectors per class (1: a linear classifier).
+    grow
+        With ``prototypes`` above 1, a class gains a prototype each ``grow`` examples.
+    labels, weights, mean, mean_count, sq_mean, rows, seen
         Existing state (from a codec); empty for a new classifier. ``sq_mean`` is the
-        running mean of ``‖x‖²`` (kept only when scaling).
+        running mean of ``‖x‖²`` (kept only when scaling); ``rows`` the prototypes each
+        class has (its rows are consecutive in ``weights``, classes in label order; empty
+        means one each) and ``seen`` the examples each class has learned.
     """
 
     dim: int
@@ -109,23 +130,46 @@ class PassiveAggressiveClassifier:
     mean_count: int = 0
     scale: bool = False
     sq_mean: float = 0.0
+    prototypes: int = 1
+    grow: int = 0
+    rows: list[int] = field(default_factory=list)
+    seen: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if self.weights.size == 0:
-            self.weights = np.zeros((len(self.labels), self.dim), dtype=np.float32)
-        self.weights = np.ascontiguousarray(self.weights, dtype=np.float32)
-        if self.weights.shape != (len(self.labels), self.dim):
+        self.rows = list(self.rows) or [1] * len(self.labels)
+        self.seen = list(self.seen) or [0] * len(self.labels)
+        if len(self.rows) != len(self.labels) or len(self.seen) != len(self.labels):
             raise ValueError(
-                f"weights {self.weights.shape} do not match {len(self.labels)} labels x {self.dim}"
+                f"{len(self.rows)} row counts and {len(self.seen)} example counts for "
+                f"{len(self.labels)} labels"
+            )
+        if self.weights.size == 0:
+            self.weights = np.zeros((sum(self.rows), self.dim), dtype=np.float32)
+        self.weights = np.ascontiguousarray(self.weights, dtype=np.float32)
+        if self.weights.shape != (sum(self.rows), self.dim):
+            raise ValueError(
+                f"weights {self.weights.shape} do not match {sum(self.rows)} rows "
+                f"({len(self.labels)} labels) x {self.dim}"
             )
         if self.C <= 0:
             raise ValueError("C must be > 0")
+        if self.prototypes < 1 or self.grow < 0 or (self.prototypes > 1 and self.grow < 1):
+            raise ValueError("prototypes must be >= 1, and grow >= 1 when prototypes > 1")
         if self.mean.size == 0:
             self.mean = np.zeros(self.dim, dtype=np.float32)
         self.mean = np.ascontiguousarray(self.mean, dtype=np.float32)
         if self.mean.shape != (self.dim,):
             raise ValueError(f"mean {self.mean.shape} does not match dim {self.dim}")
         self._index = {label: i for i, label in enumerate(self.labels)}
+        self._starts = self._first_rows()
+
+    def _first_rows(self) -> npt.NDArray[np.intp]:
+        return np.cumsum([0, *self.rows])[:-1].astype(np.intp)
+
+    @property
+    def linear(self) -> bool:
+        """One prototype per class (the fast path)."""
+        return bool(self.weights.shape[0] == len(self.labels))
 
     # -- classes ----------------------------------------------------------------------
 
@@ -144,8 +188,23 @@ class PassiveAggressiveClassifier:
             row[0] = np.asarray(init, dtype=np.float32)
         self.weights = np.concatenate([self.weights, row])
         self.labels.append(label)
+        self.rows.append(1)
+        self.seen.append(0)
+        self._starts = np.append(self._starts, self.weights.shape[0] - 1)
         self._index[label] = len(self.labels) - 1
         return len(self.labels) - 1
+
+    def _count(self, y: int) -> None:
+        """Count an example of class ``y`` (first pass) and grow the class when it is due."""
+        self.seen[y] += 1
+        have = self.rows[y]
+        if have < self.prototypes and self.seen[y] >= self.grow * have:
+            first = int(self._starts[y])
+            noise = np.random.default_rng((y, have)).standard_normal(self.dim)
+            row = self.weights[first] + (PROTOTYPE_NOISE / np.sqrt(self.dim)) * noise
+            self.weights = np.insert(self.weights, first + have, row.astype(np.float32), axis=0)
+            self.rows[y] += 1
+            self._starts = self._first_rows()
 
     # -- learning ---------------------------------------------------------------------
 
@@ -159,6 +218,8 @@ class PassiveAggressiveClassifier:
     def _update(self, x: Vector, y: int, sq_norm: float) -> tuple[float, bool]:
         """One PA step on ``(x, y)``; returns the loss before the step and whether
         ``y`` was the strict top class before it."""
+        if not self.linear:
+            return self._update_prototypes(x, y, sq_norm)
         weights = self.weights
         if weights.shape[0] == 1:
             # a single class competes with an implicit zero prototype, so the first
@@ -181,6 +242,33 @@ class PassiveAggressiveClassifier:
         weights[y] += step
         weights[rival] -= step
         return loss, gap > 0
+
+    def _update_prototypes(self, x: Vector, y: int, sq_norm: float) -> tuple[float, bool]:
+        """:meth:`_update` when some class has several prototypes: the best prototype of
+        ``y`` and of the best rival class move."""
+        scores = self.weights @ x
+        top = np.maximum.reduceat(scores, self._starts)
+        true = float(top[y])
+        if len(top) == 1:  # against the implicit zero prototype, as in the linear case
+            gap = true
+            rival = -1
+        else:
+            top[y] = -np.inf
+            rival = int(top.argmax())
+            gap = true - float(top[rival])
+        loss = 1.0 - gap
+        if loss <= 0.0 or sq_norm == 0.0:
+            return max(loss, 0.0), gap > 0 or rival < 0
+        tau = self._step_size(loss, sq_norm if rival >= 0 else sq_norm / 2)
+        step = tau * x
+        self.weights[self._best_row(scores, y)] += step
+        if rival >= 0:
+            self.weights[self._best_row(scores, rival)] -= step
+        return loss, gap > 0 or rival < 0
+
+    def _best_row(self, scores: Vector, k: int) -> int:
+        start = int(self._starts[k])
+        return start + int(scores[start : start + self.rows[k]].argmax())
 
     def _centred(self, M: Matrix, *, learn: bool) -> Matrix:
         """``M - mean``, divided by the spread when scaling (after folding ``M`` into the
@@ -213,6 +301,7 @@ class PassiveAggressiveClassifier:
         if self.center:
             vec = self._centred(vec[None, :], learn=True)[0]
         y = self.add_class(label)
+        self._count(y)
         sq_norm = float(vec @ vec)
         for _ in range(num_iters):
             if self._update(vec, y, sq_norm)[0] == 0.0:
@@ -235,6 +324,7 @@ class PassiveAggressiveClassifier:
         for row, label, sq in zip(M, labels, sq_norms, strict=True):
             known = label in self._index
             y = self.add_class(label)
+            self._count(y)
             loss, correct = self._update(row, y, sq)
             prior_correct.append(known and correct)
             moved = moved or loss > 0.0
@@ -251,9 +341,11 @@ class PassiveAggressiveClassifier:
     # -- prediction -------------------------------------------------------------------
 
     def decision_function(self, X: npt.ArrayLike) -> Matrix:
-        """Class scores, ``(n, n_classes)``."""
+        """Class scores, ``(n, n_classes)`` (each class's best prototype)."""
         M = self._centred(np.atleast_2d(np.asarray(X, dtype=np.float32)), learn=False)
         out: Matrix = M @ self.weights.T
+        if not self.linear:
+            out = np.maximum.reduceat(out, self._starts, axis=1)
         return out
 
     def predict_proba_many(self, X: npt.ArrayLike) -> Matrix:

@@ -3,16 +3,22 @@
 Layout of an encoded record (little-endian)::
 
     b"SSCR"            magic
-    uint16             format version (1)
+    uint16             format version (2; version 1 records are still read)
     uint32             length of the JSON header
     JSON header        UTF-8: every field but the weights, plus "dim" and "n_classes"
-    float32[n x dim]   the weights, row-major, one row per label in header order
+    float32[r x dim]   the weights, row-major: each label's "rows" prototypes in turn,
+                       labels in header order (r = sum of "rows")
+
+Version 1 had no ``rows`` and ``seen``: one row per label. It decodes as one prototype per
+class that has seen no examples, which is what it was.
 
 >>> rec = ClassifierRecord.new("c-1", model="m", owner="h", access="private", dim=2, now=0.0)
 >>> rec.labels.append("a"); rec.weights = np.array([[1.0, 2.0]], dtype=np.float32)
 >>> again = decode_record(encode_record(rec))
 >>> again.labels, again.weights.tolist(), again.version
 (['a'], [[1.0, 2.0]], 0)
+>>> again.rows, again.seen
+([1], [0])
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ import numpy as np
 import numpy.typing as npt
 
 MAGIC = b"SSCR"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 _HEAD = struct.Struct("<4sHI")
 
 
@@ -69,6 +76,10 @@ class ClassifierRecord:
     """Prequential outcomes of the most recent examples (1 = predicted right before learning)."""
     hyper: dict[str, Any] = field(default_factory=dict)
     """Learner settings frozen at creation (C, variant, temperature, warm start ...)."""
+    rows: list[int] = field(default_factory=list)
+    """Weight rows (prototypes) per label; empty means one each."""
+    seen: list[int] = field(default_factory=list)
+    """Examples learned per label (first passes); empty means none yet."""
 
     @classmethod
     def new(
@@ -91,17 +102,24 @@ class ClassifierRecord:
 
 
 def encode_record(record: ClassifierRecord) -> bytes:
+    n = len(record.labels)
+    rows = record.rows or [1] * n
+    seen = record.seen or [0] * n
+    if len(rows) != n or len(seen) != n or min(rows, default=1) < 1:
+        raise ValueError(f"{len(rows)} row counts and {len(seen)} example counts for {n} labels")
     weights = np.ascontiguousarray(record.weights, dtype="<f4").reshape(-1, record.dim)
-    if weights.shape[0] != len(record.labels):
-        raise ValueError(f"{weights.shape[0]} weight rows for {len(record.labels)} labels")
+    if weights.shape[0] != sum(rows):
+        raise ValueError(f"{weights.shape[0]} weight rows for {sum(rows)} ({n} labels)")
     header = {
         "classifier_id": record.classifier_id,
         "model": record.model,
         "owner": record.owner,
         "access": record.access,
         "dim": record.dim,
-        "n_classes": len(record.labels),
+        "n_classes": n,
         "labels": record.labels,
+        "rows": rows,
+        "seen": seen,
         "version": record.version,
         "created_at": record.created_at,
         "updated_at": record.updated_at,
@@ -120,18 +138,25 @@ def decode_record(data: bytes) -> ClassifierRecord:
     magic, version, head_len = _HEAD.unpack_from(data)
     if magic != MAGIC:
         raise RecordFormatError(f"not a classifier record (magic {magic!r})")
-    if version != FORMAT_VERSION:
-        raise RecordFormatError(f"record format {version} is not supported (this code reads 1)")
+    if version not in READABLE_VERSIONS:
+        raise RecordFormatError(
+            f"record format {version} is not supported (this code reads "
+            f"{', '.join(map(str, READABLE_VERSIONS))})"
+        )
     start = _HEAD.size
     try:
         header = json.loads(data[start : start + head_len].decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RecordFormatError(f"corrupt record header: {exc}") from exc
     dim, n = int(header["dim"]), int(header["n_classes"])
+    rows = [int(r) for r in header.get("rows", [1] * n)]  # version 1: one row per label
+    seen = [int(c) for c in header.get("seen", [0] * n)]
+    if len(rows) != n or len(seen) != n or min(rows, default=1) < 1:
+        raise RecordFormatError(f"corrupt record header: rows {rows}, seen {seen} for {n} labels")
     body = data[start + head_len :]
-    if len(body) != 4 * dim * n:
-        raise RecordFormatError(f"weights are {len(body)} bytes, expected {4 * dim * n}")
-    weights = np.frombuffer(body, dtype="<f4").reshape(n, dim).astype(np.float32)
+    if len(body) != 4 * dim * sum(rows):
+        raise RecordFormatError(f"weights are {len(body)} bytes, expected {4 * dim * sum(rows)}")
+    weights = np.frombuffer(body, dtype="<f4").reshape(sum(rows), dim).astype(np.float32)
     return ClassifierRecord(
         classifier_id=header["classifier_id"],
         model=header["model"],
@@ -147,4 +172,6 @@ def decode_record(data: bytes) -> ClassifierRecord:
         applied={str(k): int(v) for k, v in header["applied"].items()},
         recent=[int(v) for v in header["recent"]],
         hyper=dict(header["hyper"]),
+        rows=rows,
+        seen=seen,
     )

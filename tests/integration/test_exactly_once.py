@@ -54,8 +54,12 @@ WORDS = [
 ]
 
 
-def train_stream(seed: int, classifiers: int = 4, per: int = 10) -> list[tuple[str, dict]]:
-    """(classifier_id, body) pairs in production order; ids are fixed per seed."""
+def train_stream(
+    seed: int, classifiers: int = 4, per: int = 10, size: int = 20
+) -> list[tuple[str, dict]]:
+    """(classifier_id, body) pairs in production order; ids are fixed per seed. A
+    classifier gets ``per * size`` examples over 4 labels: about 50 a label, so most
+    labels grow a second prototype (every 40 examples) somewhere mid-stream."""
     rng = random.Random(seed)
     ids = [str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(classifiers)]
     stream = []
@@ -63,7 +67,7 @@ def train_stream(seed: int, classifiers: int = 4, per: int = 10) -> list[tuple[s
         for cid in ids:
             examples = [
                 {"text": " ".join(rng.choices(WORDS, k=6)), "label": f"team{rng.randint(1, 4)}"}
-                for _ in range(3)
+                for _ in range(size)
             ]
             body: dict = {"input": examples, "num_iters": 5}
             if step == 0:
@@ -143,7 +147,9 @@ def assert_same(
         assert got.version == ref.version == sum(1 for c, _ in stream if c == cid)
         assert got.samples_seen == ref.samples_seen
         assert got.labels == ref.labels
+        assert (got.rows, got.seen) == (ref.rows, ref.seen)  # prototypes grew alike
         np.testing.assert_allclose(got.weights, ref.weights, atol=2e-3, rtol=1e-3)
+    assert any(r > 1 for ref in reference.values() for r in ref.rows)  # growth was tested
 
 
 @pytest.mark.parametrize("seed", [11, 23, 37])
@@ -210,7 +216,7 @@ def test_sigkill_restart_and_moving_partitions_apply_each_record_once(
 def test_a_worker_without_its_rocksdb_rebuilds_from_the_changelog(
     broker: EmbeddedBroker, tmp_path: Path, model_cache: Path
 ) -> None:
-    stream = train_stream(5, classifiers=2, per=4)
+    stream = train_stream(5, classifiers=2, per=4, size=3)
     prefix, group = "rebuild.", "rebuild"
     env = worker_env(
         broker,

@@ -150,6 +150,7 @@ def test_study_scores_every_method_and_caches_embeddings(tmp_path: Path) -> None
         "PA cold",
         "PA warm",
         "shipped",
+        "shipped, linear",
         "LinearSVC",
         "RBF SVC",
         "centroid",
@@ -214,7 +215,14 @@ def test_an_image_set_runs_without_label_vectors_and_says_why(
     assert set(results["scores"]) == {"toy", "pictures"}
     assert set(results["scores"]["pictures"]) == {"pixels"}  # its own model, not "hash"
     scores = results["scores"]["pictures"]["pixels"]
-    assert set(scores) == {"PA cold", "shipped", "LinearSVC", "RBF SVC", "centroid"}
+    assert set(scores) == {
+        "PA cold",
+        "shipped",
+        "shipped, linear",
+        "LinearSVC",
+        "RBF SVC",
+        "centroid",
+    }
     assert set(scores["shipped"]) == {"10", "40"}  # 3 examples cannot hold 4 classes
     assert set(results["scores"]["toy"]["hash"]["shipped"]) == {"3", "10", "40"}
     assert np.mean(scores["shipped"]["40"]) > 0.8

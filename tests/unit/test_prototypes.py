@@ -1,21 +1,28 @@
-"""The research prototype learner (benchmarks/prototypes.py): with one prototype per
-class it is exactly the shipped learner; more prototypes appear only after ``grow``
-examples of a class and can then fit what one linear score per class cannot."""
+"""Prototypes per class (models.fewshot) and their validation sweep (benchmarks/prototypes.py).
+
+More prototypes appear only after ``grow`` examples of a class and can then fit what one
+linear score per class cannot; with growth never reached the classifier is the linear one.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
+from tqdm import tqdm
 
 from benchmarks.accuracy import Task, class_indices, train_shipped
-from benchmarks.prototypes import prototype_pa
+from benchmarks.prototypes import sweep
+from models.fewshot import PassiveAggressiveClassifier
+from state.classifiers import TEXT_LEARNER
 
 
-def xor_task(n: int = 240, dim: int = 8) -> Task:
+def xor_task(n: int = 240, dim: int = 8, seed: int = 1) -> Task:
     """Class "a" lives in the blobs at (+1, +1) and (-1, -1) of the first two dimensions,
     class "b" at (+1, -1) and (-1, +1): no single linear score per class separates them,
     two prototypes per class can."""
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed)
     signs = rng.choice([-1.0, 1.0], size=(2 * n, 2))
     X = rng.normal(0, 0.15, (2 * n, dim))
     X[:, :2] += signs
@@ -25,35 +32,60 @@ def xor_task(n: int = 240, dim: int = 8) -> Task:
     return Task(["a", "b"], X[:n].astype(np.float32), y[:n], X[n:].astype(np.float32), labels)
 
 
-def test_one_prototype_is_the_shipped_learner() -> None:
-    rng = np.random.default_rng(2)
-    labels = rng.normal(size=(3, 16))
-    labels /= np.linalg.norm(labels, axis=1, keepdims=True)
-    y = rng.integers(0, 3, 90)
-    X = labels[y] + rng.normal(0, 0.8, (90, 16))
-    X /= np.linalg.norm(X, axis=1, keepdims=True)
-    task = Task(
-        ["x", "y", "z"], X[:60].astype(np.float32), y[:60], X[60:].astype(np.float32), labels
-    )
-    shipped = class_indices(train_shipped(task), task.classes, task.X_test)
-    assert np.array_equal(prototype_pa(task, prototypes=1, grow=0), shipped)
+def accuracy(task: Task, prototypes: int, grow: int) -> tuple[float, list[int]]:
+    """Test accuracy on the XOR layout, and the prototypes each class ended with."""
+    settings = dataclasses.replace(TEXT_LEARNER, prototypes=prototypes, grow=grow)
+    clf = train_shipped(task, settings)
+    truth = (task.X_test[:, 0] * task.X_test[:, 1] < 0).astype(np.int64)
+    return float(np.mean(class_indices(clf, task.classes, task.X_test) == truth)), clf.rows
 
 
 def test_prototypes_grow_and_fit_a_non_linear_split() -> None:
     task = xor_task()
-    truth = (task.X_test[:, 0] * task.X_test[:, 1] < 0).astype(np.int64)
-    one = np.mean(prototype_pa(task, prototypes=1, grow=0) == truth)
-    two = np.mean(prototype_pa(task, prototypes=2, grow=10) == truth)
+    one, rows_one = accuracy(task, 1, 0)
+    two, rows_two = accuracy(task, 2, 10)
+    assert rows_one == [1, 1]
+    assert rows_two == [2, 2]
     assert one < 0.75  # one linear score per class cannot
     assert two > 0.95
-    # never grown (each class sees fewer than `grow` examples): the one-prototype answer
-    never = prototype_pa(task, prototypes=2, grow=10_000)
-    assert np.array_equal(never, prototype_pa(task, prototypes=1, grow=0))
+    # never grown (each class sees fewer than `grow` examples): exactly the linear answer
+    never = train_shipped(task, dataclasses.replace(TEXT_LEARNER, prototypes=4, grow=10_000))
+    linear = train_shipped(task, dataclasses.replace(TEXT_LEARNER, prototypes=1, grow=0))
+    assert never.rows == [1, 1]
+    np.testing.assert_array_equal(never.weights, linear.weights)
 
 
-def test_image_sets_are_refused() -> None:
-    task = xor_task()
-    with pytest.raises(ValueError, match="label vectors"):
-        prototype_pa(
-            Task(task.classes, task.X_train, task.y_train, task.X_test, None), prototypes=2, grow=1
-        )
+def test_scores_are_each_class_best_prototype() -> None:
+    clf = PassiveAggressiveClassifier(dim=2, C=1.0, prototypes=2, grow=2)
+    for x, label in [([1, 0], "a"), ([0, 1], "b"), ([-1, 0], "a"), ([0, -1], "b")] * 3:
+        clf.learn_one(x, label)
+    assert clf.rows == [2, 2]
+    probe = np.array([[0.5, -0.2], [-0.7, 0.1]], dtype=np.float32)
+    rows = probe @ clf.weights.T  # a's two prototypes, then b's
+    expected = np.stack([rows[:, :2].max(axis=1), rows[:, 2:].max(axis=1)], axis=1)
+    np.testing.assert_allclose(clf.decision_function(probe), expected, rtol=1e-6)
+    p = clf.predict_proba_many(probe)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-6)
+    assert clf.margin(probe[0], "a") == pytest.approx(expected[0, 0] - expected[0, 1], rel=1e-5)
+
+
+def test_growth_needs_a_step() -> None:
+    with pytest.raises(ValueError, match="grow"):
+        PassiveAggressiveClassifier(dim=2, prototypes=3, grow=0)
+
+
+def test_the_sweep_chooses_prototypes_where_they_help() -> None:
+    cells = []
+    for seed in range(3):
+        task = xor_task(n=120, seed=seed)
+        truth = (task.X_test[:, 0] * task.X_test[:, 1] < 0).astype(np.int64)
+        cells.append(("xor/toy", 120, task, truth))
+    with tqdm(disable=True) as bar:
+        result = sweep(cells, TEXT_LEARNER, bar)
+    rows = {(r["settings"]["prototypes"], r["settings"]["grow"]): r for r in result["grid"]}
+    assert rows[1, 0]["mean_f1"] < 0.8
+    assert result["chosen"]["prototypes"] > 1
+    chosen = rows[result["chosen"]["prototypes"], result["chosen"]["grow"]]
+    assert chosen["mean_f1"] > 0.95
+    assert chosen["worst_vs_one"] > 0.1  # better than one prototype in every cell
+    assert result["base"] == TEXT_LEARNER.as_dict()

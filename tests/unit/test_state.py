@@ -127,11 +127,11 @@ def test_bad_bytes_are_refused() -> None:
         now=1.0,
     )
     good = encode_record(rec)
-    wrong_version = good[:4] + (2).to_bytes(2, "little") + good[6:]
+    wrong_version = good[:4] + (3).to_bytes(2, "little") + good[6:]
     for bad, match in (
         (b"", "too short"),
         (b"XXXX" + good[4:], "magic"),
-        (wrong_version, "format 2"),
+        (wrong_version, "format 3"),
         (good[:-4], "weights"),
     ):
         with pytest.raises(RecordFormatError, match=match):
@@ -148,3 +148,68 @@ def test_image_only_models_get_their_own_cold_start_settings() -> None:
     assert default_learner("text+image") is TEXT_LEARNER  # CLIP embeds labels: warm start
     assert not IMAGE_LEARNER.warm_start
     assert TEXT_LEARNER.warm_start
+
+
+V1_RECORD = (
+    b'SSCR\x01\x00\xe4\x00\x00\x00{"classifier_id":"v1","model":"m","owner":"o","access":"public",'
+    b'"dim":2,"n_classes":2,"labels":["a","b"],"version":3,"created_at":0.0,"updated_at":0.0,'
+    b'"samples_seen":4,"applied":{},"recent":[],"hyper":{"C":1.0,"variant":"PA-I"}}'
+    b"\x00\x00\x80?\x00\x00\x00\xbf\x00\x00\x80>\x00\x00\x00@"
+)
+"""A record written by the version 1 codec (commit 822141a), byte for byte."""
+
+
+def test_version_1_records_still_decode_and_learn() -> None:
+    rec = decode_record(V1_RECORD)
+    assert rec.labels == ["a", "b"]
+    assert rec.weights.tolist() == [[1.0, -0.5], [0.25, 2.0]]
+    assert (rec.rows, rec.seen, rec.version) == ([1, 1], [0, 0], 3)
+    clf = learner(rec)
+    assert (clf.prototypes, clf.linear) == (1, True)  # no "prototypes" in its hyper: linear
+    apply_examples(
+        rec, np.array([[0.0, 1.0]], np.float32), ["a"], num_iters=1, label_vectors=None,
+        source="t:0", offset=0, now=1.0,
+    )  # fmt: skip
+    again = decode_record(encode_record(rec))  # written back as version 2
+    assert int.from_bytes(encode_record(rec)[4:6], "little") == 2
+    assert (again.rows, again.seen, again.version) == ([1, 1], [1, 0], 4)
+    np.testing.assert_array_equal(again.weights, rec.weights)
+
+
+def grown(requests: list[tuple[int, int]], *, restart: bool = True) -> ClassifierRecord:
+    """A prototype learner (up to 3 per class, growing every 4 examples) trained on the
+    same 30 examples split into ``requests`` (start, stop), with the record round-tripped
+    through the codec between requests when ``restart`` (as a restarted worker reads its
+    state back)."""
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((30, DIM)).astype(np.float32)
+    y = ["a", "b", "c"] * 10
+    rec = fresh()
+    rec.hyper.update({"prototypes": 3, "grow": 4, "center": True, "scale": True})
+    for offset, (lo, hi) in enumerate(requests):
+        apply_examples(
+            rec, X[lo:hi], y[lo:hi], num_iters=1, label_vectors=None, source="t:0",
+            offset=offset, now=2.0,
+        )  # fmt: skip
+        if restart:
+            rec = decode_record(encode_record(rec))
+    return rec
+
+
+def test_prototypes_grow_with_examples_and_survive_the_codec() -> None:
+    rec = grown([(0, 6), (6, 30)])
+    assert rec.seen == [10, 10, 10]
+    assert rec.rows == [3, 3, 3]  # a second prototype at 4 examples, a third at 8
+    assert rec.weights.shape == (9, DIM)
+    early = grown([(0, 6)])
+    assert (early.rows, early.seen) == ([1, 1, 1], [2, 2, 2])
+
+
+def test_growth_is_deterministic_so_a_replay_gives_the_same_state() -> None:
+    # the noise of a new prototype is seeded by its class and index, not by a global
+    # random state, and the counts that decide growth live in the record: the same
+    # requests give bit-identical state with or without a restart between them
+    requests = [(0, 7), (7, 19), (19, 30)]
+    kept, restarted = grown(requests, restart=False), grown(requests)
+    assert kept.rows == restarted.rows == [3, 3, 3]
+    assert encode_record(kept) == encode_record(restarted)
