@@ -372,7 +372,7 @@ def test_targets_tell_a_clear_miss_from_noise() -> None:
     results = {"scores": {"toy": {"hash": scores}}, "paired": {"toy": {"hash": paired}}}
     (line,) = targets(results)
     assert "shipped >= LinearSVC at every size: MISS at [8, 40] (clear at [40])" in line
-    assert "at 40: +3.0 ± 0.4 points behind RBF SVC (MISS)" in line
+    assert "at 40: 3.0 ± 0.4 points behind RBF SVC (MISS)" in line
     table = "\n".join(comparison(paired))
     assert "| shipped minus | 8 | 40 |" in table
     assert "| LinearSVC | -0.5 ± 1.0 (0/2) | -1.5 ± 0.5 (0/2) |" in table
@@ -380,7 +380,10 @@ def test_targets_tell_a_clear_miss_from_noise() -> None:
     paired["RBF SVC"]["40"] = cell(-0.008, 0.004)
     (line,) = targets(results)
     assert "MISS at [8] (clear at [])" in line
-    assert "at 40: +0.8 ± 0.4 points behind RBF SVC (PASS)" in line
+    assert "at 40: 0.8 ± 0.4 points behind RBF SVC (PASS)" in line
+    paired["RBF SVC"]["40"] = cell(0.012, 0.004)  # shipped ahead of the better SVM
+    (line,) = targets(results)
+    assert "at 40: 1.2 ± 0.4 points ahead of RBF SVC (PASS)" in line
 
 
 def test_bench_command_finds_the_checkout_or_says_it_needs_one(
