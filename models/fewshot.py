@@ -1,7 +1,8 @@
 """Online few-shot learning: multiclass passive-aggressive classifiers.
 
-The learner keeps one weight vector per class and scores ``s_k = w_k · x``. For an example
-``(x, y)`` let ``r`` be the best-scoring wrong class; the multiclass hinge loss is
+The learner keeps one weight vector per class (or a few, below) and scores
+``s_k = w_k · x``. For an example ``(x, y)`` let ``r`` be the best-scoring wrong class;
+the multiclass hinge loss is
 
 .. math:: \\ell = \\max(0,\\ 1 - (s_y - s_r))
 
@@ -49,11 +50,12 @@ that still stores no examples. A class starts with one prototype and gains the n
 time it has learned ``grow`` more examples (counted on first passes), as a copy of its
 first prototype plus noise of RMS ``PROTOTYPE_NOISE`` (seeded by the class and prototype
 index, so replaying the same requests gives the same weights). A step then moves the
-best prototype of the true class and of the best rival (the multi-prototype update of
-Crammer & Singer's multiclass scheme). Growing late keeps small training sets linear,
-where one prototype per class is the better model; on tweet sentiment at 400 examples up
-to four prototypes add 2 to 3 macro-F1 points and put the learner ahead of the offline
-SVMs (``benchmarks/prototypes.py`` chooses them on validation; ``benchmarks/accuracy.py``
+best prototype of the true class and of the best rival (as in Aiolli & Sperduti,
+*Multiclass Classification with Multi-Prototype Support Vector Machines*, JMLR 6, 2005).
+Growing late keeps small training sets linear, where one prototype per class is the
+better model; on tweet sentiment at 400 examples up to four prototypes add 2 to 3
+macro-F1 points and put the learner ahead of the offline SVMs
+(``benchmarks/prototypes.py`` chooses them on validation; ``benchmarks/accuracy.py``
 measures them on the test split).
 
 >>> import numpy as np
