@@ -148,12 +148,20 @@ def decode_record(data: bytes) -> ClassifierRecord:
         header = json.loads(data[start : start + head_len].decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RecordFormatError(f"corrupt record header: {exc}") from exc
+    try:
+        return _from_header(header, data[start + head_len :])
+    except RecordFormatError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a field of the wrong kind
+        raise RecordFormatError(f"corrupt record header: {exc!r}") from exc
+
+
+def _from_header(header: Any, body: bytes) -> ClassifierRecord:
     dim, n = int(header["dim"]), int(header["n_classes"])
     rows = [int(r) for r in header.get("rows", [1] * n)]  # version 1: one row per label
     seen = [int(c) for c in header.get("seen", [0] * n)]
     if len(rows) != n or len(seen) != n or min(rows, default=1) < 1:
         raise RecordFormatError(f"corrupt record header: rows {rows}, seen {seen} for {n} labels")
-    body = data[start + head_len :]
     if len(body) != 4 * dim * sum(rows):
         raise RecordFormatError(f"weights are {len(body)} bytes, expected {4 * dim * sum(rows)}")
     weights = np.frombuffer(body, dtype="<f4").reshape(sum(rows), dim).astype(np.float32)

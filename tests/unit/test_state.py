@@ -213,3 +213,33 @@ def test_growth_is_deterministic_so_a_replay_gives_the_same_state() -> None:
     kept, restarted = grown(requests, restart=False), grown(requests)
     assert kept.rows == restarted.rows == [3, 3, 3]
     assert encode_record(kept) == encode_record(restarted)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (b'"rows":[1,1]', b'"rows":["x",1]'),  # a count that is not a number
+        (b'"rows":[1,1]', b'"rows":[1,0]'),  # a class without a prototype
+        (b'"seen":[1,0]', b'"seen":[1]'),  # counts for fewer classes than labels
+        (b'"applied":{}', b'"applied":[]'),  # a field of the wrong kind
+        (b'"dim":2,', b""),  # a field missing
+    ],
+)
+def test_corrupt_headers_are_refused_as_record_format_errors(old: bytes, new: bytes) -> None:
+    rec = decode_record(V1_RECORD)
+    apply_examples(
+        rec, np.array([[0.0, 1.0]], np.float32), ["a"], num_iters=1, label_vectors=None,
+        source="t:0", offset=0, now=1.0,
+    )  # fmt: skip
+    rec.applied = {}
+    good = encode_record(rec)
+    assert old in good
+    head_len = int.from_bytes(good[6:10], "little")
+    head, weights = good[10 : 10 + head_len], good[10 + head_len :]
+
+    def repacked(header: bytes) -> bytes:
+        return good[:6] + len(header).to_bytes(4, "little") + header + weights
+
+    assert decode_record(repacked(head)).labels == ["a", "b"]  # the repacking itself is sound
+    with pytest.raises(RecordFormatError, match="corrupt record header"):
+        decode_record(repacked(head.replace(old, new)))
