@@ -20,7 +20,7 @@ import faust
 import orjson
 
 from streams.auth import KeyRing, header_value
-from streams.errors import RequestError, to_request_error
+from streams.errors import OversizeRecordError, RequestError, to_request_error
 from streams.observer import Observer
 from streams.producer import OutputProducer
 from streams.records import dead_letter, decode_json_object, parse_classify, request_id_of
@@ -160,10 +160,10 @@ class ClassifyHandler:
             if request.classifier_id is not None:
                 owner = self.keys.authenticate(header_value(message.headers, "authorization"))
             response = await self.service.classify(request, owner)
+            await self.output.send(self.predictions, request_id, encode(response))
         except Exception as exc:  # every failure becomes a dead letter
             await send_dead_letter(self.output, self.errors, self.observer, event, request_id, exc)
             return
-        await self.output.send(self.predictions, request_id, encode(response))
         latency = time.time() - message.timestamp if message.timestamp else None
         self.observer.on_response(message.topic, kind, len(request.inputs), latency)
 
@@ -184,13 +184,30 @@ async def send_dead_letter(
         log.exception("request %s on %s failed", request_id, message.topic, exc_info=exc)
     if request_id is None and message.key is not None:
         request_id = bytes(message.key).decode("utf-8", "replace")
-    record = dead_letter(
-        request_id=request_id,
-        error=error,
-        topic=message.topic,
-        partition=message.partition,
-        offset=message.offset,
-        payload=message.value if isinstance(message.value, bytes) else None,
-    )
-    await output.send(topic, request_id, encode(record))
+    payload = message.value if isinstance(message.value, bytes) else None
+
+    def letter(keep: int | None) -> bytes:
+        return encode(
+            dead_letter(
+                request_id=request_id,
+                error=error,
+                topic=message.topic,
+                partition=message.partition,
+                offset=message.offset,
+                payload=payload,
+                keep=keep,
+            )
+        )
+
+    # A payload that would take the dead letter over the size limit is cut (the record
+    # says how long it was); ``source`` still locates the original.
+    limit = output.settings.kafka.max_message_bytes
+    value, keep = letter(None), None
+    while len(value) > limit and payload and keep != 0:
+        keep = (len(payload) if keep is None else keep) * (limit - 8192) // len(value)
+        value = letter(max(keep, 0))
+    try:
+        await output.send(topic, request_id, value)
+    except OversizeRecordError:  # the broker's own limit is lower: send it without payload
+        await output.send(topic, request_id, letter(0))
     observer.on_dead_letter(message.topic, str(error.code))

@@ -42,6 +42,7 @@ def app_config(settings: Settings) -> dict[str, Any]:
         "producer_acks": -1,
         "broker_commit_interval": 1.0,
         "producer_request_timeout": settings.kafka.request_timeout_s,
+        "producer_max_request_size": settings.kafka.max_message_bytes,
     }
     if settings.embedded_broker:
         config.update(EMBEDDED_BROKER_OVERRIDES)

@@ -149,9 +149,11 @@ async def ensure_topics(
     partitions: int,
     replication_factor: int = 1,
     compacted: Iterable[str] = (),
+    max_message_bytes: int | None = None,
 ) -> list[str]:
     """Create the topics that do not exist yet (``compacted`` ones with
-    ``cleanup.policy=compact``); return the ones created."""
+    ``cleanup.policy=compact``, all with ``max.message.bytes`` when given); return the
+    ones created. Existing topics keep their configuration."""
     compact = set(compacted)
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
@@ -163,6 +165,9 @@ async def ensure_topics(
         wanted = [t for t in dict.fromkeys(topics) if t not in existing]
         created = []
         for name in wanted:
+            configs = {"cleanup.policy": "compact"} if name in compact else {}
+            if max_message_bytes is not None:
+                configs["max.message.bytes"] = str(max_message_bytes)
             try:
                 await admin.create_topics(
                     [
@@ -170,7 +175,7 @@ async def ensure_topics(
                             name,
                             num_partitions=partitions,
                             replication_factor=replication_factor,
-                            topic_configs={"cleanup.policy": "compact"} if name in compact else {},
+                            topic_configs=configs,
                         )
                     ]
                 )

@@ -14,6 +14,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from streams.errors import OversizeRecordError
 from streams.settings import EMBEDDED_FETCH_MAX_WAIT_MS, Settings
 
 
@@ -48,7 +49,11 @@ class ShotstreamClient:
 
     async def __aenter__(self) -> ShotstreamClient:
         brokers = ",".join(self.settings.brokers)
-        self._producer = AIOKafkaProducer(bootstrap_servers=brokers, acks="all")
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=brokers,
+            acks="all",
+            max_request_size=self.settings.kafka.max_message_bytes,
+        )
         await self._producer.start()
         # No group: assign every partition and start at the end. The embedded broker's
         # end offset can be *lower* than the real one (notes/embedded-broker.md), which
@@ -123,11 +128,24 @@ class ShotstreamClient:
         key: str | None = None,
         headers: Iterable[tuple[str, bytes]] = (),
     ) -> asyncio.Future[Answer]:
-        """Produce ``body``; return a future for the answer with its ``request_id``."""
+        """Produce ``body``; return a future for the answer with its ``request_id``.
+
+        Raises ``UnicodeEncodeError`` for a string with a lone surrogate (not Unicode),
+        :class:`OversizeRecordError` for a body over ``kafka.max_message_bytes``, and the
+        producer's error if the broker does not take it; no answer is awaited then.
+        """
         rid = str(body.setdefault("request_id", str(uuid.uuid4())))
-        future = self.expect(rid)
         value = json.dumps(body, ensure_ascii=False).encode()
-        await self.produce(topic, value, key=key or rid, headers=headers)
+        limit = self.settings.kafka.max_message_bytes
+        if len(value) > limit:
+            raise OversizeRecordError(len(value), limit, "kafka.max_message_bytes", "the request")
+        future = self.expect(rid)
+        try:
+            await self.produce(topic, value, key=key or rid, headers=headers)
+        except BaseException:
+            self._waiting.pop(rid, None)
+            future.cancel()
+            raise
         return future
 
     async def classify(

@@ -33,6 +33,9 @@ class ErrorCode(StrEnum):
     IMAGE_FETCH_FAILED = "IMAGE_FETCH_FAILED"
     IMAGE_INVALID = "IMAGE_INVALID"
     MODEL_NOT_AVAILABLE = "MODEL_NOT_AVAILABLE"
+    RESPONSE_TOO_LARGE = "RESPONSE_TOO_LARGE"
+    """The answer is over the message size limit (``kafka.max_message_bytes`` or the
+    broker's): fewer inputs or labels per request make it fit."""
     INTERNAL_ERROR = "INTERNAL_ERROR"
 
 
@@ -45,10 +48,27 @@ class RequestError(Exception):
         self.detail = detail
 
 
+class OversizeRecordError(ValueError):
+    """A record over the message size limit: no retry can deliver it."""
+
+    def __init__(self, size: int, limit: int, reason: str, what: str = "the answer") -> None:
+        super().__init__(
+            f"{what} is {size:,} bytes, over the {limit:,}-byte message limit ({reason})"
+        )
+        self.size = size
+        self.limit = limit
+
+
 def to_request_error(exc: BaseException) -> RequestError:
     """Map any exception raised while serving a request to a ``RequestError``."""
     if isinstance(exc, RequestError):
         return exc
     if isinstance(exc, ModelNotAvailableError):
         return RequestError(ErrorCode.MODEL_NOT_AVAILABLE, str(exc))
+    if isinstance(exc, OversizeRecordError):
+        return RequestError(
+            ErrorCode.RESPONSE_TOO_LARGE,
+            f"{exc}: send fewer inputs or labels per request, or raise "
+            "SHOTSTREAM_KAFKA__MAX_MESSAGE_BYTES and the topics' max.message.bytes",
+        )
     return RequestError(ErrorCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")

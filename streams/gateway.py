@@ -37,7 +37,7 @@ from state.records import ClassifierRecord, iso_time
 from streams.app import classifier_changelog_topic
 from streams.auth import KeyRing
 from streams.client import Answer, ShotstreamClient
-from streams.errors import ErrorCode, RequestError
+from streams.errors import ErrorCode, OversizeRecordError, RequestError
 from streams.http_models import (
     ClassificationResponse,
     ClassifierSummary,
@@ -62,6 +62,7 @@ STATUS_OF: Mapping[str, int] = {
     ErrorCode.AUTHZ_ACCESS_DENIED: 403,
     ErrorCode.AUTHZ_RESOURCE_LIMIT_EXCEEDED: 403,
     ErrorCode.CLASSIFIER_NOT_FOUND: 404,
+    ErrorCode.RESPONSE_TOO_LARGE: 413,
     ErrorCode.INTERNAL_ERROR: 500,
 }
 """HTTP status of a worker's error code; every other code is the caller's input: 400."""
@@ -201,6 +202,15 @@ class Gateway:
         timeout = self.settings.gateway.reply_timeout_s
         try:
             future = await self.client.send(topic, body, key=key, headers=headers)
+        except UnicodeEncodeError as exc:
+            raise GatewayError(
+                400,
+                ErrorCode.INPUT_INVALID,
+                f"a string holds a lone surrogate ({exc.object[exc.start : exc.end]!r}), "
+                "which is not Unicode text",
+            ) from exc
+        except OversizeRecordError as exc:
+            raise GatewayError(413, "REQUEST_TOO_LARGE", str(exc)) from exc
         except KafkaError as exc:
             raise GatewayError(
                 503, "SERVICE_UNAVAILABLE", f"Kafka unavailable: {type(exc).__name__}"

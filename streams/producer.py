@@ -12,12 +12,17 @@ import asyncio
 import logging
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 
+from streams.errors import OversizeRecordError
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
 _RETRY_PAUSES_S = (0.1, 0.5, 1.0, 2.0, 5.0)
+"""Pauses between attempts; the last one repeats for as long as the broker fails."""
+
+_TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
 
 
 class OutputProducer:
@@ -35,6 +40,7 @@ class OutputProducer:
                     producer = AIOKafkaProducer(
                         bootstrap_servers=",".join(self.settings.brokers),
                         acks="all",
+                        max_request_size=self.settings.kafka.max_message_bytes,
                         linger_ms=self.settings.kafka.output_linger_ms,
                         request_timeout_ms=int(self.settings.kafka.request_timeout_s * 1000),
                     )
@@ -43,18 +49,35 @@ class OutputProducer:
         return self._producer
 
     async def send(self, topic: str, key: str | None, value: bytes) -> None:
-        """Produce and wait for the broker's ack, retrying transient failures."""
+        """Produce and wait for the broker's ack.
+
+        A record over the size limit raises :class:`OversizeRecordError` at once (the
+        caller answers with a dead letter instead). Any other failure is retried until the
+        broker takes the record: an answer is never given up while the broker is away, so
+        its request is never acknowledged without one.
+        """
+        limit = self.settings.kafka.max_message_bytes
+        if len(value) > limit:
+            raise OversizeRecordError(len(value), limit, "kafka.max_message_bytes")
         producer = await self._started()
         raw_key = key.encode("utf-8") if key is not None else None
-        for attempt, pause in enumerate((*_RETRY_PAUSES_S, None)):
+        attempt = 0
+        while True:
             try:
                 await producer.send_and_wait(topic, value, key=raw_key)
                 return
+            except _TOO_LARGE as exc:  # the broker's or the topic's limit is lower
+                reason = f"the broker refused it: {exc}"
+                raise OversizeRecordError(len(value), limit, reason) from exc
             except Exception:
-                if pause is None:
-                    raise
+                pause = _RETRY_PAUSES_S[min(attempt, len(_RETRY_PAUSES_S) - 1)]
+                attempt += 1
                 log.warning(
-                    "send to %s failed (attempt %d); retrying", topic, attempt + 1, exc_info=True
+                    "send to %s failed (attempt %d); retrying in %g s",
+                    topic,
+                    attempt,
+                    pause,
+                    exc_info=attempt <= len(_RETRY_PAUSES_S),
                 )
                 await asyncio.sleep(pause)
 

@@ -83,7 +83,7 @@ def decode_json_object(raw: bytes | str | Mapping[str, Any] | None) -> dict[str,
 def request_id_of(body: Mapping[str, Any], key: bytes | str | None) -> str:
     """``request_id`` from the body, else the record key."""
     rid = body.get("request_id")
-    if rid is None and key is not None:
+    if (rid is None or rid == "") and key is not None:
         rid = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
     if rid is None or rid == "":
         raise RequestError(ErrorCode.INPUT_MISSING, "request_id is missing (body or record key)")
@@ -250,8 +250,17 @@ def parse_train(
 ) -> TrainRequest | DeleteRequest:
     """Validate a train body (Jina's ``/v1/train`` plus ``request_id``, or a delete)."""
     classifier_id = _optional_str(body, "classifier_id")
-    if classifier_id is None and key is not None:
-        classifier_id = key.decode("utf-8", "replace")
+    keyed = key.decode("utf-8", "replace") if key is not None else None
+    if classifier_id is None:
+        classifier_id = keyed
+    elif keyed is not None and keyed != classifier_id:
+        # the key picks the partition, and one partition must see all of a classifier's
+        # updates, in order: a body naming another classifier would be applied out of turn
+        raise RequestError(
+            ErrorCode.INPUT_INVALID,
+            f"classifier_id {classifier_id!r} differs from the record key {keyed!r} "
+            "(the key of a train record is its classifier_id)",
+        )
     if not classifier_id:
         raise RequestError(ErrorCode.INPUT_MISSING, "classifier_id is missing (body or key)")
     action = body.get("action", "train")
@@ -300,24 +309,29 @@ def dead_letter(
     partition: int,
     offset: int,
     payload: bytes | None,
+    keep: int | None = None,
 ) -> dict[str, Any]:
-    """The DESIGN.md dead-letter record (payload as text, or base64 if not UTF-8)."""
-    text: str | None
-    if payload is None:
-        text = None
-    else:
-        try:
-            text = payload.decode("utf-8")
-        except UnicodeDecodeError:
-            text = base64.b64encode(payload).decode("ascii")
+    """The DESIGN.md dead-letter record (payload as text, or base64 if not UTF-8).
+
+    ``keep`` cuts the payload to its first ``keep`` bytes (at a character boundary when it
+    is text) and adds ``payload_bytes``, the original length.
+    """
+    text: str | None = None
+    utf8 = payload is None or _is_utf8(payload)
+    if payload is not None:
+        kept = payload if keep is None or keep >= len(payload) else payload[: max(keep, 0)]
+        # "ignore": a cut may split a character
+        text = kept.decode("utf-8", "ignore") if utf8 else base64.b64encode(kept).decode("ascii")
     record: dict[str, Any] = {
         "request_id": request_id,
         "error": {"code": str(error.code), "detail": error.detail},
         "source": {"topic": topic, "partition": partition, "offset": offset},
         "payload": text,
     }
-    if payload is not None and text is not None and not _is_utf8(payload):
+    if not utf8:
         record["payload_encoding"] = "base64"
+    if payload is not None and keep is not None and keep < len(payload):
+        record["payload_bytes"] = len(payload)
     return record
 
 

@@ -91,6 +91,11 @@ class KafkaSettings(BaseModel):
     request_timeout_s: float = Field(30.0, gt=0)
     output_linger_ms: int = Field(2, ge=0)
     """How long answers wait to share a produce request."""
+    max_message_bytes: int = Field(16 * 1024 * 1024, ge=64 * 1024)
+    """The largest record shotstream produces (its producers' ``max_request_size``), and
+    ``max.message.bytes`` of the topics it creates. A 1,024-input, 256-label answer is
+    about 15 MB; Kafka's own default is 1 MB. An answer over it (or over a lower limit of
+    the broker) is a ``RESPONSE_TOO_LARGE`` dead letter; a gateway request over it, 413."""
 
 
 class ImageSettings(BaseModel):

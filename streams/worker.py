@@ -140,6 +140,7 @@ async def prepare_broker(settings: Settings) -> None:
         settings.partitions,
         settings.kafka.replication_factor,
         compacted=[changelog],
+        max_message_bytes=settings.kafka.max_message_bytes,
     )
     if created:
         log.info("created topics %s (%d partitions)", ", ".join(created), settings.partitions)

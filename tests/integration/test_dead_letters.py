@@ -6,6 +6,7 @@ import asyncio
 import json
 
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.broker import EmbeddedBroker
 from streams.client import Answer, ShotstreamClient
@@ -67,5 +68,48 @@ def test_bad_records_get_dead_letters_and_the_worker_stays_up(
     assert dead["too-long"]["error"]["detail"].startswith("input[1]")
     assert dead["not-utf8"]["payload_encoding"] == "base64"
     assert "data" in good
+    assert worker.proc is not None
+    assert worker.proc.poll() is None
+
+
+def test_an_answer_over_the_message_limit_is_a_dead_letter_and_the_partition_moves_on(
+    broker: EmbeddedBroker, worker: WorkerProcess
+) -> None:
+    """1,024 inputs x 256 labels is within the request limits, but its answer (~23 MB) is
+    over the 16 MiB message limit: the request gets RESPONSE_TOO_LARGE, and its offset is
+    committed, so the partition is not held behind it."""
+    labels = [f"label {i:03d} " + "with a rather long description " * 2 for i in range(256)]
+    big = {"input": [f"text {i}" for i in range(1024)], "labels": labels}
+
+    async def go(c: ShotstreamClient) -> tuple[Answer, Answer, int]:
+        topic = c.settings.topic("classify")
+        letter = await asyncio.wait_for(await c.send(topic, big, key="huge"), 300)
+        after = await asyncio.wait_for(
+            await c.send(topic, {"input": ["small"], "labels": ["a", "b"]}, key="huge"), 60
+        )
+        tp = TopicPartition(topic, letter["source"]["partition"])
+        # the group's committed offset, read without joining it
+        group = AIOKafkaConsumer(
+            bootstrap_servers=broker.address, group_id="shotstream", enable_auto_commit=False
+        )
+        await group.start()
+        try:
+            committed = -1
+            for _ in range(300):  # the worker commits every second
+                committed = await group.committed(tp) or -1
+                if committed > letter["source"]["offset"]:
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            await group.stop()
+        return letter, after, committed
+
+    letter, after, committed = with_client(client_settings(broker), go)
+    assert letter.topic.endswith("errors")
+    assert letter["error"]["code"] == "RESPONSE_TOO_LARGE"
+    assert "16,777,216-byte message limit" in letter["error"]["detail"]
+    assert json.loads(letter["payload"])["labels"] == labels  # the request, whole
+    assert after["data"][0]["prediction"] in ("a", "b")
+    assert committed > letter["source"]["offset"]
     assert worker.proc is not None
     assert worker.proc.poll() is None

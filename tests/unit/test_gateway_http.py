@@ -183,3 +183,25 @@ def test_openapi_and_metrics(http: Http) -> None:
     text = http.get("/metrics").text
     assert 'route="/v1/classify",status="401"' in text.replace('method="POST",', "")
     assert 'route="/v1/classifiers/{classifier_id}"' in text
+
+
+def test_a_request_over_the_kafka_message_limit_is_413_before_kafka() -> None:
+    """Under the body limit but over what one Kafka record may hold: refused up front,
+    not produced (that used to come back as 503 "Kafka unavailable")."""
+    http = client_for(kafka={"max_message_bytes": 65536})
+    big = {**ZERO_SHOT, "input": ["word " * 2000] * 8}  # ~80 kB of JSON
+    body = assert_error(
+        http.post("/v1/classify", json=big, headers=auth()), 413, "REQUEST_TOO_LARGE"
+    )
+    assert "65,536-byte message limit" in body["detail"]
+    assert not http.app.state.gateway.client._waiting  # no answer is awaited
+
+
+def test_a_lone_surrogate_is_invalid_input_not_a_server_error(http: Http) -> None:
+    raw = '{"model": "jina-embeddings-v3", "labels": ["a"], "input": ["ok \\ud800"]}'
+    response = http.post(
+        "/v1/classify", content=raw, headers={**auth(), "Content-Type": "application/json"}
+    )
+    body = assert_error(response, 400, "INPUT_INVALID")
+    assert "surrogate" in body["detail"]
+    assert not http.app.state.gateway.client._waiting

@@ -1,0 +1,85 @@
+"""A dead letter always fits in one Kafka record, however large the bad record was."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+import pytest
+
+from streams.agents import send_dead_letter
+from streams.errors import ErrorCode, OversizeRecordError, RequestError
+from streams.settings import Settings
+
+LIMIT = 65536
+
+
+class Output:
+    """Records what would be produced; ``refuse`` sizes above which the "broker" refuses."""
+
+    def __init__(self, refuse: int | None = None) -> None:
+        self.settings = Settings(kafka={"max_message_bytes": LIMIT})
+        self.refuse = refuse
+        self.sent: list[bytes] = []
+
+    async def send(self, topic: str, key: str | None, value: bytes) -> None:
+        assert len(value) <= LIMIT, len(value)
+        if self.refuse is not None and len(value) > self.refuse:
+            raise OversizeRecordError(len(value), LIMIT, "the broker refused it")
+        self.sent.append(value)
+
+
+class Observer:
+    def __init__(self) -> None:
+        self.codes: list[str] = []
+
+    def on_dead_letter(self, topic: str, code: str) -> None:
+        self.codes.append(code)
+
+
+def letter_for(payload: bytes, output: Output) -> dict[str, Any]:
+    message = SimpleNamespace(topic="in", partition=2, offset=7, key=b"k", value=payload)
+    observer = Observer()
+    error = RequestError(ErrorCode.INPUT_NOT_JSON, "not JSON")
+    event: Any = SimpleNamespace(message=message)
+    asyncio.run(send_dead_letter(output, "errors", observer, event, None, error))  # type: ignore[arg-type]
+    assert observer.codes == ["INPUT_NOT_JSON"]
+    assert len(output.sent) == 1
+    letter: dict[str, Any] = orjson.loads(output.sent[0])
+    assert letter["request_id"] == "k"
+    assert letter["source"] == {"topic": "in", "partition": 2, "offset": 7}
+    return letter
+
+
+@pytest.mark.parametrize("size", [LIMIT, LIMIT * 3])  # JSON: 1.5x its bytes
+def test_text_payloads_are_cut_to_fit(size: int) -> None:
+    text = ("ünïcode \x01 " * size)[:size]  # control characters take 6 bytes as JSON
+    letter = letter_for(text.encode(), Output())
+    assert text.startswith(letter["payload"])
+    assert len(letter["payload"]) > LIMIT // 20  # cut to fit, not dropped
+    assert letter["payload_bytes"] == len(text.encode())
+
+
+def test_binary_payloads_are_cut_to_fit() -> None:
+    payload = bytes(range(256)) * (LIMIT // 128)  # 2x the limit, 2.7x as base64
+    letter = letter_for(payload, Output())
+    kept = base64.b64decode(letter["payload"])
+    assert payload.startswith(kept)
+    assert len(kept) > LIMIT // 4
+    assert letter["payload_bytes"] == len(payload)
+
+
+def test_small_payloads_are_whole() -> None:
+    letter = letter_for(b"{nope", Output())
+    assert letter["payload"] == "{nope"
+    assert "payload_bytes" not in letter
+
+
+def test_a_broker_with_a_lower_limit_gets_the_letter_without_payload() -> None:
+    letter = letter_for(b"x" * 5000, Output(refuse=1000))
+    assert letter["payload"] == ""
+    assert letter["payload_bytes"] == 5000
+    assert letter["error"]["code"] == "INPUT_NOT_JSON"
