@@ -45,6 +45,9 @@ from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
+_CREATED_MEMORY_S = 60.0
+"""How long a create counts toward its owner's limit before the replica must have it."""
+
 
 class TrainHandler:
     """One train record → one train response or one dead letter."""
@@ -69,6 +72,8 @@ class TrainHandler:
         self.observer = observer
         self.learner_settings = learner_settings
         """Settings for every new classifier; ``None``: by the model's modality."""
+        self._created: dict[str, dict[str, float]] = {}
+        """owner → classifiers this worker created, not yet seen by the replica → when."""
         self.results_topic = settings.topic("train-results")
         self.errors_topic = settings.topic("errors")
 
@@ -111,6 +116,10 @@ class TrainHandler:
         self, request: TrainRequest, owner: str, source: str, offset: int, turn: Turn
     ) -> dict[str, Any]:
         existing = self.replica.get(request.classifier_id) or self._read(request.classifier_id)
+        if existing is not None and existing.owner != owner:
+            # refuse before embedding: someone else's private classifier must not show
+            # through (its model, by how the examples fail), nor cost this worker compute
+            self._authorize(request, existing, owner)
         model = request.model or (existing.model if existing else None)
         embedded = await self._embed(request, model) if model else None
         async with turn:
@@ -130,6 +139,7 @@ class TrainHandler:
                     replayed_version(record, source, offset),
                     embedded[2] if embedded else 0,
                 )
+            created = record is None
             record = self._authorize(request, record, owner)
             if embedded is None or embedded[3] != record.model:
                 embedded = await self._embed(request, record.model)  # rare: the model changed
@@ -153,6 +163,8 @@ class TrainHandler:
             if request.access is not None:
                 record.access = request.access
             self._write(record)
+            if created:
+                self._created.setdefault(owner, {})[record.classifier_id] = time.monotonic()
         self.observer.on_train(record.classifier_id, len(prior), record.prequential_accuracy)
         self.observer.on_tokens(record.model, "train", tokens)
         return self._response(request, record, record.version, tokens)
@@ -169,6 +181,7 @@ class TrainHandler:
                 )
             limit = self.settings.limits.max_classifiers_per_key
             others = {r.classifier_id for r in self.replica.owned_by(owner)}
+            others |= self._created_unseen(owner)
             others.discard(request.classifier_id)
             if len(others) >= limit:
                 raise RequestError(
@@ -208,6 +221,16 @@ class TrainHandler:
                 )
         return record
 
+    def _created_unseen(self, owner: str) -> set[str]:
+        """Classifiers this worker created for ``owner`` that the replica has not read back
+        yet (a burst of creates must not all pass the limit check meanwhile)."""
+        mine = self._created.get(owner, {})
+        now = time.monotonic()
+        for cid, at in list(mine.items()):
+            if self.replica.get(cid) is not None or now - at > _CREATED_MEMORY_S:
+                del mine[cid]
+        return set(mine)
+
     async def _embed(
         self, request: TrainRequest, model: str
     ) -> tuple[np.ndarray, dict[str, np.ndarray] | None, int, str]:
@@ -237,6 +260,7 @@ class TrainHandler:
                 f"only the owner may delete classifier {request.classifier_id!r}",
             )
         del self.table[request.classifier_id.encode()]
+        self._created.get(owner, {}).pop(request.classifier_id, None)
         self.replica.forget(request.classifier_id)  # this worker reads its delete at once
         return {
             "request_id": request.request_id,

@@ -30,6 +30,7 @@ API_KEYS = {
     "dave": "key-dave",
     "erin": "key-erin",
     "frank": "key-frank",  # the image tests'
+    "grace": "key-grace",  # test_fewshot's burst of creates
 }
 
 pytestmark = pytest.mark.integration

@@ -19,6 +19,7 @@ from tests.integration.conftest import API_KEYS, client_settings, with_client
 pytestmark = [pytest.mark.integration, pytest.mark.model]
 
 ALICE, BOB, CAROL = API_KEYS["alice"], API_KEYS["bob"], API_KEYS["carol"]
+GRACE = API_KEYS["grace"]  # the burst test's: it fills her 16 classifiers
 
 FIRST = [
     {"text": "I cant log into my account after the latest app update.", "label": "team1"},
@@ -102,6 +103,9 @@ def test_private_and_public_access(broker: EmbeddedBroker, worker: WorkerProcess
         out.append(await c.classify(TICKETS, classifier_id=cid, api_key=None))  # no key
         out.append(await c.classify(TICKETS, classifier_id=cid, api_key="key-unknown"))
         out.append(await c.train(SECOND, classifier_id=cid, api_key=BOB))  # not found for bob
+        # refused before embedding: an input too long for the model says nothing either
+        too_long = [{"text": "word " * 9000, "label": "team1"}]
+        out.append(await c.train(too_long, classifier_id=cid, api_key=BOB))
         out.append(await c.train(FIRST[:1], classifier_id=cid, api_key=ALICE, access="public"))
         out.append(await c.classify(TICKETS, classifier_id=cid, api_key=BOB))  # now visible
         out.append(await c.train(SECOND, classifier_id=cid, api_key=BOB))  # only owner trains
@@ -116,6 +120,7 @@ def test_private_and_public_access(broker: EmbeddedBroker, worker: WorkerProcess
         anon,
         unknown,
         bob_train,
+        bob_too_long,
         public,
         bob_reads,
         bob_public_train,
@@ -128,6 +133,7 @@ def test_private_and_public_access(broker: EmbeddedBroker, worker: WorkerProcess
     assert code(anon) == "UNAUTHORIZED"
     assert code(unknown) == "UNAUTHORIZED"
     assert code(bob_train) == "CLASSIFIER_NOT_FOUND"
+    assert code(bob_too_long) == "CLASSIFIER_NOT_FOUND"
     assert public["version"] == 2
     assert code(bob_reads) is None
     assert bob_reads["classifier_id"] == cid
@@ -176,6 +182,30 @@ def test_limits(broker: EmbeddedBroker, worker: WorkerProcess) -> None:
     assert code(no_model) == "INPUT_MISSING"
     assert code(too_many) == "INPUT_LIMIT_EXCEEDED"
     assert code(bad_iters) == "INPUT_INVALID"
+
+
+def test_a_burst_of_creates_cannot_pass_the_classifier_limit(
+    broker: EmbeddedBroker, worker: WorkerProcess
+) -> None:
+    """20 first train requests at once, on every partition: the worker reads its own
+    creates back through the changelog only later, yet exactly 16 pass."""
+
+    async def go(c: ShotstreamClient) -> list[dict]:
+        futures = [
+            await c.send(
+                c.settings.topic("train"),
+                {"input": FIRST, "model": "jina-embeddings-v3"},
+                key=new_id(),
+                headers=[("authorization", f"Bearer {GRACE}".encode())],
+            )
+            for _ in range(20)
+        ]
+        return list(await asyncio.wait_for(asyncio.gather(*futures), 120))
+
+    answers = with_client(client_settings(broker), go)
+    codes = [code(a) for a in answers]
+    assert codes.count(None) == 16, codes
+    assert codes.count("AUTHZ_RESOURCE_LIMIT_EXCEEDED") == 4, codes
 
 
 def test_cli_lists_and_deletes_your_classifiers(

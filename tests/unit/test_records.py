@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
@@ -151,3 +152,49 @@ def test_delete_and_missing_id() -> None:
     with pytest.raises(RequestError) as info:
         parse_train({"input": [{"text": "x", "label": "a"}]}, LIMITS, request_id="r", key=None)
     assert info.value.code == ErrorCode.INPUT_MISSING
+
+
+def test_a_train_body_naming_another_classifier_than_its_key_is_refused() -> None:
+    ok = parse_train(
+        {"classifier_id": "c1", "input": [{"text": "x", "label": "a"}]},
+        LIMITS,
+        request_id="r",
+        key=b"c1",
+    )
+    assert ok.classifier_id == "c1"
+    for body in (
+        {"classifier_id": "c2", "input": [{"text": "x", "label": "a"}]},
+        {"classifier_id": "c2", "action": "delete"},
+    ):
+        with pytest.raises(RequestError) as info:
+            parse_train(body, LIMITS, request_id="r", key=b"c1")
+        assert info.value.code == ErrorCode.INPUT_INVALID
+        assert "differs from the record key" in info.value.detail
+
+
+def test_request_id_falls_back_to_the_key_when_empty() -> None:
+    assert request_id_of({"request_id": ""}, b"key-1") == "key-1"
+    with pytest.raises(RequestError) as err:
+        request_id_of({"request_id": ""}, None)
+    assert err.value.code == ErrorCode.INPUT_MISSING
+
+
+def test_a_cut_dead_letter_payload_keeps_a_prefix_and_says_how_long_it_was() -> None:
+    error = RequestError(ErrorCode.INPUT_NOT_JSON, "nope")
+    text = "é" * 10  # two bytes each: a cut at 5 bytes splits one
+    letter = dead_letter(
+        request_id="r", error=error, topic="t", partition=0, offset=1, payload=text.encode(), keep=5
+    )
+    assert letter["payload"] == "éé"
+    assert letter["payload_bytes"] == 20
+    binary = bytes(range(256))
+    letter = dead_letter(
+        request_id="r", error=error, topic="t", partition=0, offset=1, payload=binary, keep=7
+    )
+    assert letter["payload_encoding"] == "base64"
+    assert base64.b64decode(letter["payload"]) == binary[:7]
+    whole = dead_letter(
+        request_id="r", error=error, topic="t", partition=0, offset=1, payload=binary
+    )
+    assert "payload_bytes" not in whole
+    assert base64.b64decode(whole["payload"]) == binary
