@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -130,8 +133,8 @@ def build_worker(settings: Settings) -> tuple[faust.App, ClassifyService, Promet
     return app, service, observer
 
 
-async def prepare_broker(settings: Settings) -> None:
-    """Wait for the brokers and create shotstream's topics where missing."""
+async def prepare_broker(settings: Settings) -> list[str]:
+    """Wait for the brokers and create shotstream's topics where missing; the ones created."""
     await wait_for_broker(settings.brokers, timeout_s=settings.kafka.request_timeout_s)
     changelog = classifier_changelog_topic(settings)
     created = await ensure_topics(
@@ -144,6 +147,34 @@ async def prepare_broker(settings: Settings) -> None:
     )
     if created:
         log.info("created topics %s (%d partitions)", ", ".join(created), settings.partitions)
+    return created
+
+
+def set_aside_stale_tables(settings: Settings, created: list[str]) -> Path | None:
+    """Move the local tables aside when their changelog topic has just been created.
+
+    The changelog is the tables' source of truth. A new one (the embedded broker keeps
+    nothing across its restarts; on Kafka, the topic was deleted) with old local tables
+    would leave classifiers this worker serves but no other worker or replica knows, whose
+    stamped train offsets belong to the old topics, so new train records at those offsets
+    would be taken for replays and not learned. The tables are renamed, not deleted (on
+    Kafka they may be the last copy); the worker starts empty, consistent with its topics.
+    """
+    tables = settings.data_dir / "faust"
+    if classifier_changelog_topic(settings) not in created or not tables.is_dir():
+        return None
+    if not any(path.is_file() for path in tables.rglob("*")):
+        return None  # nothing stored yet
+    stale = tables.with_name(f"faust.stale-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    tables.rename(stale)
+    log.warning(
+        "the changelog topic %s is new, but %s holds tables from before it: moved them to %s "
+        "(classifiers start empty, as the topics do; delete it when it is not needed)",
+        classifier_changelog_topic(settings),
+        tables,
+        stale,
+    )
+    return stale
 
 
 def run_worker(settings: Settings) -> None:
@@ -153,7 +184,8 @@ def run_worker(settings: Settings) -> None:
     if settings.metrics_port is not None:
         port = observer.serve(settings.metrics_port, settings.metrics_host)
         log.info("metrics port %d", port)
-    asyncio.run(prepare_broker(settings))
+    set_aside_stale_tables(settings, asyncio.run(prepare_broker(settings)))
+    (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
     spec = service.registry.resolve(None)
     log.info("loading default model %s (%s)", spec.name, spec.source)
     service.registry.load(spec)

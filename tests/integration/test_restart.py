@@ -10,7 +10,7 @@ import pytest
 from streams.broker import EmbeddedBroker
 from streams.client import ShotstreamClient
 from streams.processes import WorkerProcess
-from tests.integration.conftest import client_settings, with_client, worker_env
+from tests.integration.conftest import API_KEYS, client_settings, with_client, worker_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]
 
@@ -77,3 +77,44 @@ def test_sigkill_mid_stream_loses_nothing(
     finally:
         first.stop()
         second.stop()
+
+
+EXAMPLES = [
+    {"text": "The striker scored twice in the final.", "label": "sports"},
+    {"text": "Parliament passed the budget after a long debate.", "label": "politics"},
+]
+
+
+def test_a_new_broker_starts_the_worker_on_empty_tables_not_stale_ones(
+    tmp_path: Path, model_cache: Path
+) -> None:
+    """`shotstream dev` restarted: a new in-memory broker, the same data directory. The old
+    tables are moved aside; training the same id again creates it anew and learns (before,
+    it was answered as a replay of the old broker's offset 0 and learned nothing)."""
+    from streams.cli import free_port
+
+    def train_twice_on_a_fresh_broker(log: str) -> tuple[list[dict], WorkerProcess]:
+        with EmbeddedBroker(free_port()) as broker:
+            env = worker_env(broker, tmp_path / "data", model_cache, SHOTSTREAM_PARTITIONS="1")
+            with WorkerProcess(env, tmp_path / log) as worker:
+                worker.wait_ready(600)
+
+                async def go(c: ShotstreamClient) -> list[dict]:
+                    return [
+                        await c.train(
+                            EXAMPLES,
+                            classifier_id="same-id",
+                            api_key=API_KEYS["alice"],
+                            model="jina-embeddings-v3",
+                        )
+                        for _ in range(2)
+                    ]
+
+                return with_client(client_settings(broker), go), worker
+
+    first, _ = train_twice_on_a_fresh_broker("first.log")
+    assert [a["version"] for a in first] == [1, 2]
+    second, worker = train_twice_on_a_fresh_broker("second.log")
+    assert [a["version"] for a in second] == [1, 2], second
+    assert "holds tables from before it: moved them to" in worker.log_text()
+    assert len(list(tmp_path.joinpath("data").glob("faust.stale-*"))) == 1
