@@ -87,6 +87,21 @@ PROTOTYPE_NOISE = 0.1
 the learner's input units: centred and scaled inputs are about 1 long)."""
 
 
+class NonFiniteInputError(ValueError):
+    """An input vector holds NaN or infinity (learning it would poison the classifier)."""
+
+    def __init__(self, rows: Sequence[int]) -> None:
+        super().__init__(f"input vector(s) {list(rows)[:10]} hold NaN or infinity")
+        self.rows = list(rows)
+
+
+def check_finite(M: npt.NDArray[np.float32]) -> None:
+    """Raise :class:`NonFiniteInputError` naming the rows of ``M`` that are not finite."""
+    finite = np.isfinite(M).all(axis=1)
+    if not finite.all():
+        raise NonFiniteInputError(np.flatnonzero(~finite).tolist())
+
+
 class ClassLimitError(ValueError):
     """Learning a new class would exceed ``max_classes``."""
 
@@ -142,6 +157,8 @@ class PassiveAggressiveClassifier:
     def __post_init__(self) -> None:
         self.rows = list(self.rows) or [1] * len(self.labels)
         self.seen = list(self.seen) or [0] * len(self.labels)
+        if min(self.rows, default=1) < 1 or min(self.seen, default=0) < 0:
+            raise ValueError(f"every class needs a prototype: rows {self.rows}, seen {self.seen}")
         if len(self.rows) != len(self.labels) or len(self.seen) != len(self.labels):
             raise ValueError(
                 f"{len(self.rows)} row counts and {len(self.seen)} example counts for "
@@ -319,6 +336,13 @@ class PassiveAggressiveClassifier:
             raise ValueError(f"expected ({len(labels)}, {self.dim}) examples, got {M.shape}")
         if num_iters < 1:
             raise ValueError("num_iters must be >= 1")
+        check_finite(M)
+        new = [label for label in dict.fromkeys(labels) if label not in self._index]
+        if len(self.labels) + len(new) > self.max_classes:  # before anything changes
+            raise ClassLimitError(
+                f"{len(self.labels) + len(new)} classes requested, at most {self.max_classes} "
+                "allowed"
+            )
         M = self._centred(M, learn=True)
         prior_correct: list[bool] = []
         sq_norms = np.einsum("ij,ij->i", M, M).tolist()

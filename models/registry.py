@@ -234,7 +234,16 @@ class ModelRegistry:
         with self._lock:
             encoder = self._loaded.get(spec.name)
             if encoder is None:
-                encoder = self._loaded[spec.name] = self._build(spec)
+                try:
+                    encoder = self._build(spec)
+                except ModelNotAvailableError:
+                    raise
+                except (OSError, ValueError, KeyError) as exc:  # missing or broken files
+                    raise ModelNotAvailableError(
+                        f"model {spec.name!r} ({spec.source}) could not be loaded: "
+                        f"{type(exc).__name__}: {exc}"
+                    ) from exc
+                self._loaded[spec.name] = encoder
             return encoder
 
     def _build(self, spec: ModelSpec) -> Encoder:

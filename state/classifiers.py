@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from models.fewshot import ClassLimitError, PassiveAggressiveClassifier
+from models.fewshot import ClassLimitError, PassiveAggressiveClassifier, check_finite
 from state.records import ClassifierRecord
 
 PREQUENTIAL_WINDOW = 200
@@ -152,6 +152,7 @@ def apply_examples(
     Raises ``ClassLimitError`` (and leaves the record untouched) when the new labels would
     exceed the class limit. Returns the prequential outcome of each example.
     """
+    check_finite(vectors)  # raises NonFiniteInputError; the record is untouched
     clf = learner(record)
     new = [label for label in dict.fromkeys(labels) if label not in record.labels]
     if len(record.labels) + len(new) > clf.max_classes:

@@ -156,29 +156,52 @@ def decode_record(data: bytes) -> ClassifierRecord:
         raise RecordFormatError(f"corrupt record header: {exc!r}") from exc
 
 
+def _int(value: Any, name: str, least: int = 0) -> int:
+    """An integer field: JSON ints only (not bools, not floats int() would truncate)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise RecordFormatError(f"corrupt record header: {name} is {value!r}")
+    return value
+
+
+def _str(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise RecordFormatError(f"corrupt record header: {name} is {value!r}")
+    return value
+
+
 def _from_header(header: Any, body: bytes) -> ClassifierRecord:
-    dim, n = int(header["dim"]), int(header["n_classes"])
-    rows = [int(r) for r in header.get("rows", [1] * n)]  # version 1: one row per label
-    seen = [int(c) for c in header.get("seen", [0] * n)]
-    if len(rows) != n or len(seen) != n or min(rows, default=1) < 1:
-        raise RecordFormatError(f"corrupt record header: rows {rows}, seen {seen} for {n} labels")
+    dim, n = _int(header["dim"], "dim"), _int(header["n_classes"], "n_classes")
+    rows = [_int(r, "rows", 1) for r in header.get("rows", [1] * n)]  # v1: one row per label
+    seen = [_int(c, "seen") for c in header.get("seen", [0] * n)]
+    labels = [_str(label, "a label") for label in header["labels"]]
+    if len(rows) != n or len(seen) != n or len(labels) != n or len(set(labels)) != n:
+        raise RecordFormatError(
+            f"corrupt record header: labels {labels}, rows {rows}, seen {seen} for {n} classes"
+        )
+    if header["access"] not in ("private", "public"):
+        raise RecordFormatError(f"corrupt record header: access is {header['access']!r}")
+    recent = [_int(v, "recent") for v in header["recent"]]
+    if any(v > 1 for v in recent):
+        raise RecordFormatError(f"corrupt record header: recent outcomes {recent}")
     if len(body) != 4 * dim * sum(rows):
         raise RecordFormatError(f"weights are {len(body)} bytes, expected {4 * dim * sum(rows)}")
     weights = np.frombuffer(body, dtype="<f4").reshape(sum(rows), dim).astype(np.float32)
+    if not np.isfinite(weights).all():
+        raise RecordFormatError("corrupt record: weights hold NaN or infinity")
     return ClassifierRecord(
-        classifier_id=header["classifier_id"],
-        model=header["model"],
-        owner=header["owner"],
+        classifier_id=_str(header["classifier_id"], "classifier_id"),
+        model=_str(header["model"], "model"),
+        owner=_str(header["owner"], "owner"),
         access=header["access"],
         dim=dim,
-        labels=list(header["labels"]),
+        labels=labels,
         weights=weights,
-        version=int(header["version"]),
+        version=_int(header["version"], "version"),
         created_at=float(header["created_at"]),
         updated_at=float(header["updated_at"]),
-        samples_seen=int(header["samples_seen"]),
-        applied={str(k): int(v) for k, v in header["applied"].items()},
-        recent=[int(v) for v in header["recent"]],
+        samples_seen=_int(header["samples_seen"], "samples_seen"),
+        applied={str(k): _int(v, "an applied offset") for k, v in header["applied"].items()},
+        recent=recent,
         hyper=dict(header["hyper"]),
         rows=rows,
         seen=seen,

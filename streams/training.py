@@ -17,7 +17,7 @@ import faust
 import numpy as np
 from faust.types import TableT
 
-from models.fewshot import ClassLimitError
+from models.fewshot import ClassLimitError, NonFiniteInputError
 from state.classifiers import (
     LearnerSettings,
     already_applied,
@@ -160,6 +160,12 @@ class TrainHandler:
                 )
             except ClassLimitError as exc:
                 raise RequestError(ErrorCode.INPUT_LABEL_LIMIT_EXCEEDED, str(exc)) from exc
+            except NonFiniteInputError as exc:
+                raise RequestError(
+                    ErrorCode.INPUT_INVALID,
+                    f"input item(s) {exc.rows[:10]} embed to NaN or infinity with "
+                    f"{record.model!r}; nothing was learned",
+                ) from exc
             if request.access is not None:
                 record.access = request.access
             self._write(record)

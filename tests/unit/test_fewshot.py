@@ -8,7 +8,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from models.fewshot import ClassLimitError, PassiveAggressiveClassifier
+from models.fewshot import ClassLimitError, NonFiniteInputError, PassiveAggressiveClassifier
 
 DIM = 8
 vec = arrays(np.float32, DIM, elements=st.floats(-1, 1, width=32))
@@ -151,3 +151,36 @@ def test_a_fresh_scaling_learner_scores_like_its_label_embeddings() -> None:
     x = rng.standard_normal((4, DIM)).astype(np.float32)
     assert clf.spread() == 1.0
     np.testing.assert_allclose(clf.decision_function(x), x @ labels.T, rtol=1e-6)
+
+
+def _state(clf: PassiveAggressiveClassifier) -> tuple:
+    return (list(clf.labels), clf.weights.tobytes(), clf.mean.tobytes(), clf.mean_count,
+            clf.sq_mean, list(clf.seen))  # fmt: skip
+
+
+def test_a_non_finite_input_is_refused_and_nothing_changes() -> None:
+    clf = PassiveAggressiveClassifier(dim=3, center=True, scale=True)
+    clf.learn_many(np.eye(3, dtype=np.float32)[:2], ["a", "b"], num_iters=3)
+    before = _state(clf)
+    bad = np.array([[1, 0, 0], [0, np.nan, 0], [np.inf, 0, 0]], dtype=np.float32)
+    with pytest.raises(NonFiniteInputError) as info:
+        clf.learn_many(bad, ["a", "b", "c"], num_iters=3)
+    assert info.value.rows == [1, 2]
+    assert _state(clf) == before
+    assert np.isfinite(clf.predict_proba_many(np.eye(3, dtype=np.float32))).all()
+
+
+def test_a_batch_over_the_class_limit_changes_nothing() -> None:
+    clf = PassiveAggressiveClassifier(dim=2, max_classes=2, center=True)
+    clf.learn_many(np.eye(2, dtype=np.float32)[:1], ["a"])
+    before = _state(clf)
+    with pytest.raises(ClassLimitError):
+        clf.learn_many(np.eye(2, dtype=np.float32), ["b", "c"])
+    assert _state(clf) == before
+
+
+def test_every_class_needs_a_prototype() -> None:
+    with pytest.raises(ValueError, match="every class needs a prototype"):
+        PassiveAggressiveClassifier(
+            dim=2, labels=["a", "b", "c"], rows=[2, 0, 1], weights=np.zeros((3, 2), np.float32)
+        )

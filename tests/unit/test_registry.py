@@ -75,3 +75,13 @@ def test_concurrent_cpu_forwards_equal_serial_ones(tmp_path: Path) -> None:
     for alone, together in zip(serial, concurrent, strict=True):
         assert together is not None
         assert np.allclose(alone, together, atol=1e-5)
+
+
+def test_a_folder_that_does_not_load_is_model_not_available(tmp_path: Path) -> None:
+    folder = tmp_path / "broken-model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "bert"}')  # no tokenizer, no weights
+    reg = ModelRegistry(cache_dir=tmp_path)
+    spec = reg.resolve(str(folder))
+    with pytest.raises(ModelNotAvailableError, match="could not be loaded"):
+        reg.load(spec)

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from models.fewshot import ClassLimitError
+from models.fewshot import ClassLimitError, NonFiniteInputError
 from state.classifiers import already_applied, apply_examples, learner, replayed_version
 from state.records import ClassifierRecord, RecordFormatError, decode_record, encode_record
 
@@ -223,6 +223,14 @@ def test_growth_is_deterministic_so_a_replay_gives_the_same_state() -> None:
         (b'"seen":[1,0]', b'"seen":[1]'),  # counts for fewer classes than labels
         (b'"applied":{}', b'"applied":[]'),  # a field of the wrong kind
         (b'"dim":2,', b""),  # a field missing
+        (b'"labels":["a","b"]', b'"labels":["a","a"]'),  # two classes of one name
+        (b'"labels":["a","b"]', b'"labels":["a","b","c"]'),  # more labels than classes
+        (b'"labels":["a","b"]', b'"labels":["a",2]'),  # a label that is not text
+        (b'"seen":[1,0]', b'"seen":[1,-7]'),  # a negative count
+        (b'"dim":2', b'"dim":2.7'),  # int() would have truncated it
+        (b'"version":4', b'"version":true'),
+        (b'"access":"public"', b'"access":"admin"'),
+        (b'"recent":[0]', b'"recent":[5]'),  # an outcome is 0 or 1
     ],
 )
 def test_corrupt_headers_are_refused_as_record_format_errors(old: bytes, new: bytes) -> None:
@@ -243,3 +251,22 @@ def test_corrupt_headers_are_refused_as_record_format_errors(old: bytes, new: by
     assert decode_record(repacked(head)).labels == ["a", "b"]  # the repacking itself is sound
     with pytest.raises(RecordFormatError, match="corrupt record header"):
         decode_record(repacked(head.replace(old, new)))
+
+
+def test_non_finite_weights_are_refused() -> None:
+    rec = decode_record(V1_RECORD)
+    rec.weights = rec.weights.copy()
+    rec.weights[0, 0] = np.nan
+    with pytest.raises(RecordFormatError, match="NaN or infinity"):
+        decode_record(encode_record(rec))
+
+
+def test_a_non_finite_example_leaves_the_record_untouched() -> None:
+    rec = decode_record(V1_RECORD)
+    before = encode_record(rec)
+    with pytest.raises(NonFiniteInputError):
+        apply_examples(
+            rec, np.array([[0.0, 1.0], [np.nan, 0.0]], np.float32), ["a", "c"], num_iters=1,
+            label_vectors=None, source="t:0", offset=9, now=2.0,
+        )  # fmt: skip
+    assert encode_record(rec) == before
