@@ -131,10 +131,14 @@ def pa(task: Task, *, warm_scale: float | None, C: float = 1.0, num_iters: int =
 
 
 def train_shipped(
-    task: Task, settings: LearnerSettings | None = None, num_iters: int = NUM_ITERS
+    task: Task,
+    settings: LearnerSettings | None = None,
+    num_iters: int = NUM_ITERS,
+    per_request: int | None = None,
 ) -> PassiveAggressiveClassifier:
     """The worker's path: a new record with the shipped settings, one train request
-    (without label vectors, as for an image-only model, it starts cold)."""
+    (without label vectors, as for an image-only model, it starts cold); with
+    ``per_request``, one request per that many examples, in the training set's order."""
     # as a worker picks them: no label vectors means an image-only model
     settings = settings or default_learner("image" if task.label_vectors is None else "text")
     dim = task.X_test.shape[1]
@@ -147,16 +151,19 @@ def train_shipped(
         if task.label_vectors is None
         else {name: task.label_vectors[k] for k, name in enumerate(task.classes)}
     )
-    apply_examples(
-        record,
-        task.X_train,
-        [task.classes[k] for k in task.y_train],
-        num_iters=num_iters,
-        label_vectors=label_vectors,
-        source="bench:0",
-        offset=0,
-        now=0.0,
-    )
+    labels = [task.classes[k] for k in task.y_train]
+    step = per_request or max(len(labels), 1)
+    for offset, start in enumerate(range(0, len(labels), step)):
+        apply_examples(
+            record,
+            task.X_train[start : start + step],
+            labels[start : start + step],
+            num_iters=num_iters,
+            label_vectors=label_vectors,
+            source="bench:0",
+            offset=offset,
+            now=0.0,
+        )
     return learner(record)
 
 
@@ -167,6 +174,12 @@ def class_indices(clf: PassiveAggressiveClassifier, classes: Sequence[str], X: M
 
 def shipped(task: Task) -> Ints:
     return class_indices(train_shipped(task), task.classes, task.X_test)
+
+
+def shipped_streamed(task: Task) -> Ints:
+    """Shipped as a stream of one-example train records (each its own request: a single
+    pass per example, where one request of all of them revisits each in every pass)."""
+    return class_indices(train_shipped(task, per_request=1), task.classes, task.X_test)
 
 
 def shipped_linear(task: Task) -> Ints:
@@ -241,6 +254,7 @@ METHODS = (
     MethodSpec("PA warm", functools.partial(pa, warm_scale=1.0), min_size=0, labels=True),
     MethodSpec("shipped", shipped),
     MethodSpec("shipped, linear", shipped_linear),
+    MethodSpec("shipped, streamed", shipped_streamed),
     MethodSpec("LinearSVC", linear_svc),
     MethodSpec("RBF SVC", rbf_svc),
     MethodSpec("centroid", centroid),
@@ -320,7 +334,7 @@ def compare(
 
 RIVALS = ("LinearSVC", "RBF SVC")
 """The offline learners the shipped one is compared with, paired by seed."""
-PAIRED = (*RIVALS, "shipped, linear")
+PAIRED = (*RIVALS, "shipped, linear", "shipped, streamed")
 """Paired with shipped: the rivals, and shipped with one prototype per class (what
 growing prototypes add on the test split)."""
 
@@ -868,6 +882,7 @@ def plot(results: dict[str, Any], out: Path, name: str = "accuracy") -> list[Pat
     styles: dict[str, dict[str, Any]] = {
         "shipped": {"linewidth": 2.5, "color": "black"},
         "shipped, linear": {"linewidth": 1.2, "color": "dimgray", "linestyle": ":"},
+        "shipped, streamed": {"linewidth": 1.2, "color": "black", "linestyle": "-."},
         "zero-shot": {"linestyle": "--"},
     }
     for data, by_model in results["scores"].items():
