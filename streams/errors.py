@@ -36,6 +36,9 @@ class ErrorCode(StrEnum):
     RESPONSE_TOO_LARGE = "RESPONSE_TOO_LARGE"
     """The answer is over the message size limit (``kafka.max_message_bytes`` or the
     broker's): fewer inputs or labels per request make it fit."""
+    EMBEDDING_NOT_FINITE = "EMBEDDING_NOT_FINITE"
+    """The model embedded an input or label to NaN or infinity (e.g. float16 overflow on
+    a GPU): nothing is answered or learned from it."""
     INTERNAL_ERROR = "INTERNAL_ERROR"
 
 

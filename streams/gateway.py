@@ -63,6 +63,7 @@ STATUS_OF: Mapping[str, int] = {
     ErrorCode.AUTHZ_RESOURCE_LIMIT_EXCEEDED: 403,
     ErrorCode.CLASSIFIER_NOT_FOUND: 404,
     ErrorCode.RESPONSE_TOO_LARGE: 413,
+    ErrorCode.EMBEDDING_NOT_FINITE: 500,
     ErrorCode.INTERNAL_ERROR: 500,
 }
 """HTTP status of a worker's error code; every other code is the caller's input: 400."""

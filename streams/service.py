@@ -177,6 +177,7 @@ class ClassifyService:
         embedded, label_vectors = await asyncio.gather(
             self.embed_items(runtime, request.inputs), runtime.labels(labels)
         )
+        check_embedded(label_vectors.vectors, spec.name, "label", labels)
         # encoders return L2-normalised rows (their contract): a dot product is cosine
         cosine = embedded.vectors @ label_vectors.vectors.T
         temperature = self.settings.models.temperature
@@ -210,7 +211,9 @@ class ClassifyService:
             )
             tokens += sum(tokenized.counts)
             if not images:  # the common case, texts only: no row placement, no gather
-                return Embedded(await runtime.embed(tokenized.ids), tokens)
+                vectors = await runtime.embed(tokenized.ids)
+                check_embedded(vectors, runtime.name, "input")
+                return Embedded(vectors, tokens)
 
         async def embed_texts() -> None:
             if tokenized is not None:
@@ -227,6 +230,7 @@ class ClassifyService:
             return sum(loaded.tokens)
 
         _, image_tokens = await asyncio.gather(embed_texts(), embed_images())
+        check_embedded(vectors, runtime.name, "input")
         return Embedded(vectors, tokens + image_tokens)
 
 
@@ -236,6 +240,29 @@ class Embedded:
     """One L2-normalised row per item, in request order."""
     tokens: int
     """Usage: text tokens plus image tokens (tile rule)."""
+
+
+def check_embedded(
+    vectors: npt.NDArray[np.float32],
+    model: str,
+    what: str,
+    names: Sequence[str] | None = None,
+) -> None:
+    """``EMBEDDING_NOT_FINITE`` naming the rows the model embedded to NaN or infinity.
+
+    A real encoder does this only when its arithmetic overflows (float16 on a GPU), and
+    softmax over NaN would answer scores of ``null``: better a precise error."""
+    finite = np.isfinite(vectors).all(axis=1)
+    if finite.all():
+        return
+    rows = np.flatnonzero(~finite).tolist()
+    where = [names[i] for i in rows] if names is not None else rows
+    raise RequestError(
+        ErrorCode.EMBEDDING_NOT_FINITE,
+        f"model {model!r} embedded {what}(s) {where[:10]} to NaN or infinity; nothing was "
+        "answered or learned. On a GPU in float16 try SHOTSTREAM_MODELS__DTYPE=bfloat16 "
+        "or float32",
+    )
 
 
 def check_modalities(items: Sequence[InputItem], spec: ModelSpec) -> None:

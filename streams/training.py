@@ -40,7 +40,7 @@ from streams.records import (
     request_id_of,
 )
 from streams.replica import ClassifierReplica
-from streams.service import ClassifyService, check_modalities
+from streams.service import ClassifyService, check_embedded, check_modalities
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -251,6 +251,7 @@ class TrainHandler:
         if runtime.text is not None:
             labels = list(dict.fromkeys(e.label for e in request.examples))
             label_vectors = await runtime.labels(labels)
+            check_embedded(label_vectors.vectors, spec.name, "label", labels)
             by_label = dict(zip(labels, label_vectors.vectors, strict=True))
         return embedded.vectors, by_label, embedded.tokens * request.num_iters, spec.name
 

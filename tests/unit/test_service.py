@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from models.registry import ModelNotAvailableError
+from models.embedders import HashTextEncoder
+from models.registry import ModelNotAvailableError, ModelRegistry, ModelSpec
 from streams.errors import ErrorCode, RequestError, to_request_error
 from streams.observer import Observer
 from streams.records import ClassifyRequest, ImageInput, TextInput
@@ -197,3 +199,33 @@ def test_few_shot_waits_for_an_access_change_still_replicating(
     [denied] = classify(service, request, owner="bob")
     assert isinstance(denied, RequestError)
     assert denied.code == ErrorCode.CLASSIFIER_NOT_FOUND
+
+
+class OverflowingEncoder(HashTextEncoder):
+    """Embeds any text holding the word "overflow" to NaN, as float16 arithmetic can."""
+
+    def embed_ids(self, batch: Sequence[Sequence[int]]) -> Any:
+        out = super().embed_ids(batch)
+        poison = self.tokenize(["overflow"])[0][1]
+        out[[poison in ids for ids in batch]] = np.nan
+        return out
+
+
+def test_non_finite_embeddings_fail_only_their_request(tmp_path: Path) -> None:
+    spec = ModelSpec("hash", "overflows", lambda _c: "", build=lambda: OverflowingEncoder(64))
+    registry = ModelRegistry(cache_dir=tmp_path, default="hash", builtins={"hash": spec})
+    service = ClassifyService(Settings(data_dir=tmp_path), registry, Observer())
+    bad_input, bad_label, ok = classify(
+        service,
+        req(["fine text", "an overflow here"], ["a", "b"], rid="in"),
+        req(["fine text"], ["a", "overflow label"], rid="lab"),
+        req(["fine text"], ["a", "b"], rid="ok"),  # batched with the others, answered
+    )
+    assert isinstance(bad_input, RequestError)
+    assert bad_input.code == ErrorCode.EMBEDDING_NOT_FINITE
+    assert "input(s) [1]" in bad_input.detail
+    assert isinstance(bad_label, RequestError)
+    assert bad_label.code == ErrorCode.EMBEDDING_NOT_FINITE
+    assert "'overflow label'" in bad_label.detail
+    assert ok["request_id"] == "ok"
+    assert all(np.isfinite(p["score"]) for p in ok["data"][0]["predictions"])
