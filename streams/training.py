@@ -94,6 +94,15 @@ class TrainHandler:
             request = parse_train(
                 body, self.settings.limits, request_id=request_id, key=message.key
             )
+            if message.key is None:
+                # the key picks the partition: keyless records of one classifier would spread
+                # over partitions, be applied by different workers at once and lose updates
+                raise RequestError(
+                    ErrorCode.INPUT_INVALID,
+                    f"train records must be keyed by their classifier_id "
+                    f"({request.classifier_id!r}): the key keeps all of a classifier's "
+                    "records on one partition, in order",
+                )
             owner = self.keys.authenticate(header_value(message.headers, "authorization"))
             if owner is None:
                 raise RequestError(

@@ -208,6 +208,38 @@ def test_a_burst_of_creates_cannot_pass_the_classifier_limit(
     assert codes.count("AUTHZ_RESOURCE_LIMIT_EXCEEDED") == 4, codes
 
 
+def test_a_keyless_train_record_is_refused_and_nothing_is_created(
+    broker: EmbeddedBroker, worker: WorkerProcess
+) -> None:
+    """The key keeps a classifier's records on one partition; a keyless one could land
+    anywhere, so it is a dead letter, and the classifier it names is not created."""
+    cid = new_id()
+
+    async def go(c: ShotstreamClient) -> tuple[dict, dict]:
+        body = {
+            "request_id": "keyless-1",
+            "classifier_id": cid,
+            "input": FIRST,
+            "model": "jina-embeddings-v3",
+        }
+        letter = c.expect("keyless-1")
+        await c.produce(
+            c.settings.topic("train"),
+            json.dumps(body).encode(),
+            key=None,
+            headers=[("authorization", f"Bearer {ALICE}".encode())],
+        )
+        refused = await asyncio.wait_for(letter, 120)
+        # keyed, the same body is learned as version 1: nothing was applied before
+        keyed = await c.train(FIRST, classifier_id=cid, api_key=ALICE, model="jina-embeddings-v3")
+        return refused, keyed
+
+    refused, keyed = with_client(client_settings(broker), go)
+    assert refused["error"]["code"] == "INPUT_INVALID"
+    assert "keyed by their classifier_id" in refused["error"]["detail"]
+    assert keyed["version"] == 1
+
+
 def test_cli_lists_and_deletes_your_classifiers(
     broker: EmbeddedBroker, worker: WorkerProcess
 ) -> None:
