@@ -124,15 +124,54 @@ def may_read(record: ClassifierRecord, owner: str) -> bool:
     return record.access == "public" or record.owner == owner
 
 
-def already_applied(record: ClassifierRecord | None, source: str, offset: int) -> bool:
-    return record is not None and record.applied.get(source, -1) >= offset
+REPLAY_CLOCK_SKEW_S = 60.0
+"""How far ahead of the worker's clock a producer's may run before a record older than the
+replay memory, stamped later than the classifier's last update, counts as new."""
+
+
+def already_applied(
+    record: ClassifierRecord | None, source: str, offset: int, timestamp: float | None = None
+) -> bool:
+    """Whether the train record at ``source``/``offset`` was applied already: a redelivery
+    (a crash before the offset commit, a rebalance) that must not be learned twice.
+
+    Offsets decide, with the record's ``timestamp`` (and the replay memory of this
+    classifier's last ``REPLAY_MEMORY`` applied offsets) to tell apart what offsets alone
+    cannot:
+
+    - a remembered offset is a redelivery unless its timestamp differs: the train topic
+      was deleted and recreated, and a new record reuses the offset;
+    - an offset inside the memory's range that is not remembered was never applied (its
+      request failed: it fails again and gets its dead letter again, not a false answer);
+    - an offset older than the memory is a redelivery unless it was produced later than
+      the classifier's last update (plus ``REPLAY_CLOCK_SKEW_S``): a recreated topic.
+
+    >>> rec = ClassifierRecord.new("c", model="m", owner="o", access="private", dim=2, now=0.0)
+    >>> rec.applied["t:0"] = 9
+    >>> rec.updated_at = 100.0
+    >>> rec.hyper["_replay"] = {"t:0": [[7, 1, 50.0], [9, 2, 60.0]]}
+    >>> [already_applied(rec, "t:0", o, ts) for o, ts in [(9, 60.0), (9, 99.0), (8, 55.0)]]
+    [True, False, False]
+    >>> [already_applied(rec, "t:0", 3, ts) for ts in (40.0, 100.0 + 61)]
+    [True, False]
+    """
+    if record is None or record.applied.get(source, -1) < offset:
+        return False
+    memory = record.hyper.get("_replay", {}).get(source, [])
+    for entry in memory:
+        if entry[0] == offset:
+            stamped = entry[2] if len(entry) > 2 else None
+            return timestamp is None or stamped is None or stamped == timestamp
+    if memory and offset > min(entry[0] for entry in memory):
+        return False
+    return timestamp is None or timestamp <= record.updated_at + REPLAY_CLOCK_SKEW_S
 
 
 def replayed_version(record: ClassifierRecord, source: str, offset: int) -> int:
     """The version an already-applied request produced (best effort for old ones)."""
-    for off, version in record.hyper.get("_replay", {}).get(source, []):
-        if off == offset:
-            return int(version)
+    for entry in record.hyper.get("_replay", {}).get(source, []):
+        if entry[0] == offset:
+            return int(entry[1])
     return record.version
 
 
@@ -146,8 +185,10 @@ def apply_examples(
     source: str,
     offset: int,
     now: float,
+    timestamp: float | None = None,
 ) -> list[bool]:
-    """Learn ``vectors``/``labels`` into ``record`` (in place) and stamp the source offset.
+    """Learn ``vectors``/``labels`` into ``record`` (in place) and stamp the source offset
+    (with the source record's ``timestamp``, which tells a redelivery from a reused offset).
 
     Raises ``ClassLimitError`` (and leaves the record untouched) when the new labels would
     exceed the class limit. Returns the prequential outcome of each example.
@@ -181,5 +222,6 @@ def apply_examples(
     record.applied[source] = offset
     record.recent = (record.recent + [int(p) for p in prior])[-PREQUENTIAL_WINDOW:]
     replay = record.hyper.setdefault("_replay", {})
-    replay[source] = ([*replay.get(source, []), [offset, record.version]])[-REPLAY_MEMORY:]
+    entry = [offset, record.version] if timestamp is None else [offset, record.version, timestamp]
+    replay[source] = ([*replay.get(source, []), entry])[-REPLAY_MEMORY:]
     return prior

@@ -113,7 +113,9 @@ class TrainHandler:
                 async with turn:
                     response = self._delete(request, owner)
             else:
-                response = await self._train(request, owner, source, message.offset, turn)
+                response = await self._train(
+                    request, owner, source, message.offset, message.timestamp, turn
+                )
         except Exception as exc:  # every failure becomes a dead letter
             await send_dead_letter(
                 self.output, self.errors_topic, self.observer, event, request_id, exc
@@ -122,7 +124,13 @@ class TrainHandler:
         await self.output.send(self.results_topic, request.classifier_id, encode(response))
 
     async def _train(
-        self, request: TrainRequest, owner: str, source: str, offset: int, turn: Turn
+        self,
+        request: TrainRequest,
+        owner: str,
+        source: str,
+        offset: int,
+        timestamp: float | None,
+        turn: Turn,
     ) -> dict[str, Any]:
         existing = self.replica.get(request.classifier_id) or self._read(request.classifier_id)
         if existing is not None and existing.owner != owner:
@@ -133,7 +141,7 @@ class TrainHandler:
         embedded = await self._embed(request, model) if model else None
         async with turn:
             record = self._read(request.classifier_id)
-            if already_applied(record, source, offset):
+            if already_applied(record, source, offset, timestamp):
                 assert record is not None  # noqa: S101 - implied by already_applied
                 log.info(
                     "train record %s@%d already applied to %s: answering again",
@@ -147,6 +155,16 @@ class TrainHandler:
                     record,
                     replayed_version(record, source, offset),
                     embedded[2] if embedded else 0,
+                )
+            if record is not None and record.applied.get(source, -1) >= offset:
+                log.warning(
+                    "train record %s@%d is at or behind %s's applied offset %d but is not one "
+                    "it applied (a failed request redelivered, or a recreated train topic): "
+                    "learning it",
+                    source,
+                    offset,
+                    record.classifier_id,
+                    record.applied[source],
                 )
             created = record is None
             record = self._authorize(request, record, owner)
@@ -166,6 +184,7 @@ class TrainHandler:
                     source=source,
                     offset=offset,
                     now=time.time(),
+                    timestamp=timestamp,
                 )
             except ClassLimitError as exc:
                 raise RequestError(ErrorCode.INPUT_LABEL_LIMIT_EXCEEDED, str(exc)) from exc

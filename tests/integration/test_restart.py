@@ -118,3 +118,47 @@ def test_a_new_broker_starts_the_worker_on_empty_tables_not_stale_ones(
     assert [a["version"] for a in second] == [1, 2], second
     assert "holds tables from before it: moved them to" in worker.log_text()
     assert len(list(tmp_path.joinpath("data").glob("faust.stale-*"))) == 1
+
+
+def test_a_recreated_train_topic_is_learned_not_taken_for_replays(
+    tmp_path: Path, model_cache: Path
+) -> None:
+    """An operator deletes the train topic between two runs while the classifiers (their
+    changelog) survive: the new topic reuses offsets 0, 1 ... Its records are new ones,
+    told apart from redeliveries by their timestamps, and are learned (before, they were
+    answered with the old versions and learned nothing)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from streams.cli import free_port
+
+    with EmbeddedBroker(free_port()) as broker:
+        env = worker_env(broker, tmp_path / "data", model_cache, SHOTSTREAM_PARTITIONS="1")
+        settings = client_settings(broker)
+
+        async def train_twice(c: ShotstreamClient) -> list[int]:
+            answers = [
+                await c.train(
+                    EXAMPLES,
+                    classifier_id="kept-id",
+                    api_key=API_KEYS["alice"],
+                    model="jina-embeddings-v3",
+                )
+                for _ in range(2)
+            ]
+            return [a["version"] for a in answers]
+
+        async def delete_train_topic() -> None:
+            admin = AIOKafkaAdminClient(bootstrap_servers=broker.address)
+            await admin.start()
+            try:
+                await admin.delete_topics([settings.topic("train")])
+            finally:
+                await admin.close()
+
+        with WorkerProcess(env, tmp_path / "first.log") as worker:
+            worker.wait_ready(600)
+            assert with_client(settings, train_twice) == [1, 2]
+        asyncio.run(delete_train_topic())
+        with WorkerProcess(env, tmp_path / "second.log") as worker:
+            worker.wait_ready(600)  # makes the train topic again
+            assert with_client(settings, train_twice) == [3, 4], worker.log_text()[-3000:]
