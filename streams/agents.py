@@ -177,14 +177,22 @@ async def send_dead_letter(
     exc: Exception,
 ) -> None:
     """Answer a failed record with its dead letter (the record key stands in for a
-    request_id the body did not yield). Unexpected errors are logged with a traceback."""
+    request_id the body did not yield). Unexpected errors are logged with a traceback.
+
+    Never raises for a letter it cannot deliver: that would hold the partition behind this
+    record forever. A letter over the size limit loses its payload (cut, then dropped);
+    ``request_id`` and ``detail`` are capped, since either can be as large as the record."""
     message = event.message
     error = to_request_error(exc)
     if not isinstance(exc, RequestError):
         log.exception("request %s on %s failed", request_id, message.topic, exc_info=exc)
     if request_id is None and message.key is not None:
         request_id = bytes(message.key).decode("utf-8", "replace")
+    request_id = _capped(request_id, MAX_LETTER_ID_CHARS)
+    error = RequestError(error.code, _capped(error.detail, MAX_LETTER_DETAIL_CHARS) or "")
     payload = message.value if isinstance(message.value, bytes) else None
+    # keyed, also when the request had no id: a compacted errors topic refuses keyless records
+    key = request_id or f"{message.topic}:{message.partition}:{message.offset}"
 
     def letter(keep: int | None) -> bytes:
         return encode(
@@ -201,13 +209,47 @@ async def send_dead_letter(
 
     # A payload that would take the dead letter over the size limit is cut (the record
     # says how long it was); ``source`` still locates the original.
-    limit = output.settings.kafka.max_message_bytes
-    value, keep = letter(None), None
-    while len(value) > limit and payload and keep != 0:
-        keep = (len(payload) if keep is None else keep) * (limit - 8192) // len(value)
-        value = letter(max(keep, 0))
-    try:
-        await output.send(topic, request_id, value)
-    except OversizeRecordError:  # the broker's own limit is lower: send it without payload
-        await output.send(topic, request_id, letter(0))
+    budget = output.settings.kafka.max_message_bytes - len(key.encode()) - 1024
+    value = letter(None)
+    if len(value) > budget and payload:
+        bare = len(letter(0))
+        per_byte = (len(value) - bare) / len(payload)  # JSON escaping, base64: >= 1
+        keep = int((budget - bare) / per_byte)
+        for _ in range(4):  # escaping is uneven along the payload: shrink, a few times
+            value = letter(max(keep, 0))
+            if len(value) <= budget or keep <= 0:
+                break
+            keep = int(keep * budget / len(value) * 0.9)
+    for attempt in (value, letter(0)):
+        try:
+            await output.send(topic, key, attempt)
+            break
+        except OversizeRecordError as too_large:  # the broker's own limit is lower
+            last = too_large
+    else:
+        log.error(
+            "dead letter for %s@%d:%d (%s) not delivered: %s",
+            message.topic,
+            message.partition,
+            message.offset,
+            error.code,
+            last,
+        )
     observer.on_dead_letter(message.topic, str(error.code))
+
+
+MAX_LETTER_ID_CHARS = 1024
+"""A dead letter's ``request_id`` (and key) is cut to this many characters."""
+MAX_LETTER_DETAIL_CHARS = 8192
+"""A dead letter's ``error.detail`` is cut to this many characters."""
+
+
+def _capped(text: str | None, limit: int) -> str | None:
+    """``text`` cut to ``limit`` characters, saying so.
+
+    >>> _capped("abcdef", 4), _capped("abc", 4), _capped(None, 4)
+    ('abcd… (6 characters)', 'abc', None)
+    """
+    if text is None or len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text):,} characters)"

@@ -22,7 +22,12 @@ log = logging.getLogger(__name__)
 _RETRY_PAUSES_S = (0.1, 0.5, 1.0, 2.0, 5.0)
 """Pauses between attempts; the last one repeats for as long as the broker fails."""
 
-_TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
+TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
+"""What aiokafka raises for a record over its own or the broker's size limit."""
+
+
+class ProducerStoppedError(RuntimeError):
+    """``send`` after ``stop``: nothing can be delivered any more."""
 
 
 class OutputProducer:
@@ -32,8 +37,11 @@ class OutputProducer:
         self.settings = settings
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
+        self._stopped = False
 
     async def _started(self) -> AIOKafkaProducer:
+        if self._stopped:
+            raise ProducerStoppedError("the output producer was stopped (shutting down)")
         if self._producer is None:
             async with self._lock:
                 if self._producer is None:
@@ -57,18 +65,21 @@ class OutputProducer:
         its request is never acknowledged without one.
         """
         limit = self.settings.kafka.max_message_bytes
-        if len(value) > limit:
-            raise OversizeRecordError(len(value), limit, "kafka.max_message_bytes")
-        producer = await self._started()
         raw_key = key.encode("utf-8") if key is not None else None
+        size = len(value) + len(raw_key or b"")
+        if size > limit:
+            raise OversizeRecordError(size, limit, "kafka.max_message_bytes")
         attempt = 0
         while True:
+            # raises ProducerStoppedError once stopped: the request stays unacknowledged
+            # and is redelivered to the next worker, instead of retrying into a closed client
+            producer = await self._started()
             try:
                 await producer.send_and_wait(topic, value, key=raw_key)
                 return
-            except _TOO_LARGE as exc:  # the broker's or the topic's limit is lower
+            except TOO_LARGE as exc:  # the broker's or the topic's limit is lower
                 reason = f"the broker refused it: {exc}"
-                raise OversizeRecordError(len(value), limit, reason) from exc
+                raise OversizeRecordError(size, limit, reason) from exc
             except Exception:
                 pause = _RETRY_PAUSES_S[min(attempt, len(_RETRY_PAUSES_S) - 1)]
                 attempt += 1
@@ -82,6 +93,7 @@ class OutputProducer:
                 await asyncio.sleep(pause)
 
     async def stop(self) -> None:
+        self._stopped = True
         producer, self._producer = self._producer, None
         if producer is not None:
             await producer.stop()

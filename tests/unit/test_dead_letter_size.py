@@ -83,3 +83,90 @@ def test_a_broker_with_a_lower_limit_gets_the_letter_without_payload() -> None:
     assert letter["payload"] == ""
     assert letter["payload_bytes"] == 5000
     assert letter["error"]["code"] == "INPUT_NOT_JSON"
+
+
+def test_a_huge_key_and_detail_are_capped_and_the_letter_fits() -> None:
+    """A record with a 200 kB key and a detail as long: before, the letter was over the
+    limit even without payload, and send_dead_letter raised, holding the partition."""
+    keys: list[str | None] = []
+
+    class Keyed(Output):
+        async def send(self, topic: str, key: str | None, value: bytes) -> None:
+            assert len(value) + len((key or "").encode()) <= LIMIT
+            keys.append(key)
+            await super().send(topic, key, value)
+
+    huge = "k" * 200_000
+    message = SimpleNamespace(topic="in", partition=2, offset=7, key=huge.encode(), value=b"{")
+    error = RequestError(ErrorCode.INPUT_INVALID, f"classifier_id {huge!r} differs")
+    output, observer = Keyed(), Observer()
+    event: Any = SimpleNamespace(message=message)
+    asyncio.run(send_dead_letter(output, "errors", observer, event, None, error))  # type: ignore[arg-type]
+    letter = orjson.loads(output.sent[0])
+    assert letter["request_id"].startswith("k" * 1024)
+    assert letter["request_id"].endswith("(200,000 characters)")
+    assert keys == [letter["request_id"]]
+    assert letter["error"]["detail"].startswith("classifier_id 'kkk")
+    assert len(letter["error"]["detail"]) < 8300
+    assert letter["payload"] == "{"
+
+
+def test_an_undeliverable_letter_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    message = SimpleNamespace(topic="in", partition=2, offset=7, key=None, value=b"x" * 3000)
+    output, observer = Output(refuse=10), Observer()
+    error = RequestError(ErrorCode.INPUT_NOT_JSON, "not JSON")
+    event: Any = SimpleNamespace(message=message)
+    asyncio.run(send_dead_letter(output, "errors", observer, event, None, error))  # type: ignore[arg-type]
+    assert output.sent == []
+    assert observer.codes == ["INPUT_NOT_JSON"]
+    assert "dead letter for in@2:7 (INPUT_NOT_JSON) not delivered" in caplog.text
+
+
+def test_a_letter_with_no_request_id_is_keyed_by_its_source() -> None:
+    keys: list[str | None] = []
+
+    class Keyed(Output):
+        async def send(self, topic: str, key: str | None, value: bytes) -> None:
+            keys.append(key)
+            await super().send(topic, key, value)
+
+    message = SimpleNamespace(topic="in", partition=2, offset=7, key=None, value=b"\xff")
+    event: Any = SimpleNamespace(message=message)
+    error = RequestError(ErrorCode.INPUT_NOT_UTF8, "not UTF-8")
+    asyncio.run(send_dead_letter(Keyed(), "errors", Observer(), event, None, error))  # type: ignore[arg-type]
+    assert keys == ["in:2:7"]
+
+
+def test_a_request_the_broker_refuses_as_too_large_is_oversize_not_unavailable() -> None:
+    """Topics made before max.message.bytes was raised keep Kafka's 1 MB: the gateway
+    must answer 413 for what the broker refuses as too large, not 503."""
+    from aiokafka.errors import MessageSizeTooLargeError
+
+    from streams.client import ShotstreamClient
+
+    client = ShotstreamClient(Settings())
+
+    async def refuse(*_a: object, **_kw: object) -> None:
+        raise MessageSizeTooLargeError()
+
+    client.produce = refuse  # type: ignore[method-assign]
+
+    async def go() -> None:
+        with pytest.raises(OversizeRecordError, match="broker refused"):
+            await client.send("t", {"input": ["x" * 2000]})
+        assert client._waiting == {}  # no answer is awaited
+
+    asyncio.run(go())
+
+
+def test_a_stopped_output_producer_refuses_instead_of_retrying() -> None:
+    from streams.producer import OutputProducer, ProducerStoppedError
+
+    output = OutputProducer(Settings())
+
+    async def go() -> None:
+        await output.stop()
+        with pytest.raises(ProducerStoppedError):
+            await asyncio.wait_for(output.send("t", "k", b"{}"), 5)
+
+    asyncio.run(go())
