@@ -243,6 +243,10 @@ class DeleteRequest:
 
 ACCESS_LEVELS = ("private", "public")
 MAX_NUM_ITERS = 1000
+MAX_CLASSIFIER_ID_CHARS = 256
+"""A classifier id is a key and part of every few-shot answer: a UUID has 36."""
+MAX_TRAIN_LABEL_CHARS = 1024
+"""A few-shot label is stored in the classifier and listed in every answer."""
 
 
 def parse_train(
@@ -251,6 +255,12 @@ def parse_train(
     """Validate a train body (Jina's ``/v1/train`` plus ``request_id``, or a delete)."""
     classifier_id = _optional_str(body, "classifier_id")
     keyed = key.decode("utf-8", "replace") if key is not None else None
+    for name, value in (("classifier_id", classifier_id), ("the record key", keyed)):
+        if value is not None and len(value) > MAX_CLASSIFIER_ID_CHARS:
+            raise RequestError(
+                ErrorCode.INPUT_INVALID,
+                f"{name} is {len(value):,} characters long, over {MAX_CLASSIFIER_ID_CHARS}",
+            )
     if classifier_id is None:
         classifier_id = keyed
     elif keyed is not None and keyed != classifier_id:
@@ -274,6 +284,12 @@ def parse_train(
         if not isinstance(label, str) or not label.strip():
             raise RequestError(
                 ErrorCode.INPUT_INVALID, f"input[{index}] needs a non-empty string 'label'"
+            )
+        if len(label) > MAX_TRAIN_LABEL_CHARS:
+            raise RequestError(
+                ErrorCode.INPUT_INVALID,
+                f"input[{index}].label is {len(label):,} characters long, over "
+                f"{MAX_TRAIN_LABEL_CHARS}",
             )
         examples.append(TrainExample(_parse_item(item, index), label))
     access = _optional_str(body, "access")

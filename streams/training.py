@@ -116,12 +116,13 @@ class TrainHandler:
                 response = await self._train(
                     request, owner, source, message.offset, message.timestamp, turn
                 )
+            # inside the try: an answer over the size limit gets its dead letter (the
+            # examples were learned all the same) instead of holding the partition
+            await self.output.send(self.results_topic, request.classifier_id, encode(response))
         except Exception as exc:  # every failure becomes a dead letter
             await send_dead_letter(
                 self.output, self.errors_topic, self.observer, event, request_id, exc
             )
-            return
-        await self.output.send(self.results_topic, request.classifier_id, encode(response))
 
     async def _train(
         self,
@@ -133,12 +134,17 @@ class TrainHandler:
         turn: Turn,
     ) -> dict[str, Any]:
         existing = self.replica.get(request.classifier_id) or self._read(request.classifier_id)
+        refused = False
         if existing is not None and existing.owner != owner:
-            # refuse before embedding: someone else's private classifier must not show
-            # through (its model, by how the examples fail), nor cost this worker compute
-            self._authorize(request, existing, owner)
+            # do not embed for someone else's classifier: its model must not show through
+            # (by how the examples fail), nor cost this worker compute. The refusal itself
+            # waits for this record's turn: the replica may lag (a delete just before)
+            try:
+                self._authorize(request, existing, owner)
+            except RequestError:
+                refused = True
         model = request.model or (existing.model if existing else None)
-        embedded = await self._embed(request, model) if model else None
+        embedded = await self._embed(request, model) if model and not refused else None
         async with turn:
             record = self._read(request.classifier_id)
             if already_applied(record, source, offset, timestamp):
@@ -190,7 +196,7 @@ class TrainHandler:
                 raise RequestError(ErrorCode.INPUT_LABEL_LIMIT_EXCEEDED, str(exc)) from exc
             except NonFiniteInputError as exc:
                 raise RequestError(
-                    ErrorCode.INPUT_INVALID,
+                    ErrorCode.EMBEDDING_NOT_FINITE,
                     f"input item(s) {exc.rows[:10]} embed to NaN or infinity with "
                     f"{record.model!r}; nothing was learned",
                 ) from exc

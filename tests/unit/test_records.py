@@ -130,6 +130,12 @@ def test_dead_letter_keeps_payload_as_text_or_base64() -> None:
         ({"input": [{"text": "x", "label": "a"}], "num_iters": True}, ErrorCode.INPUT_INVALID),
         ({"input": [{"text": "x", "label": "a"}], "access": "secret"}, ErrorCode.INPUT_INVALID),
         ({"action": "explode"}, ErrorCode.INPUT_INVALID),
+        ({"input": [{"text": "x", "label": "a" * 1024}]}, None),
+        ({"input": [{"text": "x", "label": "a" * 1025}]}, ErrorCode.INPUT_INVALID),
+        (
+            {"input": [{"text": "x", "label": "a"}], "classifier_id": "c" * 257},
+            ErrorCode.INPUT_INVALID,
+        ),
     ],
 )
 def test_train_bodies(body: dict, code: ErrorCode | None) -> None:
@@ -138,7 +144,7 @@ def test_train_bodies(body: dict, code: ErrorCode | None) -> None:
         assert isinstance(req, TrainRequest)
         assert req.classifier_id == "cls-1"  # from the record key
         assert req.num_iters == 10
-        assert req.examples[0].label == "a"
+        assert req.examples[0].label.startswith("a")
         return
     with pytest.raises(RequestError) as info:
         parse_train(body, LIMITS, request_id="r", key=b"cls-1")
