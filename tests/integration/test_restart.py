@@ -10,6 +10,7 @@ import pytest
 from streams.broker import EmbeddedBroker
 from streams.client import ShotstreamClient
 from streams.processes import WorkerProcess
+from streams.settings import Settings
 from tests.integration.conftest import API_KEYS, client_settings, with_client, worker_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]
@@ -85,6 +86,24 @@ EXAMPLES = [
 ]
 
 
+def train_twice(settings: Settings, classifier_id: str) -> list[int]:
+    """Two train requests for ``classifier_id``, one after the other: their versions."""
+
+    async def go(c: ShotstreamClient) -> list[int]:
+        answers = [
+            await c.train(
+                EXAMPLES,
+                classifier_id=classifier_id,
+                api_key=API_KEYS["alice"],
+                model="jina-embeddings-v3",
+            )
+            for _ in range(2)
+        ]
+        return [a["version"] for a in answers]
+
+    return with_client(settings, go)
+
+
 def test_a_new_broker_starts_the_worker_on_empty_tables_not_stale_ones(
     tmp_path: Path, model_cache: Path
 ) -> None:
@@ -93,29 +112,18 @@ def test_a_new_broker_starts_the_worker_on_empty_tables_not_stale_ones(
     it was answered as a replay of the old broker's offset 0 and learned nothing)."""
     from streams.cli import free_port
 
-    def train_twice_on_a_fresh_broker(log: str) -> tuple[list[dict], WorkerProcess]:
+    def train_twice_on_a_fresh_broker(log: str) -> tuple[list[int], WorkerProcess]:
         with EmbeddedBroker(free_port()) as broker:
             env = worker_env(broker, tmp_path / "data", model_cache, SHOTSTREAM_PARTITIONS="1")
             with WorkerProcess(env, tmp_path / log) as worker:
                 worker.wait_ready(600)
 
-                async def go(c: ShotstreamClient) -> list[dict]:
-                    return [
-                        await c.train(
-                            EXAMPLES,
-                            classifier_id="same-id",
-                            api_key=API_KEYS["alice"],
-                            model="jina-embeddings-v3",
-                        )
-                        for _ in range(2)
-                    ]
-
-                return with_client(client_settings(broker), go), worker
+                return train_twice(client_settings(broker), "same-id"), worker
 
     first, _ = train_twice_on_a_fresh_broker("first.log")
-    assert [a["version"] for a in first] == [1, 2]
+    assert first == [1, 2]
     second, worker = train_twice_on_a_fresh_broker("second.log")
-    assert [a["version"] for a in second] == [1, 2], second
+    assert second == [1, 2], second
     assert "holds tables from before it: moved them to" in worker.log_text()
     assert len(list(tmp_path.joinpath("data").glob("faust.stale-*"))) == 1
 
@@ -135,18 +143,6 @@ def test_a_recreated_train_topic_is_learned_not_taken_for_replays(
         env = worker_env(broker, tmp_path / "data", model_cache, SHOTSTREAM_PARTITIONS="1")
         settings = client_settings(broker)
 
-        async def train_twice(c: ShotstreamClient) -> list[int]:
-            answers = [
-                await c.train(
-                    EXAMPLES,
-                    classifier_id="kept-id",
-                    api_key=API_KEYS["alice"],
-                    model="jina-embeddings-v3",
-                )
-                for _ in range(2)
-            ]
-            return [a["version"] for a in answers]
-
         async def delete_train_topic() -> None:
             admin = AIOKafkaAdminClient(bootstrap_servers=broker.address)
             await admin.start()
@@ -157,8 +153,8 @@ def test_a_recreated_train_topic_is_learned_not_taken_for_replays(
 
         with WorkerProcess(env, tmp_path / "first.log") as worker:
             worker.wait_ready(600)
-            assert with_client(settings, train_twice) == [1, 2]
+            assert train_twice(settings, "kept-id") == [1, 2]
         asyncio.run(delete_train_topic())
         with WorkerProcess(env, tmp_path / "second.log") as worker:
             worker.wait_ready(600)  # makes the train topic again
-            assert with_client(settings, train_twice) == [3, 4], worker.log_text()[-3000:]
+            assert train_twice(settings, "kept-id") == [3, 4], worker.log_text()[-3000:]

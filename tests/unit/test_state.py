@@ -78,35 +78,22 @@ def test_timestamps_tell_a_redelivery_from_a_recreated_topic() -> None:
     again, and new records reuse offsets 0.. while the classifier survives."""
     rec = fresh()
     X = np.eye(DIM, dtype=np.float32)[:2]
-    for offset, ts in [(10, 1000.0), (12, 1001.0)]:
+
+    def learn(offset: int, ts: float) -> None:
         apply_examples(
-            rec,
-            X,
-            ["a", "b"],
-            num_iters=1,
-            label_vectors=None,
-            source="t:0",
-            offset=offset,
-            now=ts + 0.5,
-            timestamp=ts,
-        )
+            rec, X, ["a", "b"], num_iters=1, label_vectors=None, source="t:0",
+            offset=offset, now=ts + 0.5, timestamp=ts,
+        )  # fmt: skip
+
+    learn(10, 1000.0)
+    learn(12, 1001.0)
     assert already_applied(rec, "t:0", 12, 1001.0)  # redelivered: same record
     assert already_applied(rec, "t:0", 10, 1000.0)
     assert not already_applied(rec, "t:0", 11, 1000.7)  # failed before: not learned
     assert already_applied(rec, "t:0", 5, 990.0)  # older than the memory, older in time
     assert not already_applied(rec, "t:0", 12, 5000.0)  # a new record at a reused offset
     assert not already_applied(rec, "t:0", 0, 5000.0)  # recreated topic, early offsets
-    apply_examples(
-        rec,
-        X,
-        ["a", "b"],
-        num_iters=1,
-        label_vectors=None,
-        source="t:0",
-        offset=0,
-        now=5000.5,
-        timestamp=5000.0,
-    )
+    learn(0, 5000.0)
     assert rec.version == 3
     assert already_applied(rec, "t:0", 0, 5000.0)  # the new record, redelivered
     assert not already_applied(rec, "t:0", 1, 5001.0)
