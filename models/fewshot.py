@@ -328,6 +328,18 @@ class PassiveAggressiveClassifier:
             if self._update(vec, y, sq_norm)[0] == 0.0:
                 break  # passive from here on: later passes would not move either
 
+    def check_examples(self, M: npt.NDArray[np.float32], labels: Sequence[str]) -> None:
+        """Refuse, before anything changes, examples that are not finite
+        (:class:`NonFiniteInputError`) or whose new labels exceed ``max_classes``
+        (:class:`ClassLimitError`)."""
+        check_finite(M)
+        new = [label for label in dict.fromkeys(labels) if label not in self._index]
+        if len(self.labels) + len(new) > self.max_classes:
+            raise ClassLimitError(
+                f"{len(self.labels) + len(new)} classes requested, at most {self.max_classes} "
+                "allowed per classifier"
+            )
+
     def learn_many(self, X: npt.ArrayLike, labels: Sequence[str], num_iters: int = 1) -> list[bool]:
         """Learn a batch in ``num_iters`` epochs; return, per example, whether it was
         predicted correctly *before* learning it (prequential evaluation)."""
@@ -336,13 +348,7 @@ class PassiveAggressiveClassifier:
             raise ValueError(f"expected ({len(labels)}, {self.dim}) examples, got {M.shape}")
         if num_iters < 1:
             raise ValueError("num_iters must be >= 1")
-        check_finite(M)
-        new = [label for label in dict.fromkeys(labels) if label not in self._index]
-        if len(self.labels) + len(new) > self.max_classes:  # before anything changes
-            raise ClassLimitError(
-                f"{len(self.labels) + len(new)} classes requested, at most {self.max_classes} "
-                "allowed"
-            )
+        self.check_examples(M, labels)
         M = self._centred(M, learn=True)
         prior_correct: list[bool] = []
         sq_norms = np.einsum("ij,ij->i", M, M).tolist()

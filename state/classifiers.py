@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from models.fewshot import ClassLimitError, PassiveAggressiveClassifier, check_finite
+from models.fewshot import PassiveAggressiveClassifier
 from state.records import ClassifierRecord
 
 PREQUENTIAL_WINDOW = 200
@@ -190,17 +190,13 @@ def apply_examples(
     """Learn ``vectors``/``labels`` into ``record`` (in place) and stamp the source offset
     (with the source record's ``timestamp``, which tells a redelivery from a reused offset).
 
-    Raises ``ClassLimitError`` (and leaves the record untouched) when the new labels would
-    exceed the class limit. Returns the prequential outcome of each example.
+    Raises ``ClassLimitError`` or ``NonFiniteInputError`` (and leaves the record untouched)
+    when the new labels would exceed the class limit or a vector is not finite. Returns the
+    prequential outcome of each example.
     """
-    check_finite(vectors)  # raises NonFiniteInputError; the record is untouched
     clf = learner(record)
+    clf.check_examples(vectors, labels)  # before the warm start adds classes
     new = [label for label in dict.fromkeys(labels) if label not in record.labels]
-    if len(record.labels) + len(new) > clf.max_classes:
-        raise ClassLimitError(
-            f"{len(record.labels) + len(new)} classes requested, at most {clf.max_classes} "
-            "allowed per classifier"
-        )
     warm = bool(record.hyper.get("warm_start", True)) and label_vectors is not None
     scale = float(record.hyper.get("warm_start_scale", 20.0))
     if warm:

@@ -20,7 +20,7 @@ import faust
 import orjson
 
 from streams.auth import KeyRing, header_value
-from streams.errors import OversizeRecordError, RequestError, to_request_error
+from streams.errors import ErrorCode, OversizeRecordError, RequestError, to_request_error
 from streams.observer import Observer
 from streams.producer import OutputProducer
 from streams.records import dead_letter, decode_json_object, parse_classify, request_id_of
@@ -184,7 +184,7 @@ async def send_dead_letter(
     ``request_id`` and ``detail`` are capped, since either can be as large as the record."""
     message = event.message
     error = to_request_error(exc)
-    if not isinstance(exc, RequestError):
+    if error.code == ErrorCode.INTERNAL_ERROR:  # a bug: its traceback
         log.exception("request %s on %s failed", request_id, message.topic, exc_info=exc)
     if request_id is None and message.key is not None:
         request_id = bytes(message.key).decode("utf-8", "replace")

@@ -15,7 +15,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streams.errors import OversizeRecordError
-from streams.producer import TOO_LARGE
+from streams.producer import TOO_LARGE, record_size
 from streams.settings import EMBEDDED_FETCH_MAX_WAIT_MS, Settings
 
 
@@ -138,9 +138,7 @@ class ShotstreamClient:
         rid = str(body.setdefault("request_id", str(uuid.uuid4())))
         value = json.dumps(body, ensure_ascii=False).encode()
         limit = self.settings.kafka.max_message_bytes
-        size = len(value) + len((key or rid).encode("utf-8", "surrogatepass"))
-        if size > limit:
-            raise OversizeRecordError(size, limit, "kafka.max_message_bytes", "the request")
+        size = record_size(value, (key or rid).encode(), limit, "the request")
         future = self.expect(rid)
         try:
             await self.produce(topic, value, key=key or rid, headers=headers)
@@ -149,7 +147,7 @@ class ShotstreamClient:
             future.cancel()
             if isinstance(exc, TOO_LARGE):  # the topic's or the broker's limit is lower
                 reason = f"the broker refused it: {type(exc).__name__}"
-                raise OversizeRecordError(len(value), limit, reason, "the request") from exc
+                raise OversizeRecordError(size, limit, reason, "the request") from exc
             raise
         return future
 

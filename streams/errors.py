@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from models.fewshot import ClassLimitError, NonFiniteInputError
 from models.registry import ModelNotAvailableError
 
 
@@ -68,6 +69,10 @@ def to_request_error(exc: BaseException) -> RequestError:
         return exc
     if isinstance(exc, ModelNotAvailableError):
         return RequestError(ErrorCode.MODEL_NOT_AVAILABLE, str(exc))
+    if isinstance(exc, ClassLimitError):
+        return RequestError(ErrorCode.INPUT_LABEL_LIMIT_EXCEEDED, str(exc))
+    if isinstance(exc, NonFiniteInputError):
+        return RequestError(ErrorCode.EMBEDDING_NOT_FINITE, f"{exc}; nothing was learned")
     if isinstance(exc, OversizeRecordError):
         return RequestError(
             ErrorCode.RESPONSE_TOO_LARGE,

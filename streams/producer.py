@@ -26,6 +26,15 @@ TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeEr
 """What aiokafka raises for a record over its own or the broker's size limit."""
 
 
+def record_size(value: bytes, key: bytes | None, limit: int, what: str) -> int:
+    """The bytes a record takes (value and key); :class:`OversizeRecordError` over ``limit``,
+    before any broker sees it."""
+    size = len(value) + len(key or b"")
+    if size > limit:
+        raise OversizeRecordError(size, limit, "kafka.max_message_bytes", what)
+    return size
+
+
 class ProducerStoppedError(RuntimeError):
     """``send`` after ``stop``: nothing can be delivered any more."""
 
@@ -66,9 +75,7 @@ class OutputProducer:
         """
         limit = self.settings.kafka.max_message_bytes
         raw_key = key.encode("utf-8") if key is not None else None
-        size = len(value) + len(raw_key or b"")
-        if size > limit:
-            raise OversizeRecordError(size, limit, "kafka.max_message_bytes")
+        size = record_size(value, raw_key, limit, "the answer")
         attempt = 0
         while True:
             # raises ProducerStoppedError once stopped: the request stays unacknowledged

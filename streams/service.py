@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from models.fewshot import NonFiniteInputError, check_finite
 from models.registry import IMAGE, TEXT, ModelRegistry, ModelSpec
 from models.runtime import EmbeddingRuntime, Tokenized
 from models.scoring import ranked, softmax
@@ -252,17 +253,16 @@ def check_embedded(
 
     A real encoder does this only when its arithmetic overflows (float16 on a GPU), and
     softmax over NaN would answer scores of ``null``: better a precise error."""
-    finite = np.isfinite(vectors).all(axis=1)
-    if finite.all():
-        return
-    rows = np.flatnonzero(~finite).tolist()
-    where = [names[i] for i in rows] if names is not None else rows
-    raise RequestError(
-        ErrorCode.EMBEDDING_NOT_FINITE,
-        f"model {model!r} embedded {what}(s) {where[:10]} to NaN or infinity; nothing was "
-        "answered or learned. On a GPU in float16 try SHOTSTREAM_MODELS__DTYPE=bfloat16 "
-        "or float32",
-    )
+    try:
+        check_finite(vectors)
+    except NonFiniteInputError as exc:
+        where = [names[i] for i in exc.rows] if names is not None else exc.rows
+        raise RequestError(
+            ErrorCode.EMBEDDING_NOT_FINITE,
+            f"model {model!r} embedded {what}(s) {where[:10]} to NaN or infinity; nothing "
+            "was answered or learned. On a GPU in float16 try "
+            "SHOTSTREAM_MODELS__DTYPE=bfloat16 or float32",
+        ) from exc
 
 
 def check_modalities(items: Sequence[InputItem], spec: ModelSpec) -> None:

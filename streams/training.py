@@ -17,7 +17,6 @@ import faust
 import numpy as np
 from faust.types import TableT
 
-from models.fewshot import ClassLimitError, NonFiniteInputError
 from state.classifiers import (
     LearnerSettings,
     already_applied,
@@ -180,26 +179,17 @@ class TrainHandler:
             if record.version == 0 and not record.labels:  # new: its size is the model's
                 record.dim = int(vectors.shape[1])
                 record.weights = np.zeros((0, record.dim), dtype=np.float32)
-            try:
-                prior = apply_examples(
-                    record,
-                    vectors,
-                    [e.label for e in request.examples],
-                    num_iters=request.num_iters,
-                    label_vectors=label_vectors,
-                    source=source,
-                    offset=offset,
-                    now=time.time(),
-                    timestamp=timestamp,
-                )
-            except ClassLimitError as exc:
-                raise RequestError(ErrorCode.INPUT_LABEL_LIMIT_EXCEEDED, str(exc)) from exc
-            except NonFiniteInputError as exc:
-                raise RequestError(
-                    ErrorCode.EMBEDDING_NOT_FINITE,
-                    f"input item(s) {exc.rows[:10]} embed to NaN or infinity with "
-                    f"{record.model!r}; nothing was learned",
-                ) from exc
+            prior = apply_examples(
+                record,
+                vectors,
+                [e.label for e in request.examples],
+                num_iters=request.num_iters,
+                label_vectors=label_vectors,
+                source=source,
+                offset=offset,
+                now=time.time(),
+                timestamp=timestamp,
+            )  # ClassLimitError, NonFiniteInputError: to_request_error gives their codes
             if request.access is not None:
                 record.access = request.access
             self._write(record)
