@@ -150,31 +150,107 @@ async def prepare_broker(settings: Settings) -> list[str]:
     return created
 
 
-def set_aside_stale_tables(settings: Settings, created: list[str]) -> Path | None:
-    """Move the local tables aside when their changelog topic has just been created.
+#: The key under which faust's RocksDB store keeps the last changelog offset it wrote.
+FAUST_OFFSET_KEY = b"__faust\0offset__"
+
+
+def local_changelog_offsets(tables: Path) -> dict[int, int]:
+    """Per partition, the last changelog offset the local ``classifiers`` tables hold."""
+    from rocksdict import AccessType, Options, Rdict
+
+    offsets: dict[int, int] = {}
+    for path in sorted(tables.glob("v*/tables/classifiers-*.db")):
+        partition = path.name.removeprefix("classifiers-").removesuffix(".db")
+        if not partition.isdigit():
+            continue
+        try:
+            db = Rdict(
+                str(path), options=Options(raw_mode=True), access_type=AccessType.read_only()
+            )
+        except Exception:  # faust reports an unusable table itself when it opens it
+            log.warning("could not open %s to compare it with its changelog", path, exc_info=True)
+            continue
+        try:
+            value = db.get(FAUST_OFFSET_KEY)
+        finally:
+            db.close()
+        if value is not None:
+            offset = int(value)
+            offsets[int(partition)] = max(offset, offsets.get(int(partition), offset))
+    return offsets
+
+
+async def changelog_end_offsets(settings: Settings) -> dict[int, int]:
+    """Per partition, the end offset of the ``classifiers`` changelog topic."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    topic = classifier_changelog_topic(settings)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=",".join(settings.brokers), enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        await consumer.topics()  # fetches the metadata partitions_for_topic reads
+        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        ends = await consumer.end_offsets(tps) if tps else {}
+        return {tp.partition: offset for tp, offset in ends.items()}
+    finally:
+        await consumer.stop()
+
+
+def tables_ahead_of(local: dict[int, int], ends: dict[int, int]) -> list[int]:
+    """The partitions whose local tables hold an offset their changelog never reached.
+
+    Offsets only grow in a Kafka partition (compaction and retention keep the end), so a
+    local offset at or past the topic's end means the topic was made anew after the tables
+    were written.
+    """
+    return sorted(p for p, offset in local.items() if offset >= ends.get(p, 0))
+
+
+def set_aside_stale_tables(
+    settings: Settings, created: list[str], ends: dict[int, int]
+) -> Path | None:
+    """Move the local tables aside when they are older than their changelog topic.
 
     The changelog is the tables' source of truth. A new one (the embedded broker keeps
     nothing across its restarts; on Kafka, the topic was deleted) with old local tables
     would leave classifiers this worker serves but no other worker or replica knows, whose
     stamped train offsets belong to the old topics, so new train records at those offsets
-    would be taken for replays and not learned. The tables are renamed, not deleted (on
-    Kafka they may be the last copy); the worker starts empty, consistent with its topics.
+    would be taken for replays and not learned. The tables are older when this worker
+    created the changelog, or when they hold an offset the changelog (``ends``: its end
+    offsets) has not reached, which also catches a worker that lost the race to create
+    it. They are renamed, not deleted (on Kafka they may be the last copy); the worker
+    starts empty, consistent with its topics.
     """
     tables = settings.data_dir / "faust"
-    if classifier_changelog_topic(settings) not in created or not tables.is_dir():
-        return None
-    if not any(path.is_file() for path in tables.rglob("*")):
+    if not tables.is_dir() or not any(path.is_file() for path in tables.rglob("*")):
         return None  # nothing stored yet
+    changelog = classifier_changelog_topic(settings)
+    if changelog in created:
+        why = "it was just created"
+    else:
+        ahead = tables_ahead_of(local_changelog_offsets(tables), ends)
+        if not ahead:
+            return None
+        why = f"it ends before their offsets in partitions {ahead}"
     stale = tables.with_name(f"faust.stale-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
     tables.rename(stale)
     log.warning(
-        "the changelog topic %s is new, but %s holds tables from before it: moved them to %s "
+        "the tables in %s are older than their changelog topic %s (%s): moved them to %s "
         "(classifiers start empty, as the topics do; delete it when it is not needed)",
-        classifier_changelog_topic(settings),
         tables,
+        changelog,
+        why,
         stale,
     )
     return stale
+
+
+async def prepare_tables(settings: Settings) -> Path | None:
+    """Make the topics, then move the local tables aside if they are older than them."""
+    created = await prepare_broker(settings)
+    return set_aside_stale_tables(settings, created, await changelog_end_offsets(settings))
 
 
 def run_worker(settings: Settings) -> None:
@@ -184,7 +260,7 @@ def run_worker(settings: Settings) -> None:
     if settings.metrics_port is not None:
         port = observer.serve(settings.metrics_port, settings.metrics_host)
         log.info("metrics port %d", port)
-    set_aside_stale_tables(settings, asyncio.run(prepare_broker(settings)))
+    asyncio.run(prepare_tables(settings))
     (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
     spec = service.registry.resolve(None)
     log.info("loading default model %s (%s)", spec.name, spec.source)
