@@ -156,6 +156,25 @@ def decode_record(data: bytes) -> ClassifierRecord:
         raise RecordFormatError(f"corrupt record header: {exc!r}") from exc
 
 
+def read_ownership(data: bytes) -> tuple[str, str]:
+    """``(owner, access)`` from a record's header alone, for any format version.
+
+    Enough to let the owner delete a classifier ``decode_record`` refuses (weights that
+    went NaN, a format this code does not read, a corrupt field elsewhere).
+    """
+    if len(data) < _HEAD.size or _HEAD.unpack_from(data)[0] != MAGIC:
+        raise RecordFormatError("not a classifier record")
+    head_len = _HEAD.unpack_from(data)[2]
+    try:
+        header = json.loads(data[_HEAD.size : _HEAD.size + head_len].decode())
+        owner, access = header["owner"], header["access"]
+    except (UnicodeDecodeError, json.JSONDecodeError, TypeError, KeyError) as exc:
+        raise RecordFormatError(f"corrupt record header: {exc!r}") from exc
+    if not isinstance(owner, str) or access not in ("private", "public"):
+        raise RecordFormatError(f"corrupt record header: owner {owner!r}, access {access!r}")
+    return owner, access
+
+
 def _int(value: Any, name: str, least: int = 0) -> int:
     """An integer field: JSON ints only (not bools, not floats int() would truncate)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < least:

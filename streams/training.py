@@ -25,7 +25,13 @@ from state.classifiers import (
     may_read,
     replayed_version,
 )
-from state.records import ClassifierRecord, decode_record, encode_record
+from state.records import (
+    ClassifierRecord,
+    RecordFormatError,
+    decode_record,
+    encode_record,
+    read_ownership,
+)
 from streams.agents import Turn, encode, send_dead_letter
 from streams.auth import KeyRing, header_value
 from streams.errors import ErrorCode, RequestError
@@ -280,12 +286,13 @@ class TrainHandler:
         return embedded.vectors, by_label, embedded.tokens * request.num_iters, spec.name
 
     def _delete(self, request: DeleteRequest, owner: str) -> dict[str, Any]:
-        record = self._read(request.classifier_id)
-        if record is None or not may_read(record, owner):
+        raw = self.table.get(request.classifier_id.encode())
+        record_owner, access = self._ownership(request.classifier_id, raw)
+        if access != "public" and record_owner != owner:
             raise RequestError(
                 ErrorCode.CLASSIFIER_NOT_FOUND, f"classifier {request.classifier_id!r} not found"
             )
-        if record.owner != owner:
+        if record_owner != owner:
             raise RequestError(
                 ErrorCode.AUTHZ_ACCESS_DENIED,
                 f"only the owner may delete classifier {request.classifier_id!r}",
@@ -298,6 +305,19 @@ class TrainHandler:
             "classifier_id": request.classifier_id,
             "deleted": True,
         }
+
+    @staticmethod
+    def _ownership(classifier_id: str, raw: bytes | None) -> tuple[str | None, str]:
+        """``(owner, access)`` of a stored record; a record no longer readable (weights
+        gone NaN, a newer format) still tells its owner, who may delete it."""
+        if raw is None:
+            return None, "private"  # found by no one
+        try:
+            record = decode_record(raw)
+        except RecordFormatError as exc:
+            log.warning("unreadable classifier %r, read for its owner only: %s", classifier_id, exc)
+            return read_ownership(raw)
+        return record.owner, record.access
 
     @staticmethod
     def _response(
