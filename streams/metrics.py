@@ -56,6 +56,12 @@ class PrometheusObserver(Observer):
             ["topic", "code"],
             registry=r,
         )
+        self.produce_retries = Counter(
+            "shotstream_produce_retries",
+            "Answers whose produce failed and is being retried (the broker away, no access)",
+            ["topic", "error"],
+            registry=r,
+        )
         self.truncated = Counter(
             "shotstream_inputs_truncated",
             "Inputs longer than the model window (truncated)",
@@ -136,6 +142,9 @@ class PrometheusObserver(Observer):
 
     def on_dead_letter(self, topic: str, code: str) -> None:
         self.dead_letters.labels(topic, code).inc()
+
+    def on_produce_retry(self, topic: str, error: str) -> None:
+        self.produce_retries.labels(topic, error).inc()
 
     def on_truncated(self, model: str, count: int) -> None:
         self.truncated.labels(model).inc(count)

@@ -23,6 +23,9 @@ class Observer:
     def on_dead_letter(self, topic: str, code: str) -> None:
         """A record was answered with a dead letter."""
 
+    def on_produce_retry(self, topic: str, error: str) -> None:
+        """Producing an answer to ``topic`` failed with ``error`` and will be tried again."""
+
     def on_truncated(self, model: str, count: int) -> None:
         """``count`` inputs were longer than the model window and embedded truncated."""
 

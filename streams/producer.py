@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 
 from streams.errors import OversizeRecordError
+from streams.observer import Observer
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,9 @@ class ProducerStoppedError(RuntimeError):
 class OutputProducer:
     """Started lazily in the running loop; ``send`` returns once the broker has the record."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, observer: Observer | None = None) -> None:
         self.settings = settings
+        self.observer = observer or Observer()
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
         self._stopped = False
@@ -71,7 +73,9 @@ class OutputProducer:
         A record over the size limit raises :class:`OversizeRecordError` at once (the
         caller answers with a dead letter instead). Any other failure is retried until the
         broker takes the record: an answer is never given up while the broker is away, so
-        its request is never acknowledged without one.
+        its request is never acknowledged without one. Each failed attempt is told to the
+        observer (``shotstream_produce_retries``), so a permanent failure such as a denied
+        topic shows on the dashboard, not only in the log.
         """
         limit = self.settings.kafka.max_message_bytes
         raw_key = key.encode("utf-8") if key is not None else None
@@ -87,9 +91,10 @@ class OutputProducer:
             except TOO_LARGE as exc:  # the broker's or the topic's limit is lower
                 reason = f"the broker refused it: {exc}"
                 raise OversizeRecordError(size, limit, reason) from exc
-            except Exception:
+            except Exception as exc:
                 pause = _RETRY_PAUSES_S[min(attempt, len(_RETRY_PAUSES_S) - 1)]
                 attempt += 1
+                self.observer.on_produce_retry(topic, type(exc).__name__)
                 log.warning(
                     "send to %s failed (attempt %d); retrying in %g s",
                     topic,

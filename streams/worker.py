@@ -91,7 +91,7 @@ def build_worker(settings: Settings) -> tuple[faust.App, ClassifyService, Promet
     )
     service = ClassifyService(settings, make_registry(settings), observer, replica)
     keys = KeyRing(settings.all_api_keys())
-    output = OutputProducer(settings)
+    output = OutputProducer(settings, observer)
     classify = ClassifyHandler(settings, service, keys, output, observer)
     train = TrainHandler(settings, service, table, replica, keys, output, observer)
     classify_runner = RequestAgent(classify, max_in_flight=settings.batching.max_in_flight)

@@ -170,3 +170,37 @@ def test_a_stopped_output_producer_refuses_instead_of_retrying() -> None:
             await asyncio.wait_for(output.send("t", "k", b"{}"), 5)
 
     asyncio.run(go())
+
+
+def test_produce_retries_are_counted_until_the_broker_takes_the_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from aiokafka.errors import KafkaConnectionError, TopicAuthorizationFailedError
+
+    from streams import producer as producer_module
+    from streams.metrics import PrometheusObserver
+    from streams.producer import OutputProducer
+
+    monkeypatch.setattr(producer_module, "_RETRY_PAUSES_S", (0.0,))
+    observer = PrometheusObserver()
+    output = OutputProducer(Settings(), observer)
+    failures = [KafkaConnectionError(), TopicAuthorizationFailedError(), KafkaConnectionError()]
+    sent: list[tuple[str, bytes, bytes | None]] = []
+
+    class Flaky:
+        async def send_and_wait(self, topic: str, value: bytes, key: bytes | None) -> None:
+            if failures:
+                raise failures.pop(0)
+            sent.append((topic, value, key))
+
+    output._producer = Flaky()  # type: ignore[assignment]
+    asyncio.run(output.send("answers", "k", b"{}"))
+    assert sent == [("answers", b"{}", b"k")]
+
+    def retries(error: str) -> float | None:
+        return observer.registry.get_sample_value(
+            "shotstream_produce_retries_total", {"topic": "answers", "error": error}
+        )
+
+    assert retries("KafkaConnectionError") == 2
+    assert retries("TopicAuthorizationFailedError") == 1
