@@ -14,6 +14,7 @@ changelog, as workers do (``streams/replica.py``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import socket
@@ -30,6 +31,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException
 
@@ -133,9 +135,9 @@ class Gateway:
             classifier_changelog_topic(settings),
             fetch_max_wait_ms=EMBEDDED_FETCH_MAX_WAIT_MS if settings.embedded_broker else 500,
         )
-        self._recent: OrderedDict[str, int] = OrderedDict()
-        """Classifier id → version this gateway last answered (-1: deleted), for listings
-        that read their own writes."""
+        self._recent: OrderedDict[str, tuple[str, int]] = OrderedDict()
+        """Classifier id → (owner, version this gateway last answered; -1: deleted), for
+        listings that read their own writes; dropped once the replica has read it."""
 
     async def start(self) -> None:
         deadline = time.monotonic() + self.settings.gateway.startup_timeout_s
@@ -233,25 +235,42 @@ class Gateway:
             )
         return answer, after
 
-    def remember(self, classifier_id: str, version: int) -> None:
-        self._recent[classifier_id] = version
+    def remember(self, classifier_id: str, owner: str, version: int) -> None:
+        self._recent[classifier_id] = (owner, version)
         self._recent.move_to_end(classifier_id)
         while len(self._recent) > 10_000:
             self._recent.popitem(last=False)
 
     async def classifiers_of(self, owner: str) -> list[ClassifierRecord]:
-        """The owner's classifiers, including what this gateway has just written."""
+        """The owner's classifiers, including what this gateway has just written for them.
+
+        Waits (5 s at most) only for the owner's own recent writes the replica has not read
+        yet; each is forgotten once read, or once waited for in vain (changed elsewhere
+        since), so a classifier deleted or rewritten behind this gateway's back never
+        slows a listing twice, nor anyone else's.
+        """
         timeout = self.settings.kafka.request_timeout_s
-        await self.replica.caught_up(timeout_s=timeout)
+        try:
+            await self.replica.caught_up(timeout_s=timeout)
+        except TimeoutError as exc:
+            raise GatewayError(
+                504, "SERVICE_TIMEOUT", f"the classifier list lags behind Kafka ({exc})"
+            ) from exc
+        except KafkaError as exc:
+            raise GatewayError(
+                503, "SERVICE_UNAVAILABLE", f"Kafka unavailable: {type(exc).__name__}"
+            ) from exc
         deadline = time.monotonic() + min(timeout, 5.0)
-        for cid, version in list(self._recent.items()):
-            record = self.replica.get(cid)
+        for cid, (writer, version) in list(self._recent.items()):
+            if writer != owner:
+                continue
+            remaining = max(0.0, deadline - time.monotonic())
             if version < 0:
-                while record is not None and time.monotonic() < deadline:
-                    await asyncio.sleep(0.02)
-                    record = self.replica.get(cid)
-            elif record is None or (record.owner == owner and record.version < version):
-                await self.replica.wait_for(cid, max(0.0, deadline - time.monotonic()), version)
+                await self.replica.wait_gone(cid, remaining)
+            else:
+                await self.replica.wait_for(cid, remaining, version)
+            if self._recent.get(cid) == (writer, version):
+                del self._recent[cid]  # read, or not to be waited for again
         return sorted(self.replica.owned_by(owner), key=lambda r: r.created_at)
 
 
@@ -267,19 +286,29 @@ def _gateway(request: Request) -> Gateway:
     return gateway
 
 
+def _caller_of(request: Request, *, anonymous_ok: bool) -> Caller:
+    """The caller of ``request`` (401 unless the key is valid or anonymous is allowed)."""
+    raw = request.headers.get("authorization")
+    if raw is not None:
+        # HTTP headers arrive as latin-1: a key sent as UTF-8 is decoded back to its text
+        with contextlib.suppress(UnicodeError):
+            raw = raw.encode("latin-1").decode("utf-8")
+        scheme, key = get_authorization_scheme_param(raw)
+        if scheme.lower() != "bearer" or not key:
+            raise GatewayError(
+                401, "AUTH_INVALID_FORMAT", "Invalid authorization format: use 'Bearer <key>'"
+            )
+    return _gateway(request).identify(request, raw, anonymous_ok=anonymous_ok)
+
+
 def _caller(anonymous_ok: bool) -> Any:
     """A dependency: the caller, checked before the body is (401 before 422, as Jina)."""
 
     async def dependency(  # async: a plain def would cost a thread hop per request
         request: Request,
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+        _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> Caller:
-        raw = request.headers.get("authorization")
-        if raw is not None and credentials is None:
-            raise GatewayError(
-                401, "AUTH_INVALID_FORMAT", "Invalid authorization format: use 'Bearer <key>'"
-            )
-        return _gateway(request).identify(request, raw, anonymous_ok=anonymous_ok)
+        return _caller_of(request, anonymous_ok=anonymous_ok)
 
     return dependency
 
@@ -337,12 +366,15 @@ async def train(body: TrainBody, request: Request, caller: KeyedCaller) -> Respo
     if body.classifier_id is None and body.model is None:
         raise GatewayError(400, ErrorCode.INPUT_MISSING, "creating a classifier needs a 'model'")
     payload = body.model_dump(mode="json", exclude_none=True)
-    payload["classifier_id"] = cid = body.classifier_id or str(uuid.uuid4())
+    # only a missing id makes a new one: "" is refused by the parser, as on Kafka
+    cid = str(uuid.uuid4()) if body.classifier_id is None else body.classifier_id
+    payload["classifier_id"] = cid
     _checked(parse_train, payload, gw, request_id=rid, key=None)
     gw.admit(caller)
     payload["request_id"] = rid
     answer, after = await gw.ask(gw.settings.topic("train"), payload, key=cid, caller=caller)
-    gw.remember(cid, int(answer.get("version", 0)))
+    assert caller.owner is not None  # noqa: S101 - identify(anonymous_ok=False)
+    gw.remember(cid, caller.owner, int(answer.get("version", 0)))
     return _answer(answer, request, after)
 
 
@@ -392,7 +424,8 @@ async def delete_classifier(classifier_id: str, request: Request, caller: KeyedC
     answer, after = await gw.ask(
         gw.settings.topic("train"), payload, key=classifier_id, caller=caller
     )
-    gw.remember(classifier_id, -1)
+    assert caller.owner is not None  # noqa: S101 - identify(anonymous_ok=False)
+    gw.remember(classifier_id, caller.owner, -1)
     return _answer(answer, request, after)
 
 
@@ -429,20 +462,40 @@ async def _on_gateway_error(request: Request, exc: Exception) -> Response:
     return response
 
 
+MAX_VALIDATION_ERRORS = 20
+"""Schema errors listed in a 422 (the rest are counted): a body of 100,000 wrong items must
+not be answered with 100,000 errors (tens of MB)."""
+
+
+def _refused_caller(request: Request) -> Response | None:
+    """The 401 for a request whose body could not be read, if its key is refused too."""
+    try:
+        _caller_of(request, anonymous_ok=request.url.path == "/v1/classify")
+    except GatewayError as exc:
+        return _error(request, exc.status, exc.code, exc.detail)
+    return None
+
+
 async def _on_validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)  # noqa: S101 - registered for it
+    found = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in found):
+        # FastAPI decodes JSON before the key is checked: 401 before 422 here too
+        refused = _refused_caller(request)
+        if refused is not None:
+            return refused
     errors = [
         {
             "field": ".".join(str(p) for p in e.get("loc", ())),
             "message": str(e.get("msg", "")),
             "type": str(e.get("type", "")),
         }
-        for e in exc.errors()
+        for e in found[:MAX_VALIDATION_ERRORS]
     ]
     first = errors[0] if errors else {"field": "body", "message": "invalid"}
     detail = f"{first['field']}: {first['message']}"
-    if len(errors) > 1:
-        detail += f" (and {len(errors) - 1} more)"
+    if len(found) > 1:
+        detail += f" (and {len(found) - 1} more)"
     return _error(request, 422, "INPUT_VALIDATION_FAILED", detail, errors=errors)
 
 
@@ -452,7 +505,14 @@ _HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "REQUEST_TOO_LA
 async def _on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)  # noqa: S101 - registered for it
     code = _HTTP_CODES.get(exc.status_code, f"HTTP_{exc.status_code}")
-    response = _error(request, exc.status_code, code, str(exc.detail))
+    detail = str(exc.detail)
+    if exc.status_code == 400 and request.url.path.startswith("/v1/"):
+        # FastAPI could not read the body (not UTF-8, nested too deeply): key first
+        refused = _refused_caller(request)
+        if refused is not None:
+            return refused
+        code, detail = ErrorCode.INPUT_NOT_JSON, "the body is not UTF-8 JSON that can be read"
+    response = _error(request, exc.status_code, code, detail)
     response.headers.update(exc.headers or {})
     return response
 

@@ -93,7 +93,9 @@ class TrainBody(_Body):
     access: Literal["private", "public"] | None = Field(
         None, description="private (default): owner only; public: anyone may classify."
     )
-    num_iters: int = Field(10, ge=1, le=1000, description="Passes per example.")
+    num_iters: int = Field(
+        10, ge=1, le=1000, strict=True, description="Passes per example (an integer)."
+    )
 
 
 class Usage(BaseModel):

@@ -136,6 +136,17 @@ class ClassifierReplica:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
 
+    async def wait_gone(self, classifier_id: str, timeout_s: float) -> bool:
+        """Whether the record is gone (deleted) within the timeout."""
+        deadline = time.monotonic() + timeout_s
+        while classifier_id in self.records:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+        return True
+
     def owned_by(self, owner: str) -> list[ClassifierRecord]:
         return [r for r in self.records.values() if r.owner == owner]
 

@@ -22,8 +22,8 @@ KEY = "key-alice"
 class Http:
     """A synchronous face on httpx's ASGI transport (no server, no lifespan)."""
 
-    def __init__(self, **overrides: Any) -> None:
-        settings = Settings(api_keys=KEY, **overrides)
+    def __init__(self, api_keys: str = KEY, **overrides: Any) -> None:
+        settings = Settings(api_keys=api_keys, **overrides)
         self.app = create_app(settings)
         self.app.state.gateway = Gateway(settings)
 
@@ -205,3 +205,86 @@ def test_a_lone_surrogate_is_invalid_input_not_a_server_error(http: Http) -> Non
     body = assert_error(response, 400, "INPUT_INVALID")
     assert "surrogate" in body["detail"]
     assert not http.app.state.gateway.client._waiting
+
+
+def test_a_body_of_many_wrong_items_gets_a_short_422(http: Http) -> None:
+    body = assert_error(
+        http.post("/v1/classify", json={"input": [1] * 5000, "labels": ["x"]}, headers=auth()),
+        422,
+        "INPUT_VALIDATION_FAILED",
+    )
+    # every item fails each union variant: over 15,000 errors, 20 listed (it was 2.5 MB)
+    assert len(body["errors"]) == 20
+    more = int(body["detail"].rsplit("(and ", 1)[1].removesuffix(" more)"))
+    assert more >= 15_000 - 1
+
+
+@pytest.mark.parametrize("num_iters", [True, "10", 10.0])
+def test_num_iters_must_be_an_integer_as_on_kafka(http: Http, num_iters: Any) -> None:
+    train = {"model": "m", "num_iters": num_iters, "input": [{"text": "t", "label": "l"}]}
+    assert_error(http.post("/v1/train", json=train, headers=auth()), 422, "INPUT_VALIDATION_FAILED")
+
+
+def test_an_empty_classifier_id_is_refused_not_replaced_by_a_new_one(http: Http) -> None:
+    train = {"classifier_id": "", "model": "m", "input": [{"text": "t", "label": "l"}]}
+    body = assert_error(http.post("/v1/train", json=train, headers=auth()), 400, "INPUT_INVALID")
+    assert "classifier_id" in body["detail"]
+    assert not http.app.state.gateway.client._waiting
+
+
+@pytest.mark.parametrize(
+    ("content", "status", "code"),
+    [(b"{nope", 422, "INPUT_VALIDATION_FAILED"), (b'{"input": "\xff"}', 400, "INPUT_NOT_JSON")],
+)
+def test_an_unreadable_body_is_answered_after_the_key_is_checked(
+    http: Http, content: bytes, status: int, code: str
+) -> None:
+    json_type = {"Content-Type": "application/json"}
+    for path in ("/v1/classify", "/v1/train"):
+        keyless = http.post(path, content=content, headers=json_type)
+        assert_error(keyless, 401, "AUTH_MISSING_API_KEY")
+        assert_error(
+            http.post(path, content=content, headers={**auth(), **json_type}), status, code
+        )
+
+
+def test_a_key_with_non_ascii_characters_authenticates() -> None:
+    http = client_for(api_keys="clé-äöü")
+    headers = {"Authorization": "Bearer clé-äöü".encode()}  # sent as UTF-8 bytes
+    answer = http.post("/v1/classify", json={**ZERO_SHOT, "input": []}, headers=headers)
+    assert_error(answer, 400, "INPUT_MISSING")  # past the key check
+
+
+def test_listings_wait_only_for_the_callers_own_writes_and_only_once() -> None:
+    from state.records import ClassifierRecord
+
+    http = client_for(kafka={"request_timeout_s": 0.3})
+    gw = http.app.state.gateway
+
+    async def caught_up(timeout_s: float) -> None:
+        pass
+
+    gw.replica.caught_up = caught_up
+    mine = ClassifierRecord.new("mine", model="m", owner="alice", access="private", dim=2, now=1.0)
+    gw.replica.records["mine"] = mine
+    gw.remember("mine", "alice", 0)  # the replica has read it
+    gw.remember("deleted-elsewhere", "alice", 3)  # never comes: gone behind our back
+    gw.remember("bobs", "bob", 1)
+    assert [r.classifier_id for r in asyncio.run(gw.classifiers_of("alice"))] == ["mine"]
+    assert list(gw._recent) == ["bobs"]  # alice's are settled; bob's was not waited for
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [(TimeoutError("lag"), 504, "SERVICE_TIMEOUT"), (None, 503, "SERVICE_UNAVAILABLE")],
+)
+def test_a_listing_that_cannot_reach_kafka_is_503_or_504(
+    http: Http, error: Exception | None, status: int, code: str
+) -> None:
+    from aiokafka.errors import KafkaConnectionError
+
+    async def caught_up(timeout_s: float) -> None:
+        raise error or KafkaConnectionError()
+
+    http.app.state.gateway.replica.caught_up = caught_up
+    assert_error(http.get("/v1/classifiers", headers=auth()), status, code)
