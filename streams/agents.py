@@ -78,8 +78,15 @@ class Turn:
         self.finish()
 
     def finish(self) -> None:
-        if not self._mine.done():
+        """End this turn, or, if the previous one has not ended yet (this request failed
+        before it got its turn), end it right after that one: a later request never
+        overtakes an earlier one that is still waiting or inside its block."""
+        if self._mine.done():
+            return
+        if self._previous is None or self._previous.done():
             self._mine.set_result(None)
+        else:
+            self._previous.add_done_callback(lambda _previous: self.finish())
 
 
 Handler = Callable[[faust.EventT[Any], Turn], Awaitable[None]]
