@@ -143,8 +143,10 @@ def already_applied(
       was deleted and recreated, and a new record reuses the offset;
     - an offset inside the memory's range that is not remembered was never applied (its
       request failed: it fails again and gets its dead letter again, not a false answer);
-    - an offset older than the memory is a redelivery unless it was produced later than
-      the classifier's last update (plus ``REPLAY_CLOCK_SKEW_S``): a recreated topic.
+      so is one below a memory that was never trimmed (fewer than ``REPLAY_MEMORY``
+      entries: it holds every offset applied from this source);
+    - an offset older than a trimmed memory is a redelivery unless it was produced later
+      than the classifier's last update (plus ``REPLAY_CLOCK_SKEW_S``): a recreated topic.
 
     >>> rec = ClassifierRecord.new("c", model="m", owner="o", access="private", dim=2, now=0.0)
     >>> rec.applied["t:0"] = 9
@@ -152,7 +154,11 @@ def already_applied(
     >>> rec.hyper["_replay"] = {"t:0": [[7, 1, 50.0], [9, 2, 60.0]]}
     >>> [already_applied(rec, "t:0", o, ts) for o, ts in [(9, 60.0), (9, 99.0), (8, 55.0)]]
     [True, False, False]
-    >>> [already_applied(rec, "t:0", 3, ts) for ts in (40.0, 100.0 + 61)]
+    >>> [already_applied(rec, "t:0", 3, ts) for ts in (40.0, 100.0 + 61)]  # never trimmed
+    [False, False]
+    >>> rec.hyper["_replay"]["t:0"] = [[o, o, 50.0] for o in range(10, 10 + REPLAY_MEMORY)]
+    >>> rec.applied["t:0"] = 9 + REPLAY_MEMORY
+    >>> [already_applied(rec, "t:0", 3, ts) for ts in (40.0, 100.0 + 61)]  # trimmed
     [True, False]
     """
     if record is None or record.applied.get(source, -1) < offset:
@@ -162,7 +168,7 @@ def already_applied(
         if entry[0] == offset:
             stamped = entry[2] if len(entry) > 2 else None
             return timestamp is None or stamped is None or stamped == timestamp
-    if memory and offset > min(entry[0] for entry in memory):
+    if memory and (offset > min(entry[0] for entry in memory) or len(memory) < REPLAY_MEMORY):
         return False
     return timestamp is None or timestamp <= record.updated_at + REPLAY_CLOCK_SKEW_S
 

@@ -152,8 +152,12 @@ class TrainHandler:
         embedded = await self._embed(request, model) if model and not refused else None
         async with turn:
             record = self._read(request.classifier_id)
-            if already_applied(record, source, offset, timestamp):
-                assert record is not None  # noqa: S101 - implied by already_applied
+            # a replay is answered only to the owner; anyone else is refused by _authorize
+            if (
+                record is not None
+                and record.owner == owner
+                and already_applied(record, source, offset, timestamp)
+            ):
                 log.info(
                     "train record %s@%d already applied to %s: answering again",
                     source,

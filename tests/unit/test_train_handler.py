@@ -1,0 +1,166 @@
+"""The train agent's order and replay answers, driven record by record without Kafka.
+
+A fake stream feeds records to the real ``RequestAgent`` and ``TrainHandler``; the table
+is a dict, embeddings come from a seeded generator (with per-request delays to make
+requests finish out of order), and the output producer records what it is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
+from typing import Any, cast
+
+import numpy as np
+import orjson
+
+from state.records import ClassifierRecord, decode_record, encode_record
+from streams.agents import RequestAgent
+from streams.auth import KeyRing
+from streams.observer import Observer
+from streams.replica import ClassifierReplica
+from streams.settings import Settings
+from streams.training import TrainHandler
+
+DIM = 8
+
+
+class Output:
+    settings = Settings()
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+
+    async def send(self, topic: str, key: str | None, value: bytes) -> None:
+        await asyncio.sleep(0.001)
+        self.sent.append((topic, orjson.loads(value)))
+
+    def answers(self) -> dict[str, Any]:
+        """request_id → version (train results) or error code (dead letters)."""
+        return {
+            body["request_id"]: body["error"]["code"] if body.get("error") else body["version"]
+            for _topic, body in self.sent
+        }
+
+
+def handler(delays: dict[str, float]) -> tuple[TrainHandler, dict[bytes, bytes], Output]:
+    service = SimpleNamespace(
+        registry=SimpleNamespace(resolve=lambda name: SimpleNamespace(name=name, modality="text"))
+    )
+    table: dict[bytes, bytes] = {}
+    output = Output()
+    train = TrainHandler(
+        Settings(),
+        cast(Any, service),
+        cast(Any, table),
+        ClassifierReplica("127.0.0.1:1", "changelog"),  # never started
+        KeyRing(["key-alice", "key-bob"]),
+        cast(Any, output),
+        Observer(),
+    )
+
+    async def embed(request: Any, model: str) -> tuple[np.ndarray, None, int, str]:
+        await asyncio.sleep(delays.get(request.request_id, 0.0))
+        rng = np.random.default_rng(len(request.examples))
+        vectors = rng.normal(size=(len(request.examples), DIM)).astype(np.float32)
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True), None, 1, model
+
+    train._embed = embed  # type: ignore[method-assign]
+    return train, table, output
+
+
+def event(offset: int, body: dict[str, Any] | bytes, key: str, api_key: str = "key-alice") -> Any:
+    value = body if isinstance(body, bytes) else orjson.dumps(body)
+    message = SimpleNamespace(
+        topic="train",
+        partition=0,
+        tp=("train", 0),
+        offset=offset,
+        key=key.encode(),
+        value=value,
+        headers=[("authorization", f"Bearer {api_key}".encode())],
+        timestamp=1000.0 + offset,
+    )
+    return SimpleNamespace(message=message, ack=lambda: None)
+
+
+def train(rid: str, label: str, model: str | None = "m", cid: str = "x") -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "request_id": rid,
+        "classifier_id": cid,
+        "input": [{"text": "t", "label": label}],
+    }
+    return body if model is None else {**body, "model": model}
+
+
+class Stream:
+    def __init__(self, events: list[Any]) -> None:
+        self._events = events
+
+    def noack(self) -> Stream:
+        return self
+
+    async def events(self) -> AsyncIterator[Any]:
+        for e in self._events:
+            yield e
+
+
+def run(train_handler: TrainHandler, events: list[Any]) -> None:
+    async def go() -> None:
+        agent = RequestAgent(train_handler, max_in_flight=8)
+        await agent(cast(Any, Stream(events)))
+        await asyncio.gather(*list(agent._tasks))
+
+    asyncio.run(go())
+
+
+def stored(table: dict[bytes, bytes], cid: str = "x") -> ClassifierRecord:
+    return decode_record(table[cid.encode()])
+
+
+def test_a_record_failing_before_its_turn_does_not_let_the_next_overtake() -> None:
+    """Offset 0 creates x (slow to embed), offset 1 is not JSON, offset 2 trains x: both
+    are learned, in order (before, offset 2 was applied first and offset 0 then looked
+    like a replay: answered, never learned)."""
+    train_handler, table, output = handler({"r0": 0.2})
+    run(
+        train_handler,
+        [event(0, train("r0", "a"), "x"), event(1, b"{no", "x"), event(2, train("r2", "b"), "x")],
+    )
+    assert output.answers() == {"r0": 1, "x": "INPUT_NOT_JSON", "r2": 2}
+    record = stored(table)
+    assert (record.version, record.labels, record.applied) == (2, ["a", "b"], {"train:0": 2})
+
+
+def test_a_redelivered_failure_fails_again_and_never_shows_anothers_classifier() -> None:
+    """Offset 0: bob trains x, which does not exist (no model: INPUT_MISSING). Offset 1:
+    alice creates x, private. Both redelivered (a crash before the commit): bob's record
+    fails again (before, it was answered as a replay, with alice's private labels)."""
+    train_handler, table, output = handler({})
+    events = [
+        event(0, train("rB", "zz", model=None), "x", api_key="key-bob"),
+        event(1, train("rA", "secret-label"), "x"),
+    ]
+    run(train_handler, events)
+    first = output.answers()
+    output.sent.clear()
+    run(train_handler, events)
+    assert first == {"rB": "INPUT_MISSING", "rA": 1}
+    assert output.answers() == {"rB": "CLASSIFIER_NOT_FOUND", "rA": 1}
+    assert stored(table).version == 1
+
+
+def test_a_replay_is_answered_to_the_owner_only() -> None:
+    """Older than a full replay memory and stamped before the last update, bob's record
+    counts as a redelivery; it is still refused, not answered with alice's classifier."""
+    train_handler, table, output = handler({})
+    record = ClassifierRecord.new("x", model="m", owner="alice", access="private", dim=DIM, now=0.0)
+    record.labels, record.rows, record.seen = ["secret-label"], [1], [1]
+    record.weights = np.zeros((1, DIM), dtype=np.float32)
+    record.version, record.updated_at = 64, 5000.0
+    record.applied["train:0"] = 100
+    record.hyper["_replay"] = {"train:0": [[o, o - 36, 4000.0] for o in range(37, 101)]}
+    table[b"x"] = encode_record(record)
+    run(train_handler, [event(3, train("rB", "zz", model=None), "x", api_key="key-bob")])
+    assert output.answers() == {"rB": "CLASSIFIER_NOT_FOUND"}
