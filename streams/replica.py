@@ -44,6 +44,11 @@ class ClassifierReplica:
         self._changed = asyncio.Event()
         self._forgotten: dict[str, float] = {}
         """Ids deleted by this process, until the changelog's tombstone for them arrives."""
+        self.loaded = asyncio.Event()
+        """Set once the changelog has been read up to where it ended when ``start`` began
+        (a replica fed by hand sets it itself): before that, an unknown id may be one
+        still to be read, and ``owned_by`` may count too few."""
+        self._loader: asyncio.Task[None] | None = None
 
     async def start(self, timeout_s: float = 30.0) -> None:
         consumer = AIOKafkaConsumer(
@@ -68,6 +73,31 @@ class ClassifierReplica:
         await consumer.seek_to_beginning(*tps)
         self._consumer = consumer
         self._task = asyncio.create_task(self._follow(consumer))
+        self._loader = asyncio.create_task(self._load())
+
+    async def _load(self) -> None:
+        started = time.monotonic()
+        while True:
+            try:
+                await self.caught_up(timeout_s=30.0)
+                break
+            except Exception as exc:  # lagging (TimeoutError) or Kafka away: keep trying
+                log.warning(
+                    "still reading the classifier changelog %s (%d classifiers, %.0f s, %s): "
+                    "few-shot requests wait for it",
+                    self.topic,
+                    len(self.records),
+                    time.monotonic() - started,
+                    type(exc).__name__,
+                )
+                await asyncio.sleep(1.0)
+        self.loaded.set()
+        log.info(
+            "read the classifier changelog %s: %d classifiers in %.1f s",
+            self.topic,
+            len(self.records),
+            time.monotonic() - started,
+        )
 
     async def _follow(self, consumer: AIOKafkaConsumer) -> None:
         async for message in consumer:
@@ -151,6 +181,10 @@ class ClassifierReplica:
         return [r for r in self.records.values() if r.owner == owner]
 
     async def stop(self) -> None:
+        if self._loader is not None:
+            self._loader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loader
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

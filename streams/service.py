@@ -129,6 +129,7 @@ class ClassifyService:
             )
         record = None
         if self.classifiers is not None:
+            await self.classifiers.loaded.wait()  # a worker just started: read them all first
             record = self.classifiers.get(request.classifier_id) or (
                 await self.classifiers.wait_for(
                     request.classifier_id, self.settings.limits.visibility_wait_s

@@ -138,6 +138,7 @@ class TrainHandler:
         timestamp: float | None,
         turn: Turn,
     ) -> dict[str, Any]:
+        await self.replica.loaded.wait()  # the per-key limit counts what the replica holds
         existing = self.replica.get(request.classifier_id) or self._read(request.classifier_id)
         refused = False
         if existing is not None and existing.owner != owner:

@@ -53,6 +53,7 @@ def noise(seed: int) -> str:
 def make_service(settings: Settings, folder: Path, observer: Observer) -> ClassifyService:
     registry = ModelRegistry(cache_dir=settings.model_cache_dir, clip_model=str(folder))
     replica = ClassifierReplica("127.0.0.1:1", "unused")  # filled by hand, never started
+    replica.loaded.set()
     return ClassifyService(settings, registry, observer, replica)
 
 

@@ -163,6 +163,7 @@ def test_few_shot_waits_for_an_access_change_still_replicating(
     from streams.replica import ClassifierReplica
 
     replica = ClassifierReplica("127.0.0.1:1", "changelog")  # never started: fed by hand
+    replica.loaded.set()
     private = ClassifierRecord.new(
         "c1", model="hash", owner="alice", access="private", dim=64, now=0.0
     )

@@ -17,13 +17,14 @@ import orjson
 
 from state.records import ClassifierRecord, decode_record, encode_record
 from streams.agents import RequestAgent
-from streams.auth import KeyRing
+from streams.auth import KeyRing, hash_key
 from streams.observer import Observer
 from streams.replica import ClassifierReplica
 from streams.settings import Settings
 from streams.training import TrainHandler
 
 DIM = 8
+ALICE = hash_key("key-alice")  # an owner id is its key's hash
 
 
 class Output:
@@ -50,11 +51,13 @@ def handler(delays: dict[str, float]) -> tuple[TrainHandler, dict[bytes, bytes],
     )
     table: dict[bytes, bytes] = {}
     output = Output()
+    replica = ClassifierReplica("127.0.0.1:1", "changelog")  # never started: empty
+    replica.loaded.set()
     train = TrainHandler(
         Settings(),
         cast(Any, service),
         cast(Any, table),
-        ClassifierReplica("127.0.0.1:1", "changelog"),  # never started
+        replica,
         KeyRing(["key-alice", "key-bob"]),
         cast(Any, output),
         Observer(),
@@ -155,7 +158,7 @@ def test_a_replay_is_answered_to_the_owner_only() -> None:
     """Older than a full replay memory and stamped before the last update, bob's record
     counts as a redelivery; it is still refused, not answered with alice's classifier."""
     train_handler, table, output = handler({})
-    record = ClassifierRecord.new("x", model="m", owner="alice", access="private", dim=DIM, now=0.0)
+    record = ClassifierRecord.new("x", model="m", owner=ALICE, access="private", dim=DIM, now=0.0)
     record.labels, record.rows, record.seen = ["secret-label"], [1], [1]
     record.weights = np.zeros((1, DIM), dtype=np.float32)
     record.version, record.updated_at = 64, 5000.0
@@ -164,3 +167,31 @@ def test_a_replay_is_answered_to_the_owner_only() -> None:
     table[b"x"] = encode_record(record)
     run(train_handler, [event(3, train("rB", "zz", model=None), "x", api_key="key-bob")])
     assert output.answers() == {"rB": "CLASSIFIER_NOT_FOUND"}
+
+
+def test_training_waits_for_the_replica_to_load_before_counting_classifiers() -> None:
+    """A worker just started: alice's 16 classifiers are still being read from the
+    changelog. Her 17th create waits for them and is refused (before, it was counted
+    against an empty replica and created)."""
+    train_handler, table, output = handler({})
+    replica = train_handler.replica
+    replica.loaded.clear()
+
+    async def load_later() -> None:
+        await asyncio.sleep(0.1)
+        for i in range(16):
+            owned = ClassifierRecord.new(
+                f"c{i}", model="m", owner=ALICE, access="private", dim=DIM, now=0.0
+            )
+            replica.apply(owned.classifier_id, encode_record(owned))
+        replica.loaded.set()
+
+    async def go() -> None:
+        agent = RequestAgent(train_handler, max_in_flight=8)
+        create = event(0, train("r17", "a", cid="c16"), "c16")
+        await asyncio.gather(agent(cast(Any, Stream([create]))), load_later())
+        await asyncio.gather(*list(agent._tasks))
+
+    asyncio.run(go())
+    assert output.answers() == {"r17": "AUTHZ_RESOURCE_LIMIT_EXCEEDED"}
+    assert table == {}
