@@ -103,6 +103,28 @@ def test_corrupt_and_truncated_images() -> None:
         decode_image(png[: len(png) // 2], max_pixels=10_000)
 
 
+@pytest.mark.parametrize("size", [(1, 100_000), (100_000, 1), (3, 5_000)])
+def test_a_thin_image_is_cropped_before_it_is_resized(size: tuple[int, int]) -> None:
+    """A few hundred bytes of PNG, 1 x 100,000 pixels: resized whole to a 224-pixel short
+    side it would take 15 GB (a worker OOM); cropped first it is a 224 x 224 image."""
+    from models.images import center_crop_resize
+
+    image = Image.new("RGB", size, (10, 200, 30))
+    assert len(encode_png(image)) < 2_000
+    out = center_crop_resize(image, 224)
+    assert out.size == (224, 224)
+    assert out.getpixel((112, 112)) == (10, 200, 30)
+
+
+def test_ordinary_images_keep_resize_then_crop() -> None:
+    from models.images import center_crop_resize
+
+    gradient = Image.fromarray(np.tile(np.arange(300) % 256, (200, 1)).astype(np.uint8))
+    gradient = gradient.convert("RGB")
+    expected = gradient.resize((336, 224), Image.Resampling.BICUBIC).crop((56, 0, 280, 224))
+    assert np.array_equal(np.asarray(center_crop_resize(gradient, 224)), np.asarray(expected))
+
+
 def test_tile_token_rule() -> None:
     assert image_tokens(224, 224, tile=224, per_tile=1000) == 1000
     assert image_tokens(225, 224, tile=224, per_tile=1000) == 2000
