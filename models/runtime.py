@@ -119,6 +119,7 @@ class EmbeddingRuntime:
         self._label_cache_size = label_cache_size
         self._label_sets: OrderedDict[tuple[str, ...], LabelVectors] = OrderedDict()
         self._label_inflight: dict[str, asyncio.Future[tuple[Vectors, int]]] = {}
+        self._label_tasks: set[asyncio.Task[None]] = set()
 
     @property
     def name(self) -> str:
@@ -217,12 +218,33 @@ class EmbeddingRuntime:
         loop = asyncio.get_running_loop()
         futures = {label: loop.create_future() for label in missing}
         self._label_inflight.update(futures)
+        # its own task: a caller that goes away (cancelled) leaves the computation running
+        # for the other requests waiting on these labels, instead of failing them with it
+        task = asyncio.create_task(self._embed_labels(missing, futures))
+        self._label_tasks.add(task)
+        task.add_done_callback(self._label_task_done)
+        await asyncio.shield(task)
+        for label in missing:
+            results[label] = futures[label].result()
+
+    def _label_task_done(self, task: asyncio.Task[None]) -> None:
+        self._label_tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: every waiter has it through its future
+
+    async def _embed_labels(
+        self, missing: list[str], futures: dict[str, asyncio.Future[tuple[Vectors, int]]]
+    ) -> None:
         try:
             tokenized = await self.tokenize(missing)
             vectors = await self.embed(tokenized.ids)
         except BaseException as exc:
             for future in futures.values():
-                if not future.done():
+                if future.done():
+                    continue
+                if isinstance(exc, asyncio.CancelledError):
+                    future.cancel()  # shutting down
+                else:
                     future.set_exception(exc)
                     future.exception()  # consumed here; waiters re-raise it
             raise
@@ -231,7 +253,6 @@ class EmbeddingRuntime:
                 self._label_inflight.pop(label, None)
         for label, vec, count in zip(missing, vectors, tokenized.counts, strict=True):
             entry = (vec, count)
-            results[label] = entry
             futures[label].set_result(entry)
             if self._label_cache_size:
                 self._label_cache[label] = entry
