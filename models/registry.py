@@ -238,7 +238,8 @@ class ModelRegistry:
                     encoder = self._build(spec)
                 except ModelNotAvailableError:
                     raise
-                except (OSError, ValueError, KeyError) as exc:  # missing or broken files
+                except Exception as exc:  # missing or broken files, of any kind (a truncated
+                    # safetensors file raises SafetensorError, a config that is a list TypeError)
                     raise ModelNotAvailableError(
                         f"model {spec.name!r} ({spec.source}) could not be loaded: "
                         f"{type(exc).__name__}: {exc}"

@@ -176,7 +176,7 @@ class ImageFetcher:
         else:
             try:
                 addresses = await self._resolve(host, port)
-            except OSError as exc:
+            except (OSError, UnicodeError) as exc:  # UnicodeError: a label over 63 chars
                 raise FetchError(f"cannot resolve host {host!r}: {exc}") from exc
         if not addresses:
             raise FetchError(f"host {host!r} has no address")

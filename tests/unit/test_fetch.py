@@ -198,3 +198,18 @@ def test_scheme_and_malformed_urls() -> None:
         fetch("ftp://example.com/x.png")
     with pytest.raises(FetchError, match="scheme 'http'"):
         fetch("http://example.com/x.png", schemes=("https",))
+
+
+def test_a_host_name_with_a_too_long_label_is_a_fetch_error() -> None:
+    """The IDNA codec refuses a 64-character label with UnicodeError (it escaped as an
+    INTERNAL_ERROR before; it is IMAGE_FETCH_FAILED)."""
+    fetcher = ImageFetcher(ImageSettings())
+
+    async def go() -> None:
+        try:
+            with pytest.raises(FetchError, match="cannot resolve host"):
+                await fetcher.fetch("http://" + "a" * 64 + ".example/x.png")
+        finally:
+            await fetcher.aclose()
+
+    asyncio.run(go())

