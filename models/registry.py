@@ -211,7 +211,7 @@ class ModelRegistry:
         if folder.is_dir() and (folder / "config.json").is_file():
             path = str(folder.resolve())
             return ModelSpec(
-                target,
+                path,  # named by its real path: "m", "m/" and "./m" are one model, loaded once
                 f"folder {path}",
                 lambda _c: path,
                 default_prefix(target),

@@ -37,6 +37,10 @@ def test_a_local_folder_loads_through_the_generic_loader(tmp_path: Path) -> None
     assert spec.source.startswith("folder ")
     enc = reg.load(spec)
     assert reg.load(spec) is enc  # loaded once
+    for alias in (folder + "/", folder + "/.", folder + "//", f"{folder}/../{Path(folder).name}"):
+        # one folder spelled many ways is one model, not a new ~90 MB copy per spelling
+        assert reg.resolve(alias).name == spec.name == str(Path(folder).resolve())
+        assert reg.load(reg.resolve(alias)) is enc
     ids = enc.tokenize(["a cat sat on the mat", "word " * 600])
     assert len(ids[1]) > enc.max_length == 256  # counted in full, window from the folder
     vecs = enc.embed_ids(ids)  # the long one is truncated, not an error
