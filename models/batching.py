@@ -139,6 +139,8 @@ class MicroBatcher(Generic[Item]):
         self._stream_free.set()
         self._collector: asyncio.Task[None] | None = None
         self._computing: set[asyncio.Task[None]] = set()
+        self._open: set[asyncio.Future[Vectors]] = set()
+        """Futures of the requests not answered yet (``aclose`` fails what is left)."""
         self._closed = False
 
     # -- public API -------------------------------------------------------------------
@@ -159,10 +161,16 @@ class MicroBatcher(Generic[Item]):
             return np.zeros((0, 0), dtype=np.float32)
         request.rows = [None] * len(items)
         request.remaining = len(items)
-        for index, item in enumerate(items):
-            if not request.alive():
-                break
-            await self._queue.put(_Pending(request, index, item, self._length(item)))
+        self._open.add(request.future)
+        request.future.add_done_callback(self._open.discard)
+        try:
+            for index, item in enumerate(items):
+                if not request.alive():
+                    break
+                await self._queue.put(_Pending(request, index, item, self._length(item)))
+        except asyncio.CancelledError:
+            request.future.cancel()  # its queued items are skipped, not embedded
+            raise
         return await request.future
 
     async def aclose(self) -> None:
@@ -175,10 +183,12 @@ class MicroBatcher(Generic[Item]):
         for task in list(self._computing):
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await task
+        # queued, or taken off the queue by the collector but not computing: failed here
+        for future in list(self._open):
+            if not future.done():
+                future.set_exception(RuntimeError("batcher closed"))
         while not self._queue.empty():
-            pending = self._queue.get_nowait()
-            if pending.request.alive():
-                pending.request.future.set_exception(RuntimeError("batcher closed"))
+            self._queue.get_nowait()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def __aenter__(self) -> MicroBatcher[Item]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -256,3 +257,50 @@ def test_chunks_of_one_batch_share_the_streams() -> None:
         sorted(s.seconds for s in seen), sorted(rec.durations), strict=True
     ):
         assert computed <= observed < computed + 0.025
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    for _ in range(int(timeout_s / 0.005)):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise TimeoutError
+
+
+def test_aclose_fails_requests_the_collector_holds_instead_of_leaving_them_waiting() -> None:
+    """One stream busy; a second request has been taken off the queue and waits for a free
+    stream when the batcher closes: it fails (before, it waited forever)."""
+    rec = Recorder(delay_s=0.3)
+
+    async def go() -> tuple[np.ndarray, BaseException | None]:
+        batcher: MicroBatcher[list[int]] = MicroBatcher(
+            rec, max_batch_size=8, max_wait_s=0.001, streams=1
+        )
+        first = asyncio.create_task(batcher.submit([[1]]))
+        await until(lambda: bool(rec.calls))  # computing: the only stream is busy
+        second = asyncio.create_task(batcher.submit([[2, 2]]))
+        await asyncio.sleep(0.01)
+        await until(lambda: batcher.queue_depth == 0)  # the collector holds it
+        await batcher.aclose()
+        done, _ = await asyncio.wait({second}, timeout=2)
+        return await first, second.exception() if done else None
+
+    first, failure = run(go())
+    assert first.tolist() == [[1.0, 1.0]]
+    assert isinstance(failure, RuntimeError)
+
+
+def test_a_request_cancelled_while_queueing_is_not_embedded() -> None:
+    rec = Recorder(delay_s=0.1)
+
+    async def go() -> None:
+        batcher: MicroBatcher[list[int]]
+        async with MicroBatcher(rec, max_batch_size=2, max_wait_s=0.001, max_queue=2) as batcher:
+            task = asyncio.create_task(batcher.submit([[i] for i in range(10)]))
+            await asyncio.sleep(0.02)  # blocked putting items into the full queue
+            task.cancel()
+            await asyncio.sleep(0.5)
+
+    run(go())
+    embedded = [item for call in rec.calls for item in call]
+    assert len(embedded) <= 2, embedded  # only the batch already computing (it was 6)
