@@ -132,24 +132,30 @@ def encode_record(record: ClassifierRecord) -> bytes:
     return _HEAD.pack(MAGIC, FORMAT_VERSION, len(head)) + head + weights.tobytes()
 
 
-def decode_record(data: bytes) -> ClassifierRecord:
+def _split(data: bytes) -> tuple[int, Any, bytes]:
+    """``(format version, JSON header, weight bytes)`` of a record of any format version."""
     if len(data) < _HEAD.size:
         raise RecordFormatError("record too short")
     magic, version, head_len = _HEAD.unpack_from(data)
     if magic != MAGIC:
         raise RecordFormatError(f"not a classifier record (magic {magic!r})")
-    if version not in READABLE_VERSIONS:
-        raise RecordFormatError(
-            f"record format {version} is not supported (this code reads "
-            f"{', '.join(map(str, READABLE_VERSIONS))})"
-        )
     start = _HEAD.size
     try:
         header = json.loads(data[start : start + head_len].decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RecordFormatError(f"corrupt record header: {exc}") from exc
+    return version, header, data[start + head_len :]
+
+
+def decode_record(data: bytes) -> ClassifierRecord:
+    version, header, body = _split(data)
+    if version not in READABLE_VERSIONS:
+        raise RecordFormatError(
+            f"record format {version} is not supported (this code reads "
+            f"{', '.join(map(str, READABLE_VERSIONS))})"
+        )
     try:
-        return _from_header(header, data[start + head_len :])
+        return _from_header(header, body)
     except RecordFormatError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a field of the wrong kind
@@ -162,14 +168,9 @@ def read_ownership(data: bytes) -> tuple[str, str]:
     Enough to let the owner delete a classifier ``decode_record`` refuses (weights that
     went NaN, a format this code does not read, a corrupt field elsewhere).
     """
-    if len(data) < _HEAD.size or _HEAD.unpack_from(data)[0] != MAGIC:
-        raise RecordFormatError("not a classifier record")
-    head_len = _HEAD.unpack_from(data)[2]
-    try:
-        header = json.loads(data[_HEAD.size : _HEAD.size + head_len].decode())
-        owner, access = header["owner"], header["access"]
-    except (UnicodeDecodeError, json.JSONDecodeError, TypeError, KeyError) as exc:
-        raise RecordFormatError(f"corrupt record header: {exc!r}") from exc
+    _version, header, _body = _split(data)
+    owner = header.get("owner") if isinstance(header, dict) else None
+    access = header.get("access") if isinstance(header, dict) else None
     if not isinstance(owner, str) or access not in ("private", "public"):
         raise RecordFormatError(f"corrupt record header: owner {owner!r}, access {access!r}")
     return owner, access

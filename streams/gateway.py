@@ -306,6 +306,7 @@ def _caller(anonymous_ok: bool) -> Any:
 
     async def dependency(  # async: a plain def would cost a thread hop per request
         request: Request,
+        # declares the Bearer scheme in the OpenAPI spec; _caller_of parses the header
         _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> Caller:
         return _caller_of(request, anonymous_ok=anonymous_ok)

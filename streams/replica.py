@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -155,21 +156,22 @@ class ClassifierReplica:
         self, classifier_id: str, timeout_s: float, min_version: int = 0
     ) -> ClassifierRecord | None:
         """The record once it exists (and has ``min_version``), or None after the timeout."""
-        deadline = time.monotonic() + timeout_s
-        while True:
+
+        def there() -> bool:
             record = self.records.get(classifier_id)
-            if record is not None and record.version >= min_version:
-                return record
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return record
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), remaining)
+            return record is not None and record.version >= min_version
+
+        await self._until(there, timeout_s)
+        return self.records.get(classifier_id)
 
     async def wait_gone(self, classifier_id: str, timeout_s: float) -> bool:
         """Whether the record is gone (deleted) within the timeout."""
+        return await self._until(lambda: classifier_id not in self.records, timeout_s)
+
+    async def _until(self, condition: Callable[[], bool], timeout_s: float) -> bool:
+        """Whether ``condition`` holds within the timeout, checked at every change."""
         deadline = time.monotonic() + timeout_s
-        while classifier_id in self.records:
+        while not condition():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False

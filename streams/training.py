@@ -25,13 +25,7 @@ from state.classifiers import (
     may_read,
     replayed_version,
 )
-from state.records import (
-    ClassifierRecord,
-    RecordFormatError,
-    decode_record,
-    encode_record,
-    read_ownership,
-)
+from state.records import ClassifierRecord, decode_record, encode_record, read_ownership
 from streams.agents import Turn, encode, send_dead_letter
 from streams.auth import KeyRing, header_value
 from streams.errors import ErrorCode, RequestError
@@ -292,7 +286,7 @@ class TrainHandler:
 
     def _delete(self, request: DeleteRequest, owner: str) -> dict[str, Any]:
         raw = self.table.get(request.classifier_id.encode())
-        record_owner, access = self._ownership(request.classifier_id, raw)
+        record_owner, access = self._ownership(raw)
         if access != "public" and record_owner != owner:
             raise RequestError(
                 ErrorCode.CLASSIFIER_NOT_FOUND, f"classifier {request.classifier_id!r} not found"
@@ -312,17 +306,11 @@ class TrainHandler:
         }
 
     @staticmethod
-    def _ownership(classifier_id: str, raw: bytes | None) -> tuple[str | None, str]:
-        """``(owner, access)`` of a stored record; a record no longer readable (weights
-        gone NaN, a newer format) still tells its owner, who may delete it."""
-        if raw is None:
-            return None, "private"  # found by no one
-        try:
-            record = decode_record(raw)
-        except RecordFormatError as exc:
-            log.warning("unreadable classifier %r, read for its owner only: %s", classifier_id, exc)
-            return read_ownership(raw)
-        return record.owner, record.access
+    def _ownership(raw: bytes | None) -> tuple[str | None, str]:
+        """``(owner, access)`` of a stored record, from its header alone: a record no longer
+        readable in full (weights gone NaN, a newer format) still tells its owner, who may
+        delete it."""
+        return (None, "private") if raw is None else read_ownership(raw)
 
     @staticmethod
     def _response(
