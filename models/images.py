@@ -70,6 +70,11 @@ class ImageEncoder(Protocol):
 
 # -- decoding ---------------------------------------------------------------------------
 
+IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF", "ICO", "AVIF")
+"""The formats Pillow may decode (AVIF where its codec is built in). Pillow reads some 40
+formats; the rest (EPS, which runs Ghostscript when it is installed, PSD, FITS, ...) are
+rarely web images and widen what untrusted bytes can reach, so they are refused."""
+
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*),", re.I)
 
 
@@ -127,7 +132,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
     try:
         # Image.open reads the header only; Pillow's own bomb guard (a warning, an error
         # at twice its limit) fires here for giant images, ours just below
-        image: Image.Image = Image.open(io.BytesIO(data))
+        image: Image.Image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
         width, height = image.size
         if width < 1 or height < 1:
             raise ImageDecodeError(f"image has no pixels ({width}x{height})")
@@ -142,7 +147,9 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageDecodeError(f"image rejected as a decompression bomb: {exc}") from exc
     except UnidentifiedImageError as exc:
-        raise ImageDecodeError("data is not an image in a format Pillow can read") from exc
+        raise ImageDecodeError(
+            f"data is not an image in a readable format ({', '.join(IMAGE_FORMATS)})"
+        ) from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageDecodeError(f"image is corrupt or truncated: {exc}") from exc
     try:

@@ -58,13 +58,21 @@ def refusal(address: IPAddress, allow: Sequence[IPNetwork]) -> str | None:
     'private'
     >>> refusal(ipaddress.ip_address("::ffff:169.254.169.254"), [])
     'link-local'
+    >>> refusal(ipaddress.ip_address("2002:7f00:1::1"), [])  # 6to4 of 127.0.0.1
+    'loopback'
     >>> refusal(ipaddress.ip_address("93.184.216.34"), []) is None
     True
     """
     if any(address.version == net.version and address in net for net in allow):
         return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return refusal(address.ipv4_mapped, allow)
+    if isinstance(address, ipaddress.IPv6Address):
+        # both carry an IPv4 address a packet ends up at: judge that one (Python counts
+        # 6to4, 2002::/16, as global whatever it embeds)
+        embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is not None:
+            return refusal(embedded, allow)
+        if address.is_site_local:  # fec0::/10: deprecated, but still routed inside sites
+            return "site-local"
     checks = (
         ("loopback", address.is_loopback),
         ("unspecified", address.is_unspecified),

@@ -122,6 +122,10 @@ def test_allowed_local_server_serves_the_image(server: str) -> None:
         ("http://[fe80::1]/x.png", "link-local"),
         ("http://[fd00::1]/x.png", "private"),
         ("http://[::ffff:10.0.0.1]/x.png", "private"),
+        ("http://[2002:7f00:1::1]:{port}/ok.png", "loopback"),  # 6to4 of 127.0.0.1
+        ("http://[2002:a9fe:a9fe::]/x.png", "link-local"),  # 6to4 of 169.254.169.254
+        ("http://[fec0::1]/x.png", "site-local"),
+        ("http://[64:ff9b::a00:1]/x.png", "reserved"),  # NAT64 of 10.0.0.1
         ("http://224.0.0.1/x.png", "multicast"),
         ("http://0.0.0.0:{port}/ok.png", "unspecified"),
         ("http://100.64.0.1/x.png", "not globally routable"),

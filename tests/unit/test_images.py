@@ -103,6 +103,27 @@ def test_corrupt_and_truncated_images() -> None:
         decode_image(png[: len(png) // 2], max_pixels=10_000)
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF", "ICO"])
+def test_web_image_formats_decode(fmt: str) -> None:
+    size = (32, 32) if fmt == "ICO" else (32, 24)  # an icon is square
+    buf = io.BytesIO()
+    Image.new("RGB", size, (200, 30, 40)).save(buf, format=fmt)
+    image = decode_image(buf.getvalue(), max_pixels=10_000)
+    assert image.mode == "RGB"
+    assert image.size == size
+
+
+@pytest.mark.parametrize("fmt", ["EPS", "PCX", "SGI", "TGA", "PPM"])
+def test_other_pillow_formats_are_refused(fmt: str) -> None:
+    """Pillow reads them all (EPS through Ghostscript, when installed): untrusted bytes
+    reach only the web formats' decoders."""
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(buf, format=fmt)
+    assert Image.open(io.BytesIO(buf.getvalue())).format == fmt  # Pillow itself reads it
+    with pytest.raises(ImageDecodeError, match="not an image in a readable format"):
+        decode_image(buf.getvalue(), max_pixels=10_000)
+
+
 @pytest.mark.parametrize("size", [(1, 100_000), (100_000, 1), (3, 5_000)])
 def test_a_thin_image_is_cropped_before_it_is_resized(size: tuple[int, int]) -> None:
     """A few hundred bytes of PNG, 1 x 100,000 pixels: resized whole to a 224-pixel short
