@@ -30,6 +30,7 @@ import json
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,11 @@ CLIP_ALIAS = "jina-clip-v1"
 TEXT, IMAGE, TEXT_IMAGE = "text", "image", "text+image"
 
 log = logging.getLogger(__name__)
+
+RETRY_FAILED_LOAD_S = 30.0
+"""A model that failed to load is not tried again for this long: each request for it
+answers the remembered error at once, not after another multi-second (or, for a big
+half-written folder, multi-gigabyte) attempt while the requests behind it wait."""
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -149,6 +155,9 @@ class ModelRegistry:
         says otherwise; ``None``: that name answers ``MODEL_NOT_AVAILABLE``.
     streams
         Batches each loaded model computes at once (``MicroBatcher(streams=...)``).
+    retry_failed_s, clock
+        How long a failed load is remembered (:data:`RETRY_FAILED_LOAD_S`) and the
+        monotonic clock that measures it.
     """
 
     def __init__(
@@ -163,6 +172,8 @@ class ModelRegistry:
         builtins: Mapping[str, ModelSpec] | None = None,
         clip_model: str | None = None,
         streams: int = 1,
+        retry_failed_s: float = RETRY_FAILED_LOAD_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cache_dir = cache_dir
         self.default = default
@@ -179,6 +190,10 @@ class ModelRegistry:
         self._found: dict[str, ModelSpec] = {}
         """Folder and hub specs already found: resolving reads no files twice."""
         self._lock = threading.Lock()
+        self.retry_failed_s = retry_failed_s
+        self._clock = clock
+        self._failed: dict[str, tuple[float, str]] = {}
+        """Models whose load failed: when, and the error's message."""
 
     def resolve(self, name: str | None) -> ModelSpec:
         """The spec a request's ``model`` value names; raise ``ModelNotAvailableError``."""
@@ -230,21 +245,40 @@ class ModelRegistry:
         return None
 
     def load(self, spec: ModelSpec) -> Encoder:
-        """Load (once) and return the encoder for ``spec``. Blocking: call off the loop."""
+        """Load (once) and return the encoder for ``spec``. Blocking: call off the loop.
+
+        A failed load raises ``ModelNotAvailableError``, and the same error, without
+        another attempt, for :attr:`retry_failed_s` afterwards."""
         with self._lock:
             encoder = self._loaded.get(spec.name)
-            if encoder is None:
-                try:
-                    encoder = self._build(spec)
-                except ModelNotAvailableError:
-                    raise
-                except Exception as exc:  # missing or broken files, of any kind (a truncated
-                    # safetensors file raises SafetensorError, a config that is a list TypeError)
+            if encoder is not None:
+                return encoder
+            failed = self._failed.get(spec.name)
+            if failed is not None:
+                ago = self._clock() - failed[0]
+                if ago < self.retry_failed_s:
                     raise ModelNotAvailableError(
+                        f"{failed[1]} (failed {ago:.0f} s ago; "
+                        f"tried again {self.retry_failed_s - ago:.0f} s from now)"
+                    )
+            try:
+                encoder = self._build(spec)
+            except Exception as exc:
+                message = str(exc)
+                if not isinstance(exc, ModelNotAvailableError):
+                    # missing or broken files, of any kind (a truncated safetensors file
+                    # raises SafetensorError, a config that is a list TypeError)
+                    message = (
                         f"model {spec.name!r} ({spec.source}) could not be loaded: "
                         f"{type(exc).__name__}: {exc}"
-                    ) from exc
-                self._loaded[spec.name] = encoder
+                    )
+                self._failed[spec.name] = (self._clock(), message)
+                log.warning("%s", message)
+                if isinstance(exc, ModelNotAvailableError):
+                    raise
+                raise ModelNotAvailableError(message) from exc
+            self._failed.pop(spec.name, None)
+            self._loaded[spec.name] = encoder
             return encoder
 
     def _build(self, spec: ModelSpec) -> Encoder:

@@ -7,7 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.registry import ModelNotAvailableError, ModelRegistry, default_prefix
+from models.embedders import HashTextEncoder
+from models.registry import (
+    Encoder,
+    ModelNotAvailableError,
+    ModelRegistry,
+    ModelSpec,
+    default_prefix,
+)
 
 
 def test_builtins_aliases_and_unknown(tmp_path: Path) -> None:
@@ -89,6 +96,42 @@ def test_a_folder_that_does_not_load_is_model_not_available(tmp_path: Path) -> N
     spec = reg.resolve(str(folder))
     with pytest.raises(ModelNotAvailableError, match="could not be loaded"):
         reg.load(spec)
+
+
+def test_a_failed_load_is_remembered_for_a_while_then_tried_again(tmp_path: Path) -> None:
+    """Requests for a broken model get its error at once, not another load attempt each
+    (with a big half-written folder each attempt reads gigabytes while others wait)."""
+    folder = tmp_path / "broken-model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "bert"}')
+    now = [100.0]
+    reg = ModelRegistry(cache_dir=tmp_path, retry_failed_s=30.0, clock=lambda: now[0])
+    spec = reg.resolve(str(folder))
+    attempts = []
+    build = reg._build
+
+    def counted(s: ModelSpec) -> Encoder:
+        attempts.append(s.name)
+        return build(s)
+
+    reg._build = counted  # type: ignore[method-assign]
+    with pytest.raises(ModelNotAvailableError, match="could not be loaded") as first:
+        reg.load(spec)
+    now[0] += 29.0
+    with pytest.raises(ModelNotAvailableError, match=r"could not be loaded.*29 s ago") as again:
+        reg.load(spec)
+    assert str(first.value) in str(again.value)
+    assert len(attempts) == 1  # remembered, not tried again
+    now[0] += 2.0
+    with pytest.raises(ModelNotAvailableError, match="could not be loaded"):
+        reg.load(spec)
+    assert len(attempts) == 2  # tried again after 30 s
+
+    fixed = HashTextEncoder()
+    reg._build = lambda s: fixed  # type: ignore[method-assign]  # say the files are fixed
+    now[0] += 31.0
+    assert reg.load(spec) is fixed
+    assert reg._failed == {}
 
 
 @pytest.mark.model
