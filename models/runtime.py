@@ -85,6 +85,7 @@ class EmbeddingRuntime:
             raise TypeError(f"{type(encoder).__name__} is neither a text nor an image encoder")
         self._batcher: MicroBatcher[TokenIds] | None = None
         if self.text is not None:
+            window = self.text.max_length
             self._batcher = MicroBatcher(
                 self.text.embed_ids,
                 max_batch_size=max_batch_size,
@@ -92,6 +93,10 @@ class EmbeddingRuntime:
                 max_batch_tokens=max_batch_tokens,
                 max_queue=max_queue,
                 chunk_overhead=chunk_overhead,
+                # the model truncates inputs to its window, so a longer one costs (and
+                # pads to) the window: costed in full, 2,000-token inputs would run 8 per
+                # call where 32 fit the budget
+                length=lambda ids: min(len(ids), window),
                 on_batch=on_batch,
                 name=f"embed-{encoder.name}",
                 streams=streams,

@@ -90,7 +90,7 @@ class PrometheusObserver(Observer):
         )
         self.batch_tokens = Counter(
             "shotstream_batch_tokens",
-            "Tokens embedded (real and padded)",
+            "Tokens the model ran (real and padded; an input counts up to its window)",
             ["model", "kind"],
             registry=r,
         )

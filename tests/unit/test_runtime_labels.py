@@ -40,3 +40,32 @@ def test_a_cancelled_request_does_not_fail_others_waiting_on_its_labels() -> Non
     assert a_cancelled
     assert vectors.shape == (3, 8)
     np.testing.assert_array_equal(vectors[0], alone[0])
+
+
+class Recording(HashTextEncoder):
+    def __init__(self) -> None:
+        super().__init__(dim=8, max_length=16)
+        self.calls: list[list[int]] = []
+
+    def embed_ids(self, batch):  # type: ignore[no-untyped-def]
+        self.calls.append([len(ids) for ids in batch])
+        return super().embed_ids(batch)
+
+
+def test_inputs_longer_than_the_window_are_costed_at_the_window() -> None:
+    """The model truncates to its window, so a batch of long inputs pads to the window:
+    a 64-token budget holds 4 inputs of a 16-token window, however long they are
+    (costed at full length, each ran alone: 8 calls instead of 2)."""
+    encoder = Recording()
+
+    async def go() -> np.ndarray:
+        runtime = EmbeddingRuntime(encoder, max_batch_tokens=64, chunk_overhead=1, max_wait_s=0.05)
+        try:
+            return await runtime.embed([[1, *range(5, 1005), 2] for _ in range(8)])
+        finally:
+            await runtime.aclose()
+
+    vectors = asyncio.run(go())
+    assert vectors.shape == (8, 8)
+    assert sorted(len(call) for call in encoder.calls) == [4, 4]
+    assert all(n == 1002 for call in encoder.calls for n in call)  # the model truncates
