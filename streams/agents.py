@@ -56,6 +56,11 @@ class InOrderAcks:
     def in_flight(self) -> int:
         return sum(len(q) for q in self._pending.values())
 
+    def forget(self) -> None:
+        """Drop every pending event, unacknowledged (after their requests were cancelled:
+        the offsets are not committed past them and Kafka redelivers them)."""
+        self._pending.clear()
+
 
 class Turn:
     """A request's place in its partition's order.
@@ -101,6 +106,7 @@ class RequestAgent:
         self._acks = InOrderAcks()
         self._turns: dict[Any, asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._draining = False
 
     async def __call__(self, stream: faust.StreamT[Any]) -> None:
         # noack: events are acknowledged by InOrderAcks once answered, not on iteration
@@ -110,6 +116,9 @@ class RequestAgent:
         loop = asyncio.get_running_loop()
         async for event in events:
             await self._slots.acquire()
+            if self._draining:  # taken before the drain began: Kafka delivers it again
+                self._slots.release()
+                continue
             entry = self._acks.track(event)
             tp = event.message.tp
             mine: asyncio.Future[None] = loop.create_future()
@@ -118,6 +127,27 @@ class RequestAgent:
             task = asyncio.ensure_future(self._run(event, entry, turn))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    async def drain(self, timeout_s: float) -> int:
+        """Wait up to ``timeout_s`` for the requests in flight, then cancel the rest.
+
+        A cancelled request gets no answer and no dead letter and stays unacknowledged
+        (events after it in its partition too, even when answered), so Kafka redelivers it:
+        at-least-once, as after a crash. Returns how many were cancelled."""
+        self._draining = True  # an event taken meanwhile is left to be delivered again
+        try:
+            if self._tasks:
+                await asyncio.wait(set(self._tasks), timeout=timeout_s)
+            late = set(self._tasks)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.gather(*late, return_exceptions=True)
+                self._acks.forget()
+                self._turns.clear()
+            return len(late)
+        finally:
+            self._draining = False
 
     async def _run(self, event: faust.EventT[Any], entry: list[Any], turn: Turn) -> None:
         try:

@@ -8,7 +8,11 @@ timeouts (it holds a join for half the session timeout).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,11 +93,92 @@ class Topics:
     train: faust.TopicT
 
 
-def create_app(settings: Settings) -> tuple[faust.App, Topics]:
+EXIT_MARGIN_S = 15.0
+"""A stopping worker ends itself this long after its drain should have ended, whatever
+it still waits for (faust's consumer, threads finishing model calls): the same as a
+SIGKILL then, which loses nothing acknowledged (tested), but on its own and logged."""
+
+COMMIT_TIMEOUT_S = 5.0
+"""How long a drain waits to commit the answered requests' offsets (the broker may be
+away: their requests are then answered again, after a restart or by the new owner)."""
+
+
+class ShotstreamApp(faust.App):
+    """A faust app whose drains are bounded.
+
+    When a worker stops, or its partitions move, faust waits until every event its agents
+    took is acknowledged, with no time limit. Ours are acknowledged once answered, and an
+    answer waits for the broker: with the broker away, a SIGTERM never ended the worker
+    (measured: still running 120 s later, then SIGKILLed), and with a broker, stopping
+    first answered up to ``max_in_flight`` queued requests, for minutes on a CPU. Here the
+    agents get ``drain_timeout_s`` to finish what they run (``drains``); the rest is
+    cancelled unanswered and unacknowledged, and Kafka redelivers it.
+    """
+
+    drain_timeout_s: float = 15.0
+    drains: list[Callable[[float], Awaitable[int]]]
+    exit_after_s: float | None = None
+    """Set in a worker process (never in a process that only embeds the app): once the
+    app stops, the process ends itself after this long (``os._exit``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.drains = []
+
+    async def on_stop(self) -> None:
+        if self.exit_after_s is not None:
+            threading.Thread(
+                target=_exit_after, args=(self.exit_after_s,), name="exit-deadline", daemon=True
+            ).start()
+        await super().on_stop()
+
+    async def _consumer_wait_empty(self, consumer: Any, logger: Any) -> None:
+        # faust calls this after pausing every partition and clearing the agents' buffers
+        # (faust-streaming 0.15: both on stop and on partitions revoked)
+        counts = await asyncio.gather(*(drain(self.drain_timeout_s) for drain in self.drains))
+        if sum(counts):
+            logger.warning(
+                "%d requests still in flight after %g s were cancelled, unanswered and "
+                "unacknowledged: Kafka delivers them again",
+                sum(counts),
+                self.drain_timeout_s,
+            )
+        try:
+            await asyncio.wait_for(consumer.commit(), COMMIT_TIMEOUT_S)
+        except Exception as exc:  # the broker away: answered requests are answered again
+            logger.warning(
+                "could not commit the answered requests' offsets (%s); Kafka delivers them again",
+                type(exc).__name__,
+            )
+
+    async def _producer_flush(self, logger: Any) -> None:
+        # faust waits for its producer (the tables' changelog records) without a limit:
+        # 60 s and more with the broker away
+        try:
+            await asyncio.wait_for(super()._producer_flush(logger), self.drain_timeout_s)
+        except TimeoutError:
+            logger.warning(
+                "changelog records unsent after %g s (is the broker away?)", self.drain_timeout_s
+            )
+
+
+def _exit_after(seconds: float) -> None:
+    threading.Event().wait(seconds)
+    log.error(
+        "shutdown still unfinished after %g s; exiting now (requests not acknowledged are "
+        "delivered again)",
+        seconds,
+    )
+    logging.shutdown()
+    os._exit(1)
+
+
+def create_app(settings: Settings) -> tuple[ShotstreamApp, Topics]:
     """A faust app and its topics; agents are attached by ``streams.agents``."""
     if settings.embedded_broker:
         shorten_fetch_wait()
-    app = faust.App(settings.kafka.group_id, **app_config(settings))
+    app = ShotstreamApp(settings.kafka.group_id, **app_config(settings))
+    app.drain_timeout_s = settings.kafka.drain_timeout_s
 
     def topic(name: str) -> faust.TopicT:
         return app.topic(

@@ -104,8 +104,13 @@ class OutputProducer:
                 )
                 await asyncio.sleep(pause)
 
-    async def stop(self) -> None:
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        """Deliver what is pending for up to ``timeout_s``, then close. Records still
+        pending (the broker away) belong to requests that are not acknowledged."""
         self._stopped = True
         producer, self._producer = self._producer, None
         if producer is not None:
-            await producer.stop()
+            try:  # aiokafka's stop waits for every pending record, as long as that takes
+                await asyncio.wait_for(producer.stop(), timeout_s)
+            except TimeoutError:
+                log.warning("answers unsent after %g s; their requests come again", timeout_s)

@@ -15,7 +15,7 @@ from faust.types import TableT
 
 from models.registry import ModelRegistry
 from streams.agents import ClassifyHandler, RequestAgent
-from streams.app import classifier_changelog_topic, create_app
+from streams.app import EXIT_MARGIN_S, ShotstreamApp, classifier_changelog_topic, create_app
 from streams.auth import KeyRing
 from streams.broker import ensure_topics, wait_for_broker
 from streams.metrics import PrometheusObserver
@@ -73,7 +73,7 @@ def make_registry(settings: Settings) -> ModelRegistry:
     )
 
 
-def build_worker(settings: Settings) -> tuple[faust.App, ClassifyService, PrometheusObserver]:
+def build_worker(settings: Settings) -> tuple[ShotstreamApp, ClassifyService, PrometheusObserver]:
     """The faust app with its agents and table, ready for ``faust.Worker``."""
     observer = PrometheusObserver()
     app, topics = create_app(settings)
@@ -96,6 +96,7 @@ def build_worker(settings: Settings) -> tuple[faust.App, ClassifyService, Promet
     train = TrainHandler(settings, service, table, replica, keys, output, observer)
     classify_runner = RequestAgent(classify, max_in_flight=settings.batching.max_in_flight)
     train_runner = RequestAgent(train, max_in_flight=settings.batching.max_in_flight)
+    app.drains += [classify_runner.drain, train_runner.drain]
 
     async def classify_agent(stream: faust.StreamT[Any]) -> None:
         await classify_runner(stream)
@@ -265,6 +266,8 @@ def run_worker(settings: Settings) -> None:
     spec = service.registry.resolve(None)
     log.info("loading default model %s (%s)", spec.name, spec.source)
     service.registry.load(spec)
+    # bounded however faust's shutdown goes: the process ends on its own, logged
+    app.exit_after_s = settings.kafka.drain_timeout_s + EXIT_MARGIN_S
     worker = faust.Worker(
         app,
         loglevel=settings.log_level.upper(),
