@@ -104,7 +104,8 @@ class RateLimiter:
             wait = (1.0 - b.requests) * 60.0 / limit.rpm
             return self._refused(b, limit, "requests", wait)
         if b.tokens <= 0.0:
-            wait = (1.0 - b.tokens) * 60.0 / limit.tpm
+            # admitted once the bucket is above zero again: just after the debt refills
+            wait = math.floor(-b.tokens * 60.0 / limit.tpm) + 1
             return self._refused(b, limit, "tokens", wait)
         b.requests -= 1.0
         return Decision(True, int(b.requests), max(0, int(b.tokens)), limit=limit)

@@ -55,6 +55,20 @@ def test_tokens_are_charged_after_the_answer_and_may_overdraw() -> None:
     assert limits.admit("a").allowed
 
 
+def test_retry_after_for_tokens_is_when_the_debt_has_refilled() -> None:
+    """At 10 tokens a minute a debt of 5 refills in 30 s: retry after 31 s (the bucket
+    must be above zero), not 36 (one more token than owed, at 6 s a token)."""
+    limits, clock = limiter(rpm=100, tpm=10)
+    assert limits.admit("a").allowed
+    limits.charge("a", 15)
+    refused = limits.admit("a")
+    assert refused.retry_after_s == 31
+    clock.now = 30.0
+    assert not limits.admit("a").allowed  # exactly refilled to zero: not yet
+    clock.now = 31.0
+    assert limits.admit("a").allowed
+
+
 def test_buckets_never_exceed_one_minute() -> None:
     limits, clock = limiter(rpm=2, tpm=10)
     limits.admit("a")
