@@ -40,17 +40,29 @@ class InOrderAcks:
 
     def __init__(self) -> None:
         self._pending: dict[Any, deque[list[Any]]] = {}
+        self._holes: dict[Any, int] = {}
+        """Per partition, the lowest offset :meth:`forget` dropped unanswered: nothing past
+        it is acknowledged until it is delivered again (faust's commit would step over
+        an offset it never saw acknowledged)."""
 
     def track(self, event: faust.EventT[Any]) -> list[Any]:
+        message = event.message
+        hole = self._holes.get(message.tp)
+        if hole is not None and message.offset <= hole:
+            del self._holes[message.tp]  # delivered again from the hole on
         entry = [event, False]
-        self._pending.setdefault(event.message.tp, deque()).append(entry)
+        self._pending.setdefault(message.tp, deque()).append(entry)
         return entry
 
     def done(self, entry: list[Any]) -> None:
         entry[1] = True
-        queue = self._pending[entry[0].message.tp]
+        tp = entry[0].message.tp
+        queue = self._pending[tp]
         while queue and queue[0][1]:
-            queue.popleft()[0].ack()
+            event = queue.popleft()[0]
+            hole = self._holes.get(tp)
+            if hole is None or event.message.offset < hole:
+                event.ack()
 
     @property
     def in_flight(self) -> int:
@@ -59,6 +71,10 @@ class InOrderAcks:
     def forget(self) -> None:
         """Drop every pending event, unacknowledged (after their requests were cancelled:
         the offsets are not committed past them and Kafka redelivers them)."""
+        for tp, queue in self._pending.items():
+            if queue:
+                lowest = min(entry[0].message.offset for entry in queue)
+                self._holes[tp] = min(lowest, self._holes.get(tp, lowest))
         self._pending.clear()
 
 
@@ -106,7 +122,8 @@ class RequestAgent:
         self._acks = InOrderAcks()
         self._turns: dict[Any, asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._draining = False
+        self._draining = 0
+        """Drains running (a stop may begin during a rebalance's drain)."""
 
     async def __call__(self, stream: faust.StreamT[Any]) -> None:
         # noack: events are acknowledged by InOrderAcks once answered, not on iteration
@@ -134,7 +151,7 @@ class RequestAgent:
         A cancelled request gets no answer and no dead letter and stays unacknowledged
         (events after it in its partition too, even when answered), so Kafka redelivers it:
         at-least-once, as after a crash. Returns how many were cancelled."""
-        self._draining = True  # an event taken meanwhile is left to be delivered again
+        self._draining += 1  # an event taken meanwhile is left to be delivered again
         try:
             if self._tasks:
                 await asyncio.wait(set(self._tasks), timeout=timeout_s)
@@ -147,7 +164,7 @@ class RequestAgent:
                 self._turns.clear()
             return len(late)
         finally:
-            self._draining = False
+            self._draining -= 1
 
     async def _run(self, event: faust.EventT[Any], entry: list[Any], turn: Turn) -> None:
         try:

@@ -6,6 +6,8 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any, cast
 
+import pytest
+
 from streams.agents import RequestAgent
 
 
@@ -29,25 +31,28 @@ class Stream:
 
 
 def test_a_drain_cancels_what_does_not_finish_in_time_and_acknowledges_none_of_it() -> None:
-    """Offsets 0 and 2 answer quickly, 1 never does (its answer waits for a broker that is
+    """Offsets 0 and 2 answer quickly, 1 does not (its answer waits for a broker that is
     away). After the drain: 0 acknowledged, 1 cancelled, 2 not acknowledged either (it is
-    behind 1 in its partition), no request still running, and a new event after the
-    drain is served again."""
+    behind 1 in its partition), no request still running. Offset 3, served after the
+    drain, is answered but not acknowledged while 1 has not come again (faust would
+    commit past 1); once 1 and 2 are delivered again, they are acknowledged."""
     acked: list[int] = []
     finished: list[int] = []
     cancelled: list[int] = []
+    hang = {1}
 
     async def handle(ev: Any, turn: Any) -> None:
         offset = ev.message.offset
         try:
-            if offset == 1:
+            if offset in hang:
+                hang.discard(offset)
                 await asyncio.Event().wait()
             finished.append(offset)
         except asyncio.CancelledError:
             cancelled.append(offset)
             raise
 
-    async def go() -> tuple[int, int, int]:
+    async def go() -> tuple[int, int, list[int], int]:
         agent = RequestAgent(handle, max_in_flight=8)
         stream = Stream()
         runner = asyncio.create_task(agent(cast(Any, stream)))
@@ -59,17 +64,52 @@ def test_a_drain_cancels_what_does_not_finish_in_time_and_acknowledges_none_of_i
         # after the drain the agent serves again (its partitions came back in a rebalance)
         stream.queue.put_nowait(event(3, acked))
         await asyncio.sleep(0.01)
+        acked_before_redelivery = list(acked)
+        for k in (1, 2):  # Kafka delivers the unacknowledged offsets again
+            stream.queue.put_nowait(event(k, acked))
+        await asyncio.sleep(0.01)
         idle = await agent.drain(1.0)
         runner.cancel()
-        return count, left, idle
+        return count, left, acked_before_redelivery, idle
 
-    count, left, idle = asyncio.run(go())
+    count, left, acked_before_redelivery, idle = asyncio.run(go())
     assert count == 1
     assert left == 0
     assert cancelled == [1]
-    assert sorted(finished) == [0, 2, 3]
-    assert acked == [0, 3]  # 2 waits behind the cancelled 1: Kafka delivers both again
+    assert sorted(finished) == [0, 1, 2, 2, 3]
+    assert acked_before_redelivery == [0]  # not 3: 1 and 2 before it are unacknowledged
+    assert acked == [0, 1, 2]
     assert idle == 0  # nothing to cancel: all finished in time
+
+
+def test_the_changelog_flush_is_bounded_when_stopping_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Stopping with the broker away must end; a revoke must not let the new owner start
+    before this worker's changelog records are in (a late one would roll back its
+    writes on the next recovery), so there faust's flush runs to the end."""
+    import faust
+
+    from streams.app import ShotstreamApp
+
+    flushed: list[bool] = []
+
+    async def slow_flush(self: Any, logger: Any) -> None:
+        await asyncio.sleep(0.3)
+        flushed.append(True)
+
+    monkeypatch.setattr(faust.App, "_producer_flush", slow_flush)
+
+    async def go(stopping: bool) -> bool:
+        app = ShotstreamApp("drain-test", broker="kafka://127.0.0.1:1")
+        app.drain_timeout_s = 0.05
+        app._stopping = stopping
+        flushed.clear()
+        await app._producer_flush(None)
+        return bool(flushed)
+
+    assert asyncio.run(go(stopping=False))  # a revoke: waited for
+    assert not asyncio.run(go(stopping=True))  # stopping: given up after the timeout
 
 
 def test_faust_still_calls_the_hooks_the_app_bounds() -> None:
