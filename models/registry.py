@@ -264,19 +264,21 @@ class ModelRegistry:
             try:
                 encoder = self._build(spec)
             except Exception as exc:
-                message = str(exc)
-                if not isinstance(exc, ModelNotAvailableError):
-                    # missing or broken files, of any kind (a truncated safetensors file
-                    # raises SafetensorError, a config that is a list TypeError)
-                    message = (
+                # missing or broken files, of any kind (a truncated safetensors file raises
+                # SafetensorError, a config that is a list TypeError)
+                error = (
+                    exc
+                    if isinstance(exc, ModelNotAvailableError)
+                    else ModelNotAvailableError(
                         f"model {spec.name!r} ({spec.source}) could not be loaded: "
                         f"{type(exc).__name__}: {exc}"
                     )
-                self._failed[spec.name] = (self._clock(), message)
-                log.warning("%s", message)
-                if isinstance(exc, ModelNotAvailableError):
+                )
+                self._failed[spec.name] = (self._clock(), str(error))
+                log.warning("%s", error)
+                if error is exc:
                     raise
-                raise ModelNotAvailableError(message) from exc
+                raise error from exc
             self._failed.pop(spec.name, None)
             self._loaded[spec.name] = encoder
             return encoder

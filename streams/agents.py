@@ -58,9 +58,9 @@ class InOrderAcks:
         entry[1] = True
         tp = entry[0].message.tp
         queue = self._pending[tp]
+        hole = self._holes.get(tp)
         while queue and queue[0][1]:
             event = queue.popleft()[0]
-            hole = self._holes.get(tp)
             if hole is None or event.message.offset < hole:
                 event.ack()
 

@@ -140,11 +140,11 @@ class ShotstreamApp(faust.App):
         # own log: on a revoke faust passes a flight recorder that prints only when the
         # whole revoke outlasts 95 % of the session timeout
         counts = await asyncio.gather(*(drain(self.drain_timeout_s) for drain in self.drains))
-        if sum(counts):
+        if cancelled := sum(counts):
             log.warning(
                 "%d requests still in flight after %g s were cancelled, unanswered and "
                 "unacknowledged: Kafka delivers them again",
-                sum(counts),
+                cancelled,
                 self.drain_timeout_s,
             )
         try:
