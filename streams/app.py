@@ -98,6 +98,12 @@ EXIT_MARGIN_S = 15.0
 it still waits for (faust's consumer, threads finishing model calls): the same as a
 SIGKILL then, which loses nothing acknowledged (tested), but on its own and logged."""
 
+REVOKE_SHARE = 0.5
+"""On a rebalance, a drain takes at most this share of the group's rebalance timeout: a
+member that has not rejoined within that timeout is evicted, which starts another
+rebalance (the embedded broker's timeout is 6 s; Apache Kafka's default through faust,
+60 s, leaves ``drain_timeout_s`` as it is)."""
+
 COMMIT_TIMEOUT_S = 5.0
 """How long a drain waits to commit the answered requests' offsets (the broker may be
 away: their requests are then answered again, after a restart or by the new owner)."""
@@ -139,13 +145,14 @@ class ShotstreamApp(faust.App):
         # (faust-streaming 0.15: both on stop and on partitions revoked). Warnings go to our
         # own log: on a revoke faust passes a flight recorder that prints only when the
         # whole revoke outlasts 95 % of the session timeout
-        counts = await asyncio.gather(*(drain(self.drain_timeout_s) for drain in self.drains))
+        timeout_s = self.drain_time_s()
+        counts = await asyncio.gather(*(drain(timeout_s) for drain in self.drains))
         if cancelled := sum(counts):
             log.warning(
                 "%d requests still in flight after %g s were cancelled, unanswered and "
                 "unacknowledged: Kafka delivers them again",
                 cancelled,
-                self.drain_timeout_s,
+                timeout_s,
             )
         try:
             await asyncio.wait_for(consumer.commit(), COMMIT_TIMEOUT_S)
@@ -154,6 +161,14 @@ class ShotstreamApp(faust.App):
                 "could not commit the answered requests' offsets (%s); Kafka delivers them again",
                 type(exc).__name__,
             )
+
+    def drain_time_s(self) -> float:
+        """How long the agents get to finish: ``drain_timeout_s`` when stopping; on a
+        rebalance no more than :data:`REVOKE_SHARE` of the rebalance timeout as well (what
+        is cancelled is answered by the partition's new owner)."""
+        if self._stopping:
+            return self.drain_timeout_s
+        return min(self.drain_timeout_s, REVOKE_SHARE * self.conf.broker_rebalance_timeout)
 
     async def _producer_flush(self, logger: Any) -> None:
         # faust waits for its producer (the tables' changelog records) without a limit:

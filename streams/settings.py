@@ -94,7 +94,8 @@ class KafkaSettings(BaseModel):
     drain_timeout_s: float = Field(15.0, ge=0)
     """On shutdown or when partitions move, how long requests in flight may take to be
     answered; those still running then are cancelled unacknowledged, so Kafka redelivers
-    them (to this worker after a restart, or to the partition's new owner)."""
+    them (to this worker after a restart, or to the partition's new owner). When
+    partitions move, also at most half the rebalance timeout (``streams.app``)."""
     max_message_bytes: int = Field(16 * 1024 * 1024, ge=64 * 1024)
     """The largest record shotstream produces (its producers' ``max_request_size``), and
     ``max.message.bytes`` of the topics it creates. A 1,024-input, 256-label answer is

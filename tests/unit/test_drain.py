@@ -126,3 +126,35 @@ def test_faust_still_calls_the_hooks_the_app_bounds() -> None:
     assert "self._producer_flush(" in inspect.getsource(faust.App.on_stop)
     for name in ("_consumer_wait_empty", "_producer_flush", "on_stop"):
         assert getattr(ShotstreamApp, name) is not getattr(faust.App, name)
+
+
+def test_a_rebalance_drain_leaves_time_to_rejoin_the_group() -> None:
+    """A member that has not rejoined within the rebalance timeout is evicted (another
+    rebalance): on a revoke the agents get half of it at most; stopping gets the whole
+    ``drain_timeout_s``. The timeout each drain is given is what the agents receive."""
+    from streams.app import ShotstreamApp
+
+    given: list[float] = []
+
+    async def drain(timeout_s: float) -> int:
+        given.append(timeout_s)
+        return 0
+
+    class Consumer:
+        async def commit(self) -> None:
+            return None
+
+    async def go(rebalance_timeout: float, stopping: bool) -> float:
+        app = ShotstreamApp(
+            "drain-test", broker="kafka://127.0.0.1:1", broker_rebalance_timeout=rebalance_timeout
+        )
+        app.drain_timeout_s = 15.0
+        app.drains = [drain]
+        app._stopping = stopping
+        given.clear()
+        await app._consumer_wait_empty(Consumer(), None)
+        return given[0]
+
+    assert asyncio.run(go(6.0, stopping=False)) == 3.0  # the embedded broker's settings
+    assert asyncio.run(go(60.0, stopping=False)) == 15.0  # Apache Kafka's default via faust
+    assert asyncio.run(go(6.0, stopping=True)) == 15.0
