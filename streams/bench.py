@@ -40,7 +40,10 @@ def accuracy(
     ctx: typer.Context,
     tune: Annotated[bool, typer.Option(help="tune the learner on a validation split")] = False,
     setfit: Annotated[bool, typer.Option(help="add SetFit (needs `pip install setfit`)")] = False,
-    seeds: Annotated[int, typer.Option(help="repetitions per training size")] = 5,
+    seeds: Annotated[
+        int | None,
+        typer.Option(help="repetitions per training size [default: the study's, 20]"),
+    ] = None,
 ) -> None:
     """F1 vs number of training examples for every method (progress bar; see
     benchmarks/accuracy.py). Further options (--datasets, --models, --sizes, --out,
@@ -49,7 +52,9 @@ def accuracy(
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     module = importlib.import_module("benchmarks.accuracy")
-    argv = [*ctx.args, "--seeds", str(seeds)]
+    argv = list(ctx.args)
+    if seeds is not None:
+        argv += ["--seeds", str(seeds)]
     if "--out" not in argv:
         argv += ["--out", str(root / "benchmarks" / "results")]
     if tune:

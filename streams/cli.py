@@ -359,7 +359,7 @@ def demo(
         log_path = settings.data_dir / "demo-worker.log"
         typer.echo(
             f"starting a worker (log: {log_path}; the first run converts the packaged "
-            "model, ~20 s) ..."
+            "model, ~15 s) ..."
         )
         with WorkerProcess({"SHOTSTREAM_BROKERS": embedded.address}, log_path) as worker_proc:
             worker_proc.wait_ready(timeout)

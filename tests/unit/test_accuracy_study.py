@@ -405,3 +405,25 @@ def test_bench_command_finds_the_checkout_or_says_it_needs_one(
     result = CliRunner().invoke(app, ["bench", "accuracy", "--seeds", "1"])
     assert result.exit_code == 2
     assert "source checkout" in result.output
+
+
+def test_bench_command_runs_the_study_with_its_own_seeds_unless_told(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`shotstream bench accuracy` reproduces the committed table (the study's 20 seeds),
+    not a smaller default of its own; --seeds and pass-through options reach the study."""
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    import streams.bench as bench
+    from streams.cli import app
+
+    calls: list[list[str]] = []
+    study = SimpleNamespace(main=calls.append)
+    monkeypatch.setattr(bench.importlib, "import_module", lambda name: study)
+    runner = CliRunner()
+    assert runner.invoke(app, ["bench", "accuracy"]).exit_code == 0
+    assert runner.invoke(app, ["bench", "accuracy", "--seeds", "3", "--sizes", "8"]).exit_code == 0
+    out = str(bench.checkout_root() / "benchmarks" / "results")
+    assert calls == [["--out", out], ["--sizes", "8", "--seeds", "3", "--out", out]]

@@ -3,7 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from streams.settings import Settings
 
@@ -87,3 +87,63 @@ def test_plan_compute_splits_cores_among_streams(
         assert (streams, torch.get_num_threads()) == expected
     finally:
         torch.set_num_threads(before)
+
+
+def _env_names(model: type[BaseModel], prefix: str = "SHOTSTREAM_") -> set[str]:
+    """Every environment variable a settings model reads (nested with ``__``)."""
+    names: set[str] = set()
+    for name, info in model.model_fields.items():
+        if info.alias:
+            names.add(info.alias)
+            continue
+        kind = info.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseModel) and prefix == "SHOTSTREAM_":
+            names |= _env_names(kind, f"{prefix}{name.upper()}__")
+        else:
+            names.add(f"{prefix}{name.upper()}")
+    return names
+
+
+def _example() -> tuple[dict[str, str], dict[str, str]]:
+    """``deploy/worker.env.example``: its settings, and its commented examples."""
+    path = Path(__file__).parents[2] / "deploy" / "worker.env.example"
+    values: dict[str, str] = {}
+    examples: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        commented = line.startswith("# SHOTSTREAM_")
+        if not (line.startswith("SHOTSTREAM_") or commented):
+            assert not line.strip() or line.startswith("#"), line
+            continue
+        name, _, value = line.removeprefix("# ").partition("=")
+        assert name not in values, f"{name} twice"
+        assert name not in examples, f"{name} twice"
+        (examples if commented else values)[name] = value
+    return values, examples
+
+
+def test_the_example_env_file_names_every_setting_and_shows_the_defaults(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The deploy example is what operators copy: it must name every setting (and no
+    setting that does not exist), its uncommented values must be the defaults (read as
+    an env file reads them: as they are), and each commented example must validate."""
+    import os
+
+    from streams.settings import Settings
+
+    for name in list(os.environ):
+        if name.startswith("SHOTSTREAM_"):
+            monkeypatch.delenv(name)
+    values, examples = _example()
+    client = {"SHOTSTREAM_API_KEY"}  # the CLI client's key, not a worker setting
+    assert set(values) | set(examples) == _env_names(Settings) | client
+    defaults = Settings().model_dump()
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    assert Settings().model_dump() == defaults
+    for name, value in examples.items():
+        if name in client:
+            continue
+        with monkeypatch.context() as patch:
+            patch.setenv(name, value)
+            assert Settings().model_dump() != defaults, name
