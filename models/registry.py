@@ -210,7 +210,15 @@ class ModelRegistry:
             target = self.clip_model
         if target in self.builtins:
             return self.builtins[target]
-        found = self._found.get(target) or self._find(target)
+        try:
+            found = self._found.get(target) or self._find(target)
+        except (OSError, RuntimeError, ValueError) as exc:
+            # not a name a folder or a hub id can have: "~nobody/x" (no such home), a
+            # 300-character name (too long for a file name), an invalid hub id
+            raise ModelNotAvailableError(
+                f"model {requested!r} is not available: not a readable folder or a valid "
+                f"Hugging Face id ({type(exc).__name__}: {exc})"
+            ) from exc
         if found is not None:
             self._found[target] = found
             return found

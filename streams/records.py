@@ -75,7 +75,14 @@ def decode_json_object(raw: bytes | str | Mapping[str, Any] | None) -> dict[str,
     if isinstance(body.get("request_id"), float):
         # orjson reads an integer beyond 64 bits as a float; the standard parser keeps
         # it exact, so a numeric request_id is echoed digit for digit (rare: slow path)
-        exact: dict[str, Any] = json.loads(raw)
+        try:
+            exact: dict[str, Any] = json.loads(raw)
+        except RecursionError as exc:  # orjson allows deeper nesting than json does
+            raise RequestError(
+                ErrorCode.INPUT_INVALID,
+                "a numeric request_id beyond 64 bits needs a body nested less deeply; "
+                "send the request_id as a string",
+            ) from exc
         return exact
     return body
 
@@ -98,7 +105,7 @@ def parse_classify(
     """Validate a classify body (already decoded) against the limits."""
     inputs = parse_inputs(body.get("input"), limits)
     model = _optional_str(body, "model")
-    classifier_id = _optional_str(body, "classifier_id")
+    classifier_id = _checked_id(_optional_str(body, "classifier_id"), "classifier_id")
     if classifier_id is not None:
         return ClassifyRequest(request_id, inputs, model=model, classifier_id=classifier_id)
     raw_labels = body.get("labels")
@@ -249,18 +256,32 @@ MAX_TRAIN_LABEL_CHARS = 1024
 """A few-shot label is stored in the classifier and listed in every answer."""
 
 
+def _checked_id(value: str | None, name: str) -> str | None:
+    """``value``, refused when it is longer than a classifier id may be."""
+    if value is not None and len(value) > MAX_CLASSIFIER_ID_CHARS:
+        raise RequestError(
+            ErrorCode.INPUT_INVALID,
+            f"{name} is {len(value):,} characters long, over {MAX_CLASSIFIER_ID_CHARS}",
+        )
+    return value
+
+
 def parse_train(
     body: Mapping[str, Any], limits: LimitSettings, *, request_id: str, key: bytes | None
 ) -> TrainRequest | DeleteRequest:
     """Validate a train body (Jina's ``/v1/train`` plus ``request_id``, or a delete)."""
-    classifier_id = _optional_str(body, "classifier_id")
-    keyed = key.decode("utf-8", "replace") if key is not None else None
-    for name, value in (("classifier_id", classifier_id), ("the record key", keyed)):
-        if value is not None and len(value) > MAX_CLASSIFIER_ID_CHARS:
+    classifier_id = _checked_id(_optional_str(body, "classifier_id"), "classifier_id")
+    keyed = None
+    if key is not None:
+        try:
+            keyed = key.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            # replacing the bad bytes would give different keys, on different partitions,
+            # one classifier id: two workers would update it at once
             raise RequestError(
-                ErrorCode.INPUT_INVALID,
-                f"{name} is {len(value):,} characters long, over {MAX_CLASSIFIER_ID_CHARS}",
-            )
+                ErrorCode.INPUT_INVALID, f"the record key is not UTF-8 ({exc.reason})"
+            ) from exc
+        _checked_id(keyed, "the record key")
     if classifier_id is None:
         classifier_id = keyed
     elif keyed is not None and keyed != classifier_id:

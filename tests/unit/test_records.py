@@ -204,3 +204,31 @@ def test_a_cut_dead_letter_payload_keeps_a_prefix_and_says_how_long_it_was() -> 
     )
     assert "payload_bytes" not in whole
     assert base64.b64decode(whole["payload"]) == binary
+
+
+def test_a_train_key_that_is_not_utf8_is_refused() -> None:
+    """Decoding with replacement would turn b"\\xff" and b"\\xfe" (different partitions)
+    into one classifier id, updated by two workers at once."""
+    body = {"input": [{"text": "x", "label": "a"}], "model": "m"}
+    for key in (b"\xff", b"\xfe", b"c\xc3"):
+        with pytest.raises(RequestError) as info:
+            parse_train(body, LIMITS, request_id="r", key=key)
+        assert info.value.code == ErrorCode.INPUT_INVALID
+        assert "not UTF-8" in info.value.detail
+    assert parse_train(body, LIMITS, request_id="r", key="ç-1".encode()).classifier_id == "ç-1"
+
+
+def test_a_classify_classifier_id_longer_than_an_id_may_be_is_refused() -> None:
+    with pytest.raises(RequestError) as info:
+        parse({"request_id": "r", "input": ["x"], "classifier_id": "c" * 257})
+    assert info.value.code == ErrorCode.INPUT_INVALID
+    assert parse({"request_id": "r", "input": ["x"], "classifier_id": "c" * 256})
+
+
+def test_a_huge_numeric_request_id_in_a_deeply_nested_body_is_input_invalid() -> None:
+    """orjson reads a 2**64 request_id as a float, so the body is parsed again exactly,
+    by a parser that allows less nesting than orjson did."""
+    raw = b'{"request_id": 18446744073709551616, "meta": ' + b"[" * 990 + b"]" * 990 + b"}"
+    with pytest.raises(RequestError) as info:
+        decode_json_object(raw)
+    assert info.value.code == ErrorCode.INPUT_INVALID

@@ -152,3 +152,13 @@ def test_a_folder_with_truncated_weights_is_model_not_available(tmp_path: Path) 
     reg = ModelRegistry(cache_dir=tmp_path)
     with pytest.raises(ModelNotAvailableError, match="could not be loaded"):
         reg.load(reg.resolve(str(folder)))
+
+
+@pytest.mark.parametrize("name", ["~nobody-here/x", "a" * 300, "org/" + "b" * 100])
+def test_a_name_no_folder_or_hub_id_can_have_is_model_not_available(
+    tmp_path: Path, name: str
+) -> None:
+    """Not an unexpected error (INTERNAL_ERROR and a traceback): a precise answer."""
+    reg = ModelRegistry(cache_dir=tmp_path)
+    with pytest.raises(ModelNotAvailableError, match="not available"):
+        reg.resolve(name)
