@@ -106,7 +106,7 @@ def decode_base64(value: str, *, max_bytes: int) -> bytes:
     data = re.sub(r"\s+", "", data)
     if "-" in data or "_" in data:
         data = data.replace("-", "+").replace("_", "/")  # URL-safe alphabet
-    if len(data) * 3 // 4 > max_bytes:
+    if len(data.rstrip("=")) * 3 // 4 > max_bytes:  # the decoded size, before decoding
         raise ImageDecodeError(f"image is larger than {max_bytes} bytes")
     data += "=" * (-len(data) % 4)
     try:

@@ -171,7 +171,10 @@ class ImageFetcher:
                 f"URL scheme {url.scheme!r} is not allowed "
                 f"(allowed: {', '.join(self.settings.schemes)})"
             )
-        host = url.host
+        try:
+            host = url.host
+        except UnicodeError as exc:  # a punycode label that is not valid IDNA ("xn--")
+            raise FetchError(f"invalid host name: {exc}") from exc
         if not host:
             raise FetchError("URL has no host")
         port = url.port or (443 if url.scheme == "https" else 80)

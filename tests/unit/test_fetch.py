@@ -204,15 +204,24 @@ def test_scheme_and_malformed_urls() -> None:
         fetch("http://example.com/x.png", schemes=("https",))
 
 
-def test_a_host_name_with_a_too_long_label_is_a_fetch_error() -> None:
-    """The IDNA codec refuses a 64-character label with UnicodeError (it escaped as an
-    INTERNAL_ERROR before; it is IMAGE_FETCH_FAILED)."""
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://" + "a" * 64 + ".example/x.png", "cannot resolve host"),
+        ("https://xn--ls8h.la/cat.png", "invalid host name"),  # punycode of a disallowed one
+        ("https://xn--/x.png", "invalid host name"),
+    ],
+)
+def test_a_host_name_idna_refuses_is_a_fetch_error(url: str, message: str) -> None:
+    """The IDNA codec refuses a 64-character label, and punycode that does not decode to
+    a valid name, with UnicodeError (they escaped as INTERNAL_ERROR before; they are
+    IMAGE_FETCH_FAILED)."""
     fetcher = ImageFetcher(ImageSettings())
 
     async def go() -> None:
         try:
-            with pytest.raises(FetchError, match="cannot resolve host"):
-                await fetcher.fetch("http://" + "a" * 64 + ".example/x.png")
+            with pytest.raises(FetchError, match=message):
+                await fetcher.fetch(url)
         finally:
             await fetcher.aclose()
 

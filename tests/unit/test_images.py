@@ -40,6 +40,16 @@ def test_base64_forms() -> None:
     assert decode_base64(urlsafe, max_bytes=10_000) == png
 
 
+def test_an_image_of_exactly_the_limit_passes_in_base64_as_by_url() -> None:
+    """The size check before decoding must not count the padding: 1 to 2 bytes over."""
+    for size in (4, 5, 7, 1000):
+        raw = bytes(range(256)) * 4
+        value = base64.b64encode(raw[:size]).decode()
+        assert decode_base64(value, max_bytes=size) == raw[:size]
+        with pytest.raises(ImageDecodeError, match="larger than"):
+            decode_base64(value, max_bytes=size - 1)
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [
