@@ -9,6 +9,8 @@ after a crash), learn, write the table (RocksDB + changelog) and answer on
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import time
 from typing import Any
@@ -43,6 +45,12 @@ from streams.service import ClassifyService, check_embedded, check_modalities
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
+
+INLINE_UPDATES = 4096
+"""A train request with at most this many example passes (examples x ``num_iters``,
+~25 ms) is learned on the event loop; a larger one in a thread, so that it does not stall
+the worker's other requests: 1,024 examples x 1,000 passes take ~6 s of Python-level PA
+steps (the thread shares the GIL, so the loop still runs every few milliseconds)."""
 
 _CREATED_MEMORY_S = 60.0
 """How long a create counts toward its owner's limit before the replica must have it."""
@@ -184,7 +192,8 @@ class TrainHandler:
             if record.version == 0 and not record.labels:  # new: its size is the model's
                 record.dim = int(vectors.shape[1])
                 record.weights = np.zeros((0, record.dim), dtype=np.float32)
-            prior = apply_examples(
+            learn = functools.partial(
+                apply_examples,
                 record,
                 vectors,
                 [e.label for e in request.examples],
@@ -195,6 +204,12 @@ class TrainHandler:
                 now=time.time(),
                 timestamp=timestamp,
             )  # ClassLimitError, NonFiniteInputError: to_request_error gives their codes
+            # the record is this turn's own copy: nothing else reads or writes it meanwhile
+            # (if the request is cancelled, the thread finishes on a copy never written)
+            if len(request.examples) * request.num_iters <= INLINE_UPDATES:
+                prior = learn()
+            else:
+                prior = await asyncio.to_thread(learn)
             if request.access is not None:
                 record.access = request.access
             self._write(record)
