@@ -40,6 +40,8 @@ class Tokenized:
 class LabelVectors:
     vectors: Vectors
     tokens: int
+    counts: tuple[int, ...]
+    """Each label's tokens (a label over the per-input limit is refused, as an input is)."""
 
 
 class EmbeddingRuntime:
@@ -214,8 +216,8 @@ class EmbeddingRuntime:
         for label, future in waiting.items():
             results[label] = await asyncio.shield(future)
         vectors = np.stack([results[label][0] for label in labels])
-        tokens = sum(results[label][1] for label in labels)
-        return LabelVectors(vectors.astype(np.float32, copy=False), tokens)
+        counts = tuple(results[label][1] for label in labels)
+        return LabelVectors(vectors.astype(np.float32, copy=False), sum(counts), counts)
 
     async def _compute_labels(
         self, missing: list[str], results: dict[str, tuple[Vectors, int]]

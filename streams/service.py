@@ -179,6 +179,14 @@ class ClassifyService:
         embedded, label_vectors = await asyncio.gather(
             self.embed_items(runtime, request.inputs), runtime.labels(labels)
         )
+        limit = self.settings.limits.max_tokens_per_input
+        for label, count in zip(labels, label_vectors.counts, strict=True):
+            if count > limit:  # billed in full otherwise, for a label the model truncates
+                raise RequestError(
+                    ErrorCode.INPUT_TOO_LONG,
+                    f"label {label[:40]!r}{'…' if len(label) > 40 else ''} has {count} tokens, "
+                    f"at most {limit} allowed",
+                )
         check_embedded(label_vectors.vectors, spec.name, "label", labels)
         # encoders return L2-normalised rows (their contract): a dot product is cosine
         cosine = embedded.vectors @ label_vectors.vectors.T
