@@ -453,7 +453,21 @@ def summary(record: ClassifierRecord) -> ClassifierSummary:
 def _error(request: Request, status: int, code: str, detail: str, **extra: Any) -> JSONResponse:
     rid = getattr(request.state, "request_id", None) or str(uuid.uuid4())
     body = {"detail": detail, "code": code, "request_id": rid, **extra}
-    return JSONResponse(body, status_code=status, headers={"X-Request-Id": rid})
+    return JSONResponse(
+        body, status_code=status, headers={"X-Request-Id": rid, **_rate_left(request)}
+    )
+
+
+def _rate_left(request: Request) -> dict[str, str]:
+    """The rate-limit headers of a refused request's caller (what it has left; a refusal
+    before admission takes nothing), or none when the caller is not known (a 401)."""
+    if not request.url.path.startswith("/v1/"):
+        return {}
+    try:
+        caller = _caller_of(request, anonymous_ok=request.url.path == "/v1/classify")
+        return rate_headers(_gateway(request).limits.peek(caller.bucket))
+    except Exception:  # no valid key, or no gateway (starting): no budget to show
+        return {}
 
 
 async def _on_gateway_error(request: Request, exc: Exception) -> Response:

@@ -110,6 +110,11 @@ class RateLimiter:
         b.requests -= 1.0
         return Decision(True, int(b.requests), max(0, int(b.tokens)), limit=limit)
 
+    def peek(self, caller: str) -> Decision:
+        """What ``caller`` has left, taking nothing (for answers that were not admitted)."""
+        b, limit = self._get(caller)
+        return Decision(True, int(b.requests), max(0, int(b.tokens)), limit=limit)
+
     def charge(self, caller: str, tokens: int) -> Decision:
         """Charge the tokens an answered request used; what is left afterwards."""
         b, limit = self._get(caller)

@@ -288,3 +288,26 @@ def test_a_listing_that_cannot_reach_kafka_is_503_or_504(
 
     http.app.state.gateway.replica.caught_up = caught_up
     assert_error(http.get("/v1/classifiers", headers=auth()), status, code)
+    response = http.get("/v1/classifiers", headers=auth())
+    # admitted (one request taken) before Kafka failed: what is left is in the headers
+    assert response.headers["x-ratelimit-remaining-requests"] == "498"
+
+
+def test_refusals_of_a_known_caller_carry_what_it_has_left() -> None:
+    """Jina's API: rate-limit headers are included in responses. A request refused before
+    admission (400, 422) takes nothing from the budget and says what is left; a 401 has
+    no caller, so no budget to show."""
+    http = client_for(gateway={"anonymous_zero_shot": True})
+    bad = http.post("/v1/classify", json={**ZERO_SHOT, "labels": []}, headers=auth())
+    assert_error(bad, 400, "INPUT_MISSING")
+    schema = http.post("/v1/train", json={"input": 5}, headers=auth())
+    assert_error(schema, 422, "INPUT_VALIDATION_FAILED")
+    for response in (bad, schema):
+        assert response.headers["x-ratelimit-remaining-requests"] == "500"
+        assert response.headers["x-ratelimit-remaining-tokens"] == "1000000"
+    anonymous = http.post("/v1/classify", json={**ZERO_SHOT, "labels": []})
+    assert_error(anonymous, 400, "INPUT_MISSING")
+    assert anonymous.headers["x-ratelimit-remaining-requests"] == "500"  # its address's
+    refused = http.post("/v1/train", json={"input": 5}, headers=auth("key-mallory"))
+    assert_error(refused, 401, "AUTH_INVALID_API_KEY")
+    assert "x-ratelimit-remaining-requests" not in refused.headers
