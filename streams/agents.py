@@ -19,7 +19,7 @@ from typing import Any, cast
 import faust
 import orjson
 
-from streams.auth import KeyRing, header_value
+from streams.auth import KeyRing, header_value, owner_or_refusal
 from streams.errors import ErrorCode, OversizeRecordError, RequestError, to_request_error
 from streams.observer import Observer
 from streams.producer import OutputProducer
@@ -212,7 +212,9 @@ class ClassifyHandler:
             self.observer.on_request(message.topic, kind, len(request.inputs))
             owner = None
             if request.classifier_id is not None:
-                owner = self.keys.authenticate(header_value(message.headers, "authorization"))
+                owner = owner_or_refusal(
+                    self.keys, header_value(message.headers, "authorization"), "few-shot"
+                )
             response = await self.service.classify(request, owner)
             await self.output.send(self.predictions, request_id, encode(response))
         except Exception as exc:  # every failure becomes a dead letter

@@ -17,6 +17,8 @@ import hashlib
 import hmac
 from collections.abc import Iterable, Mapping, Sequence
 
+from streams.errors import ErrorCode, RequestError
+
 
 def hash_key(key: str) -> str:
     """The owner id of an API key."""
@@ -64,3 +66,22 @@ class KeyRing:
         for known in self._hashes:  # no early exit: timing does not tell which key matched
             found |= hmac.compare_digest(presented, known)
         return presented.hex() if found else None
+
+
+def owner_or_refusal(keys: KeyRing, header: bytes | None, what: str) -> str:
+    """The owner id of a record's ``authorization`` header, or a ``RequestError`` with
+    the code Jina's API gives over HTTP (``what`` names what needs the key)."""
+    if header is None:
+        raise RequestError(
+            ErrorCode.AUTH_MISSING_API_KEY,
+            f"{what} needs an 'authorization: Bearer <key>' header",
+        )
+    if bearer_token(header) is None:
+        raise RequestError(
+            ErrorCode.AUTH_INVALID_FORMAT,
+            "invalid authorization header format: use 'Bearer <key>'",
+        )
+    owner = keys.authenticate(header)
+    if owner is None:
+        raise RequestError(ErrorCode.AUTH_INVALID_API_KEY, "invalid API key")
+    return owner

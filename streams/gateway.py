@@ -60,7 +60,9 @@ from streams.settings import EMBEDDED_FETCH_MAX_WAIT_MS, Settings
 log = logging.getLogger(__name__)
 
 STATUS_OF: Mapping[str, int] = {
-    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.AUTH_MISSING_API_KEY: 401,
+    ErrorCode.AUTH_INVALID_FORMAT: 401,
+    ErrorCode.AUTH_INVALID_API_KEY: 401,
     ErrorCode.AUTHZ_ACCESS_DENIED: 403,
     ErrorCode.AUTHZ_RESOURCE_LIMIT_EXCEEDED: 403,
     ErrorCode.CLASSIFIER_NOT_FOUND: 404,

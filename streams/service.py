@@ -124,7 +124,7 @@ class ClassifyService:
         assert request.classifier_id is not None  # noqa: S101 - the caller checked
         if owner is None:
             raise RequestError(
-                ErrorCode.UNAUTHORIZED,
+                ErrorCode.AUTH_MISSING_API_KEY,
                 "few-shot classification needs a valid 'authorization: Bearer <key>' header",
             )
         record = None

@@ -29,7 +29,7 @@ from state.classifiers import (
 )
 from state.records import ClassifierRecord, decode_record, encode_record, read_ownership
 from streams.agents import Turn, encode, send_dead_letter
-from streams.auth import KeyRing, header_value
+from streams.auth import KeyRing, header_value, owner_or_refusal
 from streams.errors import ErrorCode, RequestError
 from streams.observer import Observer
 from streams.producer import OutputProducer
@@ -110,12 +110,9 @@ class TrainHandler:
                     f"({request.classifier_id!r}): the key keeps all of a classifier's "
                     "records on one partition, in order",
                 )
-            owner = self.keys.authenticate(header_value(message.headers, "authorization"))
-            if owner is None:
-                raise RequestError(
-                    ErrorCode.UNAUTHORIZED,
-                    "few-shot training needs a valid 'authorization: Bearer <key>' header",
-                )
+            owner = owner_or_refusal(
+                self.keys, header_value(message.headers, "authorization"), "few-shot training"
+            )
             if isinstance(request, DeleteRequest):
                 async with turn:
                     response = self._delete(request, owner)

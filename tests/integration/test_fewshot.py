@@ -130,8 +130,8 @@ def test_private_and_public_access(broker: EmbeddedBroker, worker: WorkerProcess
     ) = with_client(client_settings(broker), go)
     assert created["version"] == 1
     assert code(hidden) == "CLASSIFIER_NOT_FOUND"
-    assert code(anon) == "UNAUTHORIZED"
-    assert code(unknown) == "UNAUTHORIZED"
+    assert code(anon) == "AUTH_MISSING_API_KEY"
+    assert code(unknown) == "AUTH_INVALID_API_KEY"
     assert code(bob_train) == "CLASSIFIER_NOT_FOUND"
     assert code(bob_too_long) == "CLASSIFIER_NOT_FOUND"
     assert public["version"] == 2

@@ -17,3 +17,23 @@ def test_header_lookup_is_case_insensitive() -> None:
     assert bearer_token(header_value(headers, "authorization")) == "k"
     assert header_value({"authorization": b"v"}, "authorization") == b"v"
     assert header_value(None, "authorization") is None
+
+
+def test_a_record_without_a_valid_key_gets_jinas_auth_code() -> None:
+    """The same codes as the gateway's 401s (and Jina's): missing, malformed, unknown."""
+    import pytest
+
+    from streams.auth import owner_or_refusal
+    from streams.errors import ErrorCode, RequestError
+
+    ring = KeyRing(["k-alice"])
+    assert owner_or_refusal(ring, b"Bearer k-alice", "few-shot") == hash_key("k-alice")
+    for header, code in (
+        (None, ErrorCode.AUTH_MISSING_API_KEY),
+        (b"Basic k-alice", ErrorCode.AUTH_INVALID_FORMAT),
+        (b"Bearer ", ErrorCode.AUTH_INVALID_FORMAT),
+        (b"Bearer k-mallory", ErrorCode.AUTH_INVALID_API_KEY),
+    ):
+        with pytest.raises(RequestError) as info:
+            owner_or_refusal(ring, header, "few-shot")
+        assert info.value.code == code
