@@ -215,9 +215,11 @@ class ModelRegistry:
         except (OSError, RuntimeError, ValueError) as exc:
             # not a name a folder or a hub id can have: "~nobody/x" (no such home), a
             # 300-character name (too long for a file name), an invalid hub id
+            # an OSError's text names the expanded path (a home folder): its reason only
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             raise ModelNotAvailableError(
                 f"model {requested!r} is not available: not a readable folder or a valid "
-                f"Hugging Face id ({type(exc).__name__}: {exc})"
+                f"Hugging Face id ({type(exc).__name__}: {reason})"
             ) from exc
         if found is not None:
             self._found[target] = found

@@ -40,8 +40,14 @@ class Tokenized:
 class LabelVectors:
     vectors: Vectors
     tokens: int
-    counts: tuple[int, ...]
-    """Each label's tokens (a label over the per-input limit is refused, as an input is)."""
+
+
+class LabelTooLongError(ValueError):
+    """A label over ``max_label_tokens``: refused after tokenizing, before embedding."""
+
+    def __init__(self, label: str, count: int, limit: int) -> None:
+        shown = f"{label[:40]!r}{'…' if len(label) > 40 else ''}"
+        super().__init__(f"label {shown} has {count} tokens, at most {limit} allowed")
 
 
 class EmbeddingRuntime:
@@ -61,6 +67,10 @@ class EmbeddingRuntime:
         Images per model call (default: ``max_batch_size``).
     streams
         Model calls run at once per batcher (a worker picks it: ``streams.worker.plan_compute``).
+    max_label_tokens
+        Labels longer than this are refused (``LabelTooLongError``) before they are embedded
+        (the per-input limit: a longer label would be billed for a vector of its first
+        window of tokens).
     """
 
     def __init__(
@@ -79,8 +89,10 @@ class EmbeddingRuntime:
         on_image_batch: Callable[[BatchStats], None] | None = None,
         image_max_batch_size: int | None = None,
         streams: int = 1,
+        max_label_tokens: int | None = None,
     ) -> None:
         self.encoder = encoder
+        self.max_label_tokens = max_label_tokens
         self.text: TextEncoder | None = encoder if isinstance(encoder, TextEncoder) else None
         self.image: ImageEncoder | None = encoder if isinstance(encoder, ImageEncoder) else None
         if self.text is None and self.image is None:
@@ -216,8 +228,8 @@ class EmbeddingRuntime:
         for label, future in waiting.items():
             results[label] = await asyncio.shield(future)
         vectors = np.stack([results[label][0] for label in labels])
-        counts = tuple(results[label][1] for label in labels)
-        return LabelVectors(vectors.astype(np.float32, copy=False), sum(counts), counts)
+        tokens = sum(results[label][1] for label in labels)
+        return LabelVectors(vectors.astype(np.float32, copy=False), tokens)
 
     async def _compute_labels(
         self, missing: list[str], results: dict[str, tuple[Vectors, int]]
@@ -242,9 +254,24 @@ class EmbeddingRuntime:
     async def _embed_labels(
         self, missing: list[str], futures: dict[str, asyncio.Future[tuple[Vectors, int]]]
     ) -> None:
+        kept = missing
         try:
             tokenized = await self.tokenize(missing)
-            vectors = await self.embed(tokenized.ids)
+            limit = self.max_label_tokens
+            if limit is not None and max(tokenized.counts, default=0) > limit:
+                # only the long ones fail (never cached): another request may wait on the rest
+                keep = []
+                for i, (label, count) in enumerate(zip(missing, tokenized.counts, strict=True)):
+                    if count > limit:
+                        futures[label].set_exception(LabelTooLongError(label, count, limit))
+                        futures[label].exception()  # consumed here; waiters re-raise it
+                    else:
+                        keep.append(i)
+                kept = [missing[i] for i in keep]
+                tokenized = Tokenized(
+                    [tokenized.ids[i] for i in keep], [tokenized.counts[i] for i in keep], 0
+                )
+            vectors = await self.embed(tokenized.ids) if kept else np.zeros((0, 0))
         except BaseException as exc:
             for future in futures.values():
                 if future.done():
@@ -258,7 +285,7 @@ class EmbeddingRuntime:
         finally:
             for label in missing:
                 self._label_inflight.pop(label, None)
-        for label, vec, count in zip(missing, vectors, tokenized.counts, strict=True):
+        for label, vec, count in zip(kept, vectors, tokenized.counts, strict=True):
             entry = (vec, count)
             futures[label].set_result(entry)
             if self._label_cache_size:

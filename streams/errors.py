@@ -10,6 +10,7 @@ from enum import StrEnum
 
 from models.fewshot import ClassLimitError, NonFiniteInputError
 from models.registry import ModelNotAvailableError
+from models.runtime import LabelTooLongError
 
 
 class ErrorCode(StrEnum):
@@ -73,6 +74,8 @@ def to_request_error(exc: BaseException) -> RequestError:
         return exc
     if isinstance(exc, ModelNotAvailableError):
         return RequestError(ErrorCode.MODEL_NOT_AVAILABLE, str(exc))
+    if isinstance(exc, LabelTooLongError):
+        return RequestError(ErrorCode.INPUT_TOO_LONG, str(exc))
     if isinstance(exc, ClassLimitError):
         return RequestError(ErrorCode.INPUT_LABEL_LIMIT_EXCEEDED, str(exc))
     if isinstance(exc, NonFiniteInputError):

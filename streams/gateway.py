@@ -60,6 +60,7 @@ from streams.settings import EMBEDDED_FETCH_MAX_WAIT_MS, Settings
 log = logging.getLogger(__name__)
 
 STATUS_OF: Mapping[str, int] = {
+    "UNAUTHORIZED": 401,  # what workers before AUTH_* answered (a rolling upgrade)
     ErrorCode.AUTH_MISSING_API_KEY: 401,
     ErrorCode.AUTH_INVALID_FORMAT: 401,
     ErrorCode.AUTH_INVALID_API_KEY: 401,
@@ -455,9 +456,8 @@ def summary(record: ClassifierRecord) -> ClassifierSummary:
 def _error(request: Request, status: int, code: str, detail: str, **extra: Any) -> JSONResponse:
     rid = getattr(request.state, "request_id", None) or str(uuid.uuid4())
     body = {"detail": detail, "code": code, "request_id": rid, **extra}
-    return JSONResponse(
-        body, status_code=status, headers={"X-Request-Id": rid, **_rate_left(request)}
-    )
+    rate = _rate_left(request) if status != 401 else {}  # a 401: no caller to show
+    return JSONResponse(body, status_code=status, headers={"X-Request-Id": rid, **rate})
 
 
 def _rate_left(request: Request) -> dict[str, str]:

@@ -111,7 +111,13 @@ class RateLimiter:
         return Decision(True, int(b.requests), max(0, int(b.tokens)), limit=limit)
 
     def peek(self, caller: str) -> Decision:
-        """What ``caller`` has left, taking nothing (for answers that were not admitted)."""
+        """What ``caller`` has left, taking nothing (for answers that were not admitted).
+
+        A caller without a bucket has its whole budget, and gets no bucket: cheap refused
+        requests from many addresses must not push out the buckets of callers who spent."""
+        if caller not in self._buckets:
+            limit = self.limit_of(caller)
+            return Decision(True, limit.rpm, limit.tpm, limit=limit)
         b, limit = self._get(caller)
         return Decision(True, int(b.requests), max(0, int(b.tokens)), limit=limit)
 

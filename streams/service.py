@@ -74,6 +74,7 @@ class ClassifyService:
                     on_image_batch=functools.partial(self.observer.on_batch, f"{spec.name}/image"),
                     image_max_batch_size=self.settings.images.max_batch_size,
                     streams=self.registry.streams,
+                    max_label_tokens=self.settings.limits.max_tokens_per_input,
                 )
                 self._runtimes[spec.name] = runtime
                 self.observer.on_model_loaded(
@@ -176,17 +177,14 @@ class ClassifyService:
         check_modalities(request.inputs, spec)
         runtime = await self.runtime(spec)
         labels = request.all_labels
-        embedded, label_vectors = await asyncio.gather(
-            self.embed_items(runtime, request.inputs), runtime.labels(labels)
-        )
-        limit = self.settings.limits.max_tokens_per_input
-        for label, count in zip(labels, label_vectors.counts, strict=True):
-            if count > limit:  # billed in full otherwise, for a label the model truncates
-                raise RequestError(
-                    ErrorCode.INPUT_TOO_LONG,
-                    f"label {label[:40]!r}{'…' if len(label) > 40 else ''} has {count} tokens, "
-                    f"at most {limit} allowed",
-                )
+        inputs = asyncio.ensure_future(self.embed_items(runtime, request.inputs))
+        try:
+            label_vectors = await runtime.labels(labels)
+        except BaseException:  # a label too long: the inputs need not be embedded either
+            inputs.cancel()
+            inputs.add_done_callback(lambda task: task.cancelled() or task.exception())
+            raise
+        embedded = await inputs
         check_embedded(label_vectors.vectors, spec.name, "label", labels)
         # encoders return L2-normalised rows (their contract): a dot product is cosine
         cosine = embedded.vectors @ label_vectors.vectors.T

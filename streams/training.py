@@ -13,6 +13,7 @@ import asyncio
 import functools
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import faust
@@ -81,6 +82,9 @@ class TrainHandler:
         """Settings for every new classifier; ``None``: by the model's modality."""
         self._created: dict[str, dict[str, float]] = {}
         """owner → classifiers this worker created, not yet seen by the replica → when."""
+        self._learning = ThreadPoolExecutor(1, thread_name_prefix="learn")
+        """Large requests learn here, one at a time: not in asyncio's default pool, which
+        also resolves image hosts and loads models."""
         self.results_topic = settings.topic("train-results")
         self.errors_topic = settings.topic("errors")
 
@@ -206,7 +210,7 @@ class TrainHandler:
             if len(request.examples) * request.num_iters <= INLINE_UPDATES:
                 prior = learn()
             else:
-                prior = await asyncio.to_thread(learn)
+                prior = await asyncio.get_running_loop().run_in_executor(self._learning, learn)
             if request.access is not None:
                 record.access = request.access
             self._write(record)

@@ -98,3 +98,16 @@ def test_never_more_than_rpm_plus_refill(ops: list[str], rpm: int) -> None:
         elif limits.admit("a").allowed:
             admitted += 1
     assert admitted <= rpm + clock.now * rpm / 60.0 + 1e-9
+
+
+def test_a_peek_takes_nothing_and_makes_no_bucket() -> None:
+    """Refused requests show what is left without spending it; a caller with no bucket
+    has its whole budget and gets none (refusals from many addresses must not evict the
+    buckets of callers who spent)."""
+    limiter = RateLimiter(lambda caller: Limit(rpm=10, tpm=100), clock=lambda: 0.0, max_callers=1)
+    assert limiter.admit("alice").remaining_requests == 9
+    for caller in ("mallory-1", "mallory-2"):
+        fresh = limiter.peek(caller)
+        assert (fresh.remaining_requests, fresh.remaining_tokens) == (10, 100)
+    assert limiter.peek("alice").remaining_requests == 9  # still there, nothing taken
+    assert limiter.admit("alice").remaining_requests == 8

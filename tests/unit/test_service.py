@@ -139,23 +139,25 @@ def test_a_label_over_the_token_limit_is_refused_as_an_input_is(
     tmp_path: Path, observer: Counting
 ) -> None:
     """A 20,000-token label was accepted (and billed in full) where the same text as an
-    input is INPUT_TOO_LONG; labels within the limit pass, also from the label cache."""
+    input is INPUT_TOO_LONG. It is refused after tokenizing and never embedded (nor
+    cached: a later request is refused the same); labels within the limit pass."""
     settings = Settings(data_dir=tmp_path, limits={"max_tokens_per_input": 50})
     service = ClassifyService(settings, hash_registry(tmp_path, max_length=10), observer)
     long_label = "w " * 49  # 51 tokens
-    refused, ok, cached = classify(
+    refused, ok, again = classify(
         service,
         req(["x"], ["a", long_label], rid="long"),
         req(["x"], ["a", "w " * 47], rid="ok"),  # 49 tokens
-        req(["y"], [long_label, "a"], rid="again"),  # its vector is cached by now
+        req(["y"], [long_label, "a"], rid="again"),
     )
-    assert isinstance(refused, RequestError)
-    assert refused.code == ErrorCode.INPUT_TOO_LONG
-    assert "label 'w w w" in refused.detail
-    assert "51 tokens" in refused.detail
+    for error in (refused, again):
+        mapped = to_request_error(error)
+        assert mapped.code == ErrorCode.INPUT_TOO_LONG
+        assert "label 'w w w" in mapped.detail
+        assert "51 tokens" in mapped.detail
     assert ok["request_id"] == "ok"
-    assert isinstance(cached, RequestError)
-    assert cached.code == ErrorCode.INPUT_TOO_LONG
+    # embedded at most: the inputs x, x, y and the labels a and "w " * 47; never the long one
+    assert observer.items <= 5
 
 
 def test_unknown_model_and_images(service: ClassifyService) -> None:
