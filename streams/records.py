@@ -294,7 +294,9 @@ def parse_train(
         )
     if not classifier_id:
         raise RequestError(ErrorCode.INPUT_MISSING, "classifier_id is missing (body or key)")
-    action = body.get("action", "train")
+    action = body.get("action")
+    if action is None:  # absent or null, as for every optional field
+        action = "train"
     if action == "delete":
         return DeleteRequest(request_id, classifier_id)
     if action != "train":
@@ -316,7 +318,9 @@ def parse_train(
     access = _optional_str(body, "access")
     if access is not None and access not in ACCESS_LEVELS:
         raise RequestError(ErrorCode.INPUT_INVALID, "access must be 'private' or 'public'")
-    num_iters = body.get("num_iters", 10)
+    num_iters = body.get("num_iters")
+    if num_iters is None:  # absent or null (clients that write every optional field)
+        num_iters = 10
     if (
         not isinstance(num_iters, int)
         or isinstance(num_iters, bool)

@@ -122,6 +122,9 @@ def test_dead_letter_keeps_payload_as_text_or_base64() -> None:
     ("body", "code"),
     [
         ({"input": [{"text": "x", "label": "a"}]}, None),
+        # null is absent, as over HTTP (clients that write every optional field)
+        ({"input": [{"text": "x", "label": "a"}], "num_iters": None, "action": None}, None),
+        ({"input": [{"text": "x", "label": "a"}], "action": ""}, ErrorCode.INPUT_INVALID),
         ({"input": [{"text": "x"}]}, ErrorCode.INPUT_INVALID),
         ({"input": [{"text": "x", "label": ""}]}, ErrorCode.INPUT_INVALID),
         ({"input": []}, ErrorCode.INPUT_MISSING),
