@@ -164,7 +164,9 @@ def already_applied(
     if record is None or record.applied.get(source, -1) < offset:
         return False
     memory = record.hyper.get("_replay", {}).get(source, [])
-    for entry in memory:
+    # newest first: after a recreated topic, an offset may be remembered twice (the old
+    # topic's entry, then the new one's), and the newest is the one a redelivery repeats
+    for entry in reversed(memory):
         if entry[0] == offset:
             stamped = entry[2] if len(entry) > 2 else None
             return timestamp is None or stamped is None or stamped == timestamp
@@ -175,7 +177,7 @@ def already_applied(
 
 def replayed_version(record: ClassifierRecord, source: str, offset: int) -> int:
     """The version an already-applied request produced (best effort for old ones)."""
-    for entry in record.hyper.get("_replay", {}).get(source, []):
+    for entry in reversed(record.hyper.get("_replay", {}).get(source, [])):  # newest first
         if entry[0] == offset:
             return int(entry[1])
     return record.version

@@ -5,6 +5,7 @@ Served as Prometheus text on ``http://<host>:$SHOTSTREAM_METRICS_PORT/metrics``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -157,6 +158,11 @@ class PrometheusObserver(Observer):
         self.train_examples.inc(examples)
         if accuracy is not None:
             self.prequential.labels(classifier_id).set(accuracy)
+
+    def on_delete(self, classifier_id: str) -> None:
+        # created-and-deleted ids would otherwise be exported for good, one series each
+        with contextlib.suppress(KeyError):  # never trained on this worker
+            self.prequential.remove(classifier_id)
 
     def on_batch(self, model: str, stats: BatchStats) -> None:
         self.batch_size.labels(model).observe(stats.items)

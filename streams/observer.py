@@ -35,6 +35,9 @@ class Observer:
     def on_train(self, classifier_id: str, examples: int, accuracy: float | None) -> None:
         """A train request was applied; ``accuracy`` is the windowed prequential accuracy."""
 
+    def on_delete(self, classifier_id: str) -> None:
+        """A classifier was deleted (its per-classifier series end)."""
+
     def on_batch(self, model: str, stats: BatchStats) -> None:
         """The model ran one batch."""
 

@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from state.records import ClassifierRecord, RecordFormatError, decode_record
+from state.records import ClassifierRecord, decode_record
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +101,16 @@ class ClassifierReplica:
         )
 
     async def _follow(self, consumer: AIOKafkaConsumer) -> None:
-        async for message in consumer:
-            key = message.key.decode("utf-8", "replace") if message.key else None
-            if key is not None:
-                self.apply(key, message.value, offset=message.offset)
+        # nothing may end this task: a replica that stops reading serves stale records
+        while True:
+            try:
+                async for message in consumer:
+                    key = message.key.decode("utf-8", "replace") if message.key else None
+                    if key is not None:
+                        self.apply(key, message.value, offset=message.offset)
+            except Exception:
+                log.exception("reading the classifier changelog %s failed; retrying", self.topic)
+                await asyncio.sleep(1.0)
 
     def apply(self, key: str, value: bytes | None, *, offset: int = -1) -> None:
         """One changelog record: the classifier's latest state, or a tombstone (``None``)."""
@@ -118,9 +124,11 @@ class ClassifierReplica:
             self._forgotten.pop(key, None)
             try:
                 self.records[key] = decode_record(value)
-            except RecordFormatError:
+            except Exception:  # RecordFormatError, or anything a foreign record provokes
+                # not served at all: its last readable version may say public where the
+                # owner has just made it private (a newer format during a rolling upgrade)
                 log.exception("unreadable classifier record %s at offset %d", key, offset)
-                return
+                self.records.pop(key, None)
         self._notify()
 
     def forget(self, classifier_id: str) -> None:

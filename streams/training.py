@@ -315,6 +315,7 @@ class TrainHandler:
         del self.table[request.classifier_id.encode()]
         self._created.get(owner, {}).pop(request.classifier_id, None)
         self.replica.forget(request.classifier_id)  # this worker reads its delete at once
+        self.observer.on_delete(request.classifier_id)
         return {
             "request_id": request.request_id,
             "classifier_id": request.classifier_id,

@@ -69,3 +69,17 @@ def test_the_dashboard_charts_every_metric() -> None:
 def test_every_metric_the_readme_names_is_exposed() -> None:
     readme = (ROOT / "README.md").read_text()
     assert set(METRIC.findall(readme)) - exposed() == set()
+
+
+def test_a_deleted_classifier_is_no_longer_exported() -> None:
+    """One series per classifier: ids created and deleted would otherwise pile up."""
+    registry = CollectorRegistry()
+    observer = PrometheusObserver(registry)
+    observer.on_train("c-1", 3, 0.5)
+    observer.on_train("c-2", 3, 0.75)
+    gauge = "shotstream_fewshot_prequential_accuracy"
+    assert registry.get_sample_value(gauge, {"classifier_id": "c-1"}) == 0.5
+    observer.on_delete("c-1")
+    observer.on_delete("never-trained-here")
+    assert registry.get_sample_value(gauge, {"classifier_id": "c-1"}) is None
+    assert registry.get_sample_value(gauge, {"classifier_id": "c-2"}) == 0.75

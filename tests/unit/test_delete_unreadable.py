@@ -9,6 +9,7 @@ import pytest
 
 from state.records import ClassifierRecord, RecordFormatError, decode_record, encode_record
 from streams.errors import ErrorCode, RequestError
+from streams.observer import Observer
 from streams.records import DeleteRequest
 from streams.replica import ClassifierReplica
 from streams.settings import Settings
@@ -27,10 +28,10 @@ def nan_record(cid: str, access: str) -> bytes:
 
 
 def handler(table: dict[bytes, bytes]) -> TrainHandler:
-    # _delete touches only the table and the replica (never started here)
+    # _delete touches only the table, the replica (never started here) and the observer
     none = cast(Any, None)
     replica = ClassifierReplica("127.0.0.1:1", "changelog")
-    return TrainHandler(Settings(), none, cast(Any, table), replica, none, none, none)
+    return TrainHandler(Settings(), none, cast(Any, table), replica, none, none, Observer())
 
 
 def test_the_owner_deletes_an_unreadable_classifier() -> None:

@@ -55,3 +55,25 @@ def test_a_local_delete_gives_way_when_its_tombstone_never_comes(
     got = replica.get("c1")
     assert got is not None
     assert got.version == 3
+
+
+def test_a_newer_write_it_cannot_read_stops_the_older_version_being_served() -> None:
+    """A rolling upgrade: the owner made a public classifier private, written in a format
+    this worker cannot read. Serving the last readable version would keep it public;
+    it is not served at all. A record that makes the decoder itself fail (nesting too
+    deep) is skipped the same way, never raised into the changelog reader."""
+    from state.records import _HEAD, MAGIC, decode_record
+
+    replica = ClassifierReplica("127.0.0.1:1", "changelog")
+    readable = decode_record(record(1))
+    readable.access = "public"
+    replica.apply("c1", encode_record(readable))
+    assert replica.get("c1") is not None
+    newer = encode_record(readable)
+    magic, _version, size = _HEAD.unpack_from(newer)
+    replica.apply("c1", _HEAD.pack(magic, 3, size) + newer[_HEAD.size :])
+    assert replica.get("c1") is None
+    replica.apply("c2", record(1, "c2"))
+    deep = b"[" * 200_000 + b"]" * 200_000
+    replica.apply("c2", _HEAD.pack(MAGIC, 2, len(deep)) + deep)
+    assert replica.get("c2") is None

@@ -228,3 +228,25 @@ def test_a_large_train_request_is_learned_off_the_event_loop(
     assert threads == [True, False]  # on the loop's thread, then off it
     assert output.answers() == {"r0": 1, "r1": 2}
     assert stored(table).samples_seen == 6
+
+
+def test_a_redelivery_after_the_train_topic_was_recreated_is_not_learned_twice() -> None:
+    """Offsets 0-4 on the old topic, then the topic is recreated and offsets 0 and 1 come
+    again with new timestamps (learned: versions 6 and 7). Redelivered after a crash, they
+    are replays of the new records: answered 6 and 7 again, not learned (the old topic's
+    entries for offsets 0 and 1 are older in the replay memory and must not decide)."""
+
+    def at(offset: int, body: dict[str, Any], timestamp: float) -> Any:
+        e = event(offset, body, "x")
+        e.message.timestamp = timestamp
+        return e
+
+    train_handler, table, output = handler({})
+    run(train_handler, [at(o, train(f"old{o}", "ab"[o % 2]), 1000.0 + o) for o in range(5)])
+    new = [at(0, train("new0", "a"), 9000.0), at(1, train("new1", "b"), 9001.0)]
+    run(train_handler, new)
+    assert stored(table).version == 7
+    output.sent.clear()
+    run(train_handler, new)
+    assert stored(table).version == 7
+    assert output.answers() == {"new0": 6, "new1": 7}
