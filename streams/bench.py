@@ -42,7 +42,7 @@ def accuracy(
     setfit: Annotated[bool, typer.Option(help="add SetFit (needs `pip install setfit`)")] = False,
     seeds: Annotated[
         int | None,
-        typer.Option(help="repetitions per training size [default: the study's, 20]"),
+        typer.Option(help="repetitions per training size (default: the study's 20)"),
     ] = None,
 ) -> None:
     """F1 vs number of training examples for every method (progress bar; see

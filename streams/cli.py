@@ -8,14 +8,16 @@ import logging
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 from streams.bench import bench_app
 from streams.settings import Settings
+
+T = TypeVar("T")
 
 app = typer.Typer(
     help="Kafka-native zero-shot and few-shot classification.",
@@ -37,8 +39,44 @@ ROUTING_INPUTS = [
 ]
 
 
+EXIT_DEAD_LETTER = 2
+"""The request was answered with a dead letter (its code and detail are printed)."""
+EXIT_NO_ANSWER = 3
+"""No answer within ``--timeout`` (no worker running, or Kafka not answering)."""
+EXIT_NO_KAFKA = 4
+"""Kafka could not be reached at ``SHOTSTREAM_BROKERS``."""
+
+
 def _settings(**overrides: Any) -> Settings:
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    """The settings, or a one-line message naming the variable to fix (exit 2)."""
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except (ValidationError, SettingsError) as exc:
+        typer.echo(f"invalid settings: {settings_problem(exc)}", err=True)
+        raise typer.Exit(2) from None
+
+
+def settings_problem(exc: Exception) -> str:
+    """What is wrong in the environment, by variable name (not pydantic's field path)."""
+    import re
+
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        problems = []
+        for error in exc.errors():
+            loc = [str(part) for part in error["loc"] if not str(part).isdigit()]
+            name = "SHOTSTREAM_" + "__".join(loc).upper() if loc else "SHOTSTREAM_*"
+            problems.append(f"{name}: {error['msg']}")
+        return "; ".join(problems)
+    field = re.search(r'field "([^"]+)"', str(exc))
+    if field is None:
+        return str(exc)
+    name = f"SHOTSTREAM_{field.group(1).upper()}"
+    return f"{name} (or a {name}__* variable) is not valid JSON"
 
 
 def _logging(settings: Settings) -> None:
@@ -48,22 +86,56 @@ def _logging(settings: Settings) -> None:
     )
 
 
-def _ask(settings: Settings, call: Callable[[Any], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
-    """Open a client, make one request, return its answer (prediction or dead letter)."""
+def _ask(
+    settings: Settings, call: Callable[[Any], Awaitable[dict[str, Any]]], timeout_s: float
+) -> dict[str, Any]:
+    """Open a client, make one request, return its answer (prediction or dead letter).
+
+    ``timeout_s`` bounds the whole of it, connecting included (``_run``)."""
     from streams.client import ShotstreamClient
 
     async def go() -> dict[str, Any]:
         async with ShotstreamClient(settings) as client:
             return await call(client)
 
-    return asyncio.run(go())
+    return _run(go(), settings, timeout_s)
+
+
+def _run(work: Coroutine[Any, Any, T], settings: Settings, timeout_s: float) -> T:
+    """Run ``work`` within ``timeout_s``; Kafka out of reach and no answer in time end
+    the command with a message and exit codes 4 and 3."""
+    from aiokafka.errors import KafkaError
+
+    async def bounded() -> T:
+        async with asyncio.timeout(timeout_s):
+            return await work
+
+    brokers = ",".join(settings.brokers)
+    try:
+        return asyncio.run(bounded())
+    except TimeoutError:
+        typer.echo(
+            f"no answer within {timeout_s:g} s: is a worker running, and Kafka answering at "
+            f"{brokers}?",
+            err=True,
+        )
+        raise typer.Exit(EXIT_NO_ANSWER) from None
+    except (KafkaError, OSError) as exc:
+        reason = (
+            str(exc) if str(exc).startswith(type(exc).__name__) else f"{type(exc).__name__}: {exc}"
+        )
+        typer.echo(f"cannot reach Kafka at {brokers} (SHOTSTREAM_BROKERS): {reason}", err=True)
+        raise typer.Exit(EXIT_NO_KAFKA) from None
+    except RuntimeError as exc:  # the replica's "changelog topic ... does not exist"
+        typer.echo(f"Kafka at {brokers}: {exc} (has a worker run against it?)", err=True)
+        raise typer.Exit(EXIT_NO_KAFKA) from None
 
 
 def _echo_json(answer: dict[str, Any]) -> None:
     """Print an answer as JSON; exit 2 if it is a dead letter."""
     typer.echo(json.dumps(answer, ensure_ascii=False, indent=2))
     if "error" in answer:
-        raise typer.Exit(2)
+        raise typer.Exit(EXIT_DEAD_LETTER)
 
 
 def free_port() -> int:
@@ -156,39 +228,52 @@ def classify(
     api_key: APIKey = None,
 ) -> None:
     """Produce a classify request and print the prediction when it arrives."""
-    settings = _settings()
     if not labels and not classifier_id:
         raise typer.BadParameter("give --labels (zero-shot) or --classifier-id (few-shot)")
-    try:
-        answer = _ask(
-            settings,
-            lambda client: client.classify(
-                list(texts),
-                labels=labels,
-                model=model,
-                classifier_id=classifier_id,
-                api_key=api_key,
-                timeout_s=timeout,
-            ),
-        )
-    except TimeoutError:
-        typer.echo(f"no answer within {timeout}s: is a worker running?", err=True)
-        raise typer.Exit(3) from None
+    if classifier_id and not api_key:
+        raise typer.BadParameter("few-shot needs --api-key (or SHOTSTREAM_API_KEY)")
+    settings = _settings()
+    answer = _ask(
+        settings,
+        lambda client: client.classify(
+            list(texts),
+            labels=labels,
+            model=model,
+            classifier_id=classifier_id,
+            api_key=api_key,
+            timeout_s=timeout,
+        ),
+        timeout,
+    )
     _print_answer(answer, texts, as_json)
     if "error" in answer:
-        raise typer.Exit(2)
+        raise typer.Exit(EXIT_DEAD_LETTER)
 
 
 def _read_examples(source: str) -> list[dict[str, str]]:
     """JSON array or JSON lines of ``{"text"|"image", "label"}``; ``-`` is stdin."""
-    text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    name = "stdin" if source == "-" else source
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise typer.BadParameter(f"cannot read {name}: {reason}") from None
     text = text.strip()
-    if text.startswith("["):
-        examples = json.loads(text)
-    else:
-        examples = [json.loads(line) for line in text.splitlines() if line.strip()]
-    if not isinstance(examples, list) or not all(isinstance(e, dict) for e in examples):
-        raise typer.BadParameter("examples must be JSON objects with 'text' and 'label'")
+    try:
+        if text.startswith("["):
+            examples = json.loads(text)
+        else:
+            examples = [json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno}" if text.startswith("[") else "a line"
+        raise typer.BadParameter(f"{name}: {where} is not valid JSON ({exc.msg})") from None
+    if not isinstance(examples, list) or not examples:
+        raise typer.BadParameter(f"{name} holds no examples (a JSON array, or JSON lines)")
+    for i, e in enumerate(examples):
+        if not isinstance(e, dict) or "label" not in e or not ("text" in e or "image" in e):
+            raise typer.BadParameter(
+                f"example {i} of {name} needs 'label' and 'text' (or 'image'): {e!r:.80}"
+            )
     return examples
 
 
@@ -198,7 +283,9 @@ def train(
     classifier_id: Annotated[
         str | None, typer.Option(help="classifier to update (default: create a new one)")
     ] = None,
-    model: Annotated[str | None, typer.Option(help="model (needed to create)")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="model of a new classifier (default: the default model)")
+    ] = None,
     access: Annotated[str | None, typer.Option(help="private or public")] = None,
     num_iters: Annotated[int | None, typer.Option(help="passes per example (10)")] = None,
     api_key: APIKey = None,
@@ -207,8 +294,10 @@ def train(
     """Send labelled examples to the train topic; print the train response."""
     import uuid
 
-    settings = _settings()
+    if not api_key:
+        raise typer.BadParameter("give --api-key (or SHOTSTREAM_API_KEY)")
     body = _read_examples(examples)
+    settings = _settings()
     cid = classifier_id or str(uuid.uuid4())
     if classifier_id is None and model is None:
         model = settings.default_model_name
@@ -225,6 +314,7 @@ def train(
                 num_iters=num_iters,
                 timeout_s=timeout,
             ),
+            timeout,
         )
     )
 
@@ -238,6 +328,7 @@ app.add_typer(bench_app, name="bench")
 def classifiers_list(
     api_key: APIKey = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the listing")] = 60.0,
 ) -> None:
     """Your classifiers: id, model, labels, access, version, samples, times."""
     from streams.app import classifier_changelog_topic
@@ -259,7 +350,7 @@ def classifiers_list(
         finally:
             await replica.stop()
 
-    rows = asyncio.run(go())
+    rows = _run(go(), settings, timeout)
     if as_json:
         typer.echo(json.dumps(rows, ensure_ascii=False, indent=2))
         return
@@ -288,12 +379,15 @@ def classifiers_list(
 def classifiers_delete(
     classifier_id: Annotated[str, typer.Argument(help="the classifier to delete")],
     api_key: APIKey = None,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the answer")] = 60.0,
 ) -> None:
     """Delete one of your classifiers (only its owner may)."""
-
+    if not api_key:
+        raise typer.BadParameter("give --api-key (or SHOTSTREAM_API_KEY)")
     settings = _settings()
-
-    _echo_json(_ask(settings, lambda client: client.delete(classifier_id, api_key=api_key)))
+    _echo_json(
+        _ask(settings, lambda client: client.delete(classifier_id, api_key=api_key), timeout)
+    )
 
 
 def summary(record: Any) -> dict[str, Any]:
@@ -372,6 +466,7 @@ def demo(
                 lambda client: client.classify(
                     ROUTING_INPUTS, labels=ROUTING_LABELS, model="jina-embeddings-v3"
                 ),
+                120.0,
             )
             _print_answer(answer, ROUTING_INPUTS, as_json=False)
 

@@ -49,6 +49,13 @@ class ShotstreamClient:
         self._reader: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> ShotstreamClient:
+        try:
+            return await self._start()
+        except BaseException:  # nothing left open (aiokafka warns of unclosed clients)
+            await self.__aexit__()
+            raise
+
+    async def _start(self) -> ShotstreamClient:
         brokers = ",".join(self.settings.brokers)
         self._producer = AIOKafkaProducer(
             bootstrap_servers=brokers,

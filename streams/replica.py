@@ -58,6 +58,17 @@ class ClassifierReplica:
             fetch_max_wait_ms=self.fetch_max_wait_ms,
             auto_offset_reset="earliest",
         )
+        try:
+            await self._assign(consumer, timeout_s)
+        except BaseException:  # nothing left open (aiokafka warns of unclosed consumers)
+            await consumer.stop()
+            raise
+        self._consumer = consumer
+        self._task = asyncio.create_task(self._follow(consumer))
+        self._loader = asyncio.create_task(self._load())
+
+    async def _assign(self, consumer: AIOKafkaConsumer, timeout_s: float) -> None:
+        """Start ``consumer`` on every partition of the changelog, from the beginning."""
         await consumer.start()
         deadline = time.monotonic() + timeout_s
         partitions: set[int] | None = None
@@ -66,15 +77,11 @@ class ClassifierReplica:
             partitions = consumer.partitions_for_topic(self.topic)
             if not partitions:
                 if time.monotonic() > deadline:
-                    await consumer.stop()
                     raise RuntimeError(f"changelog topic {self.topic} does not exist")
                 await asyncio.sleep(0.2)
         tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        self._consumer = consumer
-        self._task = asyncio.create_task(self._follow(consumer))
-        self._loader = asyncio.create_task(self._load())
 
     async def _load(self) -> None:
         started = time.monotonic()
