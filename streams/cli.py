@@ -319,7 +319,9 @@ def train(
     )
 
 
-classifiers_app = typer.Typer(help="List or delete your few-shot classifiers.")
+classifiers_app = typer.Typer(
+    help="List or delete your few-shot classifiers.", no_args_is_help=True
+)
 app.add_typer(classifiers_app, name="classifiers")
 app.add_typer(bench_app, name="bench")
 
