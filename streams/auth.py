@@ -68,20 +68,19 @@ class KeyRing:
         return presented.hex() if found else None
 
 
-def owner_or_refusal(keys: KeyRing, header: bytes | None, what: str) -> str:
-    """The owner id of a record's ``authorization`` header, or a ``RequestError`` with
-    the code Jina's API gives over HTTP (``what`` names what needs the key)."""
+def owner_or_refusal(keys: KeyRing, header: str | bytes | None, what: str) -> str:
+    """The owner id of an ``authorization`` header (a Kafka record's or an HTTP request's),
+    or a ``RequestError`` with Jina's code (``what`` names what needs the key)."""
     if header is None:
         raise RequestError(
             ErrorCode.AUTH_MISSING_API_KEY,
-            f"{what} needs an 'authorization: Bearer <key>' header",
+            f"Authentication required: {what} needs an 'authorization: Bearer <key>' header",
         )
     if bearer_token(header) is None:
         raise RequestError(
-            ErrorCode.AUTH_INVALID_FORMAT,
-            "invalid authorization header format: use 'Bearer <key>'",
+            ErrorCode.AUTH_INVALID_FORMAT, "Invalid authorization format: use 'Bearer <key>'"
         )
     owner = keys.authenticate(header)
     if owner is None:
-        raise RequestError(ErrorCode.AUTH_INVALID_API_KEY, "invalid API key")
+        raise RequestError(ErrorCode.AUTH_INVALID_API_KEY, "Invalid API key")
     return owner

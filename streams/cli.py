@@ -131,6 +131,13 @@ def _run(work: Coroutine[Any, Any, T], settings: Settings, timeout_s: float) -> 
         raise typer.Exit(EXIT_NO_KAFKA) from None
 
 
+def _need_key(api_key: str | None) -> str:
+    """The key few-shot commands need, or a usage error before anything is sent."""
+    if not api_key:
+        raise typer.BadParameter("give --api-key (or SHOTSTREAM_API_KEY)")
+    return api_key
+
+
 def _echo_json(answer: dict[str, Any]) -> None:
     """Print an answer as JSON; exit 2 if it is a dead letter."""
     typer.echo(json.dumps(answer, ensure_ascii=False, indent=2))
@@ -230,8 +237,8 @@ def classify(
     """Produce a classify request and print the prediction when it arrives."""
     if not labels and not classifier_id:
         raise typer.BadParameter("give --labels (zero-shot) or --classifier-id (few-shot)")
-    if classifier_id and not api_key:
-        raise typer.BadParameter("few-shot needs --api-key (or SHOTSTREAM_API_KEY)")
+    if classifier_id:
+        _need_key(api_key)
     settings = _settings()
     answer = _ask(
         settings,
@@ -294,8 +301,7 @@ def train(
     """Send labelled examples to the train topic; print the train response."""
     import uuid
 
-    if not api_key:
-        raise typer.BadParameter("give --api-key (or SHOTSTREAM_API_KEY)")
+    _need_key(api_key)
     body = _read_examples(examples)
     settings = _settings()
     cid = classifier_id or str(uuid.uuid4())
@@ -337,8 +343,7 @@ def classifiers_list(
     from streams.auth import hash_key
     from streams.replica import ClassifierReplica
 
-    if not api_key:
-        raise typer.BadParameter("give --api-key (or SHOTSTREAM_API_KEY)")
+    owner = hash_key(_need_key(api_key))
     settings = _settings()
 
     async def go() -> list[dict[str, Any]]:
@@ -348,7 +353,7 @@ def classifiers_list(
         await replica.start()
         try:
             await replica.caught_up(timeout_s=settings.kafka.request_timeout_s)
-            return [summary(r) for r in replica.owned_by(hash_key(api_key))]
+            return [summary(r) for r in replica.owned_by(owner)]
         finally:
             await replica.stop()
 
@@ -384,8 +389,7 @@ def classifiers_delete(
     timeout: Annotated[float, typer.Option(help="seconds to wait for the answer")] = 60.0,
 ) -> None:
     """Delete one of your classifiers (only its owner may)."""
-    if not api_key:
-        raise typer.BadParameter("give --api-key (or SHOTSTREAM_API_KEY)")
+    _need_key(api_key)
     settings = _settings()
     _echo_json(
         _ask(settings, lambda client: client.delete(classifier_id, api_key=api_key), timeout)

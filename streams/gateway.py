@@ -31,13 +31,12 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from fastapi.security.utils import get_authorization_scheme_param
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException
 
 from state.records import ClassifierRecord, iso_time
 from streams.app import classifier_changelog_topic
-from streams.auth import KeyRing
+from streams.auth import KeyRing, owner_or_refusal
 from streams.client import Answer, ShotstreamClient
 from streams.errors import ErrorCode, OversizeRecordError, RequestError
 from streams.http_models import (
@@ -167,14 +166,13 @@ class Gateway:
         self, request: Request, authorization: str | None, *, anonymous_ok: bool
     ) -> Caller:
         """The caller of ``request``; 401 unless the key is valid (or anonymous is allowed)."""
-        if authorization is None:
-            if anonymous_ok and self.settings.gateway.anonymous_zero_shot:
-                host = request.client.host if request.client else "unknown"
-                return Caller(None, None, f"ip:{host}")
-            raise GatewayError(401, "AUTH_MISSING_API_KEY", "Authentication required")
-        owner = self.keys.authenticate(authorization)
-        if owner is None:
-            raise GatewayError(401, "AUTH_INVALID_API_KEY", "Invalid API key")
+        if authorization is None and anonymous_ok and self.settings.gateway.anonymous_zero_shot:
+            host = request.client.host if request.client else "unknown"
+            return Caller(None, None, f"ip:{host}")
+        try:  # the workers' check, with the same codes: missing, malformed, unknown
+            owner = owner_or_refusal(self.keys, authorization, "this request")
+        except RequestError as exc:
+            raise GatewayError.from_request_error(exc) from None
         return Caller(owner, authorization, owner)
 
     def admit(self, caller: Caller) -> Decision:
@@ -296,11 +294,6 @@ def _caller_of(request: Request, *, anonymous_ok: bool) -> Caller:
         # HTTP headers arrive as latin-1: a key sent as UTF-8 is decoded back to its text
         with contextlib.suppress(UnicodeError):
             raw = raw.encode("latin-1").decode("utf-8")
-        scheme, key = get_authorization_scheme_param(raw)
-        if scheme.lower() != "bearer" or not key:
-            raise GatewayError(
-                401, "AUTH_INVALID_FORMAT", "Invalid authorization format: use 'Bearer <key>'"
-            )
     return _gateway(request).identify(request, raw, anonymous_ok=anonymous_ok)
 
 

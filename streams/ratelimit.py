@@ -108,7 +108,7 @@ class RateLimiter:
             wait = math.floor(-b.tokens * 60.0 / limit.tpm) + 1
             return self._refused(b, limit, "tokens", wait)
         b.requests -= 1.0
-        return Decision(True, int(b.requests), max(0, int(b.tokens)), limit=limit)
+        return _left(b, limit)
 
     def peek(self, caller: str) -> Decision:
         """What ``caller`` has left, taking nothing (for answers that were not admitted).
@@ -119,13 +119,13 @@ class RateLimiter:
             limit = self.limit_of(caller)
             return Decision(True, limit.rpm, limit.tpm, limit=limit)
         b, limit = self._get(caller)
-        return Decision(True, int(b.requests), max(0, int(b.tokens)), limit=limit)
+        return _left(b, limit)
 
     def charge(self, caller: str, tokens: int) -> Decision:
         """Charge the tokens an answered request used; what is left afterwards."""
         b, limit = self._get(caller)
         b.tokens -= max(0, tokens)
-        return Decision(True, int(b.requests), max(0, int(b.tokens)), limit=limit)
+        return _left(b, limit)
 
     @staticmethod
     def _refused(
@@ -139,3 +139,8 @@ class RateLimiter:
             reason=reason,
             limit=limit,
         )
+
+
+def _left(b: _Buckets, limit: Limit) -> Decision:
+    """An allowing decision that says what ``b`` has left."""
+    return Decision(True, int(b.requests), max(0, int(b.tokens)), limit=limit)
