@@ -225,10 +225,12 @@ class TrainHandler:
     ) -> ClassifierRecord:
         if record is None:
             if request.model is None:
+                # not found, as for someone else's private classifier: the two must
+                # answer alike, or the code would tell whether a private id exists
                 raise RequestError(
-                    ErrorCode.INPUT_MISSING,
-                    f"classifier {request.classifier_id!r} does not exist yet: the first train "
-                    "request needs a 'model'",
+                    ErrorCode.CLASSIFIER_NOT_FOUND,
+                    f"classifier {request.classifier_id!r} not found (to create it, "
+                    "send a 'model' with the first examples)",
                 )
             limit = self.settings.limits.max_classifiers_per_key
             others = {r.classifier_id for r in self.replica.owned_by(owner)}

@@ -179,7 +179,7 @@ def test_limits(broker: EmbeddedBroker, worker: WorkerProcess) -> None:
     assert [code(m) for m in made[:16]] == [None] * 16
     assert code(made[16]) == "AUTHZ_RESOURCE_LIMIT_EXCEEDED"
     assert code(many) == "INPUT_LABEL_LIMIT_EXCEEDED"
-    assert code(no_model) == "INPUT_MISSING"
+    assert code(no_model) == "CLASSIFIER_NOT_FOUND"
     assert code(too_many) == "INPUT_LIMIT_EXCEEDED"
     assert code(bad_iters) == "INPUT_INVALID"
 

@@ -138,9 +138,10 @@ def test_a_record_failing_before_its_turn_does_not_let_the_next_overtake() -> No
 
 
 def test_a_redelivered_failure_fails_again_and_never_shows_anothers_classifier() -> None:
-    """Offset 0: bob trains x, which does not exist (no model: INPUT_MISSING). Offset 1:
-    alice creates x, private. Both redelivered (a crash before the commit): bob's record
-    fails again (before, it was answered as a replay, with alice's private labels)."""
+    """Offset 0: bob trains x, which does not exist (no model: CLASSIFIER_NOT_FOUND).
+    Offset 1: alice creates x, private. Both redelivered (a crash before the commit): bob's
+    record fails again, alike (before, it was answered as a replay, with alice's private
+    labels), so the redelivery does not tell bob that x now exists."""
     train_handler, table, output = handler({})
     events = [
         event(0, train("rB", "zz", model=None), "x", api_key="key-bob"),
@@ -150,7 +151,7 @@ def test_a_redelivered_failure_fails_again_and_never_shows_anothers_classifier()
     first = output.answers()
     output.sent.clear()
     run(train_handler, events)
-    assert first == {"rB": "INPUT_MISSING", "rA": 1}
+    assert first == {"rB": "CLASSIFIER_NOT_FOUND", "rA": 1}
     assert output.answers() == {"rB": "CLASSIFIER_NOT_FOUND", "rA": 1}
     assert stored(table).version == 1
 
