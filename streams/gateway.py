@@ -415,9 +415,10 @@ async def list_classifiers_post(request: Request, caller: KeyedCaller) -> Respon
 )
 async def delete_classifier(classifier_id: str, request: Request, caller: KeyedCaller) -> Response:
     gw = _gateway(request)
-    gw.admit(caller)
     rid = request.state.request_id
     payload = {"request_id": rid, "classifier_id": classifier_id, "action": "delete"}
+    _checked(parse_train, payload, gw, request_id=rid, key=None)  # as the worker would
+    gw.admit(caller)
     answer, after = await gw.ask(
         gw.settings.topic("train"), payload, key=classifier_id, caller=caller
     )

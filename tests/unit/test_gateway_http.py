@@ -145,6 +145,15 @@ def test_invalid_requests_are_400_before_kafka(
     assert_error(http.post(path, json=body, headers=auth()), 400, code)
 
 
+def test_a_delete_of_an_overlong_id_is_400_before_kafka(http: Http) -> None:
+    """As the worker would answer it, without the round trip (ids are at most 256)."""
+    body = assert_error(
+        http.delete("/v1/classifiers/" + "c" * 257, headers=auth()), 400, "INPUT_INVALID"
+    )
+    assert "257 characters" in body["detail"]
+    assert not http.app.state.gateway.client._waiting
+
+
 def test_oversized_bodies_are_refused_before_parsing() -> None:
     http = client_for(limits={"max_request_bytes": 2048})
     big = {**ZERO_SHOT, "input": ["x" * 4096]}
