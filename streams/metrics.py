@@ -128,6 +128,8 @@ class PrometheusObserver(Observer):
             registry=r,
         )
         self.model_info = Info("shotstream_model", "Loaded models", ["model"], registry=r)
+        #: the train partition each exported classifier was learned on
+        self._learned_on: dict[str, int | None] = {}
 
     # -- hooks ------------------------------------------------------------------------
 
@@ -153,14 +155,33 @@ class PrometheusObserver(Observer):
     def on_tokens(self, model: str, kind: str, tokens: int) -> None:
         self.tokens.labels(model, kind).inc(tokens)
 
-    def on_train(self, classifier_id: str, examples: int, accuracy: float | None) -> None:
+    def on_train(
+        self,
+        classifier_id: str,
+        examples: int,
+        accuracy: float | None,
+        *,
+        partition: int | None = None,
+    ) -> None:
         self.train_requests.inc()
         self.train_examples.inc(examples)
         if accuracy is not None:
             self.prequential.labels(classifier_id).set(accuracy)
+            self._learned_on[classifier_id] = partition
 
     def on_delete(self, classifier_id: str) -> None:
         # created-and-deleted ids would otherwise be exported for good, one series each
+        self._forget(classifier_id)
+
+    def on_train_partitions(self, partitions: set[int]) -> None:
+        # the new owner of a moved partition reports its classifiers: a series left here
+        # would be frozen at its last value and, summed or averaged, counted twice
+        for classifier_id, partition in list(self._learned_on.items()):
+            if partition is not None and partition not in partitions:
+                self._forget(classifier_id)
+
+    def _forget(self, classifier_id: str) -> None:
+        self._learned_on.pop(classifier_id, None)
         with contextlib.suppress(KeyError):  # never trained on this worker
             self.prequential.remove(classifier_id)
 

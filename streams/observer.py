@@ -32,11 +32,23 @@ class Observer:
     def on_tokens(self, model: str, kind: str, tokens: int) -> None:
         """Usage tokens counted for a response."""
 
-    def on_train(self, classifier_id: str, examples: int, accuracy: float | None) -> None:
-        """A train request was applied; ``accuracy`` is the windowed prequential accuracy."""
+    def on_train(
+        self,
+        classifier_id: str,
+        examples: int,
+        accuracy: float | None,
+        *,
+        partition: int | None = None,
+    ) -> None:
+        """A train request from train-topic ``partition`` was applied; ``accuracy`` is the
+        windowed prequential accuracy."""
 
     def on_delete(self, classifier_id: str) -> None:
         """A classifier was deleted (its per-classifier series end)."""
+
+    def on_train_partitions(self, partitions: set[int]) -> None:
+        """A rebalance left this worker these train-topic partitions; classifiers learned
+        on others are another worker's to report now (their series here end)."""
 
     def on_batch(self, model: str, stats: BatchStats) -> None:
         """The model ran one batch."""

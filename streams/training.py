@@ -18,7 +18,7 @@ from typing import Any
 
 import faust
 import numpy as np
-from faust.types import TableT
+from faust.types import Message, TableT
 
 from state.classifiers import (
     LearnerSettings,
@@ -97,7 +97,6 @@ class TrainHandler:
 
     async def __call__(self, event: faust.EventT[Any], turn: Turn) -> None:
         message = event.message
-        source = f"{message.topic}:{message.partition}"
         request_id: str | None = None
         try:
             body = decode_json_object(message.value)
@@ -121,9 +120,7 @@ class TrainHandler:
                 async with turn:
                     response = self._delete(request, owner)
             else:
-                response = await self._train(
-                    request, owner, source, message.offset, message.timestamp, turn
-                )
+                response = await self._train(request, owner, message, turn)
             # inside the try: an answer over the size limit gets its dead letter (the
             # examples were learned all the same) instead of holding the partition
             await self.output.send(self.results_topic, request.classifier_id, encode(response))
@@ -136,11 +133,11 @@ class TrainHandler:
         self,
         request: TrainRequest,
         owner: str,
-        source: str,
-        offset: int,
-        timestamp: float | None,
+        message: Message,
         turn: Turn,
     ) -> dict[str, Any]:
+        source, offset = f"{message.topic}:{message.partition}", message.offset
+        partition, timestamp = message.partition, message.timestamp
         await self.replica.loaded.wait()  # the per-key limit counts what the replica holds
         existing = self.replica.get(request.classifier_id) or self._read(request.classifier_id)
         refused = False
@@ -216,7 +213,9 @@ class TrainHandler:
             self._write(record)
             if created:
                 self._created.setdefault(owner, {})[record.classifier_id] = time.monotonic()
-        self.observer.on_train(record.classifier_id, len(prior), record.prequential_accuracy)
+        self.observer.on_train(
+            record.classifier_id, len(prior), record.prequential_accuracy, partition=partition
+        )
         self.observer.on_tokens(record.model, "train", tokens)
         return self._response(request, record, record.version, tokens)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
-from faust.types import TableT
+from faust.types import TP, TableT
 
 from models.registry import ModelRegistry
 from streams.agents import ClassifyHandler, RequestAgent
@@ -124,6 +124,11 @@ def build_worker(settings: Settings) -> tuple[ShotstreamApp, ClassifyService, Pr
                 settings.default_model_name,
                 settings.kafka.group_id,
             )
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # faust types receivers as sync
+    async def _owned(sender: faust.App, assigned: set[TP], **_: object) -> None:
+        train_topic = topics.train.get_topic_name()
+        observer.on_train_partitions({tp.partition for tp in assigned if tp.topic == train_topic})
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]  # faust types receivers as sync
     async def _close(sender: faust.App, **_: object) -> None:

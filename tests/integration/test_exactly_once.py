@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import shutil
+import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +27,7 @@ from streams.client import Answer, ShotstreamClient
 from streams.processes import WorkerProcess
 from streams.replica import ClassifierReplica
 from streams.settings import Settings
-from tests.integration.conftest import API_KEYS, client_settings, worker_env
+from tests.integration.conftest import API_KEYS, client_settings, metrics_port, worker_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]
 
@@ -152,6 +154,16 @@ def assert_same(
     assert any(r > 1 for ref in reference.values() for r in ref.rows)  # growth was tested
 
 
+def exported_classifiers(worker: WorkerProcess) -> set[str]:
+    """The classifier ids in a worker's ``shotstream_fewshot_prequential_accuracy``."""
+    url = f"http://127.0.0.1:{metrics_port(worker)}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return set(
+        re.findall(r'^shotstream_fewshot_prequential_accuracy\{classifier_id="([^"]+)"', text, re.M)
+    )
+
+
 @pytest.mark.parametrize("seed", [11, 23, 37])
 def test_sigkill_restart_and_moving_partitions_apply_each_record_once(
     broker: EmbeddedBroker, tmp_path: Path, model_cache: Path, seed: int
@@ -199,6 +211,11 @@ def test_sigkill_restart_and_moving_partitions_apply_each_record_once(
 
         records = asyncio.run(go())
         assert_same(records, reference, stream)
+        # each classifier's accuracy is exported by the one worker that owns its partition
+        # now: the restarted worker drops the series of those that moved to the joiner
+        kept, taken = exported_classifiers(restarted), exported_classifiers(joiner)
+        assert not kept & taken, kept & taken
+        assert kept | taken == set(reference)
         assert "shotstream worker ready" in restarted.log_text()
         assert "shotstream worker ready" in joiner.log_text()
         replays = restarted.log_text().count("already applied") + joiner.log_text().count(

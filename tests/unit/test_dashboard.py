@@ -83,3 +83,20 @@ def test_a_deleted_classifier_is_no_longer_exported() -> None:
     observer.on_delete("never-trained-here")
     assert registry.get_sample_value(gauge, {"classifier_id": "c-1"}) is None
     assert registry.get_sample_value(gauge, {"classifier_id": "c-2"}) == 0.75
+
+
+def test_a_classifier_whose_partition_moved_is_no_longer_exported() -> None:
+    """After a rebalance the partition's new owner reports its classifiers; a series left
+    here would be frozen at its last value and counted twice across workers."""
+    registry = CollectorRegistry()
+    observer = PrometheusObserver(registry)
+    observer.on_train("c-0", 3, 0.5, partition=0)
+    observer.on_train("c-1", 3, 0.75, partition=1)
+    observer.on_train_partitions({1, 2})
+    gauge = "shotstream_fewshot_prequential_accuracy"
+    assert registry.get_sample_value(gauge, {"classifier_id": "c-0"}) is None
+    assert registry.get_sample_value(gauge, {"classifier_id": "c-1"}) == 0.75
+    observer.on_train("c-0", 3, 0.25, partition=2)  # learned here again, on a kept partition
+    observer.on_train_partitions({2})
+    assert registry.get_sample_value(gauge, {"classifier_id": "c-0"}) == 0.25
+    assert registry.get_sample_value(gauge, {"classifier_id": "c-1"}) is None
