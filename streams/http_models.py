@@ -8,7 +8,7 @@ are ignored, as Jina does (its own curl example sends ``"action": "list"``).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -166,9 +166,10 @@ class ErrorBody(BaseModel):
 
 
 class FieldError(BaseModel):
-    field: str
+    field: str = Field(description="Where, e.g. body.input.1.text")
     message: str
     type: str
+    input: Any = Field(None, description="The value at fault, when it is short")
 
 
 class ValidationErrorBody(ErrorBody):
