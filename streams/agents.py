@@ -68,6 +68,28 @@ class InOrderAcks:
     def in_flight(self) -> int:
         return sum(len(q) for q in self._pending.values())
 
+    def reassigned(self, assigned: set[Any]) -> None:
+        """A rebalance gave this worker ``assigned``: the holes of partitions it no longer
+        has go. Another worker answers and commits past them; were such a partition to
+        come back, it would come from that commit, never from the hole, and nothing on it
+        would be acknowledged again."""
+        for tp in set(self._holes) - assigned:
+            del self._holes[tp]
+
+    def drop(self, entry: list[Any]) -> None:
+        """Give up on one pending event, unacknowledged (its request could not be answered
+        at all): later events of its partition are acknowledged no further than before it
+        until it is delivered again, as after :meth:`forget`."""
+        tp = entry[0].message.tp
+        queue = self._pending.get(tp)
+        if queue is None or entry not in queue:
+            return
+        offset = entry[0].message.offset
+        self._holes[tp] = min(offset, self._holes.get(tp, offset))
+        queue.remove(entry)
+        if queue and queue[0][1]:
+            self.done(queue[0])  # what waited behind it may now go, up to the hole
+
     def forget(self) -> None:
         """Drop every pending event, unacknowledged (after their requests were cancelled:
         the offsets are not committed past them and Kafka redelivers them)."""
@@ -116,8 +138,11 @@ Handler = Callable[[faust.EventT[Any], Turn], Awaitable[None]]
 class RequestAgent:
     """Runs ``handle`` for each event of a stream, concurrently, with in-order acks."""
 
-    def __init__(self, handle: Handler, *, max_in_flight: int) -> None:
+    def __init__(
+        self, handle: Handler, *, max_in_flight: int, observer: Observer | None = None
+    ) -> None:
         self._handle = handle
+        self._observer = observer or Observer()
         self._slots = asyncio.Semaphore(max_in_flight)
         self._acks = InOrderAcks()
         self._turns: dict[Any, asyncio.Future[None]] = {}
@@ -170,12 +195,25 @@ class RequestAgent:
         try:
             await self._handle(event, turn)
         except Exception:  # the handler answers every error itself; this is a last resort
-            log.exception("unhandled error for %s; it will be redelivered", event.message.tp)
-            return  # not acked: the offset is not committed past it
+            message = event.message
+            log.exception(
+                "no answer and no dead letter for %s offset %d (a bug): it is not "
+                "acknowledged, so this partition's commits stay before it until Kafka "
+                "delivers it again (the next rebalance or restart)",
+                message.tp,
+                message.offset,
+            )
+            self._observer.on_unanswered(message.topic)
+            self._acks.drop(entry)  # the answers after it go on; the offset is not passed
+            return
         finally:
             turn.finish()
             self._slots.release()
         self._acks.done(entry)
+
+    def reassigned(self, assigned: set[Any]) -> None:
+        """Partitions were assigned (see :meth:`InOrderAcks.reassigned`)."""
+        self._acks.reassigned(assigned)
 
 
 class ClassifyHandler:

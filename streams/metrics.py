@@ -57,6 +57,13 @@ class PrometheusObserver(Observer):
             ["topic", "code"],
             registry=r,
         )
+        self.unanswered = Counter(
+            "shotstream_unanswered",
+            "Records left with neither an answer nor a dead letter (a bug: see the log); "
+            "their partition's commits stay before them until they are delivered again",
+            ["topic"],
+            registry=r,
+        )
         self.produce_retries = Counter(
             "shotstream_produce_retries",
             "Answers whose produce failed and is being retried (the broker away, no access)",
@@ -145,6 +152,9 @@ class PrometheusObserver(Observer):
 
     def on_dead_letter(self, topic: str, code: str) -> None:
         self.dead_letters.labels(topic, code).inc()
+
+    def on_unanswered(self, topic: str) -> None:
+        self.unanswered.labels(topic).inc()
 
     def on_produce_retry(self, topic: str, error: str) -> None:
         self.produce_retries.labels(topic, error).inc()

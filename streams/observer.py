@@ -23,6 +23,10 @@ class Observer:
     def on_dead_letter(self, topic: str, code: str) -> None:
         """A record was answered with a dead letter."""
 
+    def on_unanswered(self, topic: str) -> None:
+        """A record got neither an answer nor a dead letter (a bug, logged): it stays
+        unacknowledged until Kafka delivers it again."""
+
     def on_produce_retry(self, topic: str, error: str) -> None:
         """Producing an answer to ``topic`` failed with ``error`` and will be tried again."""
 

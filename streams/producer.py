@@ -63,7 +63,11 @@ class OutputProducer:
                         linger_ms=self.settings.kafka.output_linger_ms,
                         request_timeout_ms=int(self.settings.kafka.request_timeout_s * 1000),
                     )
-                    await producer.start()
+                    try:
+                        await producer.start()
+                    except BaseException:
+                        await producer.stop()  # its half-open connections and tasks
+                        raise
                     self._producer = producer
         return self._producer
 
@@ -82,15 +86,18 @@ class OutputProducer:
         size = record_size(value, raw_key, limit, "the answer")
         attempt = 0
         while True:
-            # raises ProducerStoppedError once stopped: the request stays unacknowledged
-            # and is redelivered to the next worker, instead of retrying into a closed client
-            producer = await self._started()
             try:
+                # a first start is retried like a send: the broker may be away right then.
+                # ProducerStoppedError is not caught: once stopped, the request stays
+                # unacknowledged and is redelivered to the next worker
+                producer = await self._started()
                 await producer.send_and_wait(topic, value, key=raw_key)
                 return
             except TOO_LARGE as exc:  # the broker's or the topic's limit is lower
                 reason = f"the broker refused it: {exc}"
                 raise OversizeRecordError(size, limit, reason) from exc
+            except ProducerStoppedError:
+                raise
             except Exception as exc:
                 pause = _RETRY_PAUSES_S[min(attempt, len(_RETRY_PAUSES_S) - 1)]
                 attempt += 1

@@ -94,8 +94,9 @@ def build_worker(settings: Settings) -> tuple[ShotstreamApp, ClassifyService, Pr
     output = OutputProducer(settings, observer)
     classify = ClassifyHandler(settings, service, keys, output, observer)
     train = TrainHandler(settings, service, table, replica, keys, output, observer)
-    classify_runner = RequestAgent(classify, max_in_flight=settings.batching.max_in_flight)
-    train_runner = RequestAgent(train, max_in_flight=settings.batching.max_in_flight)
+    in_flight = settings.batching.max_in_flight
+    classify_runner = RequestAgent(classify, max_in_flight=in_flight, observer=observer)
+    train_runner = RequestAgent(train, max_in_flight=in_flight, observer=observer)
     app.drains += [classify_runner.drain, train_runner.drain]
 
     async def classify_agent(stream: faust.StreamT[Any]) -> None:
@@ -127,6 +128,8 @@ def build_worker(settings: Settings) -> tuple[ShotstreamApp, ClassifyService, Pr
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # faust types receivers as sync
     async def _owned(sender: faust.App, assigned: set[TP], **_: object) -> None:
+        classify_runner.reassigned(assigned)
+        train_runner.reassigned(assigned)
         train_topic = topics.train.get_topic_name()
         observer.on_train_partitions({tp.partition for tp in assigned if tp.topic == train_topic})
 

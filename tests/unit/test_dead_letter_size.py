@@ -204,3 +204,40 @@ def test_produce_retries_are_counted_until_the_broker_takes_the_answer(
 
     assert retries("KafkaConnectionError") == 2
     assert retries("TopicAuthorizationFailedError") == 1
+
+
+def test_a_first_start_with_the_broker_away_is_retried_like_a_send(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The producer starts at the first answer; a broker away right then (a refused
+    port here, no mock) is retried, not raised: the answer was turned into an
+    INTERNAL_ERROR dead letter before, and the request lost its prediction."""
+    from streams import producer as producer_module
+    from streams.cli import free_port
+    from streams.metrics import PrometheusObserver
+    from streams.producer import OutputProducer, ProducerStoppedError
+
+    monkeypatch.setattr(producer_module, "_RETRY_PAUSES_S", (0.0,))
+    observer = PrometheusObserver()
+    settings = Settings(brokers=f"127.0.0.1:{free_port()}", kafka={"request_timeout_s": 1})
+    output = OutputProducer(settings, observer)
+
+    def retries() -> float:
+        value = observer.registry.get_sample_value(
+            "shotstream_produce_retries_total",
+            {"topic": "answers", "error": "KafkaConnectionError"},
+        )
+        return value or 0.0
+
+    async def go() -> None:
+        sending = asyncio.ensure_future(output.send("answers", "k", b"{}"))
+        while retries() < 2 and not sending.done():  # noqa: ASYNC110 - polls a counter
+            await asyncio.sleep(0.05)
+        assert not sending.done()  # still trying
+        await output.stop()  # shutting down ends it, unacknowledged
+        with pytest.raises(ProducerStoppedError):
+            await asyncio.wait_for(sending, 30)
+        assert output._producer is None
+
+    asyncio.run(go())
+    assert retries() >= 2

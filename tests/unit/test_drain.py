@@ -9,10 +9,11 @@ from typing import Any, cast
 import pytest
 
 from streams.agents import RequestAgent
+from streams.observer import Observer
 
 
 def event(offset: int, acked: list[int]) -> Any:
-    message = SimpleNamespace(tp=("classify", 0), offset=offset)
+    message = SimpleNamespace(tp=("classify", 0), topic="classify", offset=offset)
     return SimpleNamespace(message=message, ack=lambda: acked.append(offset))
 
 
@@ -80,6 +81,117 @@ def test_a_drain_cancels_what_does_not_finish_in_time_and_acknowledges_none_of_i
     assert acked_before_redelivery == [0]  # not 3: 1 and 2 before it are unacknowledged
     assert acked == [0, 1, 2]
     assert idle == 0  # nothing to cancel: all finished in time
+
+
+def test_a_partition_that_moved_away_and_came_back_is_acknowledged_again() -> None:
+    """A drain cancels offset 10 (a hole). The partition moves to another worker, which
+    answers 10..19 and commits 20; then it comes back from 20. Its events are
+    acknowledged again (they were not, for good: the hole waited for an offset that
+    would never come)."""
+    acked: list[int] = []
+
+    async def handle(ev: Any, turn: Any) -> None:
+        if ev.message.offset == 10:
+            await asyncio.Event().wait()
+
+    async def go() -> tuple[list[int], list[int]]:
+        agent = RequestAgent(handle, max_in_flight=8)
+        stream = Stream()
+        runner = asyncio.create_task(agent(cast(Any, stream)))
+        for k in (8, 9, 10):
+            stream.queue.put_nowait(event(k, acked))
+        await asyncio.sleep(0.01)
+        assert await agent.drain(0.05) == 1
+        agent.reassigned(set())  # the rebalance gives the partition to another worker
+        before = list(acked)
+        agent.reassigned({("classify", 0)})  # a later one gives it back, from offset 20
+        for k in range(20, 23):
+            stream.queue.put_nowait(event(k, acked))
+        await asyncio.sleep(0.01)
+        runner.cancel()
+        return before, acked
+
+    before, after = asyncio.run(go())
+    assert before == [8, 9]
+    assert after == [8, 9, 20, 21, 22]
+
+
+def test_a_kept_partition_keeps_its_hole_until_the_offset_comes_again() -> None:
+    """A rebalance that leaves the partition here resets it to its commit (before the
+    hole): nothing past the hole is acknowledged until the hole is delivered again."""
+    acked: list[int] = []
+    hang = {1}
+
+    async def handle(ev: Any, turn: Any) -> None:
+        if ev.message.offset in hang:
+            hang.discard(ev.message.offset)
+            await asyncio.Event().wait()
+
+    async def go() -> tuple[list[int], list[int]]:
+        agent = RequestAgent(handle, max_in_flight=8)
+        stream = Stream()
+        runner = asyncio.create_task(agent(cast(Any, stream)))
+        for k in (0, 1):
+            stream.queue.put_nowait(event(k, acked))
+        await asyncio.sleep(0.01)
+        await agent.drain(0.05)
+        agent.reassigned({("classify", 0)})
+        stream.queue.put_nowait(event(2, acked))  # a straggler from before the reset
+        await asyncio.sleep(0.01)
+        before = list(acked)
+        for k in (1, 2):
+            stream.queue.put_nowait(event(k, acked))
+        await asyncio.sleep(0.01)
+        runner.cancel()
+        return before, acked
+
+    before, after = asyncio.run(go())
+    assert before == [0]
+    assert after == [0, 1, 2]
+
+
+class Counting(Observer):
+    def __init__(self) -> None:
+        self.unanswered: list[str] = []
+
+    def on_unanswered(self, topic: str) -> None:
+        self.unanswered.append(topic)
+
+
+def test_a_record_left_unanswered_by_a_bug_holds_the_commit_not_the_memory() -> None:
+    """The handler raises for offset 1 (no answer, no dead letter: a bug). It is counted
+    and not acknowledged; 2..200 are answered but not acknowledged past it, and they are
+    not kept either (they were, for good, with their record values). When Kafka delivers
+    1 again and it is answered, acknowledging resumes."""
+    acked: list[int] = []
+    broken = {1}
+
+    async def handle(ev: Any, turn: Any) -> None:
+        if ev.message.offset in broken:
+            broken.discard(ev.message.offset)
+            raise RuntimeError("a bug")
+
+    observer = Counting()
+
+    async def go() -> tuple[list[int], int, list[int]]:
+        agent = RequestAgent(handle, max_in_flight=8, observer=observer)
+        stream = Stream()
+        runner = asyncio.create_task(agent(cast(Any, stream)))
+        for k in range(201):
+            stream.queue.put_nowait(event(k, acked))
+        await asyncio.sleep(0.05)
+        before, pending = list(acked), agent._acks.in_flight
+        for k in (1, 2):
+            stream.queue.put_nowait(event(k, acked))
+        await asyncio.sleep(0.01)
+        runner.cancel()
+        return before, pending, acked
+
+    before, pending, after = asyncio.run(go())
+    assert observer.unanswered == ["classify"]
+    assert before == [0]
+    assert pending == 0
+    assert after == [0, 1, 2]
 
 
 def test_the_changelog_flush_is_bounded_when_stopping_only(
