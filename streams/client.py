@@ -93,6 +93,11 @@ class ShotstreamClient:
         if self._producer:
             await self._producer.stop()
 
+    @property
+    def reading(self) -> bool:
+        """Whether answers are being read (the reader started and has not ended)."""
+        return self._reader is not None and not self._reader.done()
+
     async def _read(self) -> None:
         assert self._consumer is not None  # noqa: S101
         async for record in self._consumer:

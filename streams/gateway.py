@@ -614,8 +614,21 @@ def create_app(settings: Settings) -> FastAPI:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    async def healthz(request: Request) -> JSONResponse:
+        """200 while answers and the classifier listing are read; 503 (which one
+        stopped) when either has ended: every request would end in a 504 then."""
+        gw = getattr(request.app.state, "gateway", None)
+        down = [
+            what
+            for what, up in (
+                ("answers", gw is not None and gw.client.reading),
+                ("classifiers", gw is not None and gw.replica.following),
+            )
+            if not up
+        ]
+        if down:
+            return JSONResponse({"status": "unavailable", "not_reading": down}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     app.add_exception_handler(GatewayError, _on_gateway_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)

@@ -1,23 +1,21 @@
 """Prometheus metrics: an :class:`~streams.observer.Observer` that counts what it is told.
 
-Served as Prometheus text on ``http://<host>:$SHOTSTREAM_METRICS_PORT/metrics``.
+Served as Prometheus text on ``http://<host>:$SHOTSTREAM_METRICS_PORT/metrics``, next to
+the worker's probes: ``/livez`` (the event loop turns) and ``/readyz`` (serving).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    Info,
-    start_http_server,
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.batching import BatchStats
@@ -28,6 +26,16 @@ log = logging.getLogger(__name__)
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 _EMBED_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+STALLED_AFTER_S = 30.0
+"""``/livez`` fails when the event loop has not turned for this long: every request waits
+on it, so a worker stuck this long serves nothing (a model call runs in a thread and
+never holds it; a heartbeat ticks each second)."""
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Probes every few seconds would flood the log."""
 
 
 class PrometheusObserver(Observer):
@@ -135,6 +143,21 @@ class PrometheusObserver(Observer):
             registry=r,
         )
         self.model_info = Info("shotstream_model", "Loaded models", ["model"], registry=r)
+        self.compute_streams = Gauge(
+            "shotstream_compute_streams",
+            "Batches a loaded model computes at once (the model busy fraction's denominator)",
+            ["model"],
+            registry=r,
+        )
+        self.state = "starting"
+        """``starting`` (topics, model), ``ready`` (serving), ``stopping``."""
+        self._beat: float | None = None
+        Gauge(
+            "shotstream_event_loop_stall_seconds",
+            "Seconds since the worker's event loop last turned (its heartbeat ticks each "
+            "second; over 30 /livez fails)",
+            registry=r,
+        ).set_function(self.stalled_s)
         #: the train partition each exported classifier was learned on
         self._learned_on: dict[str, int | None] = {}
 
@@ -203,18 +226,68 @@ class PrometheusObserver(Observer):
         self.embed_seconds.labels(model).observe(stats.seconds)
 
     def on_model_loaded(
-        self, model: str, source: str, device: str, dim: int, queue_depth: Callable[[], int]
+        self,
+        model: str,
+        source: str,
+        device: str,
+        dim: int,
+        queue_depth: Callable[[], int],
+        streams: int = 1,
     ) -> None:
         self.model_info.labels(model).info({"source": source, "device": device, "dim": str(dim)})
         self.queue_depth.labels(model).set_function(queue_depth)
+        self.compute_streams.labels(model).set(streams)
+
+    def on_state(self, state: str) -> None:
+        self.state = state
+
+    def on_heartbeat(self) -> None:
+        self._beat = time.monotonic()
+
+    # -- probes -----------------------------------------------------------------------
+
+    def stalled_s(self) -> float:
+        """Seconds since the last heartbeat (0 before the event loop runs)."""
+        return 0.0 if self._beat is None else time.monotonic() - self._beat
+
+    def liveness(self) -> tuple[bool, str]:
+        """Alive unless the event loop is stuck; starting counts as alive (a model may take
+        minutes to load: a startup probe or an initial delay covers that)."""
+        stalled = self.stalled_s()
+        if stalled > STALLED_AFTER_S:
+            return False, f"event loop stalled for {stalled:.0f} s"
+        return True, self.state
+
+    def readiness(self) -> tuple[bool, str]:
+        """Ready once the model is loaded and the worker has joined its group, until it
+        stops; never while its event loop is stuck."""
+        alive, why = self.liveness()
+        if not alive:
+            return False, why
+        return self.state == "ready", self.state
 
     # -- serving ----------------------------------------------------------------------
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
-        """Serve ``/metrics`` in a daemon thread; return the port (``0`` picks one)."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        """Serve ``/metrics``, ``/livez`` and ``/readyz`` in a daemon thread (it answers
+        while the event loop is stuck, so it can say so); return the port (``0`` picks
+        one)."""
+        metrics = make_wsgi_app(self.registry)
+        probes = {"/livez": self.liveness, "/readyz": self.readiness}
+
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+            probe = probes.get(environ.get("PATH_INFO", ""))
+            if probe is None:
+                return metrics(environ, start_response)  # type: ignore[no-any-return]
+            ok, why = probe()
+            status = "200 OK" if ok else "503 Service Unavailable"
+            start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
+            return [f"{why}\n".encode()]
+
+        server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_Quiet)
+        threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
         bound = int(server.server_port)
-        log.info("metrics on http://%s:%d/metrics", host, bound)
+        log.info("metrics on http://%s:%d/metrics (probes: /livez, /readyz)", host, bound)
         return bound
 
 

@@ -58,6 +58,20 @@ class Observer:
         """The model ran one batch."""
 
     def on_model_loaded(
-        self, model: str, source: str, device: str, dim: int, queue_depth: Callable[[], int]
+        self,
+        model: str,
+        source: str,
+        device: str,
+        dim: int,
+        queue_depth: Callable[[], int],
+        streams: int = 1,
     ) -> None:
-        """A model became ready; ``queue_depth`` reads its batcher's queue."""
+        """A model became ready; ``queue_depth`` reads its batcher's queue; it computes
+        ``streams`` batches at once."""
+
+    def on_state(self, state: str) -> None:
+        """The worker is ``starting`` (topics, model), ``ready`` (it joined its group and
+        serves) or ``stopping``."""
+
+    def on_heartbeat(self) -> None:
+        """The event loop turned (each second)."""

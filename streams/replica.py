@@ -51,6 +51,11 @@ class ClassifierReplica:
         still to be read, and ``owned_by`` may count too few."""
         self._loader: asyncio.Task[None] | None = None
 
+    @property
+    def following(self) -> bool:
+        """Whether the changelog is being followed (started and not ended)."""
+        return self._task is not None and not self._task.done()
+
     async def start(self, timeout_s: float = 30.0) -> None:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.brokers,

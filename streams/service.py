@@ -83,6 +83,7 @@ class ClassifyService:
                     str(getattr(encoder, "device", "cpu")),
                     encoder.dim,
                     lambda: runtime.queue_depth if runtime else 0,
+                    streams=self.registry.streams,
                 )
         return runtime
 

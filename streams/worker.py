@@ -108,6 +108,10 @@ def build_worker(settings: Settings) -> tuple[ShotstreamApp, ClassifyService, Pr
     app.agent(topics.classify, name="shotstream.classify")(classify_agent)
     app.agent(topics.train, name="shotstream.train")(train_agent)
 
+    @app.timer(1.0)  # type: ignore[untyped-decorator]  # faust types it loosely
+    async def _heartbeat() -> None:
+        observer.on_heartbeat()
+
     @app.task  # type: ignore[untyped-decorator]  # faust types it loosely
     async def _follow_classifiers() -> None:
         await replica.start()
@@ -117,6 +121,7 @@ def build_worker(settings: Settings) -> tuple[ShotstreamApp, ClassifyService, Pr
     @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # faust types receivers as sync
     async def _ready(sender: faust.App, **_: object) -> None:
         nonlocal announced
+        observer.on_state("ready")
         if not announced:
             announced = True
             log.info(
@@ -135,6 +140,7 @@ def build_worker(settings: Settings) -> tuple[ShotstreamApp, ClassifyService, Pr
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]  # faust types receivers as sync
     async def _close(sender: faust.App, **_: object) -> None:
+        observer.on_state("stopping")
         await service.aclose()
         await replica.stop()
         await output.stop()

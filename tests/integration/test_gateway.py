@@ -321,6 +321,8 @@ def test_metrics_by_route_and_status(gateway: str) -> None:
     assert float(counts['method="POST",route="/v1/classify",status="200"']) >= 1
     assert float(counts['method="POST",route="/v1/classify",status="401"']) >= 1
     assert "shotstream_http_request_duration_seconds_bucket" in text
+    health = httpx.get(f"{gateway}/healthz")  # it reads answers and the classifiers
+    assert (health.status_code, health.json()) == (200, {"status": "ok"})
 
 
 def test_no_answer_in_time_is_504(broker: EmbeddedBroker, tmp_path: Path) -> None:

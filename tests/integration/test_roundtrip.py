@@ -111,9 +111,15 @@ def test_metrics_are_served(broker: EmbeddedBroker, worker: WorkerProcess) -> No
         "shotstream_end_to_end_latency_seconds_bucket",
         "shotstream_batcher_queue_depth",
         "shotstream_model_info",
+        "shotstream_compute_streams",
+        "shotstream_event_loop_stall_seconds",
     ):
         assert name in text, name
     assert 'dim="384",model="multilingual-e5-small"' in text
+    for probe in ("livez", "readyz"):  # a worker that answers is alive and ready
+        probe_url = f"http://127.0.0.1:{metrics_port(worker)}/{probe}"
+        with urllib.request.urlopen(probe_url, timeout=10) as response:
+            assert (response.status, response.read()) == (200, b"ready\n")
 
 
 def test_cli_classify_prints_the_prediction(broker: EmbeddedBroker, worker: WorkerProcess) -> None:

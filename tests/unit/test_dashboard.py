@@ -55,6 +55,23 @@ def test_every_dashboard_query_names_an_exposed_metric() -> None:
     assert queried - exposed() == set()
 
 
+def test_the_alert_rules_name_exposed_metrics_and_are_complete() -> None:
+    import yaml
+
+    rules = yaml.safe_load((ROOT / "deploy" / "alerts.yml").read_text())
+    alerts = [rule for group in rules["groups"] for rule in group["rules"]]
+    assert len({rule["alert"] for rule in alerts}) == len(alerts) >= 8
+    for rule in alerts:
+        assert rule["annotations"]["summary"], rule["alert"]
+        assert set(METRIC.findall(rule["expr"])) <= exposed(), rule["alert"]
+    named = {name for rule in alerts for name in METRIC.findall(rule["expr"])}
+    assert {"shotstream_unanswered_total", "shotstream_event_loop_stall_seconds"} <= named
+    scrape = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    assert scrape["rule_files"] == ["alerts.yml"]
+    jobs = {job["job_name"] for job in scrape["scrape_configs"]}
+    assert {m for rule in alerts for m in re.findall(r'job="([^"]+)"', rule["expr"])} <= jobs
+
+
 def test_the_dashboard_charts_every_metric() -> None:
     """Each metric family is on some panel (the README says the dashboard charts them)."""
     queried = charted()

@@ -343,3 +343,10 @@ def test_refusals_of_a_known_caller_carry_what_it_has_left() -> None:
     refused = http.post("/v1/train", json={"input": 5}, headers=auth("key-mallory"))
     assert_error(refused, 401, "AUTH_INVALID_API_KEY")
     assert "x-ratelimit-remaining-requests" not in refused.headers
+
+
+def test_healthz_says_unavailable_while_answers_are_not_read(http: Http) -> None:
+    """The gateway here never started (no Kafka): every request would time out."""
+    response = http.get("/healthz")
+    assert response.status_code == 503
+    assert response.json() == {"status": "unavailable", "not_reading": ["answers", "classifiers"]}
