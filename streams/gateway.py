@@ -577,7 +577,12 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unexpected error serving %s %s", request.method, request.url.path)
+    log.exception(
+        "unexpected error serving %s %s (request_id %s)",
+        request.method,
+        request.url.path,
+        getattr(request.state, "request_id", None),
+    )
     return _error(
         request, 500, "INTERNAL_ERROR", f"An unexpected error occurred ({type(exc).__name__})"
     )

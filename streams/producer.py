@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
@@ -22,6 +23,9 @@ log = logging.getLogger(__name__)
 
 _RETRY_PAUSES_S = (0.1, 0.5, 1.0, 2.0, 5.0)
 """Pauses between attempts; the last one repeats for as long as the broker fails."""
+
+RETRY_LOG_EVERY_S = 30.0
+"""Failed sends are logged at most this often per topic and error."""
 
 TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
 """What aiokafka raises for a record over its own or the broker's size limit."""
@@ -49,6 +53,8 @@ class OutputProducer:
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
         self._stopped = False
+        self._logged: dict[tuple[str, str], float] = {}
+        self._failed: dict[tuple[str, str], int] = {}
 
     async def _started(self) -> AIOKafkaProducer:
         if self._stopped:
@@ -92,6 +98,8 @@ class OutputProducer:
                 # unacknowledged and is redelivered to the next worker
                 producer = await self._started()
                 await producer.send_and_wait(topic, value, key=raw_key)
+                if attempt:
+                    self._recovered(topic)
                 return
             except TOO_LARGE as exc:  # the broker's or the topic's limit is lower
                 reason = f"the broker refused it: {exc}"
@@ -102,14 +110,41 @@ class OutputProducer:
                 pause = _RETRY_PAUSES_S[min(attempt, len(_RETRY_PAUSES_S) - 1)]
                 attempt += 1
                 self.observer.on_produce_retry(topic, type(exc).__name__)
-                log.warning(
-                    "send to %s failed (attempt %d); retrying in %g s",
-                    topic,
-                    attempt,
-                    pause,
-                    exc_info=attempt <= len(_RETRY_PAUSES_S),
-                )
+                self._log_retry(topic, exc)
                 await asyncio.sleep(pause)
+
+    def _recovered(self, topic: str) -> None:
+        """The broker takes answers to ``topic`` again: said once, and the next failure
+        is logged in full."""
+        ended = [what for what in self._logged if what[0] == topic]
+        for what in ended:
+            del self._logged[what]
+            self._failed.pop(what, None)
+        if ended:
+            log.warning("answers to %s are taken by the broker again", topic)
+
+    def _log_retry(self, topic: str, exc: Exception) -> None:
+        """One line per topic and error each :data:`RETRY_LOG_EVERY_S` (the first with its
+        traceback), not one per answer and attempt: hundreds of answers in flight while
+        the broker is away would flood the log (the counter has every attempt)."""
+        what = (topic, type(exc).__name__)
+        now = time.monotonic()
+        last = self._logged.get(what)
+        self._failed[what] = self._failed.get(what, 0) + 1
+        if last is not None and now - last < RETRY_LOG_EVERY_S:
+            return
+        self._logged[what] = now
+        failed, self._failed[what] = self._failed[what], 0
+        log.warning(
+            "answers to %s not taken by the broker (%s: %s): %d failed attempts%s; retrying "
+            "until it takes them",
+            topic,
+            what[1],
+            exc,
+            failed,
+            "" if last is None else f" in the last {now - last:.0f} s",
+            exc_info=last is None,
+        )
 
     async def stop(self, timeout_s: float = 5.0) -> None:
         """Deliver what is pending for up to ``timeout_s``, then close. Records still

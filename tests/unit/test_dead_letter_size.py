@@ -241,3 +241,46 @@ def test_a_first_start_with_the_broker_away_is_retried_like_a_send(
 
     asyncio.run(go())
     assert retries() >= 2
+
+
+def test_a_broker_away_is_logged_once_per_topic_and_error_not_per_answer(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """200 answers fail twice each while the broker is away: one line (with the error's
+    name and traceback), then one when it takes them again; the counter has every attempt."""
+    from aiokafka.errors import KafkaConnectionError
+
+    from streams import producer as producer_module
+    from streams.metrics import PrometheusObserver
+    from streams.producer import OutputProducer
+
+    monkeypatch.setattr(producer_module, "_RETRY_PAUSES_S", (0.0,))
+    observer = PrometheusObserver()
+    output = OutputProducer(Settings(), observer)
+    failures = {i: 2 for i in range(200)}
+
+    class Away:
+        async def send_and_wait(self, topic: str, value: bytes, key: bytes | None) -> None:
+            i = int(value)
+            if failures[i]:
+                failures[i] -= 1
+                raise KafkaConnectionError("broker away")
+
+    output._producer = Away()  # type: ignore[assignment]
+
+    async def go() -> None:
+        await asyncio.gather(*(output.send("answers", "k", b"%d" % i) for i in range(200)))
+
+    with caplog.at_level("WARNING", logger="streams.producer"):
+        asyncio.run(go())
+    lines = [r for r in caplog.records if r.name == "streams.producer"]
+    assert [r.getMessage().split(" (")[0] for r in lines] == [
+        "answers to answers not taken by the broker",
+        "answers to answers are taken by the broker again",
+    ]
+    assert "KafkaConnectionError" in lines[0].getMessage()
+    assert lines[0].exc_info is not None
+    retries = observer.registry.get_sample_value(
+        "shotstream_produce_retries_total", {"topic": "answers", "error": "KafkaConnectionError"}
+    )
+    assert retries == 400
