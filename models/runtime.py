@@ -17,13 +17,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.batching import BatchStats, MicroBatcher, Vectors
-from models.embedders import TextEncoder, TokenIds
+from models.embedders import TextEncoder, TokenIds, truncate
 from models.images import ImageEncoder, Pixels
 
 Encoder = TextEncoder | ImageEncoder
 
 LABEL_SET_CACHE = 1024
-"""Distinct label lists kept whole (each also lives in the per-label cache)."""
+"""Distinct label lists kept whole (each also lives in the per-label cache), and never
+more labels in all of them than ``label_cache_size``: 1,024 lists of 256 long labels
+would otherwise hold ~384 MiB of vectors whatever that setting says."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +139,8 @@ class EmbeddingRuntime:
         self._label_cache: OrderedDict[str, tuple[Vectors, int]] = OrderedDict()
         self._label_cache_size = label_cache_size
         self._label_sets: OrderedDict[tuple[str, ...], LabelVectors] = OrderedDict()
+        self._label_set_rows = 0
+        """Labels in all of ``_label_sets`` (bounded by ``label_cache_size``)."""
         self._label_inflight: dict[str, asyncio.Future[tuple[Vectors, int]]] = {}
         self._label_tasks: set[asyncio.Task[None]] = set()
 
@@ -180,6 +184,9 @@ class EmbeddingRuntime:
             ids = await loop.run_in_executor(self._tokenizer_pool, text.tokenize, list(texts))
         counts = [len(i) for i in ids]
         window = text.max_length
+        # the model embeds the window only: holding more (156 MiB for 1,024 inputs of
+        # 4,000 tokens) until the answer would only cost memory; usage keeps the counts
+        ids = [truncate(i, window) if len(i) > window else i for i in ids]
         return Tokenized(ids, counts, sum(1 for c in counts if c > window))
 
     async def embed(self, ids: Sequence[TokenIds]) -> Vectors:
@@ -204,10 +211,16 @@ class EmbeddingRuntime:
             self._label_sets.move_to_end(key)
             return hit
         found = await self._labels(labels)
-        if self._label_cache_size:
+        if 0 < len(key) <= self._label_cache_size:
+            if key not in self._label_sets:  # (a request for the same list may be first)
+                self._label_set_rows += len(key)
             self._label_sets[key] = found
-            while len(self._label_sets) > LABEL_SET_CACHE:
-                self._label_sets.popitem(last=False)
+            while (
+                len(self._label_sets) > LABEL_SET_CACHE
+                or self._label_set_rows > self._label_cache_size
+            ):
+                evicted, _ = self._label_sets.popitem(last=False)
+                self._label_set_rows -= len(evicted)
         return found
 
     async def _labels(self, labels: Sequence[str]) -> LabelVectors:

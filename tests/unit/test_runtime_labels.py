@@ -69,3 +69,50 @@ def test_inputs_longer_than_the_window_are_costed_at_the_window() -> None:
     assert vectors.shape == (8, 8)
     assert sorted(len(call) for call in encoder.calls) == [4, 4]
     assert all(n == 1002 for call in encoder.calls for n in call)  # the model truncates
+
+
+def test_whole_label_lists_are_kept_within_the_label_cache_size() -> None:
+    """The list cache holds no more labels in all than ``label_cache_size`` (it kept 1,024
+    lists whatever the size: 384 MiB for lists of 256 labels at 384 dimensions), and
+    counts a list asked for twice at once only once."""
+
+    async def go() -> tuple[int, int, int]:
+        runtime = EmbeddingRuntime(HashTextEncoder(dim=8), max_wait_s=0.001, label_cache_size=10)
+        try:
+            for k in range(6):  # six lists of 4: at most two fit in 10 labels
+                await runtime.labels([f"l{k}-{i}" for i in range(4)])
+            kept = len(runtime._label_sets)
+            await asyncio.gather(*(runtime.labels(["a", "b"]) for _ in range(3)))
+            await runtime.labels([f"x{i}" for i in range(11)])  # over the size: not kept
+            return kept, len(runtime._label_sets), runtime._label_set_rows
+        finally:
+            await runtime.aclose()
+
+    kept, after, rows = asyncio.run(go())
+    assert kept == 2
+    assert after == 3  # the newest two lists of 4 and ["a", "b"], counted once: 10 labels
+    assert rows == 10
+
+
+def test_long_inputs_keep_only_the_window_of_ids_and_count_in_full() -> None:
+    """A 1,000-token input keeps the 16 ids its model embeds (first 15 and the end token),
+    not 1,000 until it is answered; usage still counts 1,000, and the vector is the same."""
+    encoder = HashTextEncoder(dim=8, max_length=16)
+    text = " ".join(f"w{i}" for i in range(998))
+
+    async def go() -> tuple[list[list[int]], list[int], int, np.ndarray, np.ndarray]:
+        runtime = EmbeddingRuntime(encoder, max_wait_s=0.001)
+        try:
+            tokenized = await runtime.tokenize([text, "short one"])
+            kept = await runtime.embed(tokenized.ids)
+            full = await runtime.embed(encoder.tokenize([text, "short one"]))
+            return tokenized.ids, tokenized.counts, tokenized.truncated, kept, full
+        finally:
+            await runtime.aclose()
+
+    ids, counts, truncated, kept, full = asyncio.run(go())
+    assert counts[0] == len(encoder.tokenize([text])[0]) > 16
+    assert (len(ids[0]), ids[0][-1]) == (16, encoder.tokenize([text])[0][-1])
+    assert ids[1] == encoder.tokenize(["short one"])[0]
+    assert truncated == 1
+    np.testing.assert_array_equal(kept, full)
