@@ -312,3 +312,24 @@ def test_a_request_cancelled_while_queueing_is_not_embedded() -> None:
     run(go())
     embedded = [item for call in rec.calls for item in call]
     assert len(embedded) <= 2, embedded  # only the batch already computing (it was 6)
+
+
+def test_a_small_request_is_not_held_back_by_a_large_one_queued_before_it() -> None:
+    """Items are taken in turn from each request: a 1-input request queued behind one of
+    200 inputs is in the first or second model call, not after all 25 of the large
+    one's (a first-come queue made it wait for every one of them)."""
+    rec = Recorder(delay_s=0.01)
+
+    async def go() -> None:
+        async with MicroBatcher(rec, max_batch_size=8, max_wait_s=0.001) as b:
+            large = asyncio.ensure_future(b.submit([[k] for k in range(200)]))
+            await asyncio.sleep(0)  # the large request's items are queued first
+            small = await b.submit([[1000]])
+            assert small[:, 0].tolist() == [1000]
+            rows = await large
+            assert rows[:, 0].tolist() == list(range(200))  # its own rows, in order
+
+    run(go())
+    first = next(n for n, call in enumerate(rec.calls) if [1000] in call)
+    assert first <= 1
+    assert sum(len(c) for c in rec.calls) == 201
