@@ -27,6 +27,9 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 _EMBED_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+"""HTTP methods counted by name in the gateway's metrics; any other counts as ``other``."""
+
 STALLED_AFTER_S = 30.0
 """``/livez`` fails when the event loop has not turned for this long: every request waits
 on it, so a worker stuck this long serves nothing (a model call runs in a thread and
@@ -338,5 +341,7 @@ class HttpMetrics:
             route = scope.get("route")
             name = getattr(route, "path", "other")
             method = str(scope.get("method", ""))
+            if method not in _METHODS:  # the client picks it: one series per made-up name
+                method = "other"
             self.requests.labels(name, method, str(status)).inc()
             self.latency.labels(name, method).observe(time.perf_counter() - start)

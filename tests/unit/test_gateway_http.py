@@ -350,3 +350,11 @@ def test_healthz_says_unavailable_while_answers_are_not_read(http: Http) -> None
     response = http.get("/healthz")
     assert response.status_code == 503
     assert response.json() == {"status": "unavailable", "not_reading": ["answers", "classifiers"]}
+
+
+def test_made_up_methods_share_one_metrics_series(http: Http) -> None:
+    for k in range(3):
+        http.request(f"X{k}", "/v1/classify")
+    text = http.get("/metrics").text
+    assert 'method="other"' in text
+    assert 'method="X0"' not in text
