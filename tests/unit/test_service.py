@@ -255,3 +255,22 @@ def test_non_finite_embeddings_fail_only_their_request(tmp_path: Path) -> None:
     assert "'overflow label'" in bad_label.detail
     assert ok["request_id"] == "ok"
     assert all(np.isfinite(p["score"]) for p in ok["data"][0]["predictions"])
+
+
+def test_the_temperature_setting_shapes_the_scores(tmp_path: Path, observer: Counting) -> None:
+    """Scores are softmax(cosine / SHOTSTREAM_MODELS__TEMPERATURE): the same inputs and
+    labels give sharper scores at 0.05 than at 1.0, with the same ranking."""
+    request = req(["red apple pie"], ["apple pie", "ocean wave", "car"])
+
+    def scores(temperature: float) -> list[float]:
+        settings = Settings(data_dir=tmp_path, models={"temperature": temperature})
+        [out] = classify(ClassifyService(settings, hash_registry(tmp_path), observer), request)
+        return [p["score"] for p in out["data"][0]["predictions"]]
+
+    sharp, flat = scores(0.05), scores(1.0)
+    assert sharp[0] > flat[0] > 1 / 3
+    assert max(flat) - min(flat) < 0.5  # cosines lie in [-1, 1]: e^2 at most apart
+    cosines = np.log(np.array(flat))  # at temperature 1, log-scores are cosines + a constant
+    np.testing.assert_allclose(
+        np.log(np.array(sharp)), 20 * cosines - np.log(np.exp(20 * cosines).sum()), atol=1e-4
+    )
