@@ -105,6 +105,13 @@ class _FairQueue(Generic[Item]):
     def empty(self) -> bool:
         return self._size == 0
 
+    def clear(self) -> None:
+        """Drop every waiting item (the batcher is closing)."""
+        self._lanes.clear()
+        self._size = 0
+        self._ready.clear()
+        self._space.set()
+
     async def put(self, pending: _Pending[Item]) -> None:
         while self._size >= self._maxsize:
             self._space.clear()
@@ -254,8 +261,7 @@ class MicroBatcher(Generic[Item]):
         for future in list(self._open):
             if not future.done():
                 future.set_exception(RuntimeError("batcher closed"))
-        while not self._queue.empty():
-            self._queue.get_nowait()
+        self._queue.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def __aenter__(self) -> MicroBatcher[Item]:

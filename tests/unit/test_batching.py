@@ -298,6 +298,34 @@ def test_aclose_fails_requests_the_collector_holds_instead_of_leaving_them_waiti
     assert isinstance(failure, RuntimeError)
 
 
+def test_aclose_with_items_still_queued_fails_their_requests_and_raises_nothing() -> None:
+    """The model is busy, 3 requests wait in the queue, the batcher closes (a worker
+    stopping with a backlog): their requests fail, and aclose itself completes (it raised
+    QueueEmpty once, and the worker's shutdown ended with exit code 1)."""
+    gate = threading.Event()
+
+    def held(items: list[list[int]]) -> np.ndarray:
+        gate.wait(5)
+        return np.zeros((len(items), 1), dtype=np.float32)
+
+    async def go() -> list[BaseException | np.ndarray]:
+        batcher: MicroBatcher[list[int]] = MicroBatcher(
+            held, max_batch_size=1, max_wait_s=0.001, streams=1
+        )
+        tasks = [asyncio.create_task(batcher.submit([[k], [k]])) for k in range(4)]
+        while batcher.queue_depth < 6:  # noqa: ASYNC110 - one item computing, the rest wait
+            await asyncio.sleep(0.01)
+        closing = asyncio.create_task(batcher.aclose())
+        await asyncio.sleep(0.05)
+        gate.set()
+        await closing
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    results = run(go())  # raises QueueEmpty if aclose fails
+    assert sum(isinstance(r, RuntimeError) for r in results) >= 3
+    assert all(isinstance(r, (RuntimeError, np.ndarray)) for r in results)
+
+
 def test_a_request_cancelled_while_queueing_is_not_embedded() -> None:
     rec = Recorder(delay_s=0.1)
 
