@@ -109,8 +109,7 @@ class _FairQueue(Generic[Item]):
         """Drop every waiting item (the batcher is closing)."""
         self._lanes.clear()
         self._size = 0
-        self._ready.clear()
-        self._space.set()
+        self._taken()
 
     async def put(self, pending: _Pending[Item]) -> None:
         while self._size >= self._maxsize:
@@ -126,25 +125,25 @@ class _FairQueue(Generic[Item]):
     def get_nowait(self) -> _Pending[Item]:
         while self._lanes:
             request, lane = next(iter(self._lanes.items()))
-            if not request.alive():  # cancelled or failed: its items are not embedded
-                del self._lanes[request]
-                self._size -= len(lane)
-                continue
-            pending = lane.popleft()
-            if lane:
-                self._lanes.move_to_end(request)  # the next request's turn
-            else:
-                del self._lanes[request]
-            self._size -= 1
-            break
-        else:
-            self._ready.clear()
-            self._space.set()
-            raise asyncio.QueueEmpty
+            if request.alive():
+                pending = lane.popleft()
+                self._size -= 1
+                if lane:
+                    self._lanes.move_to_end(request)  # the next request's turn
+                else:
+                    del self._lanes[request]
+                self._taken()
+                return pending
+            del self._lanes[request]  # cancelled or failed: its items are not embedded
+            self._size -= len(lane)
+        self._taken()
+        raise asyncio.QueueEmpty
+
+    def _taken(self) -> None:
+        """Items left: wake a waiting ``put``; none left: ``get`` waits again."""
         if not self._lanes:
             self._ready.clear()
         self._space.set()
-        return pending
 
     async def get(self) -> _Pending[Item]:
         while True:

@@ -26,7 +26,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -47,7 +47,9 @@ from streams.http_models import (
     ClassifyBody,
     DeleteResponse,
     ErrorBody,
+    InputItem,
     TrainBody,
+    TrainingItem,
     TrainingResponse,
     ValidationErrorBody,
 )
@@ -520,8 +522,9 @@ async def _on_validation_error(request: Request, exc: Exception) -> Response:
 
 
 _UNION_BRANCH = re.compile(
-    r"(str|int|float|bool|none|(list|dict|union|tuple|literal|function-\w+)\[.*\]"
-    r"|TextDoc|ImageDoc|TextTrainingItem|ImageTrainingItem)",
+    r"(str|int|float|bool|none|(list|dict|union|tuple|literal|function-\w+)\[.*\]|"
+    + "|".join(m.__name__ for m in (*get_args(InputItem), *get_args(TrainingItem)))
+    + ")",
     re.DOTALL,
 )
 
