@@ -52,15 +52,16 @@ from benchmarks.peers import NaivePeer
 from benchmarks.report import plot, print_report, ratios, write_json
 from benchmarks.scrape import batch_stats, scrape
 from benchmarks.texts import ROUTING_LABELS, make_texts, many_labels
-from models.embedders import TransformersTextEncoder
+from models.embedders import TransformersTextEncoder, resolve_device
 from models.registry import Encoder, ModelRegistry
 from streams.broker import EmbeddedBroker, ensure_topics
 from streams.cli import free_port
 from streams.processes import WorkerProcess
 from streams.settings import TOPICS, Settings
-from streams.worker import resolve_device
 
 BATCH_SIZES = (1, 8, 16, 32, 64, 128)
+GPU_BATCH_SIZES = (1, 8, 32, 128, 256, 512)
+"""On a GPU a call costs more than its arithmetic until batches are large."""
 SINGLE_SAMPLE = 400
 """Texts timed at batch size 1 (an even sample over the lengths)."""
 WARM_UP = 64
@@ -76,6 +77,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model-cache", type=Path, default=None, help="converted weights (kept)")
     p.add_argument("--logs", type=Path, default=None, help="keep worker logs in this dir")
     p.add_argument("--stall", type=float, default=120.0, help="give up after s without answers")
+    p.add_argument("--tag", default="", help="file name suffix (e.g. the machine: h100)")
     return p.parse_args(argv)
 
 
@@ -83,9 +85,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def load_model(model: str, cache_dir: Path) -> Encoder:
-    """The model as a worker loads it (same registry, device and dtype resolution)."""
-    device, dtype = resolve_device(Settings().model_device)
-    registry = ModelRegistry(cache_dir=cache_dir, device=device, dtype=dtype)
+    """The model as a worker loads it (same registry, aliases, device and dtype resolution)."""
+    settings = Settings()
+    device, dtype = resolve_device(settings.model_device, settings.models.dtype)
+    registry = ModelRegistry(
+        cache_dir=cache_dir, device=device, dtype=dtype, aliases=settings.models.aliases
+    )
     return registry.load(registry.resolve(model))
 
 
@@ -101,12 +106,15 @@ def measure_raw(encoder: TransformersTextEncoder, texts: Sequence[str]) -> dict[
     length-sorted, pre-tokenized texts; batch 1 on one stream only."""
     ids = sorted(encoder.tokenize(texts), key=len)
     per_batch: dict[str, dict[str, float]] = {}
-    for bs in BATCH_SIZES:
+    gpu = encoder.device.type == "cuda"
+    # a GPU worker computes on one stream (``plan_compute``): two would queue at its lock
+    raw_streams = RAW_STREAMS[:1] if gpu else RAW_STREAMS
+    for bs in GPU_BATCH_SIZES if gpu else BATCH_SIZES:
         rows = ids[:: max(1, len(ids) // SINGLE_SAMPLE)][:SINGLE_SAMPLE] if bs == 1 else ids
         batches = [rows[i : i + bs] for i in range(0, len(rows), bs)]
         encoder.embed_ids(batches[len(batches) // 2])  # warm up at this shape
         tokens = sum(min(len(r), encoder.max_length) for r in rows)
-        for streams in RAW_STREAMS[:1] if bs == 1 else RAW_STREAMS:
+        for streams in raw_streams[:1] if bs == 1 else raw_streams:
             name = config_name(bs, streams)
             with tqdm(total=len(batches), desc=f"(a) {name}", unit="batch", leave=False) as bar:
 
@@ -300,6 +308,8 @@ def machine(encoder: TransformersTextEncoder) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "device": str(encoder.device),
         "dtype": str(next(encoder.model.parameters()).dtype).removeprefix("torch."),
+        "gpu": torch.cuda.get_device_name(0) if encoder.device.type == "cuda" else None,
+        "weights": os.environ.get("SHOTSTREAM_BENCH_WEIGHTS", "as packaged"),
     }
 
 
@@ -373,10 +383,13 @@ def run(args: argparse.Namespace) -> None:
             "latencies_ms": [round(x, 3) for x in lat.latencies_ms()],
             **lat.summary(),
         },
-        "ratios": {r.name: r.as_json() for r in ratios(tput, raw["gflops"], roof, batch1)},
+        "ratios": {
+            r.name: r.as_json()
+            for r in ratios(tput, raw["gflops"], roof, batch1, mach["device"] == "cuda")
+        },
         "noticed": found,
     }
-    name = args.model.replace("/", "_")
+    name = args.model.replace("/", "_") + (f"-{args.tag}" if args.tag else "")
     write_json(results, args.out / f"throughput-{name}.json")
     plot(results, lat.latencies_ms(), args.out / f"throughput-{name}.png")
     print_report(results, found)

@@ -89,6 +89,23 @@ def hub_cached_file(repo_id: str, filename: str) -> Path | None:
     return Path(found) if isinstance(found, str) else None
 
 
+def resolve_device(requested: str, dtype: str = "auto") -> tuple[str, str]:
+    """``(device, dtype)`` for the device setting (``auto``/``cpu``/``cuda``) and the dtype
+    setting (``auto``: float16 on CUDA, float32 on a CPU)."""
+    import torch
+
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("SHOTSTREAM_DEVICE=cuda but torch sees no CUDA device")
+    device = (
+        "cuda"
+        if requested == "cuda" or (requested == "auto" and torch.cuda.is_available())
+        else "cpu"
+    )
+    if dtype == "auto":
+        dtype = "float16" if device == "cuda" else "float32"
+    return device, dtype
+
+
 def forward_guard(device: Any) -> contextlib.AbstractContextManager[object]:
     """What a forward pass holds. On a GPU a lock: one batch in device memory at a time.
     On a CPU nothing: inference-mode forwards of one model are safe to run at once, and

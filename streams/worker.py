@@ -13,6 +13,7 @@ from typing import Any
 import faust
 from faust.types import TP, TableT
 
+from models.embedders import resolve_device
 from models.registry import ModelRegistry
 from streams.agents import ClassifyHandler, RequestAgent
 from streams.app import EXIT_MARGIN_S, ShotstreamApp, classifier_changelog_topic, create_app
@@ -26,20 +27,6 @@ from streams.settings import EMBEDDED_FETCH_MAX_WAIT_MS, TOPICS, Settings
 from streams.training import TrainHandler
 
 log = logging.getLogger("shotstream.worker")
-
-
-def resolve_device(requested: str) -> tuple[str, str]:
-    """``(device, dtype)`` for a ``auto``/``cpu``/``cuda`` setting and the dtype setting."""
-    import torch
-
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("SHOTSTREAM_DEVICE=cuda but torch sees no CUDA device")
-    device = (
-        "cuda"
-        if requested == "cuda" or (requested == "auto" and torch.cuda.is_available())
-        else "cpu"
-    )
-    return device, ("float16" if device == "cuda" else "float32")
 
 
 def plan_compute(settings: Settings, device: str) -> int:
@@ -59,9 +46,7 @@ def plan_compute(settings: Settings, device: str) -> int:
 
 
 def make_registry(settings: Settings) -> ModelRegistry:
-    device, dtype = resolve_device(settings.model_device)
-    if settings.models.dtype != "auto":
-        dtype = settings.models.dtype
+    device, dtype = resolve_device(settings.model_device, settings.models.dtype)
     return ModelRegistry(
         cache_dir=settings.model_cache_dir,
         default=settings.default_model_name,
