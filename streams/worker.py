@@ -60,6 +60,8 @@ def make_registry(settings: Settings) -> ModelRegistry:
 
 def build_worker(settings: Settings) -> tuple[ShotstreamApp, ClassifyService, PrometheusObserver]:
     """The faust app with its agents and table, ready for ``faust.Worker``."""
+    device, _ = resolve_device(settings.model_device, settings.models.dtype)
+    settings = settings.model_copy(update={"batching": settings.batching.for_device(device)})
     observer = PrometheusObserver()
     app, topics = create_app(settings)
     table: TableT[bytes, bytes] = app.Table(

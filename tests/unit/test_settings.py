@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from streams.settings import Settings
+from streams.settings import GPU_BATCHING, Settings
 
 
 def test_env_contract(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -147,3 +147,17 @@ def test_the_example_env_file_names_every_setting_and_shows_the_defaults(
         with monkeypatch.context() as patch:
             patch.setenv(name, value)
             assert Settings().model_dump() != defaults, name
+
+
+def test_gpu_batching_defaults_apply_only_to_knobs_left_unset(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SHOTSTREAM_BATCHING__MAX_BATCH_SIZE", "96")
+    batching = Settings().batching
+    assert batching.for_device("cpu") is batching  # the CPU defaults stand
+    gpu = batching.for_device("cuda")
+    assert gpu.max_batch_size == 96  # set explicitly: kept
+    assert gpu.max_batch_tokens == GPU_BATCHING["max_batch_tokens"] != batching.max_batch_tokens
+    assert gpu.chunk_overhead_tokens == GPU_BATCHING["chunk_overhead_tokens"]
+    assert gpu.max_in_flight == GPU_BATCHING["max_in_flight"]
+    assert gpu.max_wait_ms == batching.max_wait_ms  # no GPU default
