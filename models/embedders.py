@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import threading
@@ -107,12 +108,27 @@ def resolve_device(requested: str, dtype: str = "auto") -> tuple[str, str]:
 
 
 def forward_guard(device: Any) -> contextlib.AbstractContextManager[object]:
-    """What a forward pass holds. On a GPU a lock: one batch in device memory at a time.
+    """What a forward pass holds. On a GPU a lock: one batch in device memory at a time
+    (and cuDNN attention off, :func:`_without_cudnn_attention`).
     On a CPU nothing: inference-mode forwards of one model are safe to run at once, and
     a batcher's compute streams run them side by side."""
     if str(device).startswith("cpu"):
         return contextlib.nullcontext()
+    if str(device).startswith("cuda"):
+        _without_cudnn_attention()
     return threading.Lock()
+
+
+def _without_cudnn_attention() -> None:
+    """Turn off cuDNN's attention kernels (process-wide). torch's SDPA picks them for
+    float16/bfloat16 on recent GPUs, and they plan every new input shape once, for tens
+    of milliseconds: a worker's batches come in ever new (rows, tokens) shapes and paid
+    it again and again (H100, all-MiniLM-L6-v2 in float16, length-sorted texts at batch
+    32: 86 ms per call on the first pass, 7 ms on a later one). The flash and
+    memory-efficient kernels SDPA falls back on need no plan."""
+    import torch
+
+    torch.backends.cuda.enable_cudnn_sdp(False)
 
 
 def l2_rows(features: object) -> Vectors:
@@ -126,17 +142,25 @@ def l2_rows(features: object) -> Vectors:
 
 def padded(batch: Sequence[TokenIds], max_length: int, pad_id: int) -> tuple[Any, Any]:
     """Token id rows (each truncated to ``max_length``) → right-padded ``input_ids`` and
-    ``attention_mask`` tensors (torch, long) of the batch's longest row."""
+    ``attention_mask`` tensors (torch, long) of the batch's longest row.
+
+    Built in numpy in one pass over the tokens: row by row in torch it cost ~8 ms for 512
+    rows, twice the model's own time on a GPU.
+
+    >>> ids, mask = padded([[0, 5, 2], [0, 2]], 4, pad_id=1)
+    >>> ids.tolist(), mask.tolist()
+    ([[0, 5, 2], [0, 2, 1]], [[1, 1, 1], [1, 1, 0]])
+    """
     import torch
 
     rows = [truncate(ids, max_length) for ids in batch]
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, : len(r)] = 1
-    return ids, mask
+    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    width = int(lengths.max())
+    mask = np.arange(width)[None, :] < lengths[:, None]
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    # row-major order: each row's tokens fill the leading True cells of its mask row
+    ids[mask] = np.fromiter(itertools.chain.from_iterable(rows), np.int64, int(lengths.sum()))
+    return torch.from_numpy(ids), torch.from_numpy(mask.astype(np.int64))
 
 
 class HashTextEncoder:
