@@ -161,6 +161,7 @@ def numerics(model: str, sets: dict[str, Any], temperature: float, device: str) 
             }
             if "y" in s:
                 stats["macro_f1"] = macro_f1(s["y"], pred, len(s["labels"]))
+                stats["accuracy"] = float(np.mean(pred == np.asarray(s["y"])))
             row[dtype] = stats
         out[name] = row
     return out
