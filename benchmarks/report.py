@@ -76,6 +76,7 @@ def print_report(results: dict[str, Any], found: list[str]) -> None:
     print()
     print(
         f"shotstream throughput: model {results['model']}, n={results['n']}, "
+        f"(b) workers {results.get('workers', 1)}, "
         f"{m['cpu_count']} cores, torch {m['torch']} ({m['torch_threads']} threads, "
         f"{m['device']}, {m['dtype']}), {results['timestamp']}"
     )
@@ -148,7 +149,9 @@ def plot(results: dict[str, Any], latencies_ms: list[float], path: Path) -> None
             fontsize=9,
         )
     left.set_ylabel("texts / s")
-    left.set_title(f"throughput, n={results['n']}, 1 text per request")
+    workers = results.get("workers", 1)
+    on = f", (b) on {workers} workers" if workers > 1 else ""
+    left.set_title(f"throughput, n={results['n']}, 1 text per request{on}")
     left.legend(bars, [f"({k}) {CONFIGS[k]}" for k in keys], fontsize=8, loc="upper right")
     left.set_ylim(0, max(tput.values()) * 1.35)
 

@@ -66,6 +66,8 @@ SINGLE_SAMPLE = 400
 """Texts timed at batch size 1 (an even sample over the lengths)."""
 WARM_UP = 64
 PEER_BATCH = 32
+SETTLE_S = 10.0
+"""With several (b) workers: how long their group gets to spread the partitions."""
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -77,6 +79,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model-cache", type=Path, default=None, help="converted weights (kept)")
     p.add_argument("--logs", type=Path, default=None, help="keep worker logs in this dir")
     p.add_argument("--stall", type=float, default=120.0, help="give up after s without answers")
+    p.add_argument("--workers", type=int, default=1, help="workers for (b), (d), (e)")
     p.add_argument("--tag", default="", help="file name suffix (e.g. the machine: h100)")
     return p.parse_args(argv)
 
@@ -192,6 +195,8 @@ class Bench:
     n_lat: int
     stall_s: float
     logs_dir: Path | None
+    workers: int = 1
+    """Workers serving (b), (d) and (e), one consumer group (they share the GPU, if any)."""
     metrics_ports: dict[str, int] = field(default_factory=dict)
 
     def prefix(self, config: str) -> str:
@@ -202,8 +207,9 @@ class Bench:
     ) -> list[Request]:
         return make_requests(f"{self.run_id}-{config}-{phase}", texts, labels, self.model)
 
-    def start_worker(self, config: str, **extra: str) -> WorkerProcess:
-        data = self.work_dir / config
+    def start_worker(self, config: str, instance: int = 0, **extra: str) -> WorkerProcess:
+        """A worker of ``config``'s group; its batcher is measured if ``instance`` is 0."""
+        data = self.work_dir / (f"{config}-{instance}" if instance else config)
         env = {
             "SHOTSTREAM_BROKERS": self.brokers,
             "SHOTSTREAM_DATA_DIR": str(data),
@@ -211,15 +217,15 @@ class Bench:
             "SHOTSTREAM_DEFAULT_MODEL": self.model,
             "SHOTSTREAM_TOPIC_PREFIX": self.prefix(config),
             "SHOTSTREAM_KAFKA__GROUP_ID": f"bench-{self.run_id}-{config}",
-            "SHOTSTREAM_PARTITIONS": "4",
+            "SHOTSTREAM_PARTITIONS": str(max(4, self.workers)),
             "SHOTSTREAM_METRICS_PORT": "0",
             **extra,
         }
-        print(f"starting the ({config}) worker ...", flush=True)
+        print(f"starting the ({config}) worker {instance} ...", flush=True)
         worker = WorkerProcess(env, data / "worker.log").start()
         worker.wait_ready(600)
         port = re.search(r"metrics port (\d+)", worker.log_text())
-        if port:
+        if port and not instance:
             self.metrics_ports[config] = int(port.group(1))
         return worker
 
@@ -241,7 +247,9 @@ class Bench:
         found.extend(scan_log(config, worker.log_text()))
         if self.logs_dir is not None:
             self.logs_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copy(worker.log_path, self.logs_dir / f"worker-{config}.log")
+            shutil.copy(
+                worker.log_path, self.logs_dir / f"worker-{worker.log_path.parent.name}.log"
+            )
 
     async def batched(self) -> tuple[RunResult, RunResult, RunResult]:
         """(b), then (d) and (e) on the same worker."""
@@ -340,12 +348,16 @@ def run(args: argparse.Namespace) -> None:
             n_lat=n_lat,
             stall_s=args.stall,
             logs_dir=args.logs,
+            workers=args.workers,
         )
-        worker = bench.start_worker("b")
+        workers = [bench.start_worker("b", i) for i in range(args.workers)]
+        if args.workers > 1:
+            time.sleep(SETTLE_S)  # let the group rebalance onto every worker
         try:
             b, lat, e = asyncio.run(bench.batched())
         finally:
-            bench.stop_worker("b", worker, found)
+            for worker in workers:
+                bench.stop_worker("b", worker, found)
         print(f"(b) {b.throughput:.1f}/s  (e) {e.throughput:.1f}/s  (d) paced done")
         worker = bench.start_worker(  # one request, one input, one stream at a time
             "c",
@@ -371,6 +383,7 @@ def run(args: argparse.Namespace) -> None:
     results: dict[str, Any] = {
         "model": args.model,
         "n": args.n,
+        "workers": args.workers,
         "timestamp": stamp,
         "machine": mach,
         "throughput": tput,
