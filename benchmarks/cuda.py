@@ -38,15 +38,15 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.accuracy import macro_f1
 from benchmarks.texts import ROUTING_LABELS, make_texts
+from benchmarks.throughput import load_encoder, measure_raw
 from models.embedders import TransformersTextEncoder, resolve_device
-from models.registry import ModelRegistry
 from models.scoring import softmax
 from streams.settings import Settings
 
 DTYPES = ("float32", "float16", "bfloat16")
 BATCH_SIZES = (1, 8, 32, 128, 512)
-SINGLE_SAMPLE = 400
 CPU_SAMPLE = 200
 """Texts per set also embedded on the CPU (float32), to compare with CUDA float32."""
 REQUESTS = 400
@@ -62,16 +62,7 @@ VARIANTS: tuple[tuple[str, dict[str, int]], ...] = (
 
 
 def load(model: str, device: str, dtype: str) -> TransformersTextEncoder:
-    settings = Settings()
-    registry = ModelRegistry(
-        cache_dir=settings.model_cache_dir,
-        aliases=settings.models.aliases,
-        device=device,
-        dtype=dtype,
-    )
-    encoder = registry.load(registry.resolve(model))
-    assert isinstance(encoder, TransformersTextEncoder), "a transformers text model is needed"
-    return encoder
+    return load_encoder(model, Settings().model_cache_dir, device, dtype)
 
 
 def empty_cache(device: str) -> None:
@@ -89,18 +80,6 @@ def embed_all(encoder: TransformersTextEncoder, ids: Sequence[list[int]], bs: in
         chunk = order[s : s + bs]
         out[chunk] = encoder.embed_ids([ids[i] for i in chunk])
     return out
-
-
-def macro_f1(y: Sequence[int], pred: Any, k: int) -> float:
-    y_arr, scores = np.asarray(y), []
-    for c in range(k):
-        tp = float(np.sum((pred == c) & (y_arr == c)))
-        fp, fn = (
-            float(np.sum((pred == c) & (y_arr != c))),
-            float(np.sum((pred != c) & (y_arr == c))),
-        )
-        scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
-    return float(np.mean(scores))
 
 
 def load_sets(path: Path | None) -> dict[str, Any]:
@@ -160,7 +139,7 @@ def numerics(model: str, sets: dict[str, Any], temperature: float, device: str) 
                 "max_score_change": float(np.max(np.abs(scores - ref_scores))),
             }
             if "y" in s:
-                stats["macro_f1"] = macro_f1(s["y"], pred, len(s["labels"]))
+                stats["macro_f1"] = macro_f1(np.asarray(s["y"]), pred)
                 stats["accuracy"] = float(np.mean(pred == np.asarray(s["y"])))
             row[dtype] = stats
         out[name] = row
@@ -168,21 +147,12 @@ def numerics(model: str, sets: dict[str, Any], temperature: float, device: str) 
 
 
 def throughput(model: str, texts: Sequence[str], device: str) -> dict[str, dict[str, float]]:
-    """texts/s of ``embed_ids`` per dtype and batch size (length-sorted, pre-tokenized)."""
+    """texts/s of ``embed_ids`` per dtype and batch size (``measure_raw``)."""
     out: dict[str, dict[str, float]] = {}
     for dtype in DTYPES:
         encoder = load(model, device, dtype)
-        ids = sorted(encoder.tokenize(list(texts)), key=len)
-        out[dtype] = {}
-        for bs in BATCH_SIZES:
-            rows = ids[:: max(1, len(ids) // SINGLE_SAMPLE)][:SINGLE_SAMPLE] if bs == 1 else ids
-            batches = [rows[i : i + bs] for i in range(0, len(rows), bs)]
-            for b in batches[:3]:
-                encoder.embed_ids(b)  # warm up (kernels, allocator)
-            start = time.perf_counter()
-            for b in batches:
-                encoder.embed_ids(b)  # returns numpy: synchronised
-            out[dtype][str(bs)] = len(rows) / (time.perf_counter() - start)
+        raw = measure_raw(encoder, texts, BATCH_SIZES)["batch_sizes"]
+        out[dtype] = {bs: r["texts_per_s"] for bs, r in raw.items()}
         del encoder
         empty_cache(device)
     return out

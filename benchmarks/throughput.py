@@ -81,38 +81,48 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stall", type=float, default=120.0, help="give up after s without answers")
     p.add_argument("--workers", type=int, default=1, help="workers for (b), (d), (e)")
     p.add_argument("--tag", default="", help="file name suffix (e.g. the machine: h100)")
+    p.add_argument("--weights", default="as packaged", help="what the weights are, for the record")
     return p.parse_args(argv)
 
 
 # -- (a): the raw embedder ---------------------------------------------------------------
 
 
-def load_model(model: str, cache_dir: Path) -> Encoder:
-    """The model as a worker loads it (same registry, aliases, device and dtype resolution)."""
+def load_model(
+    model: str, cache_dir: Path, device: str | None = None, dtype: str | None = None
+) -> Encoder:
+    """The model as a worker loads it (same registry, aliases, device and dtype resolution);
+    ``device`` and ``dtype`` override the settings."""
     settings = Settings()
-    device, dtype = resolve_device(settings.model_device, settings.models.dtype)
+    device, dtype = resolve_device(device or settings.model_device, dtype or settings.models.dtype)
     registry = ModelRegistry(
         cache_dir=cache_dir, device=device, dtype=dtype, aliases=settings.models.aliases
     )
     return registry.load(registry.resolve(model))
 
 
-def load_encoder(model: str, cache_dir: Path) -> TransformersTextEncoder:
+def load_encoder(
+    model: str, cache_dir: Path, device: str | None = None, dtype: str | None = None
+) -> TransformersTextEncoder:
     """The text encoder as a worker loads it (``load_model``)."""
-    encoder = load_model(model, cache_dir)
+    encoder = load_model(model, cache_dir, device, dtype)
     assert isinstance(encoder, TransformersTextEncoder), "a transformers model is needed"
     return encoder
 
 
-def measure_raw(encoder: TransformersTextEncoder, texts: Sequence[str]) -> dict[str, Any]:
-    """texts/s of ``embed_ids`` per batch size and compute streams (``config_name``) over
-    length-sorted, pre-tokenized texts; batch 1 on one stream only."""
+def measure_raw(
+    encoder: TransformersTextEncoder,
+    texts: Sequence[str],
+    batch_sizes: Sequence[int] | None = None,
+) -> dict[str, Any]:
+    """texts/s of ``embed_ids`` per batch size (default: the device's) and compute streams
+    (``config_name``) over length-sorted, pre-tokenized texts; batch 1 on one stream only."""
     ids = sorted(encoder.tokenize(texts), key=len)
     per_batch: dict[str, dict[str, float]] = {}
     gpu = encoder.device.type == "cuda"
     # a GPU worker computes on one stream (``plan_compute``): two would queue at its lock
     raw_streams = RAW_STREAMS[:1] if gpu else RAW_STREAMS
-    for bs in GPU_BATCH_SIZES if gpu else BATCH_SIZES:
+    for bs in batch_sizes or (GPU_BATCH_SIZES if gpu else BATCH_SIZES):
         rows = ids[:: max(1, len(ids) // SINGLE_SAMPLE)][:SINGLE_SAMPLE] if bs == 1 else ids
         batches = [rows[i : i + bs] for i in range(0, len(rows), bs)]
         encoder.embed_ids(batches[len(batches) // 2])  # warm up at this shape
@@ -303,7 +313,7 @@ def scan_log(config: str, text: str, keep: int = 3) -> list[str]:
     return [f"({config}) worker log: {len(hits)} warning/error lines, e.g. {first}"]
 
 
-def machine(encoder: TransformersTextEncoder) -> dict[str, Any]:
+def machine(encoder: TransformersTextEncoder, weights: str) -> dict[str, Any]:
     import torch
 
     return {
@@ -317,7 +327,7 @@ def machine(encoder: TransformersTextEncoder) -> dict[str, Any]:
         "device": str(encoder.device),
         "dtype": str(next(encoder.model.parameters()).dtype).removeprefix("torch."),
         "gpu": torch.cuda.get_device_name(0) if encoder.device.type == "cuda" else None,
-        "weights": os.environ.get("SHOTSTREAM_BENCH_WEIGHTS", "as packaged"),
+        "weights": weights,
     }
 
 
@@ -331,7 +341,7 @@ def run(args: argparse.Namespace) -> None:
         cache = args.model_cache or work / "models"
         print(f"loading {args.model} (weights under {cache}) ...", flush=True)
         encoder = load_encoder(args.model, cache)
-        mach = machine(encoder)
+        mach = machine(encoder, args.weights)
         raw = measure_raw(encoder, texts)
         raw["roof_gflops"] = measure_roof(encoder)
         raw["roof_dtype"] = mach["dtype"]

@@ -45,8 +45,7 @@ def plan_compute(settings: Settings, device: str) -> int:
     return streams
 
 
-def make_registry(settings: Settings) -> ModelRegistry:
-    device, dtype = resolve_device(settings.model_device, settings.models.dtype)
+def make_registry(settings: Settings, device: str, dtype: str) -> ModelRegistry:
     return ModelRegistry(
         cache_dir=settings.model_cache_dir,
         default=settings.default_model_name,
@@ -60,7 +59,7 @@ def make_registry(settings: Settings) -> ModelRegistry:
 
 def build_worker(settings: Settings) -> tuple[ShotstreamApp, ClassifyService, PrometheusObserver]:
     """The faust app with its agents and table, ready for ``faust.Worker``."""
-    device, _ = resolve_device(settings.model_device, settings.models.dtype)
+    device, dtype = resolve_device(settings.model_device, settings.models.dtype)
     settings = settings.model_copy(update={"batching": settings.batching.for_device(device)})
     observer = PrometheusObserver()
     app, topics = create_app(settings)
@@ -76,7 +75,7 @@ def build_worker(settings: Settings) -> tuple[ShotstreamApp, ClassifyService, Pr
         classifier_changelog_topic(settings),
         fetch_max_wait_ms=EMBEDDED_FETCH_MAX_WAIT_MS if settings.embedded_broker else 500,
     )
-    service = ClassifyService(settings, make_registry(settings), observer, replica)
+    service = ClassifyService(settings, make_registry(settings, device, dtype), observer, replica)
     keys = KeyRing(settings.all_api_keys())
     output = OutputProducer(settings, observer)
     classify = ClassifyHandler(settings, service, keys, output, observer)
