@@ -1,0 +1,63 @@
+"""The client commands' exit codes against the real broker and worker: 0 for a prediction,
+2 for a dead letter (printed), 3 when no answer comes in time (README "Quick start")."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from streams.broker import EmbeddedBroker
+from streams.cli import EXIT_DEAD_LETTER, EXIT_NO_ANSWER, app
+from streams.processes import WorkerProcess
+from streams.settings import Settings
+from streams.worker import prepare_broker
+from tests.integration.conftest import API_KEYS
+
+pytestmark = [pytest.mark.integration, pytest.mark.model]
+
+
+def run(args: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Exit code and standard output (the JSON answer; messages go to standard error)."""
+    result = CliRunner().invoke(app, args, env=env)
+    return result.exit_code, result.stdout if result.exit_code in (0, 2) else result.output
+
+
+def test_a_prediction_exits_0_and_a_dead_letter_exits_2(
+    broker: EmbeddedBroker, worker: WorkerProcess
+) -> None:
+    env = {"SHOTSTREAM_BROKERS": broker.address}
+    code, output = run(
+        ["classify", "--json", "-l", "sport", "-l", "cooking", "the striker scored twice"], env
+    )
+    assert code == 0, output
+    answer = json.loads(output)
+    assert answer["data"][0]["prediction"] == "sport"
+
+    code, output = run(["classify", "--json", "-l", "a", "-l", "b", "--model", "nope", "x"], env)
+    assert code == EXIT_DEAD_LETTER, output
+    letter = json.loads(output)
+    assert letter["error"]["code"] == "MODEL_NOT_AVAILABLE"
+
+    # few-shot: someone else's (or nobody's) classifier is a dead letter too
+    code, output = run(
+        ["classify", "--json", "--classifier-id", "no-such-classifier", "x"],
+        {**env, "SHOTSTREAM_API_KEY": API_KEYS["alice"]},
+    )
+    assert code == EXIT_DEAD_LETTER, output
+    assert json.loads(output)["error"]["code"] == "CLASSIFIER_NOT_FOUND"
+
+
+def test_no_worker_on_the_topics_exits_3_after_the_timeout(broker: EmbeddedBroker) -> None:
+    """Topics that exist but that no worker consumes: the request is produced and nothing
+    answers it."""
+    prefix = "nobody-listens."
+    settings = Settings(brokers=broker.address, topic_prefix=prefix, kafka={"group_id": "nobody"})
+    asyncio.run(prepare_broker(settings))
+    env = {"SHOTSTREAM_BROKERS": broker.address, "SHOTSTREAM_TOPIC_PREFIX": prefix}
+    code, output = run(["classify", "--timeout", "3", "-l", "a", "-l", "b", "x"], env)
+    assert code == EXIT_NO_ANSWER, output
+    assert "no answer within 3 s" in output
+    assert "Traceback" not in output
