@@ -26,7 +26,7 @@ GPU_BATCHING: dict[str, int] = {
 """Batching defaults on a GPU (``BatchingSettings.for_device``), for knobs not set. A GPU
 model call costs milliseconds whatever its size, so batches should be large and rarely
 split: on an H100, 400 concurrent requests (9,643 inputs, e5 in float16) went through
-the batcher at 544 inputs/s with the CPU defaults and 8,680/s with these
+the batcher at 2,627 inputs/s with the CPU defaults and 11,319/s with these
 (``benchmarks/results/cuda-multilingual-e5-small.md``)."""
 
 
