@@ -14,6 +14,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from streams.broker import stop_consumer
 from streams.errors import OversizeRecordError
 from streams.producer import TOO_LARGE, record_size
 from streams.settings import EMBEDDED_FETCH_MAX_WAIT_MS, Settings
@@ -38,8 +39,17 @@ class ShotstreamClient:
     >>> #     answer = await c.classify(["hello"], labels=["greeting", "question"])
     """
 
-    def __init__(self, settings: Settings, *, answer_topics: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        answer_topics: Sequence[str] | None = None,
+        produce_timeout_s: float | None = None,
+    ) -> None:
         self.settings = settings
+        self.produce_timeout_s = produce_timeout_s
+        """How long the broker may take to take a record (aiokafka's 40 s when ``None``):
+        after it the producer drops the record and the send fails."""
         self._answer_topics = list(
             answer_topics or [settings.topic(t) for t in ("predictions", "train-results", "errors")]
         )
@@ -57,10 +67,14 @@ class ShotstreamClient:
 
     async def _start(self) -> ShotstreamClient:
         brokers = ",".join(self.settings.brokers)
+        options: dict[str, Any] = {}
+        if self.produce_timeout_s is not None:
+            options["request_timeout_ms"] = int(self.produce_timeout_s * 1000)
         self._producer = AIOKafkaProducer(
             bootstrap_servers=brokers,
             acks="all",
             max_request_size=self.settings.kafka.max_message_bytes,
+            **options,
         )
         await self._producer.start()
         # No group: assign every partition and start at the end. The embedded broker's
@@ -89,7 +103,7 @@ class ShotstreamClient:
         if self._reader:
             self._reader.cancel()
         if self._consumer:
-            await self._consumer.stop()
+            await stop_consumer(self._consumer)
         if self._producer:
             await self._producer.stop()
 

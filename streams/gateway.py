@@ -135,11 +135,13 @@ class Gateway:
             return Limit(rpm=tiers[tier].rpm, tpm=tiers[tier].tpm)
 
         self.limits = RateLimiter(limit_of)
-        self.client = ShotstreamClient(settings)
+        # Kafka away: a caller gets its 503 within kafka_timeout_s, not aiokafka's 40 s
+        self.client = ShotstreamClient(settings, produce_timeout_s=gw.kafka_timeout_s)
         self.replica = ClassifierReplica(
             ",".join(settings.brokers),
             classifier_changelog_topic(settings),
             fetch_max_wait_ms=EMBEDDED_FETCH_MAX_WAIT_MS if settings.embedded_broker else 500,
+            request_timeout_s=gw.kafka_timeout_s,
         )
         self._recent: OrderedDict[str, tuple[str, int]] = OrderedDict()
         """Classifier id → (owner, version this gateway last answered; -1: deleted), for

@@ -21,10 +21,12 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from state.records import ClassifierRecord, decode_record
+from streams.broker import stop_consumer
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +37,20 @@ FORGET_S = 60.0
 class ClassifierReplica:
     """Latest record per classifier id, from the changelog topic."""
 
-    def __init__(self, brokers: str, topic: str, *, fetch_max_wait_ms: int = 25) -> None:
+    def __init__(
+        self,
+        brokers: str,
+        topic: str,
+        *,
+        fetch_max_wait_ms: int = 25,
+        request_timeout_s: float | None = None,
+    ) -> None:
         self.brokers = brokers
         self.topic = topic
         self.fetch_max_wait_ms = fetch_max_wait_ms
+        self.request_timeout_s = request_timeout_s
+        """How long a request to Kafka may take (``caught_up``'s offset query among them)
+        before it fails with ``KafkaTimeoutError``; aiokafka's 40 s when ``None``."""
         self.records: dict[str, ClassifierRecord] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -57,11 +69,15 @@ class ClassifierReplica:
         return self._task is not None and not self._task.done()
 
     async def start(self, timeout_s: float = 30.0) -> None:
+        options: dict[str, Any] = {}
+        if self.request_timeout_s is not None:
+            options["request_timeout_ms"] = int(self.request_timeout_s * 1000)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.brokers,
             enable_auto_commit=False,
             fetch_max_wait_ms=self.fetch_max_wait_ms,
             auto_offset_reset="earliest",
+            **options,
         )
         try:
             await self._assign(consumer, timeout_s)
@@ -212,4 +228,4 @@ class ClassifierReplica:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self._consumer is not None:
-            await self._consumer.stop()
+            await stop_consumer(self._consumer)

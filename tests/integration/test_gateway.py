@@ -352,6 +352,40 @@ def test_no_answer_in_time_is_504(broker: EmbeddedBroker, tmp_path: Path) -> Non
     assert "1.5 seconds" in response.json()["detail"]
 
 
+def test_kafka_gone_is_503_in_kafka_timeout_and_the_gateway_still_stops_cleanly(
+    tmp_path: Path,
+) -> None:
+    """Its own broker, stopped under a running gateway: requests and listings answer 503
+    after SHOTSTREAM_GATEWAY__KAFKA_TIMEOUT_S (aiokafka alone would take 40 s, past the
+    client's 20 s here), and SIGTERM still shuts the gateway down cleanly (uvicorn then
+    ends the process by the signal it caught, as with Kafka up)."""
+    own = EmbeddedBroker(free_port()).start()
+    try:
+        asyncio.run(prepare_broker(Settings(brokers=own.address)))
+        env = gateway_env(own, free_port(), SHOTSTREAM_GATEWAY__KAFKA_TIMEOUT_S="2")
+        proc = start_gateway(env, tmp_path / "gateway.log")
+    finally:
+        own.stop()
+    try:
+        base = f"http://127.0.0.1:{env['SHOTSTREAM_HTTP_PORT']}"
+        classify = httpx.post(
+            f"{base}/v1/classify",
+            json={"labels": ["a", "b"], "input": ["x"]},
+            headers=bearer(DAVE),
+            timeout=20,
+        )
+        listing = httpx.get(f"{base}/v1/classifiers", headers=bearer(DAVE), timeout=20)
+    finally:
+        proc.stop()
+    for response in (classify, listing):
+        assert response.status_code == 503, response.text
+        assert response.json()["code"] == "SERVICE_UNAVAILABLE"
+        assert response.json()["detail"].startswith("Kafka unavailable")
+    log = proc.log_text()
+    assert "Application shutdown complete" in log, log[-3000:]
+    assert "shutdown failed" not in log
+
+
 def test_schemathesis_finds_no_server_errors_and_no_schema_breaks(
     gateway: str, tmp_path: Path
 ) -> None:
