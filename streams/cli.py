@@ -80,10 +80,13 @@ def settings_problem(exc: Exception) -> str:
 
 
 def _logging(settings: Settings) -> None:
+    from streams.logs import quiet_kafka_repeats
+
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    quiet_kafka_repeats()  # Kafka away: one line per kind of complaint per 30 s
 
 
 def _ask(
