@@ -26,8 +26,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 
+import certifi
 import httpx
 
 from streams.settings import ImageSettings
@@ -105,6 +107,16 @@ class ImageFetcher:
             ipaddress.ip_network(n, strict=False) for n in settings.allow_list
         ]
         self._resolve = resolver
+        self._verify: ssl.SSLContext | bool = True  # httpx's default: certifi's CAs
+        if settings.ca_file is not None:  # read now: a bad file stops the worker at start
+            self._verify = ssl.create_default_context(cafile=certifi.where())
+            try:
+                self._verify.load_verify_locations(cafile=settings.ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(
+                    f"SHOTSTREAM_IMAGES__CA_FILE={settings.ca_file}: not a readable PEM file "
+                    f"of certificates ({exc})"
+                ) from exc
         self._client: httpx.AsyncClient | None = None
 
     def _http(self) -> httpx.AsyncClient:
@@ -118,6 +130,7 @@ class ImageFetcher:
                     pool=s.connect_timeout_s,
                 ),
                 follow_redirects=False,
+                verify=self._verify,
                 trust_env=False,  # a proxy from the environment would bypass the checks
                 limits=httpx.Limits(max_keepalive_connections=0),
             )

@@ -11,7 +11,14 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
@@ -134,6 +141,9 @@ class ImageSettings(BaseModel):
     """Networks (CIDRs, e.g. ``["10.1.0.0/16"]``) that URLs may reach although they are
     loopback, private, link-local, multicast or reserved (refused otherwise)."""
     schemes: tuple[str, ...] = ("https", "http")
+    ca_file: Path | None = None
+    """A PEM file of certificate authorities trusted for HTTPS image hosts besides the
+    public ones (certifi's), e.g. the internal CA of hosts on the allow-list."""
     connect_timeout_s: float = Field(5.0, gt=0)
     read_timeout_s: float = Field(10.0, gt=0)
     """Longest wait for the next bytes of a response."""

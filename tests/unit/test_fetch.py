@@ -9,11 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.server
+import ssl
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 from PIL import Image
 
 from models.images import encode_png
@@ -226,3 +229,55 @@ def test_a_host_name_idna_refuses_is_a_fetch_error(url: str, message: str) -> No
             await fetcher.aclose()
 
     asyncio.run(go())
+
+
+# -- HTTPS: the connection goes to the checked address, the certificate is checked for the name
+
+
+@pytest.fixture(scope="module")
+def tls_ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@contextlib.contextmanager
+def https_server(ca: trustme.CA, name: str) -> Iterator[str]:
+    """The test handler over HTTPS, with a certificate for ``name`` signed by ``ca``."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(name).configure_cert(context)
+    with serve(Handler, tls=context) as url:
+        yield url
+
+
+async def to_loopback(host: str, port: int) -> list[str]:
+    return ["127.0.0.1"]
+
+
+def test_https_connects_to_the_checked_address_and_verifies_the_name(
+    tls_ca: trustme.CA, tmp_path: Path
+) -> None:
+    """The name travels in SNI and Host, the certificate is verified against it (not
+    against the address connected to), and only CAs the operator trusts sign it."""
+    ca_file = tmp_path / "ca.pem"
+    tls_ca.cert_pem.write_to_path(str(ca_file))
+    with https_server(tls_ca, "images.test") as url:
+        port = url.rsplit(":", 1)[1]
+        Handler.hosts.clear()
+        image = f"https://images.test:{port}/ok.png"
+        assert fetch(image, to_loopback, ca_file=ca_file, **LOOPBACK) == PNG
+        assert Handler.hosts == [f"images.test:{port}"]
+        with pytest.raises(FetchError, match="CERTIFICATE_VERIFY_FAILED"):
+            fetch(image, to_loopback, **LOOPBACK)  # the test CA is not a public one
+        with pytest.raises(FetchError, match="CERTIFICATE_VERIFY_FAILED"):  # no name: no SNI
+            fetch(f"https://127.0.0.1:{port}/ok.png", ca_file=ca_file, **LOOPBACK)
+    with https_server(tls_ca, "other.test") as url:  # a trusted CA, but another name
+        port = url.rsplit(":", 1)[1]
+        with pytest.raises(FetchError, match="CERTIFICATE_VERIFY_FAILED"):
+            fetch(f"https://images.test:{port}/ok.png", to_loopback, ca_file=ca_file, **LOOPBACK)
+
+
+def test_a_ca_file_that_is_not_pem_stops_the_fetcher_at_start(tmp_path: Path) -> None:
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate")
+    for path in (bad, tmp_path / "missing.pem"):
+        with pytest.raises(ValueError, match="SHOTSTREAM_IMAGES__CA_FILE"):
+            ImageFetcher(ImageSettings(ca_file=path))
