@@ -202,10 +202,12 @@ def running_broker(port: int) -> Iterator[EmbeddedBroker]:
 async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
     """``consumer.stop()``, also when the brokers are away.
 
-    aiokafka's fetcher then holds a fetch task sleeping before its retry, and its close
-    awaits that task after cancelling it, so ``stop()`` raised the task's CancelledError
-    before closing the client: a gateway stopped with Kafka away failed its shutdown and
-    left connections open. Only a cancellation of the caller itself is passed on."""
+    aiokafka's fetcher then has fetch or offset tasks sleeping before a retry; its close
+    cancels and awaits them one by one, and the first re-raises its CancelledError out of
+    ``stop()``, before the other tasks are cancelled and before the client is closed: a
+    gateway stopped with Kafka away failed its shutdown and left connections open. Here
+    the rest are cancelled and the client closed. Only a cancellation of the caller
+    itself is passed on."""
     try:
         await consumer.stop()
     except asyncio.CancelledError:
@@ -213,4 +215,9 @@ async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
         if task is not None and task.cancelling():
             raise
         log.warning("stopped a Kafka consumer while the brokers were away; closing its connections")
+        fetcher = getattr(consumer, "_fetcher", None)
+        pending = list(getattr(fetcher, "_pending_tasks", ()))
+        for left in pending:
+            left.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
         await consumer._client.close()

@@ -82,7 +82,7 @@ class ClassifierReplica:
         try:
             await self._assign(consumer, timeout_s)
         except BaseException:  # nothing left open (aiokafka warns of unclosed consumers)
-            await consumer.stop()
+            await stop_consumer(consumer)
             raise
         self._consumer = consumer
         self._task = asyncio.create_task(self._follow(consumer))

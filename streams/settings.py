@@ -203,11 +203,13 @@ class GatewaySettings(BaseModel):
     """Address uvicorn binds (``0.0.0.0`` to serve other hosts); the port is ``http_port``."""
     reply_timeout_s: float = Field(30.0, gt=0)
     """How long a request waits for its answer on the reply topics before a 504."""
-    kafka_timeout_s: float = Field(10.0, gt=0)
+    kafka_timeout_s: float = Field(10.0, ge=1)
     """How long Kafka itself may take to take a request (or, for a listing, to say where
     the classifier changelog ends) before a 503: with the brokers away, a caller learns it
-    in this time instead of aiokafka's 40 s. A request not taken in time is dropped by the
-    producer, not sent later."""
+    in this time instead of aiokafka's 40 s (up to about twice it when the brokers do not
+    refuse connections but never answer: one attempt may wait behind another). A request
+    the producer still holds then is dropped, not sent later; one already sent may still
+    have been written (and a train request learned although it answered 503)."""
     anonymous_zero_shot: bool = False
     """Let callers without a key classify zero-shot (rate-limited per client address)."""
     tiers: dict[str, RateTier] = Field(default_factory=_default_tiers)

@@ -239,11 +239,16 @@ def tls_ca() -> trustme.CA:
     return trustme.CA()
 
 
+SNI_NAMES: list[str | None] = []
+"""The server names (SNI) clients asked the HTTPS test server for."""
+
+
 @contextlib.contextmanager
 def https_server(ca: trustme.CA, name: str) -> Iterator[str]:
     """The test handler over HTTPS, with a certificate for ``name`` signed by ``ca``."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert(name).configure_cert(context)
+    context.sni_callback = lambda _sock, server_name, _ctx: SNI_NAMES.append(server_name)
     with serve(Handler, tls=context) as url:
         yield url
 
@@ -262,9 +267,11 @@ def test_https_connects_to_the_checked_address_and_verifies_the_name(
     with https_server(tls_ca, "images.test") as url:
         port = url.rsplit(":", 1)[1]
         Handler.hosts.clear()
+        SNI_NAMES.clear()
         image = f"https://images.test:{port}/ok.png"
         assert fetch(image, to_loopback, ca_file=ca_file, **LOOPBACK) == PNG
         assert Handler.hosts == [f"images.test:{port}"]
+        assert SNI_NAMES == ["images.test"]  # not the address connected to
         with pytest.raises(FetchError, match="CERTIFICATE_VERIFY_FAILED"):
             fetch(image, to_loopback, **LOOPBACK)  # the test CA is not a public one
         with pytest.raises(FetchError, match="CERTIFICATE_VERIFY_FAILED"):  # no name: no SNI

@@ -45,3 +45,14 @@ def test_other_loggers_are_left_alone(
         for _ in range(3):
             log.info("same line")
     assert [r.getMessage() for r in caplog.records] == ["same line"] * 3
+
+
+def test_aiokafka_info_lines_all_pass(
+    repeats: RepeatFilter, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Group rebalances are logged at INFO, twice within a window in a rolling deploy."""
+    log = logging.getLogger("aiokafka.consumer.group_coordinator")
+    with caplog.at_level(logging.INFO):
+        for partitions in ("{0, 1}", "{0}"):
+            log.info("Setting newly assigned partitions %s for group %s", partitions, "g")
+    assert len([r for r in caplog.records if r.name == log.name]) == 2
