@@ -36,8 +36,6 @@ MAGIC = b"SSCR"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 _HEAD = struct.Struct("<4sHI")
-DELETED_MAGIC = b"SSCD"
-"""A deleted classifier's marker: the same head (format 1), then a JSON header only."""
 
 
 class RecordFormatError(ValueError):
@@ -162,63 +160,6 @@ def decode_record(data: bytes) -> ClassifierRecord:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a field of the wrong kind
         raise RecordFormatError(f"corrupt record header: {exc!r}") from exc
-
-
-@dataclass(frozen=True, slots=True)
-class Deletion:
-    """What stays of a deleted classifier under its id: who deleted it, by which train
-    record. A delete that Kafka redelivers after a crash (applied, its offset not yet
-    committed) is recognised by it and answered as the first time, instead of
-    ``CLASSIFIER_NOT_FOUND``. Readers take the id as unknown; a new classifier may take it.
-
-    >>> gone = Deletion("c-1", owner="h", source="shotstream.train:2", offset=7, deleted_at=0.0)
-    >>> read_deletion(encode_deletion(gone)) == gone
-    True
-    >>> rec = ClassifierRecord.new("c-1", model="m", owner="h", access="private", dim=2, now=0.0)
-    >>> read_deletion(encode_record(rec)) is None
-    True
-    """
-
-    classifier_id: str
-    owner: str
-    source: str
-    """``"topic:partition"`` of the delete request."""
-    offset: int
-    deleted_at: float
-
-
-def encode_deletion(deletion: Deletion) -> bytes:
-    head = json.dumps(
-        {
-            "classifier_id": deletion.classifier_id,
-            "owner": deletion.owner,
-            "source": deletion.source,
-            "offset": deletion.offset,
-            "deleted_at": deletion.deleted_at,
-        },
-        ensure_ascii=False,
-        separators=(",", ":"),
-    ).encode()
-    return _HEAD.pack(DELETED_MAGIC, 1, len(head)) + head
-
-
-def read_deletion(data: bytes) -> Deletion | None:
-    """The deletion marker ``data`` holds, or ``None`` if it holds something else (a
-    classifier record); :class:`RecordFormatError` for a marker that does not decode."""
-    if not data.startswith(DELETED_MAGIC) or len(data) < _HEAD.size:
-        return None
-    _magic, _version, head_len = _HEAD.unpack_from(data)
-    try:
-        header = json.loads(data[_HEAD.size : _HEAD.size + head_len].decode())
-        return Deletion(
-            classifier_id=_str(header["classifier_id"], "classifier_id"),
-            owner=_str(header["owner"], "owner"),
-            source=_str(header["source"], "source"),
-            offset=_int(header["offset"], "offset"),
-            deleted_at=float(header["deleted_at"]),
-        )
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise RecordFormatError(f"corrupt deletion marker: {exc!r}") from exc
 
 
 def read_ownership(data: bytes) -> tuple[str, str]:

@@ -10,8 +10,8 @@ it is called unknown, so a classifier is usable as soon as its creation is answe
 
 A delete is read at once on the worker that made it (:meth:`ClassifierReplica.forget`):
 the record goes, and its older changelog records still on the way cannot bring it back
-before the changelog's deletion marker arrives. Other workers see the delete when the
-deletion marker reaches them.
+before the changelog's own tombstone arrives. Other workers see the delete when the
+tombstone reaches them.
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from state.records import DELETED_MAGIC, ClassifierRecord, decode_record
+from state.records import ClassifierRecord, decode_record
 from streams.broker import stop_consumer
 
 log = logging.getLogger(__name__)
 
 FORGET_S = 60.0
-"""How long a local delete outranks the changelog if its deletion marker never arrives."""
+"""How long a local delete outranks the changelog if its tombstone never arrives."""
 
 
 class ClassifierReplica:
@@ -56,7 +56,7 @@ class ClassifierReplica:
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         self._forgotten: dict[str, float] = {}
-        """Ids deleted by this process, until the changelog's deletion marker for them arrives."""
+        """Ids deleted by this process, until the changelog's tombstone for them arrives."""
         self.loaded = asyncio.Event()
         """Set once the changelog has been read up to where it ended when ``start`` began
         (a replica fed by hand sets it itself): before that, an unknown id may be one
@@ -141,15 +141,14 @@ class ClassifierReplica:
                 await asyncio.sleep(1.0)
 
     def apply(self, key: str, value: bytes | None, *, offset: int = -1) -> None:
-        """One changelog record: the classifier's latest state, or its deletion (a
-        :class:`~state.records.Deletion` marker, or a tombstone ``None``)."""
-        if value is None or value.startswith(DELETED_MAGIC):
+        """One changelog record: the classifier's latest state, or a tombstone (``None``)."""
+        if value is None:
             self.records.pop(key, None)
             self._forgotten.pop(key, None)
         else:
             forgotten = self._forgotten.get(key)
             if forgotten is not None and time.monotonic() - forgotten < FORGET_S:
-                return  # an older write of a classifier deleted here; its deletion follows
+                return  # an older write of a classifier deleted here; its tombstone follows
             self._forgotten.pop(key, None)
             try:
                 self.records[key] = decode_record(value)

@@ -28,15 +28,7 @@ from state.classifiers import (
     may_read,
     replayed_version,
 )
-from state.records import (
-    ClassifierRecord,
-    Deletion,
-    decode_record,
-    encode_deletion,
-    encode_record,
-    read_deletion,
-    read_ownership,
-)
+from state.records import ClassifierRecord, decode_record, encode_record, read_ownership
 from streams.agents import Turn, encode, send_dead_letter
 from streams.auth import KeyRing, header_value, owner_or_refusal
 from streams.errors import ErrorCode, RequestError
@@ -97,11 +89,8 @@ class TrainHandler:
         self.errors_topic = settings.topic("errors")
 
     def _read(self, classifier_id: str) -> ClassifierRecord | None:
-        """The classifier's record; ``None`` if there is none (or only its deletion)."""
         raw = self.table.get(classifier_id.encode())
-        if raw is None or read_deletion(raw) is not None:
-            return None
-        return decode_record(raw)
+        return decode_record(raw) if raw is not None else None
 
     def _write(self, record: ClassifierRecord) -> None:
         self.table[record.classifier_id.encode()] = encode_record(record)
@@ -129,9 +118,7 @@ class TrainHandler:
             )
             if isinstance(request, DeleteRequest):
                 async with turn:
-                    response = self._delete(
-                        request, owner, f"{message.topic}:{message.partition}", message.offset
-                    )
+                    response = self._delete(request, owner)
             else:
                 response = await self._train(request, owner, message, turn)
             # inside the try: an answer over the size limit gets its dead letter (the
@@ -314,23 +301,8 @@ class TrainHandler:
             by_label = dict(zip(labels, label_vectors.vectors, strict=True))
         return embedded.vectors, by_label, embedded.tokens * request.num_iters, spec.name
 
-    def _delete(
-        self, request: DeleteRequest, owner: str, source: str, offset: int
-    ) -> dict[str, Any]:
-        """Delete the classifier, leaving a :class:`Deletion` marker under its id, by which
-        this same delete redelivered after a crash is answered again as it was."""
+    def _delete(self, request: DeleteRequest, owner: str) -> dict[str, Any]:
         raw = self.table.get(request.classifier_id.encode())
-        gone = read_deletion(raw) if raw is not None else None
-        if gone is not None:
-            if (gone.owner, gone.source, gone.offset) == (owner, source, offset):
-                log.info(
-                    "delete %s@%d already applied to %s: answering again",
-                    source,
-                    offset,
-                    request.classifier_id,
-                )
-                return self._deleted(request)
-            raw = None  # deleted before: unknown now
         record_owner, access = self._ownership(raw)
         if access != "public" and record_owner != owner:
             raise RequestError(
@@ -341,15 +313,10 @@ class TrainHandler:
                 ErrorCode.AUTHZ_ACCESS_DENIED,
                 f"only the owner may delete classifier {request.classifier_id!r}",
             )
-        marker = Deletion(request.classifier_id, owner, source, offset, deleted_at=time.time())
-        self.table[request.classifier_id.encode()] = encode_deletion(marker)
+        del self.table[request.classifier_id.encode()]
         self._created.get(owner, {}).pop(request.classifier_id, None)
         self.replica.forget(request.classifier_id)  # this worker reads its delete at once
         self.observer.on_delete(request.classifier_id)
-        return self._deleted(request)
-
-    @staticmethod
-    def _deleted(request: DeleteRequest) -> dict[str, Any]:
         return {
             "request_id": request.request_id,
             "classifier_id": request.classifier_id,
