@@ -199,6 +199,16 @@ def running_broker(port: int) -> Iterator[EmbeddedBroker]:
         broker.stop()
 
 
+def request_timeout(seconds: float | None) -> dict[str, int]:
+    """An aiokafka client's ``request_timeout_ms`` keyword for ``seconds`` (none: its own
+    40 s default).
+
+    >>> request_timeout(10.0), request_timeout(None)
+    ({'request_timeout_ms': 10000}, {})
+    """
+    return {} if seconds is None else {"request_timeout_ms": int(seconds * 1000)}
+
+
 async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
     """``consumer.stop()``, also when the brokers are away.
 

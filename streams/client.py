@@ -14,7 +14,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streams.broker import stop_consumer
+from streams.broker import request_timeout, stop_consumer
 from streams.errors import OversizeRecordError
 from streams.producer import TOO_LARGE, record_size
 from streams.settings import EMBEDDED_FETCH_MAX_WAIT_MS, Settings
@@ -67,14 +67,11 @@ class ShotstreamClient:
 
     async def _start(self) -> ShotstreamClient:
         brokers = ",".join(self.settings.brokers)
-        options: dict[str, Any] = {}
-        if self.produce_timeout_s is not None:
-            options["request_timeout_ms"] = int(self.produce_timeout_s * 1000)
         self._producer = AIOKafkaProducer(
             bootstrap_servers=brokers,
             acks="all",
             max_request_size=self.settings.kafka.max_message_bytes,
-            **options,
+            **request_timeout(self.produce_timeout_s),
         )
         await self._producer.start()
         # No group: assign every partition and start at the end. The embedded broker's

@@ -21,12 +21,11 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from state.records import ClassifierRecord, decode_record
-from streams.broker import stop_consumer
+from streams.broker import request_timeout, stop_consumer
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +68,12 @@ class ClassifierReplica:
         return self._task is not None and not self._task.done()
 
     async def start(self, timeout_s: float = 30.0) -> None:
-        options: dict[str, Any] = {}
-        if self.request_timeout_s is not None:
-            options["request_timeout_ms"] = int(self.request_timeout_s * 1000)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.brokers,
             enable_auto_commit=False,
             fetch_max_wait_ms=self.fetch_max_wait_ms,
             auto_offset_reset="earliest",
-            **options,
+            **request_timeout(self.request_timeout_s),
         )
         try:
             await self._assign(consumer, timeout_s)
