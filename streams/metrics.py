@@ -10,6 +10,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
@@ -44,8 +45,12 @@ class _Quiet(WSGIRequestHandler):
 class PrometheusObserver(Observer):
     """Every hook becomes a ``shotstream_*`` metric in its own registry."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, classifier_series: int = 1000
+    ) -> None:
         self.registry = registry or CollectorRegistry()
+        #: most classifiers exported with their own series (the most recently trained)
+        self.classifier_series = classifier_series
         r = self.registry
         self.requests = Counter(
             "shotstream_requests", "Valid requests being served", ["topic", "kind"], registry=r
@@ -161,8 +166,9 @@ class PrometheusObserver(Observer):
             "second; over 30 /livez fails)",
             registry=r,
         ).set_function(self.stalled_s)
-        #: the train partition each exported classifier was learned on
-        self._learned_on: dict[str, int | None] = {}
+        #: the train partition each exported classifier was learned on, least recently
+        #: trained first
+        self._learned_on: OrderedDict[str, int | None] = OrderedDict()
 
     # -- hooks ------------------------------------------------------------------------
 
@@ -201,9 +207,15 @@ class PrometheusObserver(Observer):
     ) -> None:
         self.train_requests.inc()
         self.train_examples.inc(examples)
-        if accuracy is not None:
-            self.prequential.labels(classifier_id).set(accuracy)
-            self._learned_on[classifier_id] = partition
+        if accuracy is None or self.classifier_series <= 0:
+            return
+        # one series per classifier: bounded, or one key creating ids without end would
+        # grow every scrape (and Prometheus) with them; the least recently trained goes
+        self.prequential.labels(classifier_id).set(accuracy)
+        self._learned_on[classifier_id] = partition
+        self._learned_on.move_to_end(classifier_id)
+        while len(self._learned_on) > self.classifier_series:
+            self._forget(next(iter(self._learned_on)))
 
     def on_delete(self, classifier_id: str) -> None:
         # created-and-deleted ids would otherwise be exported for good, one series each

@@ -248,6 +248,9 @@ class Settings(BaseSettings):
     """Where packaged weights are converted to (default: ``$SHOTSTREAM_DATA_DIR/models``)."""
     metrics_host: str = "127.0.0.1"
     """Address the metrics server binds (``0.0.0.0`` to let a remote Prometheus scrape)."""
+    metrics_classifier_series: int = Field(1000, ge=0)
+    """Most classifiers a worker exports its own prequential-accuracy series for (the most
+    recently trained; 0: none)."""
     http_port: int = Field(8080, ge=0, le=65535)
     api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
     api_key_file: Path | None = None

@@ -61,7 +61,7 @@ def build_worker(settings: Settings) -> tuple[ShotstreamApp, ClassifyService, Pr
     """The faust app with its agents and table, ready for ``faust.Worker``."""
     device, dtype = resolve_device(settings.model_device, settings.models.dtype)
     settings = settings.model_copy(update={"batching": settings.batching.for_device(device)})
-    observer = PrometheusObserver()
+    observer = PrometheusObserver(classifier_series=settings.metrics_classifier_series)
     app, topics = create_app(settings)
     table: TableT[bytes, bytes] = app.Table(
         "classifiers",

@@ -117,3 +117,25 @@ def test_a_classifier_whose_partition_moved_is_no_longer_exported() -> None:
     observer.on_train_partitions({2})
     assert registry.get_sample_value(gauge, {"classifier_id": "c-0"}) == 0.25
     assert registry.get_sample_value(gauge, {"classifier_id": "c-1"}) is None
+
+
+def test_per_classifier_series_are_bounded_least_recently_trained_first() -> None:
+    """One key creating ids without end must not grow every scrape with them."""
+    registry = CollectorRegistry()
+    observer = PrometheusObserver(registry, classifier_series=2)
+    gauge = "shotstream_fewshot_prequential_accuracy"
+    observer.on_train("c-1", 3, 0.5, partition=0)
+    observer.on_train("c-2", 3, 0.75, partition=0)
+    observer.on_train("c-1", 3, 0.25, partition=0)  # trained again: now the most recent
+    observer.on_train("c-3", 3, 1.0, partition=1)
+    assert registry.get_sample_value(gauge, {"classifier_id": "c-2"}) is None
+    assert registry.get_sample_value(gauge, {"classifier_id": "c-1"}) == 0.25
+    assert registry.get_sample_value(gauge, {"classifier_id": "c-3"}) == 1.0
+    observer.on_train_partitions({0})  # the evicted id is not forgotten twice
+    assert registry.get_sample_value(gauge, {"classifier_id": "c-3"}) is None
+    assert registry.get_sample_value(gauge, {"classifier_id": "c-1"}) == 0.25
+
+    none = CollectorRegistry()
+    PrometheusObserver(none, classifier_series=0).on_train("c-1", 3, 0.5)
+    assert none.get_sample_value(gauge, {"classifier_id": "c-1"}) is None
+    assert none.get_sample_value("shotstream_train_examples_total") == 3
