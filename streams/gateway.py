@@ -539,7 +539,7 @@ def _field_path(loc: Any) -> str:
 
 def _is_small(value: Any) -> bool:
     try:
-        return len(json.dumps(value)) <= 200
+        return len(json.dumps(value, allow_nan=False)) <= 200  # NaN is not JSON to answer
     except (TypeError, ValueError):
         return False
 

@@ -216,6 +216,21 @@ def test_a_lone_surrogate_is_invalid_input_not_a_server_error(http: Http) -> Non
     assert not http.app.state.gateway.client._waiting
 
 
+@pytest.mark.parametrize("bad", ['"input": [NaN]', '"model": Infinity', '"labels": [-Infinity]'])
+def test_nan_where_a_string_belongs_is_a_422_not_a_server_error(http: Http, bad: str) -> None:
+    """FastAPI reads NaN and Infinity; echoing one back in ``errors[].input`` is not
+    JSON, and rendering the 422 failed with a 500."""
+    fields = {"model": '"m"', "labels": '["a"]', "input": '["x"]'}
+    name = bad.split(":")[0].strip('"')
+    raw = "{" + ", ".join(bad if k == name else f'"{k}": {v}' for k, v in fields.items()) + "}"
+    response = http.post(
+        "/v1/classify", content=raw, headers={**auth(), "Content-Type": "application/json"}
+    )
+    body = assert_error(response, 422, "INPUT_VALIDATION_FAILED")
+    assert body["errors"]
+    assert all("input" not in e for e in body["errors"])
+
+
 def test_a_body_of_many_wrong_items_gets_a_short_422(http: Http) -> None:
     body = assert_error(
         http.post("/v1/classify", json={"input": [1] * 5000, "labels": ["x"]}, headers=auth()),
