@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -18,6 +19,8 @@ from streams.broker import request_timeout, stop_consumer
 from streams.errors import OversizeRecordError
 from streams.producer import TOO_LARGE, record_size
 from streams.settings import EMBEDDED_FETCH_MAX_WAIT_MS, Settings
+
+log = logging.getLogger(__name__)
 
 
 class Answer(dict[str, Any]):
@@ -111,15 +114,26 @@ class ShotstreamClient:
 
     async def _read(self) -> None:
         assert self._consumer is not None  # noqa: S101
-        async for record in self._consumer:
+        # nothing may end this task: every request would wait for its timeout then
+        while True:
             try:
-                body = json.loads(record.value)
-            except (TypeError, ValueError):
-                continue
-            rid = body.get("request_id") if isinstance(body, dict) else None
-            future = self._waiting.get(str(rid)) if rid is not None else None
-            if future is not None and not future.done():
-                future.set_result(Answer(record.topic, body))
+                async for record in self._consumer:
+                    self._answer(record)
+                return  # the consumer was stopped
+            except Exception:
+                log.exception("reading answers failed; retrying")
+                await asyncio.sleep(1.0)
+
+    def _answer(self, record: Any) -> None:
+        """Resolve the waiting request a record answers; skip anything else."""
+        try:
+            body = json.loads(record.value)
+        except (TypeError, ValueError, RecursionError):  # not ours, or nested too deeply
+            return
+        rid = body.get("request_id") if isinstance(body, dict) else None
+        future = self._waiting.get(str(rid)) if rid is not None else None
+        if future is not None and not future.done():
+            future.set_result(Answer(record.topic, body))
 
     def expect(self, request_id: str) -> asyncio.Future[Answer]:
         """A future for the answer (prediction or dead letter) to ``request_id``."""
@@ -137,11 +151,16 @@ class ShotstreamClient:
         *,
         key: str | None,
         headers: Iterable[tuple[str, bytes]] = (),
+        partition: int | None = None,
     ) -> None:
-        """Produce one raw record and wait for the broker's ack."""
+        """Produce one raw record (to ``partition``, or the key's) and wait for the ack."""
         assert self._producer is not None  # noqa: S101
         await self._producer.send_and_wait(
-            topic, value, key=key.encode() if key is not None else None, headers=list(headers)
+            topic,
+            value,
+            key=key.encode() if key is not None else None,
+            headers=list(headers),
+            partition=partition,
         )
 
     async def send(

@@ -19,10 +19,11 @@ import pytest
 from streams.auth import hash_key
 from streams.broker import EmbeddedBroker
 from streams.cli import ROUTING_INPUTS, free_port
+from streams.client import ShotstreamClient
 from streams.processes import GatewayProcess, WorkerProcess
 from streams.settings import Settings
 from streams.worker import prepare_broker
-from tests.integration.conftest import API_KEYS
+from tests.integration.conftest import API_KEYS, with_client
 
 pytestmark = pytest.mark.integration
 
@@ -254,6 +255,26 @@ def test_worker_errors_become_http_errors(gateway: str) -> None:
         }
     again = httpx.delete(f"{gateway}/v1/classifiers/{cid}", headers=bearer(DAVE))
     assert again.status_code == 404
+
+
+def test_foreign_records_on_the_answer_topics_do_not_stop_the_replies(
+    gateway: str, broker: EmbeddedBroker
+) -> None:
+    """Anyone who may write to the predictions topic can put anything there: a record
+    nested too deeply for Python's JSON reader ended the gateway's answer reader, and
+    every request waited 30 s for its 504 from then on."""
+    settings = Settings(brokers=broker.address)
+    nested = b'{"request_id": "x", "a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+
+    async def litter(client: ShotstreamClient) -> None:
+        for value in (nested, b"\xff not json", b"[1, 2]", None):
+            await client.produce(settings.topic("predictions"), value, key="litter")
+
+    with_client(settings, litter)
+    body = {"model": "jina-embeddings-v3", "labels": ["a", "b"], "input": ["x"]}
+    answered = post(f"{gateway}/v1/classify", body)
+    assert answered.status_code == 200, answered.text
+    assert httpx.get(f"{gateway}/healthz").status_code == 200
 
 
 def test_listing_reads_its_own_writes(gateway: str) -> None:
