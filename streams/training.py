@@ -13,11 +13,13 @@ import asyncio
 import functools
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import faust
 import numpy as np
+from aiokafka.partitioner import murmur2
 from faust.types import Message, TableT
 
 from state.classifiers import (
@@ -47,11 +49,26 @@ from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
+
+def key_partition(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives a keyed record (murmur2, as the
+    Java client and aiokafka).
+
+    >>> [key_partition(k, 4) for k in (b"a", b"classifier-1", b"")]
+    [0, 3, 1]
+    """
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
+
+
 INLINE_UPDATES = 4096
 """A train request with at most this many example passes (examples x ``num_iters``,
 ~25 ms) is learned on the event loop; a larger one in a thread, so that it does not stall
 the worker's other requests: 1,024 examples x 1,000 passes take ~6 s of Python-level PA
 steps (the thread shares the GIL, so the loop still runs every few milliseconds)."""
+
+_MODEL_DEPENDENT = frozenset({ErrorCode.INPUT_INVALID, ErrorCode.MODEL_NOT_AVAILABLE})
+"""Refusals of a train request that depend on the classifier's model (an image for a
+text-only model, a model no longer loaded)."""
 
 _CREATED_MEMORY_S = 60.0
 """How long a create counts toward its owner's limit before the replica must have it."""
@@ -70,6 +87,7 @@ class TrainHandler:
         output: OutputProducer,
         observer: Observer,
         learner_settings: LearnerSettings | None = None,
+        partition_count: Callable[[str], int | None] = lambda _topic: None,
     ) -> None:
         self.settings = settings
         self.service = service
@@ -80,6 +98,9 @@ class TrainHandler:
         self.observer = observer
         self.learner_settings = learner_settings
         """Settings for every new classifier; ``None``: by the model's modality."""
+        self.partition_count = partition_count
+        """Partitions of a topic by name (Kafka's metadata), to check that a record is in
+        its key's partition; ``None``: unknown, not checked."""
         self._created: dict[str, dict[str, float]] = {}
         """owner → classifiers this worker created, not yet seen by the replica → when."""
         self._learning = ThreadPoolExecutor(1, thread_name_prefix="learn")
@@ -87,6 +108,29 @@ class TrainHandler:
         also resolves image hosts and loads models."""
         self.results_topic = settings.topic("train-results")
         self.errors_topic = settings.topic("errors")
+
+    def _check_partition(self, message: Message, classifier_id: str) -> None:
+        """A classifier's state lives in its key's partition: a record elsewhere (another
+        partitioner, a partition named by hand) would read and write a second, separate
+        classifier under the same id, and could take over someone's private id."""
+        try:
+            count = self.partition_count(message.topic)
+        except Exception:  # metadata not at hand: not checked, never a failed record
+            log.debug("no partition count for %s", message.topic, exc_info=True)
+            return
+        if not count or message.key is None:
+            return
+        expected = key_partition(bytes(message.key), count)
+        if message.partition != expected:
+            raise RequestError(
+                ErrorCode.INPUT_INVALID,
+                f"train record for classifier {classifier_id!r} is on partition "
+                f"{message.partition} of {message.topic}, but its key belongs on partition "
+                f"{expected} of {count}: a classifier's records must all be on its key's "
+                "partition, as the Kafka default partitioner (murmur2: the Java client, "
+                "aiokafka, the gateway and the CLI) puts them; librdkafka-based clients "
+                "need partitioner=murmur2_random, and a partition must not be named",
+            )
 
     def _read(self, classifier_id: str) -> ClassifierRecord | None:
         raw = self.table.get(classifier_id.encode())
@@ -113,6 +157,7 @@ class TrainHandler:
                     f"({request.classifier_id!r}): the key keeps all of a classifier's "
                     "records on one partition, in order",
                 )
+            self._check_partition(message, request.classifier_id)
             owner = owner_or_refusal(
                 self.keys, header_value(message.headers, "authorization"), "few-shot training"
             )
@@ -150,7 +195,16 @@ class TrainHandler:
             except RequestError:
                 refused = True
         model = request.model or (existing.model if existing else None)
-        embedded = await self._embed(request, model) if model and not refused else None
+        embedded = None
+        if model and not refused:
+            try:
+                embedded = await self._embed(request, model)
+            except RequestError as exc:
+                # the model came from state read before this record's turn, and records
+                # before it may delete the classifier and create it with another model: a
+                # refusal that depends on the model is decided in turn, by its model
+                if request.model is not None or exc.code not in _MODEL_DEPENDENT:
+                    raise
         async with turn:
             record = self._read(request.classifier_id)
             # a replay is answered only to the owner; anyone else is refused by _authorize

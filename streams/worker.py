@@ -79,7 +79,16 @@ def build_worker(settings: Settings) -> tuple[ShotstreamApp, ClassifyService, Pr
     keys = KeyRing(settings.all_api_keys())
     output = OutputProducer(settings, observer)
     classify = ClassifyHandler(settings, service, keys, output, observer)
-    train = TrainHandler(settings, service, table, replica, keys, output, observer)
+    train = TrainHandler(
+        settings,
+        service,
+        table,
+        replica,
+        keys,
+        output,
+        observer,
+        partition_count=lambda topic: app.consumer.topic_partitions(topic),
+    )
     in_flight = settings.batching.max_in_flight
     classify_runner = RequestAgent(classify, max_in_flight=in_flight, observer=observer)
     train_runner = RequestAgent(train, max_in_flight=in_flight, observer=observer)

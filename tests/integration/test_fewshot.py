@@ -15,6 +15,7 @@ import pytest
 from streams.broker import EmbeddedBroker
 from streams.client import ShotstreamClient
 from streams.processes import WorkerProcess
+from streams.training import key_partition
 from tests.integration.conftest import API_KEYS, client_settings, with_client
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]
@@ -239,6 +240,36 @@ def test_a_keyless_train_record_is_refused_and_nothing_is_created(
     refused, keyed = with_client(client_settings(broker), go)
     assert refused["error"]["code"] == "INPUT_INVALID"
     assert "keyed by their classifier_id" in refused["error"]["detail"]
+    assert keyed["version"] == 1
+
+
+def test_a_train_record_off_its_keys_partition_is_refused_and_nothing_is_created(
+    broker: EmbeddedBroker, worker: WorkerProcess
+) -> None:
+    """The worker keeps a classifier in its key's partition (murmur2, Kafka's default
+    partitioner); a record produced to another (librdkafka's CRC32 default, a partition
+    named by hand) would have created a second classifier under the same id there."""
+    cid = new_id()
+
+    async def go(c: ShotstreamClient) -> tuple[dict, dict]:
+        topic = c.settings.topic("train")
+        count = c.settings.partitions
+        body = {"request_id": "astray-1", "classifier_id": cid, "input": FIRST}
+        letter = c.expect("astray-1")
+        await c.produce(
+            topic,
+            json.dumps({**body, "model": "jina-embeddings-v3"}).encode(),
+            key=cid,
+            headers=[("authorization", f"Bearer {ALICE}".encode())],
+            partition=(key_partition(cid.encode(), count) + 1) % count,
+        )
+        refused = await asyncio.wait_for(letter, 120)
+        keyed = await c.train(FIRST, classifier_id=cid, api_key=ALICE, model="jina-embeddings-v3")
+        return refused, keyed
+
+    refused, keyed = with_client(client_settings(broker), go)
+    assert refused["error"]["code"] == "INPUT_INVALID"
+    assert "must all be on its key's partition" in refused["error"]["detail"]
     assert keyed["version"] == 1
 
 

@@ -19,10 +19,11 @@ import pytest
 from state.records import ClassifierRecord, decode_record, encode_record
 from streams.agents import RequestAgent
 from streams.auth import KeyRing, hash_key
+from streams.errors import ErrorCode, RequestError
 from streams.observer import Observer
 from streams.replica import ClassifierReplica
 from streams.settings import Settings
-from streams.training import TrainHandler
+from streams.training import TrainHandler, key_partition
 
 DIM = 8
 ALICE = hash_key("key-alice")  # an owner id is its key's hash
@@ -41,7 +42,9 @@ class Output:
     def answers(self) -> dict[str, Any]:
         """request_id → version (train results) or error code (dead letters)."""
         return {
-            body["request_id"]: body["error"]["code"] if body.get("error") else body["version"]
+            body["request_id"]: body["error"]["code"]
+            if body.get("error")
+            else body.get("version", "deleted" if body.get("deleted") else None)
             for _topic, body in self.sent
         }
 
@@ -251,3 +254,58 @@ def test_a_redelivery_after_the_train_topic_was_recreated_is_not_learned_twice()
     run(train_handler, new)
     assert stored(table).version == 7
     assert output.answers() == {"new0": 6, "new1": 7}
+
+
+def test_a_record_off_its_keys_partition_is_refused_not_learned_as_a_second_classifier() -> None:
+    """faust reads and writes a classifier in the record's partition: one produced
+    elsewhere (a librdkafka client's CRC32 partitioner, a partition named by hand) would
+    create a second "x" there, or let another key take over a private id."""
+    train_handler, table, output = handler({})
+    train_handler.partition_count = lambda topic: 4 if topic == "train" else None
+    home = key_partition(b"x", 4)
+
+    def on(partition: int, offset: int, body: dict[str, Any], api_key: str = "key-alice") -> Any:
+        e = event(offset, body, "x", api_key)
+        e.message.partition, e.message.tp = partition, ("train", partition)
+        return e
+
+    run(
+        train_handler,
+        [on(home, 0, train("home", "a")), on((home + 1) % 4, 0, train("elsewhere", "a"))],
+    )
+    assert output.answers() == {"home": 1, "elsewhere": "INPUT_INVALID"}
+    letter = next(b["error"]["detail"] for _t, b in output.sent if b["request_id"] == "elsewhere")
+    assert f"belongs on partition {home} of 4" in letter
+    assert stored(table).owner == ALICE
+    train_handler.partition_count = lambda topic: None  # unknown: not checked
+    output.sent.clear()
+    run(train_handler, [on((home + 1) % 4, 1, train("unknown", "b"))])
+    assert output.answers() == {"unknown": 2}
+
+
+def test_a_model_refusal_is_decided_by_the_classifier_the_record_finds_in_its_turn() -> None:
+    """x (model m1) is deleted and created again with m2 by records before r4, which names
+    no model. r4's embedding before its turn still sees m1 and is refused there (as images
+    for a text-only model are); in its turn, x is m2's, and r4 is learned."""
+    train_handler, table, output = handler({"r1": 0.2})
+    embed = train_handler._embed
+
+    async def refuse_m1(request: Any, model: str) -> tuple[np.ndarray, None, int, str]:
+        if model == "m1" and request.request_id == "r4":
+            raise RequestError(ErrorCode.INPUT_INVALID, "input[0] is an image, m1 embeds text")
+        return await embed(request, model)
+
+    train_handler._embed = refuse_m1  # type: ignore[method-assign]
+    run(train_handler, [event(0, train("r0", "a", model="m1"), "x")])
+    delete = {"request_id": "r2", "classifier_id": "x", "action": "delete"}
+    run(
+        train_handler,
+        [
+            event(1, train("r1", "b", model=None), "x"),
+            event(2, delete, "x"),
+            event(3, train("r3", "a", model="m2"), "x"),
+            event(4, train("r4", "b", model=None), "x"),
+        ],
+    )
+    assert output.answers() == {"r0": 1, "r1": 2, "r2": "deleted", "r3": 1, "r4": 2}
+    assert (stored(table).model, stored(table).version) == ("m2", 2)
