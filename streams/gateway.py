@@ -23,7 +23,7 @@ import socket
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, get_args
@@ -517,7 +517,11 @@ async def _on_validation_error(request: Request, exc: Exception) -> Response:
         errors.append(item)
     listed = errors[:MAX_VALIDATION_ERRORS]
     first = listed[0] if listed else {"field": "body", "message": "invalid"}
-    detail = _parser_detail(request, exc.body) or f"{first['field']}: {first['message']}"
+    detail = (
+        _content_type_detail(request, found)
+        or _parser_detail(request, exc.body)
+        or f"{first['field']}: {first['message']}"
+    )
     if len(errors) > len(listed):
         detail += f" ({len(errors):,} schema errors, the first {len(listed)} listed)"
     return _error(request, 422, "INPUT_VALIDATION_FAILED", detail, errors=listed)
@@ -542,6 +546,20 @@ def _is_small(value: Any) -> bool:
         return len(json.dumps(value, allow_nan=False)) <= 200  # NaN is not JSON to answer
     except (TypeError, ValueError):
         return False
+
+
+def _content_type_detail(request: Request, found: Sequence[Any]) -> str | None:
+    """Why a body sent without a JSON content type was not read (FastAPI reads JSON only
+    with one; ``curl -d`` sends a form type), in place of "not a valid dictionary"."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media == "application/json" or media.endswith("+json"):
+        return None
+    if not any(tuple(e.get("loc", ())) == ("body",) for e in found):
+        return None
+    return (
+        "the body must be a JSON object sent with Content-Type: application/json "
+        f"(this request's: {media or 'none'})"
+    )
 
 
 def _parser_detail(request: Request, body: Any) -> str | None:

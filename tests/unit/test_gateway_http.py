@@ -7,6 +7,7 @@ its lifespan (no broker); the round trip through Kafka is in tests/integration.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -373,3 +374,23 @@ def test_made_up_methods_share_one_metrics_series(http: Http) -> None:
     text = http.get("/metrics").text
     assert 'method="other"' in text
     assert 'method="X0"' not in text
+
+
+@pytest.mark.parametrize("content_type", [None, "application/x-www-form-urlencoded", "text/plain"])
+def test_a_json_body_without_its_content_type_says_so(http: Http, content_type: str | None) -> None:
+    """FastAPI reads a body as JSON only with a JSON content type (``curl -d`` sends a
+    form type); the 422 names the header instead of "not a valid dictionary"."""
+    headers = auth() if content_type is None else {**auth(), "Content-Type": content_type}
+    body = assert_error(
+        http.post("/v1/classify", content=json.dumps(ZERO_SHOT), headers=headers),
+        422,
+        "INPUT_VALIDATION_FAILED",
+    )
+    assert "Content-Type: application/json" in body["detail"]
+    assert f"this request's: {content_type or 'none'}" in body["detail"]
+    sent = http.post(
+        "/v1/classify",
+        content=json.dumps({"labels": ["a"]}),
+        headers={**auth(), "Content-Type": "application/json; charset=utf-8"},
+    )
+    assert "Content-Type" not in assert_error(sent, 422, "INPUT_VALIDATION_FAILED")["detail"]
