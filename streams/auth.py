@@ -71,7 +71,7 @@ class KeyRing:
 def owner_or_refusal(keys: KeyRing, header: str | bytes | None, what: str) -> str:
     """The owner id of an ``authorization`` header (a Kafka record's or an HTTP request's),
     or a ``RequestError`` with Jina's code (``what`` names what needs the key)."""
-    if header is None:
+    if header is None or not header.strip():  # an empty header: a key variable left unset
         raise RequestError(
             ErrorCode.AUTH_MISSING_API_KEY,
             f"Authentication required: {what} needs an 'authorization: Bearer <key>' header",

@@ -296,6 +296,8 @@ def _gateway(request: Request) -> Gateway:
 def _caller_of(request: Request, *, anonymous_ok: bool) -> Caller:
     """The caller of ``request`` (401 unless the key is valid or anonymous is allowed)."""
     raw = request.headers.get("authorization")
+    if raw is not None and not raw.strip():
+        raw = None  # an empty header is no key (anonymous zero-shot, when allowed)
     if raw is not None:
         # HTTP headers arrive as latin-1: a key sent as UTF-8 is decoded back to its text
         with contextlib.suppress(UnicodeError):

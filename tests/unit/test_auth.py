@@ -30,6 +30,8 @@ def test_a_record_without_a_valid_key_gets_jinas_auth_code() -> None:
     assert owner_or_refusal(ring, b"Bearer k-alice", "few-shot") == hash_key("k-alice")
     for header, code in (
         (None, ErrorCode.AUTH_MISSING_API_KEY),
+        (b"", ErrorCode.AUTH_MISSING_API_KEY),
+        (b"  ", ErrorCode.AUTH_MISSING_API_KEY),
         (b"Basic k-alice", ErrorCode.AUTH_INVALID_FORMAT),
         (b"Bearer ", ErrorCode.AUTH_INVALID_FORMAT),
         (b"Bearer k-mallory", ErrorCode.AUTH_INVALID_API_KEY),

@@ -78,6 +78,7 @@ def assert_error(response: Any, status: int, code: str) -> dict[str, Any]:
     ("headers", "code"),
     [
         ({}, "AUTH_MISSING_API_KEY"),
+        ({"Authorization": ""}, "AUTH_MISSING_API_KEY"),
         ({"Authorization": "Basic a2V5"}, "AUTH_INVALID_FORMAT"),
         ({"Authorization": "Bearer "}, "AUTH_INVALID_FORMAT"),
         (auth("key-mallory"), "AUTH_INVALID_API_KEY"),
@@ -105,6 +106,9 @@ def test_anonymous_zero_shot_may_be_allowed_but_few_shot_never() -> None:
     few_shot = {"classifier_id": "c-1", "input": ["x"]}
     assert_error(http.post("/v1/classify", json=few_shot), 401, "AUTH_MISSING_API_KEY")
     assert_error(http.post("/v1/train", json={"input": []}), 401, "AUTH_MISSING_API_KEY")
+    # an empty header (a key variable left unset) is no key: anonymous, on to the schema
+    blank = http.post("/v1/classify", json={"labels": ["a"]}, headers={"Authorization": ""})
+    assert_error(blank, 422, "INPUT_VALIDATION_FAILED")
 
 
 def test_schema_errors_are_422_with_field_errors(http: Http) -> None:
