@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
@@ -33,6 +34,8 @@ import certifi
 import httpx
 
 from streams.settings import ImageSettings
+
+log = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -154,6 +157,11 @@ class ImageFetcher:
             raise FetchError(f"timed out: {type(exc).__name__}") from exc
         except httpx.HTTPError as exc:
             raise FetchError(f"{type(exc).__name__}: {exc}") from exc
+        except FetchError:
+            raise
+        except Exception as exc:  # anything else a URL provokes fails its image, not a bug
+            log.warning("fetching %s failed unexpectedly", url[:200], exc_info=True)
+            raise FetchError(f"{type(exc).__name__}: {exc}") from exc
 
     async def _fetch(self, url: str) -> bytes:
         try:
@@ -190,6 +198,9 @@ class ImageFetcher:
             raise FetchError(f"invalid host name: {exc}") from exc
         if not host:
             raise FetchError("URL has no host")
+        # the name as it is resolved and travels: punycode for an internationalised one
+        # (``url.host`` is the decoded Unicode, which neither a header nor SNI can carry)
+        wire = url.raw_host.decode("ascii")
         port = url.port or (443 if url.scheme == "https" else 80)
         try:
             literal: IPAddress | None = ipaddress.ip_address(host)
@@ -199,7 +210,7 @@ class ImageFetcher:
             addresses = [str(literal)]
         else:
             try:
-                addresses = await self._resolve(host, port)
+                addresses = await self._resolve(wire, port)
             except (OSError, UnicodeError) as exc:  # UnicodeError: a label over 63 chars
                 raise FetchError(f"cannot resolve host {host!r}: {exc}") from exc
         if not addresses:
@@ -213,10 +224,10 @@ class ImageFetcher:
                     "and not on the allow-list (SHOTSTREAM_IMAGES__ALLOW_LIST)"
                 )
         pinned = url.copy_with(host=addresses[0].split("%", 1)[0])
-        host_header = host if url.port is None else f"{host}:{url.port}"
+        host_header = wire if url.port is None else f"{wire}:{url.port}"
         if ":" in host and literal is not None:
-            host_header = f"[{host}]" if url.port is None else f"[{host}]:{url.port}"
-        extensions = {"sni_hostname": host} if url.scheme == "https" and literal is None else {}
+            host_header = f"[{wire}]" if url.port is None else f"[{wire}]:{url.port}"
+        extensions = {"sni_hostname": wire} if url.scheme == "https" and literal is None else {}
         return client.build_request(
             "GET",
             pinned,

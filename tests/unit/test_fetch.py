@@ -288,3 +288,21 @@ def test_a_ca_file_that_is_not_pem_stops_the_fetcher_at_start(tmp_path: Path) ->
     for path in (bad, tmp_path / "missing.pem"):
         with pytest.raises(ValueError, match="SHOTSTREAM_IMAGES__CA_FILE"):
             ImageFetcher(ImageSettings(ca_file=path))
+
+
+def test_an_internationalised_name_travels_as_punycode(server: str) -> None:
+    """httpx gives the Unicode name (bücher.example); a Host header cannot carry it, and
+    building one raised UnicodeEncodeError: an INTERNAL_ERROR for every IDN image URL.
+    The name is resolved as it travels (IDNA 2008, not the socket module's IDNA 2003)."""
+    port = server.rsplit(":", 1)[1]
+    resolved: list[str] = []
+
+    async def resolver(host: str, port: int) -> list[str]:
+        resolved.append(host)
+        return ["127.0.0.1"]
+
+    Handler.hosts.clear()
+    for name in ("bücher.example", "xn--bcher-kva.example"):
+        assert fetch(f"http://{name}:{port}/ok.png", resolver, **LOOPBACK) == PNG
+    assert Handler.hosts == [f"xn--bcher-kva.example:{port}"] * 2
+    assert resolved == ["xn--bcher-kva.example"] * 2
