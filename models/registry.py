@@ -52,6 +52,21 @@ RETRY_FAILED_LOAD_S = 30.0
 answers the remembered error at once, not after another multi-second (or, for a big
 half-written folder, multi-gigabyte) attempt while the requests behind it wait."""
 
+FOUND_MEMORY = 1024
+"""Folder and hub names remembered as found (each spelling of a path is one entry)."""
+
+WEIGHT_SUFFIXES = frozenset({".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack"})
+
+
+def weights_bytes(folder: Path) -> int:
+    """Bytes of the weight files in a model folder (links followed, as a hub snapshot's)."""
+    total = 0
+    for path in folder.iterdir():
+        if path.suffix in WEIGHT_SUFFIXES and path.is_file():
+            total += path.stat().st_size
+    return total
+
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -174,6 +189,8 @@ class ModelRegistry:
         streams: int = 1,
         retry_failed_s: float = RETRY_FAILED_LOAD_S,
         clock: Callable[[], float] = time.monotonic,
+        max_loaded: int = 4,
+        max_model_bytes: int = 2 * 1024**3,
     ) -> None:
         self.cache_dir = cache_dir
         self.default = default
@@ -189,6 +206,13 @@ class ModelRegistry:
         self._loaded: dict[str, Encoder] = {}
         self._found: dict[str, ModelSpec] = {}
         """Folder and hub specs already found: resolving reads no files twice."""
+        self.max_loaded = max_loaded
+        """Most models named by requests (folders, hub ids: not the built-ins) loaded at
+        once: each holds its weights, batchers and threads for good."""
+        self.max_model_bytes = max_model_bytes
+        """Largest weights (bytes on disk) a folder or hub model may have: a request could
+        otherwise name any model on the disk, and one too large for memory would kill the
+        worker at every redelivery."""
         self._lock = threading.Lock()
         self.retry_failed_s = retry_failed_s
         self._clock = clock
@@ -223,6 +247,8 @@ class ModelRegistry:
             ) from exc
         if found is not None:
             self._found[target] = found
+            while len(self._found) > FOUND_MEMORY:  # spellings of paths are endless
+                del self._found[next(iter(self._found))]
             return found
         known = sorted({*self.builtins, *self.aliases})
         raise ModelNotAvailableError(
@@ -234,6 +260,7 @@ class ModelRegistry:
         """A local model folder, or a hub id (cached, or any with ``allow_download``)."""
         folder = Path(target).expanduser()
         if folder.is_dir() and (folder / "config.json").is_file():
+            self._check_size(target, folder)
             path = str(folder.resolve())
             return ModelSpec(
                 path,  # named by its real path: "m", "m/" and "./m" are one model, loaded once
@@ -244,6 +271,8 @@ class ModelRegistry:
             )
         if _HUB_ID.match(target):
             config = hub_cached_file(target, "config.json")
+            if config is not None:
+                self._check_size(target, config.parent)
             if config is not None or self.allow_download:
                 return ModelSpec(
                     target,
@@ -253,6 +282,14 @@ class ModelRegistry:
                     modality=_modality(config),
                 )
         return None
+
+    def _check_size(self, name: str, folder: Path) -> None:
+        size = weights_bytes(folder)
+        if size > self.max_model_bytes:
+            raise ModelNotAvailableError(
+                f"model {name!r} has {size / 1024**3:.1f} GiB of weights, more than "
+                f"SHOTSTREAM_MODELS__MAX_MODEL_BYTES ({self.max_model_bytes:,} bytes) allows"
+            )
 
     def load(self, spec: ModelSpec) -> Encoder:
         """Load (once) and return the encoder for ``spec``. Blocking: call off the loop.
@@ -271,6 +308,13 @@ class ModelRegistry:
                         f"{failed[1]} (failed {ago:.0f} s ago; "
                         f"tried again {self.retry_failed_s - ago:.0f} s from now)"
                     )
+            named = [n for n in self._loaded if n not in self.builtins]
+            if spec.name not in self.builtins and len(named) >= self.max_loaded:
+                raise ModelNotAvailableError(
+                    f"model {spec.name!r} is not loaded, and this worker already holds "
+                    f"{len(named)} models besides its built-in ones "
+                    f"(SHOTSTREAM_MODELS__MAX_LOADED={self.max_loaded}; they stay loaded)"
+                )
             try:
                 encoder = self._build(spec)
             except Exception as exc:

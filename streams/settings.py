@@ -97,6 +97,11 @@ class ModelSettings(BaseModel):
     temperature: float = Field(0.05, gt=0)
     """Zero-shot softmax temperature over cosine similarities."""
     label_cache_size: int = Field(100_000, ge=0)
+    max_loaded: int = Field(4, ge=0)
+    """Most models named by requests (local folders, cached hub ids) a worker loads, besides
+    the built-in ones; each stays loaded. Another one is ``MODEL_NOT_AVAILABLE``."""
+    max_model_bytes: int = Field(2 * 1024**3, ge=1)
+    """Largest weights (bytes on disk) of a folder or hub model a request may name."""
     torch_threads: int = Field(0, ge=0)
     """torch's threads per compute stream. 0: the cores divided among the streams."""
 

@@ -54,6 +54,8 @@ def make_registry(settings: Settings, device: str, dtype: str) -> ModelRegistry:
         dtype=dtype,
         clip_model=settings.images.clip_model,
         streams=plan_compute(settings, device),
+        max_loaded=settings.models.max_loaded,
+        max_model_bytes=settings.models.max_model_bytes,
     )
 
 

@@ -162,3 +162,35 @@ def test_a_name_no_folder_or_hub_id_can_have_is_model_not_available(
     reg = ModelRegistry(cache_dir=tmp_path)
     with pytest.raises(ModelNotAvailableError, match="not available"):
         reg.resolve(name)
+
+
+def test_models_named_by_requests_are_bounded_in_size_and_number(tmp_path: Path) -> None:
+    """A request may name any model folder on the disk: one too large for memory would
+    kill the worker at every redelivery, and each one loaded stays loaded."""
+    folders = []
+    for name in ("a", "b", "huge"):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.json").write_text('{"model_type": "bert"}')
+        with (folder / "model.safetensors").open("wb") as f:
+            f.truncate(3 * 1024**3 if name == "huge" else 1024)  # sparse: no disk used
+        folders.append(str(folder))
+    reg = ModelRegistry(cache_dir=tmp_path, max_loaded=1)
+    with pytest.raises(ModelNotAvailableError, match=r"3\.0 GiB of weights.*MAX_MODEL_BYTES"):
+        reg.resolve(folders[2])
+    built: list[str] = []
+
+    def build(spec: ModelSpec) -> Encoder:
+        built.append(spec.name)
+        return HashTextEncoder(dim=4)
+
+    reg._build = build  # type: ignore[method-assign]  # a stand-in for the weights
+    first = reg.load(reg.resolve(folders[0]))
+    assert reg.load(reg.resolve(folders[0])) is first  # loaded ones still serve
+    with pytest.raises(ModelNotAvailableError, match="MAX_LOADED=1"):
+        reg.load(reg.resolve(folders[1]))
+    reg.load(reg.resolve("all-MiniLM-L6-v2"))  # built-ins do not count
+    assert built == [str(Path(folders[0]).resolve()), "all-MiniLM-L6-v2"]
+    for i in range(2000):  # every spelling of a path is remembered, up to a bound
+        reg.resolve(folders[0] + "/." * (i % 50) + "/" * (i // 50))
+    assert len(reg._found) <= 1024
