@@ -44,12 +44,23 @@ class LabelVectors:
     tokens: int
 
 
+HEAD_CHARS_PER_TOKEN = 32
+"""A text longer than this many characters per allowed token is checked by its head first
+(real text runs 3 to 6 characters per token)."""
+HEAD_MARGIN_TOKENS = 16
+"""Tokens a head cut mid-word may count beyond what its characters count in the whole."""
+
+
 class LabelTooLongError(ValueError):
     """A label over ``max_label_tokens``: refused after tokenizing, before embedding."""
 
-    def __init__(self, label: str, count: int, limit: int) -> None:
+    def __init__(self, label: str, count: int, limit: int, *, head: bool = False) -> None:
         shown = f"{label[:40]!r}{'…' if len(label) > 40 else ''}"
-        super().__init__(f"label {shown} has {count} tokens, at most {limit} allowed")
+        has = f"{count} tokens"
+        if head:  # counted in its head only
+            head_chars = HEAD_CHARS_PER_TOKEN * limit
+            has = f"over {limit} tokens ({count} in its first {head_chars:,} characters)"
+        super().__init__(f"label {shown} has {has}, at most {limit} allowed")
 
 
 class EmbeddingRuntime:
@@ -189,6 +200,23 @@ class EmbeddingRuntime:
         ids = [truncate(i, window) if len(i) > window else i for i in ids]
         return Tokenized(ids, counts, sum(1 for c in counts if c > window))
 
+    async def over_limit_heads(self, texts: Sequence[str], limit: int) -> dict[int, int]:
+        """Positions of texts whose first ``HEAD_CHARS_PER_TOKEN x limit`` characters alone
+        hold over ``limit`` tokens (with their head's count), found without tokenizing the
+        whole: megabytes of text took seconds of the tokenizer thread (and hundreds of MB)
+        only to be refused. A head cut mid-word may count a few tokens more than the same
+        characters in the whole text: ``HEAD_MARGIN_TOKENS`` allows for that."""
+        cap = HEAD_CHARS_PER_TOKEN * limit
+        long = [position for position, text in enumerate(texts) if len(text) > cap]
+        if not long:
+            return {}
+        heads = await self.tokenize([texts[position][:cap] for position in long])
+        return {
+            position: count
+            for position, count in zip(long, heads.counts, strict=True)
+            if count > limit + HEAD_MARGIN_TOKENS
+        }
+
     async def embed(self, ids: Sequence[TokenIds]) -> Vectors:
         """Embed token ids through the shared micro-batcher."""
         return await self.batcher.submit(ids)
@@ -269,18 +297,24 @@ class EmbeddingRuntime:
     ) -> None:
         kept = missing
         try:
-            tokenized = await self.tokenize(missing)
             limit = self.max_label_tokens
+            if limit is not None:
+                for position, count in (await self.over_limit_heads(missing, limit)).items():
+                    label = missing[position]
+                    futures[label].set_exception(LabelTooLongError(label, count, limit, head=True))
+                    futures[label].exception()  # consumed here; waiters re-raise it
+                kept = [label for label in missing if not futures[label].done()]
+            tokenized = await self.tokenize(kept)
             if limit is not None and max(tokenized.counts, default=0) > limit:
                 # only the long ones fail (never cached): another request may wait on the rest
                 keep = []
-                for i, (label, count) in enumerate(zip(missing, tokenized.counts, strict=True)):
+                for i, (label, count) in enumerate(zip(kept, tokenized.counts, strict=True)):
                     if count > limit:
                         futures[label].set_exception(LabelTooLongError(label, count, limit))
                         futures[label].exception()  # consumed here; waiters re-raise it
                     else:
                         keep.append(i)
-                kept = [missing[i] for i in keep]
+                kept = [kept[i] for i in keep]
                 tokenized = Tokenized(
                     [tokenized.ids[i] for i in keep], [tokenized.counts[i] for i in keep], 0
                 )

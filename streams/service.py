@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from models.fewshot import NonFiniteInputError, check_finite
 from models.registry import IMAGE, TEXT, ModelRegistry, ModelSpec
-from models.runtime import EmbeddingRuntime, Tokenized
+from models.runtime import HEAD_CHARS_PER_TOKEN, EmbeddingRuntime, Tokenized
 from models.scoring import ranked, softmax
 from state.classifiers import learner, may_read
 from streams.errors import ErrorCode, RequestError
@@ -100,8 +100,9 @@ class ClassifyService:
         """Tokenize, enforce the per-input token limit, count truncations.
 
         ``indices`` are the texts' positions in the request (for error details)."""
-        tokenized = await runtime.tokenize(texts)
         limit = self.settings.limits.max_tokens_per_input
+        await self._refuse_long_heads(runtime, texts, indices, limit)
+        tokenized = await runtime.tokenize(texts)
         for position, count in enumerate(tokenized.counts):
             if count > limit:
                 index = indices[position] if indices is not None else position
@@ -112,6 +113,24 @@ class ClassifyService:
         if tokenized.truncated:
             self.observer.on_truncated(runtime.name, tokenized.truncated)
         return tokenized
+
+    async def _refuse_long_heads(
+        self,
+        runtime: EmbeddingRuntime,
+        texts: list[str],
+        indices: Sequence[int] | None,
+        limit: int,
+    ) -> None:
+        """``INPUT_TOO_LONG`` for a text whose head alone is over ``limit`` tokens, before
+        the whole is tokenized (see :meth:`EmbeddingRuntime.over_limit_heads`)."""
+        for position, count in (await runtime.over_limit_heads(texts, limit)).items():
+            index = indices[position] if indices is not None else position
+            raise RequestError(
+                ErrorCode.INPUT_TOO_LONG,
+                f"input[{index}] has over {limit} tokens ({count} in its first "
+                f"{HEAD_CHARS_PER_TOKEN * limit:,} of {len(texts[position]):,} characters), "
+                f"at most {limit} allowed",
+            )
 
     async def classify(self, request: ClassifyRequest, owner: str | None = None) -> dict[str, Any]:
         """Answer one classify request (DESIGN.md response body, ``request_id`` first).
