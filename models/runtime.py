@@ -44,6 +44,10 @@ class LabelVectors:
     tokens: int
 
 
+LABEL_CACHE_MAX_CHARS = 1024
+"""Longer labels are embedded for each request, never cached: the cache counts labels, and
+100,000 of them at 40 kB each would hold 4 GB of strings."""
+
 HEAD_CHARS_PER_TOKEN = 32
 """A text longer than this many characters per allowed token is checked by its head first
 (real text runs 3 to 6 characters per token)."""
@@ -239,7 +243,9 @@ class EmbeddingRuntime:
             self._label_sets.move_to_end(key)
             return hit
         found = await self._labels(labels)
-        if 0 < len(key) <= self._label_cache_size:
+        if 0 < len(key) <= self._label_cache_size and all(
+            len(label) <= LABEL_CACHE_MAX_CHARS for label in key
+        ):
             if key not in self._label_sets:  # (a request for the same list may be first)
                 self._label_set_rows += len(key)
             self._label_sets[key] = found
@@ -335,7 +341,7 @@ class EmbeddingRuntime:
         for label, vec, count in zip(kept, vectors, tokenized.counts, strict=True):
             entry = (vec, count)
             futures[label].set_result(entry)
-            if self._label_cache_size:
+            if self._label_cache_size and len(label) <= LABEL_CACHE_MAX_CHARS:
                 self._label_cache[label] = entry
         while len(self._label_cache) > self._label_cache_size:
             self._label_cache.popitem(last=False)

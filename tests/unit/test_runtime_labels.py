@@ -94,6 +94,30 @@ def test_whole_label_lists_are_kept_within_the_label_cache_size() -> None:
     assert rows == 10
 
 
+def test_long_labels_are_embedded_but_never_cached() -> None:
+    """The caches count labels, not bytes: 40 requests of 256 labels of 40 kB took a worker
+    from 37 to 481 MB. A label over 1,024 characters is embedded for each request."""
+
+    async def go() -> tuple[int, int, int]:
+        runtime = EmbeddingRuntime(HashTextEncoder(dim=8), max_wait_s=0.001)
+        try:
+            long = "word " * 2_000
+            first = await runtime.labels(["short", long])
+            again = await runtime.labels(["short", long])
+            assert np.array_equal(first.vectors, again.vectors)
+            assert first.tokens == again.tokens
+            return (
+                len(runtime._label_cache),
+                len(runtime._label_sets),
+                max((len(label) for label in runtime._label_cache), default=0),
+            )
+        finally:
+            await runtime.aclose()
+
+    cached, lists, longest = asyncio.run(go())
+    assert (cached, lists, longest) == (1, 0, len("short"))
+
+
 def test_long_inputs_keep_only_the_window_of_ids_and_count_in_full() -> None:
     """A 1,000-token input keeps the 16 ids its model embeds (first 15 and the end token),
     not 1,000 until it is answered; usage still counts 1,000, and the vector is the same."""
