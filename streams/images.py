@@ -1,8 +1,8 @@
 """Image inputs → preprocessed pixels: fetch concurrently, decode and preprocess off the loop.
 
 A request's image items are fetched at once (URLs, bounded per worker by
-``images.fetch_concurrency``) or base64-decoded, then decoded and preprocessed for the
-model in a small thread pool, never on the event loop. Any failure fails the request
+``images.fetch_concurrency``) or base64-decoded, each then decoded and preprocessed for
+the model in a small thread pool, never on the event loop. Any failure fails the request
 with ``IMAGE_FETCH_FAILED`` or ``IMAGE_INVALID`` and a detail naming the input's index.
 """
 
@@ -14,7 +14,7 @@ import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar, cast
+from typing import TypeVar
 
 from models.images import (
     ImageDecodeError,
@@ -56,38 +56,54 @@ class ImageLoader:
     async def load(
         self, values: Sequence[str], indices: Sequence[int], encoder: ImageEncoder
     ) -> LoadedImages:
-        """Preprocessed images for ``values`` (request positions ``indices``)."""
-        raw = _first_error_in_order(
-            await asyncio.gather(
-                *(self._bytes(value, index) for value, index in zip(values, indices, strict=True)),
-                return_exceptions=True,
-            )
-        )
-        loop = asyncio.get_running_loop()
-        prepared = _first_error_in_order(
-            await asyncio.gather(
-                *(
-                    loop.run_in_executor(self._pool, self._prepare, data, index, encoder)
-                    for data, index in zip(raw, indices, strict=True)
-                ),
-                return_exceptions=True,
-            )
-        )
+        """Preprocessed images for ``values`` (request positions ``indices``).
+
+        Each item is fetched (or base64-decoded), decoded and preprocessed on its own, so
+        only its pixels outlive it; a fetched body is decoded while it still holds its
+        fetch slot, so at most ``fetch_concurrency`` bodies are held per worker (all of a
+        request's were, until the last one arrived: up to 1,024 x 8 MB). The first
+        failure cancels the items after it; the lowest failing index is the one reported.
+        All of it within ``request_timeout_s``."""
+        tasks = [
+            asyncio.ensure_future(self._one(value, index, encoder))
+            for value, index in zip(values, indices, strict=True)
+        ]
+        try:
+            async with asyncio.timeout(self.settings.request_timeout_s):
+                prepared = await _lowest_error_first(tasks)
+        except TimeoutError as exc:
+            ready = sum(1 for t in tasks if t.done() and not t.cancelled() and not t.exception())
+            raise RequestError(
+                ErrorCode.IMAGE_FETCH_FAILED,
+                f"the request's images were not all fetched and decoded within "
+                f"{self.settings.request_timeout_s:g} s ({ready} of {len(tasks)} were; "
+                "SHOTSTREAM_IMAGES__REQUEST_TIMEOUT_S)",
+            ) from exc
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         return LoadedImages([p for p, _ in prepared], [t for _, t in prepared])
 
-    async def _bytes(self, value: str, index: int) -> bytes:
+    async def _one(self, value: str, index: int, encoder: ImageEncoder) -> tuple[Pixels, int]:
         value = value.strip()
-        if _URL.match(value):
-            if self._fetch_slots is None:
-                self._fetch_slots = asyncio.Semaphore(self.settings.fetch_concurrency)
+        loop = asyncio.get_running_loop()
+        if not _URL.match(value):
+            data = await self._base64(value, index)
+            return await loop.run_in_executor(self._pool, self._prepare, data, index, encoder)
+        if self._fetch_slots is None:
+            self._fetch_slots = asyncio.Semaphore(self.settings.fetch_concurrency)
+        async with self._fetch_slots:
             try:
-                async with self._fetch_slots:
-                    data = await self.fetcher.fetch(value)
+                data = await self.fetcher.fetch(value)
             except FetchError as exc:
                 raise RequestError(
                     ErrorCode.IMAGE_FETCH_FAILED, f"input[{index}]: {_shorten(value)}: {exc}"
                 ) from exc
-            return data
+            # decoded with the slot held: a slot's body is dropped before the next comes
+            return await loop.run_in_executor(self._pool, self._prepare, data, index, encoder)
+
+    async def _base64(self, value: str, index: int) -> bytes:
         try:  # megabytes of base64: decoded in the pool, never on the event loop
             return await asyncio.get_running_loop().run_in_executor(
                 self._pool,
@@ -115,10 +131,24 @@ def _shorten(url: str, limit: int = 120) -> str:
     return url if len(url) <= limit else url[: limit - 1] + "…"
 
 
-def _first_error_in_order(results: list[T | BaseException]) -> list[T]:
-    """The results, or the error of the lowest failing index (the same one every time,
-    whichever fetch failed first)."""
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    return cast("list[T]", results)
+async def _lowest_error_first(tasks: Sequence[asyncio.Future[T]]) -> list[T]:
+    """The tasks' results in order, or the error of the lowest failing index (the same one
+    every time, whichever failed first). A failure cancels the tasks after it, which can no
+    longer be the one reported; those before it run on, since one of them may fail too."""
+    position = {task: k for k, task in enumerate(tasks)}
+    failed = len(tasks)
+    pending = set(tasks)
+    while pending:
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            if task.exception() is not None:
+                failed = min(failed, position[task])
+        later = {task for task in pending if position[task] > failed}
+        for task in later:
+            task.cancel()
+        pending -= later
+    if failed < len(tasks):
+        error = tasks[failed].exception()
+        assert error is not None  # noqa: S101 - it failed
+        raise error
+    return [task.result() for task in tasks]

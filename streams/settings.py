@@ -153,7 +153,10 @@ class ImageSettings(BaseModel):
     max_pixels: int = Field(40_000_000, ge=1)
     """Largest decoded image (width x height), checked before decoding."""
     fetch_concurrency: int = Field(16, ge=1)
-    """URLs fetched at once per worker."""
+    """URLs fetched (and their images decoded) at once per worker."""
+    request_timeout_s: float = Field(120.0, gt=0)
+    """Longest all of one request's images may take to fetch and decode (``total_timeout_s``
+    bounds each fetch; this, a request of many slow ones)."""
     max_batch_size: int = Field(4, ge=1)
     """Images per model call. On a CPU EfficientNet-Lite0 is fastest at 1-4 (its
     activations at 224 px stay in cache): 69-84 images/s at batch 4 on two compute
