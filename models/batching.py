@@ -86,7 +86,8 @@ class _FairQueue(Generic[Item]):
     """Items waiting for the model, one lane per request, taken in turn from each lane.
 
     The same face as the ``asyncio.Queue`` it replaces: ``put`` waits while ``maxsize``
-    items wait; ``get`` waits for an item; ``get_nowait`` raises ``asyncio.QueueEmpty``.
+    items wait (unless its request has none waiting: at most one item per request past
+    ``maxsize``); ``get`` waits for an item; ``get_nowait`` raises ``asyncio.QueueEmpty``.
     A first-come queue served a request's items all before the next request's: behind
     one 1,024-input request, a 1-input request waited for every one of them (530 ms
     with a 1 ms-per-item model; tens of seconds for a real one on a CPU)."""
@@ -112,7 +113,11 @@ class _FairQueue(Generic[Item]):
         self._taken()
 
     async def put(self, pending: _Pending[Item]) -> None:
-        while self._size >= self._maxsize:
+        # full: a request with nothing queued still gets its turn's item in (the bound is
+        # passed by at most one item per request in flight). Otherwise the requests that
+        # waited first, large ones, took every freed place, and a 1-input request waited
+        # behind most of their items
+        while self._size >= self._maxsize and self._lanes.get(pending.request):
             self._space.clear()
             await self._space.wait()
         lane = self._lanes.get(pending.request)

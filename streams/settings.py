@@ -46,7 +46,8 @@ class BatchingSettings(BaseModel):
     """Cost of one model call in padded tokens: a batch is split by length only where that
     saves more padding than this."""
     max_queue: int = Field(8192, ge=1)
-    """Inputs waiting for the model; producers wait (backpressure) when it is full."""
+    """Inputs waiting for the model; producers wait (backpressure) when it is full, except
+    a request with none waiting, which always gets one in (its turn in the round-robin)."""
     max_in_flight: int = Field(256, ge=1)
     """Requests a worker processes at once (their inputs share batches)."""
     compute_streams: int = Field(0, ge=0)

@@ -361,3 +361,26 @@ def test_a_small_request_is_not_held_back_by_a_large_one_queued_before_it() -> N
     first = next(n for n, call in enumerate(rec.calls) if [1000] in call)
     assert first <= 1
     assert sum(len(c) for c in rec.calls) == 201
+
+
+def test_a_small_request_gets_its_turn_also_when_the_queue_is_full() -> None:
+    """Turns were taken only among queued items: with the queue full, each freed place went
+    to the request that waited first, and a 1-input request waited behind most of the
+    large ones' items. A request with nothing queued now always gets one item in."""
+    rec = Recorder(delay_s=0.005)
+
+    async def go() -> None:
+        async with MicroBatcher(rec, max_batch_size=4, max_wait_s=0.001, max_queue=8) as b:
+            large = [
+                asyncio.ensure_future(b.submit([[1000 * r + k] for k in range(60)]))
+                for r in range(1, 4)
+            ]
+            await asyncio.sleep(0.02)  # the queue is full; the large requests wait on it
+            small = await b.submit([[7]])
+            assert small[:, 0].tolist() == [7]
+            await asyncio.gather(*large)
+
+    run(go())
+    first = next(n for n, call in enumerate(rec.calls) if [7] in call)
+    assert first <= 10  # of about 45 calls: not after most of the 180 large items
+    assert sum(len(c) for c in rec.calls) == 181
