@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import sys
@@ -89,7 +90,7 @@ def build_worker(settings: Settings) -> tuple[ShotstreamApp, ClassifyService, Pr
         keys,
         output,
         observer,
-        partition_count=lambda topic: app.consumer.topic_partitions(topic),
+        partition_count=functools.partial(subscribed_partitions, app),
     )
     in_flight = settings.batching.max_in_flight
     classify_runner = RequestAgent(classify, max_in_flight=in_flight, observer=observer)
@@ -143,6 +144,15 @@ def build_worker(settings: Settings) -> tuple[ShotstreamApp, ClassifyService, Pr
         await output.stop()
 
     return app, service, observer
+
+
+def subscribed_partitions(app: ShotstreamApp, topic: str) -> int | None:
+    """Partitions of a topic this worker consumes, from its consumer's cluster metadata
+    (every group member has it; faust's ``topic_partitions`` reads the assignment snapshot
+    only the group's leader fills in). ``None`` before the consumer runs."""
+    consumer: Any = app.consumer
+    found = consumer._thread._ensure_consumer().partitions_for_topic(topic)
+    return len(found) if found else None
 
 
 async def prepare_broker(settings: Settings) -> list[str]:

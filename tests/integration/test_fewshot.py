@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -16,7 +17,7 @@ from streams.broker import EmbeddedBroker
 from streams.client import ShotstreamClient
 from streams.processes import WorkerProcess
 from streams.training import key_partition
-from tests.integration.conftest import API_KEYS, client_settings, with_client
+from tests.integration.conftest import API_KEYS, client_settings, with_client, worker_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]
 
@@ -244,32 +245,50 @@ def test_a_keyless_train_record_is_refused_and_nothing_is_created(
 
 
 def test_a_train_record_off_its_keys_partition_is_refused_and_nothing_is_created(
-    broker: EmbeddedBroker, worker: WorkerProcess
+    broker: EmbeddedBroker,
+    worker: WorkerProcess,
+    model_cache: Path,
+    tmp_path: Path,
 ) -> None:
-    """The worker keeps a classifier in its key's partition (murmur2, Kafka's default
+    """A worker keeps a classifier in its key's partition (murmur2, Kafka's default
     partitioner); a record produced to another (librdkafka's CRC32 default, a partition
-    named by hand) would have created a second classifier under the same id there."""
-    cid = new_id()
+    named by hand) would have created a second classifier under the same id there. Two
+    workers share the partitions: every member checks, not only the group's leader (whose
+    assignment snapshot faust's own partition count reads)."""
+    count = client_settings(broker).partitions
+    ids = {}
+    for partition in range(count):  # one astray record on every partition
+        cid = new_id()
+        while key_partition(cid.encode(), count) == partition:
+            cid = new_id()
+        ids[partition] = cid
 
-    async def go(c: ShotstreamClient) -> tuple[dict, dict]:
-        topic = c.settings.topic("train")
-        count = c.settings.partitions
-        body = {"request_id": "astray-1", "classifier_id": cid, "input": FIRST}
-        letter = c.expect("astray-1")
-        await c.produce(
-            topic,
-            json.dumps({**body, "model": "jina-embeddings-v3"}).encode(),
-            key=cid,
-            headers=[("authorization", f"Bearer {ALICE}".encode())],
-            partition=(key_partition(cid.encode(), count) + 1) % count,
+    async def go(c: ShotstreamClient) -> tuple[list[dict], dict]:
+        letters = []
+        for partition, cid in ids.items():
+            rid = f"astray-{partition}"
+            letters.append(c.expect(rid))
+            body = {"request_id": rid, "classifier_id": cid, "input": FIRST}
+            await c.produce(
+                c.settings.topic("train"),
+                json.dumps({**body, "model": "jina-embeddings-v3"}).encode(),
+                key=cid,
+                headers=[("authorization", f"Bearer {ALICE}".encode())],
+                partition=partition,
+            )
+        refused = [await asyncio.wait_for(letter, 180) for letter in letters]
+        keyed = await c.train(
+            FIRST, classifier_id=ids[0], api_key=ALICE, model="jina-embeddings-v3"
         )
-        refused = await asyncio.wait_for(letter, 120)
-        keyed = await c.train(FIRST, classifier_id=cid, api_key=ALICE, model="jina-embeddings-v3")
         return refused, keyed
 
-    refused, keyed = with_client(client_settings(broker), go)
-    assert refused["error"]["code"] == "INPUT_INVALID"
-    assert "must all be on its key's partition" in refused["error"]["detail"]
+    env = worker_env(broker, tmp_path / "second", model_cache)
+    with WorkerProcess(env, tmp_path / "second.log") as second:
+        second.wait_ready(600)
+        refused, keyed = with_client(client_settings(broker), go)
+    for letter in refused:
+        assert letter["error"]["code"] == "INPUT_INVALID", letter
+        assert "must all be on its key's partition" in letter["error"]["detail"]
     assert keyed["version"] == 1
 
 
