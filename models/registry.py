@@ -59,12 +59,12 @@ WEIGHT_SUFFIXES = frozenset({".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h
 
 
 def weights_bytes(folder: Path) -> int:
-    """Bytes of the weight files in a model folder (links followed, as a hub snapshot's)."""
-    total = 0
-    for path in folder.iterdir():
-        if path.suffix in WEIGHT_SUFFIXES and path.is_file():
-            total += path.stat().st_size
-    return total
+    """Bytes of the weights a model folder loads (links followed, as a hub snapshot's):
+    its safetensors files where it has any (transformers prefers them; a repository often
+    ships the same weights as ``.bin`` too), its other weight files otherwise."""
+    files = [p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file()]
+    safetensors = [p for p in files if p.suffix == ".safetensors"]
+    return sum(p.stat().st_size for p in (safetensors or files))
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -213,6 +213,9 @@ class ModelRegistry:
         """Largest weights (bytes on disk) a folder or hub model may have: a request could
         otherwise name any model on the disk, and one too large for memory would kill the
         worker at every redelivery."""
+        self._configured: set[str] = set()
+        """Models the operator configured (default, aliases, CLIP): never refused by the
+        bounds above."""
         self._lock = threading.Lock()
         self.retry_failed_s = retry_failed_s
         self._clock = clock
@@ -234,8 +237,12 @@ class ModelRegistry:
             target = self.clip_model
         if target in self.builtins:
             return self.builtins[target]
+        # the operator's own choices (the default, an alias, the CLIP model) are not
+        # bounded like the names requests bring
+        configured = requested == self.default or requested in self.aliases
+        configured = configured or target == self.clip_model
         try:
-            found = self._found.get(target) or self._find(target)
+            found = self._found.get(target) or self._find(target, configured=configured)
         except (OSError, RuntimeError, ValueError) as exc:
             # not a name a folder or a hub id can have: "~nobody/x" (no such home), a
             # 300-character name (too long for a file name), an invalid hub id
@@ -246,6 +253,8 @@ class ModelRegistry:
                 f"Hugging Face id ({type(exc).__name__}: {reason})"
             ) from exc
         if found is not None:
+            if configured:
+                self._configured.add(found.name)
             self._found[target] = found
             while len(self._found) > FOUND_MEMORY:  # spellings of paths are endless
                 del self._found[next(iter(self._found))]
@@ -256,11 +265,12 @@ class ModelRegistry:
             "(or a local model folder / a cached Hugging Face id)"
         )
 
-    def _find(self, target: str) -> ModelSpec | None:
+    def _find(self, target: str, *, configured: bool = False) -> ModelSpec | None:
         """A local model folder, or a hub id (cached, or any with ``allow_download``)."""
         folder = Path(target).expanduser()
         if folder.is_dir() and (folder / "config.json").is_file():
-            self._check_size(target, folder)
+            if not configured:
+                self._check_size(target, folder)
             path = str(folder.resolve())
             return ModelSpec(
                 path,  # named by its real path: "m", "m/" and "./m" are one model, loaded once
@@ -271,7 +281,7 @@ class ModelRegistry:
             )
         if _HUB_ID.match(target):
             config = hub_cached_file(target, "config.json")
-            if config is not None:
+            if config is not None and not configured:
                 self._check_size(target, config.parent)
             if config is not None or self.allow_download:
                 return ModelSpec(
@@ -308,8 +318,9 @@ class ModelRegistry:
                         f"{failed[1]} (failed {ago:.0f} s ago; "
                         f"tried again {self.retry_failed_s - ago:.0f} s from now)"
                     )
-            named = [n for n in self._loaded if n not in self.builtins]
-            if spec.name not in self.builtins and len(named) >= self.max_loaded:
+            exempt = self.builtins.keys() | self._configured
+            named = [n for n in self._loaded if n not in exempt]
+            if spec.name not in exempt and len(named) >= self.max_loaded:
                 raise ModelNotAvailableError(
                     f"model {spec.name!r} is not loaded, and this worker already holds "
                     f"{len(named)} models besides its built-in ones "

@@ -100,9 +100,11 @@ class ModelSettings(BaseModel):
     label_cache_size: int = Field(100_000, ge=0)
     max_loaded: int = Field(4, ge=0)
     """Most models named by requests (local folders, cached hub ids) a worker loads, besides
-    the built-in ones; each stays loaded. Another one is ``MODEL_NOT_AVAILABLE``."""
+    the built-in ones and the operator's (default, aliases, CLIP); each stays loaded.
+    Another one is ``MODEL_NOT_AVAILABLE``."""
     max_model_bytes: int = Field(2 * 1024**3, ge=1)
-    """Largest weights (bytes on disk) of a folder or hub model a request may name."""
+    """Largest weights (bytes on disk) of a folder or hub model a request may name (the
+    operator's own models are not checked)."""
     torch_threads: int = Field(0, ge=0)
     """torch's threads per compute stream. 0: the cores divided among the streams."""
 
@@ -155,7 +157,7 @@ class ImageSettings(BaseModel):
     """Largest decoded image (width x height), checked before decoding."""
     fetch_concurrency: int = Field(16, ge=1)
     """URLs fetched (and their images decoded) at once per worker."""
-    request_timeout_s: float = Field(120.0, gt=0)
+    request_timeout_s: float = Field(300.0, gt=0)
     """Longest all of one request's images may take to fetch and decode (``total_timeout_s``
     bounds each fetch; this, a request of many slow ones)."""
     max_batch_size: int = Field(4, ge=1)

@@ -33,7 +33,7 @@ from state.classifiers import (
 from state.records import ClassifierRecord, decode_record, encode_record, read_ownership
 from streams.agents import Turn, encode, send_dead_letter
 from streams.auth import KeyRing, header_value, owner_or_refusal
-from streams.errors import ErrorCode, RequestError
+from streams.errors import ErrorCode, RequestError, to_request_error
 from streams.observer import Observer
 from streams.producer import OutputProducer
 from streams.records import (
@@ -157,7 +157,10 @@ class TrainHandler:
                     f"({request.classifier_id!r}): the key keeps all of a classifier's "
                     "records on one partition, in order",
                 )
-            self._check_partition(message, request.classifier_id)
+            if not isinstance(request, DeleteRequest):
+                # a delete finds nothing off its key's partition but what was put there
+                # before this check (by a librdkafka client, say): the owner may remove it
+                self._check_partition(message, request.classifier_id)
             owner = owner_or_refusal(
                 self.keys, header_value(message.headers, "authorization"), "few-shot training"
             )
@@ -199,11 +202,11 @@ class TrainHandler:
         if model and not refused:
             try:
                 embedded = await self._embed(request, model)
-            except RequestError as exc:
+            except Exception as exc:
                 # the model came from state read before this record's turn, and records
                 # before it may delete the classifier and create it with another model: a
                 # refusal that depends on the model is decided in turn, by its model
-                if request.model is not None or exc.code not in _MODEL_DEPENDENT:
+                if request.model is not None or to_request_error(exc).code not in _MODEL_DEPENDENT:
                     raise
         async with turn:
             record = self._read(request.classifier_id)

@@ -194,3 +194,31 @@ def test_models_named_by_requests_are_bounded_in_size_and_number(tmp_path: Path)
     for i in range(2000):  # every spelling of a path is remembered, up to a bound
         reg.resolve(folders[0] + "/." * (i % 50) + "/" * (i // 50))
     assert len(reg._found) <= 1024
+
+
+def test_the_operators_own_models_are_not_bounded_like_the_names_requests_bring(
+    tmp_path: Path,
+) -> None:
+    """The default, an alias and the CLIP model are the operator's choice: a default over
+    the size cap, or with MAX_LOADED 0, would stop the worker at start. A repository that
+    ships its weights twice (safetensors and .bin) counts once."""
+
+    def folder(name: str, **weights: int) -> str:
+        path = tmp_path / name
+        path.mkdir()
+        (path / "config.json").write_text('{"model_type": "bert"}')
+        for filename, size in weights.items():
+            with (path / filename.replace("_", ".")).open("wb") as f:
+                f.truncate(size)
+        return str(path)
+
+    big = folder("big", model_safetensors=3 * 1024**3)
+    twice = folder("twice", model_safetensors=1200 * 1024**2, pytorch_model_bin=1200 * 1024**2)
+    aliased = folder("aliased", model_safetensors=3 * 1024**3)
+    reg = ModelRegistry(cache_dir=tmp_path, default=big, aliases={"house": aliased}, max_loaded=0)
+    reg._build = lambda spec: HashTextEncoder(dim=4)  # type: ignore[method-assign]
+    reg.load(reg.resolve(None))
+    reg.load(reg.resolve("house"))
+    assert reg.resolve(twice).name == str(Path(twice).resolve())  # 1.2 GiB, not 2.3
+    with pytest.raises(ModelNotAvailableError, match="MAX_LOADED=0"):
+        reg.load(reg.resolve(twice))  # a name a request brought

@@ -16,6 +16,7 @@ import numpy as np
 import orjson
 import pytest
 
+from models.registry import ModelNotAvailableError
 from state.records import ClassifierRecord, decode_record, encode_record
 from streams.agents import RequestAgent
 from streams.auth import KeyRing, hash_key
@@ -277,13 +278,26 @@ def test_a_record_off_its_keys_partition_is_refused_not_learned_as_a_second_clas
     letter = next(b["error"]["detail"] for _t, b in output.sent if b["request_id"] == "elsewhere")
     assert f"belongs on partition {home} of 4" in letter
     assert stored(table).owner == ALICE
+    # a delete is not checked: off its key's partition it finds only what was put there
+    delete = {"request_id": "d", "classifier_id": "x", "action": "delete"}
+    run(train_handler, [on((home + 1) % 4, 1, delete)])
+    assert output.answers()["d"] == "deleted"  # (the fake table has one partition)
     train_handler.partition_count = lambda topic: None  # unknown: not checked
     output.sent.clear()
-    run(train_handler, [on((home + 1) % 4, 1, train("unknown", "b"))])
-    assert output.answers() == {"unknown": 2}
+    run(train_handler, [on((home + 1) % 4, 2, train("unknown", "b"))])
+    assert output.answers() == {"unknown": 1}  # x was deleted just before
 
 
-def test_a_model_refusal_is_decided_by_the_classifier_the_record_finds_in_its_turn() -> None:
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        RequestError(ErrorCode.INPUT_INVALID, "input[0] is an image, m1 embeds text"),
+        ModelNotAvailableError("model 'm1' could not be loaded"),
+    ],
+)
+def test_a_model_refusal_is_decided_by_the_classifier_the_record_finds_in_its_turn(
+    refusal: Exception,
+) -> None:
     """x (model m1) is deleted and created again with m2 by records before r4, which names
     no model. r4's embedding before its turn still sees m1 and is refused there (as images
     for a text-only model are); in its turn, x is m2's, and r4 is learned."""
@@ -292,7 +306,7 @@ def test_a_model_refusal_is_decided_by_the_classifier_the_record_finds_in_its_tu
 
     async def refuse_m1(request: Any, model: str) -> tuple[np.ndarray, None, int, str]:
         if model == "m1" and request.request_id == "r4":
-            raise RequestError(ErrorCode.INPUT_INVALID, "input[0] is an image, m1 embeds text")
+            raise refusal
         return await embed(request, model)
 
     train_handler._embed = refuse_m1  # type: ignore[method-assign]
