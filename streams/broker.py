@@ -14,9 +14,9 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer
@@ -231,3 +231,17 @@ async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
             left.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         await consumer._client.close()
+
+
+async def follow(consumer: AIOKafkaConsumer, handle: Callable[[Any], None], what: str) -> None:
+    """Hand every record ``consumer`` reads to ``handle`` until the consumer is stopped or
+    the task cancelled. Nothing else ends it: an error is logged and reading goes on a
+    second later (a reader that ended would leave its readers waiting, or stale)."""
+    while True:
+        try:
+            async for record in consumer:
+                handle(record)
+            return  # the consumer was stopped
+        except Exception:
+            log.exception("reading %s failed; retrying", what)
+            await asyncio.sleep(1.0)

@@ -8,19 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streams.broker import request_timeout, stop_consumer
+from streams.broker import follow, request_timeout, stop_consumer
 from streams.errors import OversizeRecordError
 from streams.producer import TOO_LARGE, record_size
 from streams.settings import EMBEDDED_FETCH_MAX_WAIT_MS, Settings
-
-log = logging.getLogger(__name__)
 
 
 class Answer(dict[str, Any]):
@@ -96,7 +93,7 @@ class ShotstreamClient:
         await self._consumer.seek_to_end(*partitions)
         for tp in partitions:  # resolve positions now, before anything is produced
             await self._consumer.position(tp)
-        self._reader = asyncio.create_task(self._read())
+        self._reader = asyncio.create_task(follow(self._consumer, self._answer, "answers"))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -111,18 +108,6 @@ class ShotstreamClient:
     def reading(self) -> bool:
         """Whether answers are being read (the reader started and has not ended)."""
         return self._reader is not None and not self._reader.done()
-
-    async def _read(self) -> None:
-        assert self._consumer is not None  # noqa: S101
-        # nothing may end this task: every request would wait for its timeout then
-        while True:
-            try:
-                async for record in self._consumer:
-                    self._answer(record)
-                return  # the consumer was stopped
-            except Exception:
-                log.exception("reading answers failed; retrying")
-                await asyncio.sleep(1.0)
 
     def _answer(self, record: Any) -> None:
         """Resolve the waiting request a record answers; skip anything else."""

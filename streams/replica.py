@@ -21,11 +21,12 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from state.records import ClassifierRecord, decode_record
-from streams.broker import request_timeout, stop_consumer
+from streams.broker import follow, request_timeout, stop_consumer
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,9 @@ class ClassifierReplica:
             await stop_consumer(consumer)
             raise
         self._consumer = consumer
-        self._task = asyncio.create_task(self._follow(consumer))
+        self._task = asyncio.create_task(
+            follow(consumer, self._on_record, f"the classifier changelog {self.topic}")
+        )
         self._loader = asyncio.create_task(self._load())
 
     async def _assign(self, consumer: AIOKafkaConsumer, timeout_s: float) -> None:
@@ -124,17 +127,9 @@ class ClassifierReplica:
             time.monotonic() - started,
         )
 
-    async def _follow(self, consumer: AIOKafkaConsumer) -> None:
-        # nothing may end this task: a replica that stops reading serves stale records
-        while True:
-            try:
-                async for message in consumer:
-                    key = message.key.decode("utf-8", "replace") if message.key else None
-                    if key is not None:
-                        self.apply(key, message.value, offset=message.offset)
-            except Exception:
-                log.exception("reading the classifier changelog %s failed; retrying", self.topic)
-                await asyncio.sleep(1.0)
+    def _on_record(self, message: Any) -> None:
+        if message.key:
+            self.apply(message.key.decode("utf-8", "replace"), message.value, offset=message.offset)
 
     def apply(self, key: str, value: bytes | None, *, offset: int = -1) -> None:
         """One changelog record: the classifier's latest state, or a tombstone (``None``)."""

@@ -123,7 +123,9 @@ class ClassifyService:
     ) -> None:
         """``INPUT_TOO_LONG`` for a text whose head alone is over ``limit`` tokens, before
         the whole is tokenized (see :meth:`EmbeddingRuntime.over_limit_heads`)."""
-        for position, count in (await runtime.over_limit_heads(texts, limit)).items():
+        heads = await runtime.over_limit_heads(texts, limit)
+        if heads:
+            position, count = next(iter(heads.items()))  # the first such input
             index = indices[position] if indices is not None else position
             raise RequestError(
                 ErrorCode.INPUT_TOO_LONG,

@@ -107,6 +107,16 @@ def fetch(url: str, resolver: Any = None, **settings: Any) -> bytes:
 LOOPBACK = {"allow_list": ("127.0.0.1/32",)}
 
 
+def to_loopback_noting(names: list[str]) -> Any:
+    """A resolver that answers 127.0.0.1 for every name, noting the names it was asked."""
+
+    async def resolver(host: str, port: int) -> list[str]:
+        names.append(host)
+        return ["127.0.0.1"]
+
+    return resolver
+
+
 def test_allowed_local_server_serves_the_image(server: str) -> None:
     assert fetch(f"{server}/ok.png", **LOOPBACK) == PNG
 
@@ -167,11 +177,7 @@ def test_redirects_are_followed_and_limited(server: str) -> None:
 def test_a_name_is_resolved_once_and_the_checked_address_is_used(server: str) -> None:
     port = server.rsplit(":", 1)[1]
     calls: list[str] = []
-
-    async def resolver(host: str, port: int) -> list[str]:
-        calls.append(host)
-        return ["127.0.0.1"]
-
+    resolver = to_loopback_noting(calls)
     Handler.hosts.clear()
     assert fetch(f"http://images.internal:{port}/ok.png", resolver, **LOOPBACK) == PNG
     assert calls == ["images.internal"]
@@ -296,11 +302,7 @@ def test_an_internationalised_name_travels_as_punycode(server: str) -> None:
     The name is resolved as it travels (IDNA 2008, not the socket module's IDNA 2003)."""
     port = server.rsplit(":", 1)[1]
     resolved: list[str] = []
-
-    async def resolver(host: str, port: int) -> list[str]:
-        resolved.append(host)
-        return ["127.0.0.1"]
-
+    resolver = to_loopback_noting(resolved)
     Handler.hosts.clear()
     for name in ("bücher.example", "xn--bcher-kva.example"):
         assert fetch(f"http://{name}:{port}/ok.png", resolver, **LOOPBACK) == PNG
