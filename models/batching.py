@@ -52,6 +52,12 @@ Item = TypeVar("Item")
 Vectors = npt.NDArray[np.float32]
 
 
+def _cancelling() -> bool:
+    """Whether the running task has been asked to stop."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 @dataclass(frozen=True, slots=True)
 class BatchStats:
     """What one model call did; handed to the ``on_batch`` observer hook."""
@@ -328,9 +334,13 @@ class MicroBatcher(Generic[Item]):
                 batch.append(getter.result())
             else:
                 getter.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    item = await getter
-                    batch.append(item)  # it completed while being cancelled
+                try:
+                    batch.append(await getter)  # it completed while being cancelled
+                except asyncio.CancelledError:
+                    # the getter's own cancellation is expected; the collector's is not
+                    # to be swallowed (aclose would wait for it forever)
+                    if _cancelling():
+                        raise
         return [p for p in batch if p.request.alive()]
 
     # -- compute ----------------------------------------------------------------------

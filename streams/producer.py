@@ -74,6 +74,9 @@ class OutputProducer:
                     except BaseException:
                         await producer.stop()  # its half-open connections and tasks
                         raise
+                    if self._stopped:  # stop() came while it started: nobody else would
+                        await producer.stop()
+                        raise ProducerStoppedError("the output producer was stopped")
                     self._producer = producer
         return self._producer
 

@@ -384,3 +384,38 @@ def test_a_small_request_gets_its_turn_also_when_the_queue_is_full() -> None:
     first = next(n for n, call in enumerate(rec.calls) if [7] in call)
     assert first <= 10  # of about 45 calls: not after most of the 180 large items
     assert sum(len(c) for c in rec.calls) == 181
+
+
+def test_aclose_while_the_collector_waits_for_its_cancelled_getter_ends() -> None:
+    """The collector cancels its pending ``get`` when a batch's wait is over and waits for
+    it to end. A close arriving in that window was swallowed as the getter's own
+    cancellation: the collector went on collecting and ``aclose`` waited for ever."""
+    from models import batching
+
+    in_window = asyncio.Event()
+    go_on = asyncio.Event()
+    real_get = batching._FairQueue.get
+
+    async def slow_to_cancel(self: batching._FairQueue[str]) -> batching._Pending[str]:
+        try:
+            return await real_get(self)
+        except asyncio.CancelledError:
+            in_window.set()
+            await go_on.wait()  # the cancellation takes a while to finish
+            raise
+
+    async def go() -> None:
+        batcher: MicroBatcher[str] = MicroBatcher(
+            lambda items: np.ones((len(items), 2), np.float32), max_batch_size=4, max_wait_s=0.01
+        )
+        batcher._queue.get = slow_to_cancel.__get__(batcher._queue)  # type: ignore[method-assign]
+        first = asyncio.ensure_future(batcher.submit(["a"]))
+        await asyncio.wait_for(in_window.wait(), 5)  # the wait for a 2nd item timed out
+        closing = asyncio.ensure_future(batcher.aclose())
+        await asyncio.sleep(0.01)
+        go_on.set()
+        await asyncio.wait_for(closing, 5)
+        with pytest.raises(RuntimeError, match="closed"):
+            await first
+
+    asyncio.run(go())

@@ -284,3 +284,51 @@ def test_a_broker_away_is_logged_once_per_topic_and_error_not_per_answer(
         "shotstream_produce_retries_total", {"topic": "answers", "error": "KafkaConnectionError"}
     )
     assert retries == 400
+
+
+def test_a_stop_during_the_first_start_stops_the_producer_it_started(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """stop() while the first answer is starting the producer: the producer that start
+    finishes afterwards is stopped, and the answer is refused (it was kept before, with
+    its connections open and nobody left to close them)."""
+    from streams import producer as producer_module
+    from streams.producer import OutputProducer, ProducerStoppedError
+
+    events: list[str] = []
+
+    class Slow:
+        def __init__(self, **kwargs: object) -> None:
+            self.go_on = asyncio.Event()
+
+        async def start(self) -> None:
+            events.append("starting")
+            await self.go_on.wait()
+
+        async def stop(self) -> None:
+            events.append("stopped")
+
+        async def send_and_wait(self, topic: str, value: bytes, key: bytes | None) -> None:
+            events.append("sent")
+
+    made: list[Slow] = []
+
+    def make(**kwargs: object) -> Slow:
+        made.append(Slow(**kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(producer_module, "AIOKafkaProducer", make)
+    output = OutputProducer(Settings())
+
+    async def go() -> None:
+        sending = asyncio.ensure_future(output.send("answers", "k", b"{}"))
+        while not events:  # noqa: ASYNC110 - waits for the start to begin
+            await asyncio.sleep(0)
+        await output.stop()
+        made[0].go_on.set()
+        with pytest.raises(ProducerStoppedError):
+            await asyncio.wait_for(sending, 5)
+
+    asyncio.run(go())
+    assert events == ["starting", "stopped"]
+    assert output._producer is None
