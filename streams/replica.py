@@ -55,8 +55,9 @@ class ClassifierReplica:
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
-        self._forgotten: dict[str, float] = {}
-        """Ids deleted by this process, until the changelog's tombstone for them arrives."""
+        self._forgotten: dict[str, tuple[int, float]] = {}
+        """Ids deleted by this process, until the changelog's tombstones for them arrive:
+        how many deletes are on the way, and when the last was made."""
         self.loaded = asyncio.Event()
         """Set once the changelog has been read up to where it ended when ``start`` began
         (a replica fed by hand sets it itself): before that, an unknown id may be one
@@ -133,14 +134,22 @@ class ClassifierReplica:
 
     def apply(self, key: str, value: bytes | None, *, offset: int = -1) -> None:
         """One changelog record: the classifier's latest state, or a tombstone (``None``)."""
+        forgotten = self._forgotten.get(key)
+        if forgotten is not None and time.monotonic() - forgotten[1] >= FORGET_S:
+            del self._forgotten[key]  # its tombstones never came
+            forgotten = None
         if value is None:
             self.records.pop(key, None)
-            self._forgotten.pop(key, None)
+            if forgotten is not None:
+                # one delete's tombstone: a later delete here (after a re-create) still
+                # hides the writes before its own tombstone
+                if forgotten[0] > 1:
+                    self._forgotten[key] = (forgotten[0] - 1, forgotten[1])
+                else:
+                    del self._forgotten[key]
         else:
-            forgotten = self._forgotten.get(key)
-            if forgotten is not None and time.monotonic() - forgotten < FORGET_S:
+            if forgotten is not None:
                 return  # an older write of a classifier deleted here; its tombstone follows
-            self._forgotten.pop(key, None)
             try:
                 self.records[key] = decode_record(value)
             except Exception:  # RecordFormatError, or anything a foreign record provokes
@@ -153,7 +162,8 @@ class ClassifierReplica:
     def forget(self, classifier_id: str) -> None:
         """This process just deleted ``classifier_id``: read it as gone from now on."""
         self.records.pop(classifier_id, None)
-        self._forgotten[classifier_id] = time.monotonic()
+        pending = self._forgotten.get(classifier_id, (0, 0.0))[0]
+        self._forgotten[classifier_id] = (pending + 1, time.monotonic())
         self._notify()
 
     def _notify(self) -> None:

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NoReturn
 
 import faust
 import numpy as np
@@ -27,10 +27,15 @@ from state.classifiers import (
     already_applied,
     apply_examples,
     default_learner,
-    may_read,
     replayed_version,
 )
-from state.records import ClassifierRecord, decode_record, encode_record, read_ownership
+from state.records import (
+    ClassifierRecord,
+    RecordFormatError,
+    decode_record,
+    encode_record,
+    read_ownership,
+)
 from streams.agents import Turn, encode, send_dead_letter
 from streams.auth import KeyRing, header_value, owner_or_refusal
 from streams.errors import ErrorCode, RequestError, to_request_error
@@ -132,9 +137,23 @@ class TrainHandler:
                 "need partitioner=murmur2_random, and a partition must not be named",
             )
 
-    def _read(self, classifier_id: str) -> ClassifierRecord | None:
+    def _read(self, classifier_id: str, owner: str) -> ClassifierRecord | None:
         raw = self.table.get(classifier_id.encode())
-        return decode_record(raw) if raw is not None else None
+        if raw is None:
+            return None
+        try:
+            return decode_record(raw)
+        except RecordFormatError as exc:
+            # unreadable (weights gone NaN, a newer format): others are answered by its
+            # header as for any classifier of its owner, so the error does not tell them
+            # a private id exists; its owner learns what to do
+            record_owner, access = self._ownership(raw)
+            if record_owner != owner:
+                self._refuse_other(classifier_id, access)
+            raise RecordFormatError(
+                f"classifier {classifier_id!r} is stored in a form this worker cannot read "
+                f"({exc}); delete it and train it again"
+            ) from exc
 
     def _write(self, record: ClassifierRecord) -> None:
         self.table[record.classifier_id.encode()] = encode_record(record)
@@ -187,7 +206,9 @@ class TrainHandler:
         source, offset = f"{message.topic}:{message.partition}", message.offset
         partition, timestamp = message.partition, message.timestamp
         await self.replica.loaded.wait()  # the per-key limit counts what the replica holds
-        existing = self.replica.get(request.classifier_id) or self._read(request.classifier_id)
+        existing = self.replica.get(request.classifier_id) or self._read(
+            request.classifier_id, owner
+        )
         refused = False
         if existing is not None and existing.owner != owner:
             # do not embed for someone else's classifier: its model must not show through
@@ -209,7 +230,7 @@ class TrainHandler:
                 if request.model is not None or to_request_error(exc).code not in _MODEL_DEPENDENT:
                     raise
         async with turn:
-            record = self._read(request.classifier_id)
+            record = self._read(request.classifier_id, owner)
             # a replay is answered only to the owner; anyone else is refused by _authorize
             if (
                 record is not None
@@ -241,6 +262,9 @@ class TrainHandler:
                 )
             created = record is None
             record = self._authorize(request, record, owner)
+            # the operator's limit now, not the one when the classifier was made (raising
+            # SHOTSTREAM_LIMITS__MAX_CLASSES reached new classifiers only)
+            record.hyper["max_classes"] = self.settings.limits.max_classes
             if embedded is None or embedded[3] != record.model:
                 embedded = await self._embed(request, record.model)  # rare: the model changed
             vectors, label_vectors, tokens, _model = embedded
@@ -308,18 +332,9 @@ class TrainHandler:
             )
             settings = self.learner_settings or default_learner(spec.modality)
             record.hyper.update(settings.as_dict())
-            record.hyper["max_classes"] = self.settings.limits.max_classes
             return record
         if record.owner != owner:
-            if not may_read(record, owner):
-                raise RequestError(
-                    ErrorCode.CLASSIFIER_NOT_FOUND,
-                    f"classifier {request.classifier_id!r} not found",
-                )
-            raise RequestError(
-                ErrorCode.AUTHZ_ACCESS_DENIED,
-                f"classifier {request.classifier_id!r} is public, but only its owner may train it",
-            )
+            self._refuse_other(request.classifier_id, record.access)
         if request.model is not None:
             spec = self.service.registry.resolve(request.model)
             if spec.name != record.model:
@@ -361,15 +376,8 @@ class TrainHandler:
     def _delete(self, request: DeleteRequest, owner: str) -> dict[str, Any]:
         raw = self.table.get(request.classifier_id.encode())
         record_owner, access = self._ownership(raw)
-        if access != "public" and record_owner != owner:
-            raise RequestError(
-                ErrorCode.CLASSIFIER_NOT_FOUND, f"classifier {request.classifier_id!r} not found"
-            )
         if record_owner != owner:
-            raise RequestError(
-                ErrorCode.AUTHZ_ACCESS_DENIED,
-                f"only the owner may delete classifier {request.classifier_id!r}",
-            )
+            self._refuse_other(request.classifier_id, access)
         del self.table[request.classifier_id.encode()]
         self._created.get(owner, {}).pop(request.classifier_id, None)
         self.replica.forget(request.classifier_id)  # this worker reads its delete at once
@@ -379,6 +387,19 @@ class TrainHandler:
             "classifier_id": request.classifier_id,
             "deleted": True,
         }
+
+    @staticmethod
+    def _refuse_other(classifier_id: str, access: str) -> NoReturn:
+        """Refuse a key that does not own the classifier: a private one is not found, as
+        one that does not exist (the code must not tell whether a private id exists)."""
+        if access != "public":
+            raise RequestError(
+                ErrorCode.CLASSIFIER_NOT_FOUND, f"classifier {classifier_id!r} not found"
+            )
+        raise RequestError(
+            ErrorCode.AUTHZ_ACCESS_DENIED,
+            f"classifier {classifier_id!r} is public, but only its owner may change it",
+        )
 
     @staticmethod
     def _ownership(raw: bytes | None) -> tuple[str | None, str]:

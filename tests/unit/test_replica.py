@@ -77,3 +77,21 @@ def test_a_newer_write_it_cannot_read_stops_the_older_version_being_served() -> 
     deep = b"[" * 200_000 + b"]" * 200_000
     replica.apply("c2", _HEAD.pack(MAGIC, 2, len(deep)) + deep)
     assert replica.get("c2") is None
+
+
+def test_delete_create_delete_here_stays_deleted_until_the_last_tombstone() -> None:
+    """Delete, re-create and delete again on this worker before the first tombstone comes
+    back: that tombstone ended the second delete's guard, and the re-create's record was
+    served until the second tombstone arrived."""
+    replica = ClassifierReplica("127.0.0.1:1", "changelog")
+    replica.apply("c1", record(5))
+    replica.forget("c1")  # delete
+    replica.forget("c1")  # re-created (version 1, replicating) and deleted again
+    replica.apply("c1", None)  # the first delete's tombstone
+    replica.apply("c1", record(1))  # the re-create, written before the second delete
+    assert replica.get("c1") is None
+    replica.apply("c1", None)  # the second tombstone
+    replica.apply("c1", record(1))  # now a new classifier under the same id
+    got = replica.get("c1")
+    assert got is not None
+    assert got.version == 1

@@ -323,3 +323,41 @@ def test_a_model_refusal_is_decided_by_the_classifier_the_record_finds_in_its_tu
     )
     assert output.answers() == {"r0": 1, "r1": 2, "r2": "deleted", "r3": 1, "r4": 2}
     assert (stored(table).model, stored(table).version) == ("m2", 2)
+
+
+def test_a_raised_class_limit_reaches_classifiers_made_before() -> None:
+    """The class limit was copied into a classifier when it was made: after the operator
+    raised SHOTSTREAM_LIMITS__MAX_CLASSES, old classifiers still refused class 17."""
+    train_handler, table, output = handler({})
+    train_handler.settings = Settings(limits={"max_classes": 2})
+    run(train_handler, [event(0, train("r0", "a"), "x"), event(1, train("r1", "b"), "x")])
+    run(train_handler, [event(2, train("r2", "c", model=None), "x")])
+    assert output.answers()["r2"] == "INPUT_LABEL_LIMIT_EXCEEDED"
+    train_handler.settings = Settings(limits={"max_classes": 3})
+    run(train_handler, [event(3, train("r3", "c", model=None), "x")])
+    assert output.answers()["r3"] == 3
+    assert stored(table).labels == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    ("access", "code"),
+    [("private", "CLASSIFIER_NOT_FOUND"), ("public", "AUTHZ_ACCESS_DENIED")],
+)
+def test_an_unreadable_classifier_is_refused_to_others_as_any_other(
+    access: str, code: str
+) -> None:
+    """A stored record that no longer decodes (weights gone NaN): another key training it
+    got INTERNAL_ERROR "corrupt record", which told it that a private id exists (an
+    unknown id is CLASSIFIER_NOT_FOUND). Its owner is told to delete it."""
+    train_handler, table, output = handler({})
+    run(train_handler, [event(0, {**train("r0", "a"), "access": access}, "x")])
+    broken = stored(table)
+    broken.weights[:] = np.nan
+    table[b"x"] = encode_record(broken)
+    run(train_handler, [event(1, train("rB", "a", model=None), "x", api_key="key-bob")])
+    run(train_handler, [event(2, train("rA", "a", model=None), "x")])
+    answers = output.answers()
+    assert answers["rB"] == code
+    assert answers["rA"] == "INTERNAL_ERROR"
+    detail = next(b["error"]["detail"] for _t, b in output.sent if b["request_id"] == "rA")
+    assert "delete it and train it again" in detail
