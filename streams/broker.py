@@ -190,6 +190,20 @@ async def ensure_topics(
         await admin.close()
 
 
+async def partition_counts(brokers: Iterable[str], topics: Iterable[str]) -> dict[str, int]:
+    """Partitions of each existing topic (ask only for topics that exist: a broker with
+    ``auto.create.topics.enable``, Tansu among them, creates one it is asked about)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=list(brokers))
+    await admin.start()
+    try:
+        described = await admin.describe_topics(list(topics))
+    finally:
+        await admin.close()
+    return {t["topic"]: len(t["partitions"]) for t in described if not t["error_code"]}
+
+
 @contextlib.contextmanager
 def running_broker(port: int) -> Iterator[EmbeddedBroker]:
     broker = EmbeddedBroker(port).start()

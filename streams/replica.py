@@ -52,6 +52,9 @@ class ClassifierReplica:
         """How long a request to Kafka may take (``caught_up``'s offset query among them)
         before it fails with ``KafkaTimeoutError``; aiokafka's 40 s when ``None``."""
         self.records: dict[str, ClassifierRecord] = {}
+        self.partitions: dict[str, int] = {}
+        """The changelog partition each record was read from (the train partition whose
+        worker owns the classifier)."""
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
@@ -130,9 +133,12 @@ class ClassifierReplica:
 
     def _on_record(self, message: Any) -> None:
         if message.key:
-            self.apply(message.key.decode("utf-8", "replace"), message.value, offset=message.offset)
+            key = message.key.decode("utf-8", "replace")
+            self.apply(key, message.value, offset=message.offset, partition=message.partition)
 
-    def apply(self, key: str, value: bytes | None, *, offset: int = -1) -> None:
+    def apply(
+        self, key: str, value: bytes | None, *, offset: int = -1, partition: int = -1
+    ) -> None:
         """One changelog record: the classifier's latest state, or a tombstone (``None``)."""
         forgotten = self._forgotten.get(key)
         if forgotten is not None and time.monotonic() - forgotten[1] >= FORGET_S:
@@ -140,6 +146,7 @@ class ClassifierReplica:
             forgotten = None
         if value is None:
             self.records.pop(key, None)
+            self.partitions.pop(key, None)
             if forgotten is not None:
                 # one delete's tombstone: a later delete here (after a re-create) still
                 # hides the writes before its own tombstone
@@ -152,16 +159,20 @@ class ClassifierReplica:
                 return  # an older write of a classifier deleted here; its tombstone follows
             try:
                 self.records[key] = decode_record(value)
+                if partition >= 0:
+                    self.partitions[key] = partition
             except Exception:  # RecordFormatError, or anything a foreign record provokes
                 # not served at all: its last readable version may say public where the
                 # owner has just made it private (a newer format during a rolling upgrade)
                 log.exception("unreadable classifier record %s at offset %d", key, offset)
                 self.records.pop(key, None)
+                self.partitions.pop(key, None)
         self._notify()
 
     def forget(self, classifier_id: str) -> None:
         """This process just deleted ``classifier_id``: read it as gone from now on."""
         self.records.pop(classifier_id, None)
+        self.partitions.pop(classifier_id, None)
         pending = self._forgotten.get(classifier_id, (0, 0.0))[0]
         self._forgotten[classifier_id] = (pending + 1, time.monotonic())
         self._notify()

@@ -137,6 +137,25 @@ class TrainHandler:
                 "need partitioner=murmur2_random, and a partition must not be named",
             )
 
+    def _check_home(
+        self, classifier_id: str, existing: ClassifierRecord | None, owner: str, partition: int
+    ) -> None:
+        """Refuse a record for a classifier whose state lives in another partition: the
+        train topic's partitions were changed. Learned here, it would start a second,
+        empty classifier under the id, which every replica would then serve."""
+        home = self.replica.partitions.get(classifier_id)
+        if home is None or home == partition or existing is None:
+            return
+        if existing.owner != owner:
+            self._refuse_other(classifier_id, existing.access)
+        raise RequestError(
+            ErrorCode.INTERNAL_ERROR,
+            f"classifier {classifier_id!r} lives in partition {home} of the classifier "
+            f"changelog, but its train records now arrive on partition {partition}: the "
+            "train topic's partition count was changed after classifiers were made. "
+            "Restore it (the classifiers are intact), or create classifiers on new topics",
+        )
+
     def _read(self, classifier_id: str, owner: str) -> ClassifierRecord | None:
         raw = self.table.get(classifier_id.encode())
         if raw is None:
@@ -209,6 +228,7 @@ class TrainHandler:
         existing = self.replica.get(request.classifier_id) or self._read(
             request.classifier_id, owner
         )
+        self._check_home(request.classifier_id, existing, owner, partition)
         refused = False
         if existing is not None and existing.owner != owner:
             # do not embed for someone else's classifier: its model must not show through

@@ -19,7 +19,7 @@ from models.registry import ModelRegistry
 from streams.agents import ClassifyHandler, RequestAgent
 from streams.app import EXIT_MARGIN_S, ShotstreamApp, classifier_changelog_topic, create_app
 from streams.auth import KeyRing
-from streams.broker import ensure_topics, wait_for_broker
+from streams.broker import ensure_topics, partition_counts, wait_for_broker
 from streams.metrics import PrometheusObserver
 from streams.producer import OutputProducer
 from streams.replica import ClassifierReplica
@@ -169,7 +169,21 @@ async def prepare_broker(settings: Settings) -> list[str]:
     )
     if created:
         log.info("created topics %s (%d partitions)", ", ".join(created), settings.partitions)
+    train = settings.topic("train")
+    counts = await partition_counts(settings.brokers, [train, changelog])
+    if counts.get(train) != counts.get(changelog):
+        raise TopicLayoutError(
+            f"{train} has {counts.get(train)} partitions and the classifier changelog "
+            f"{changelog} has {counts.get(changelog)}: they must have as many. A classifier's "
+            "state lives in the changelog partition of its id's train partition, so the "
+            "train topic's partition count is fixed once classifiers exist (to scale "
+            "few-shot training beyond it, use a new SHOTSTREAM_TOPIC_PREFIX and group)"
+        )
     return created
+
+
+class TopicLayoutError(RuntimeError):
+    """The topics are laid out so that classifier state would be read wrong."""
 
 
 #: The key under which faust's RocksDB store keeps the last changelog offset it wrote.
@@ -282,7 +296,11 @@ def run_worker(settings: Settings) -> None:
     if settings.metrics_port is not None:
         port = observer.serve(settings.metrics_port, settings.metrics_host)
         log.info("metrics port %d", port)
-    asyncio.run(prepare_tables(settings))
+    try:
+        asyncio.run(prepare_tables(settings))
+    except TopicLayoutError as exc:
+        log.error("not starting: %s", exc)
+        raise SystemExit(2) from None
     (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
     spec = service.registry.resolve(None)
     log.info("loading default model %s (%s)", spec.name, spec.source)

@@ -61,3 +61,29 @@ def test_no_worker_on_the_topics_exits_3_after_the_timeout(broker: EmbeddedBroke
     assert code == EXIT_NO_ANSWER, output
     assert "no answer within 3 s" in output
     assert "Traceback" not in output
+
+
+def test_a_train_topic_partitioned_unlike_its_changelog_stops_the_worker_at_start(
+    broker: EmbeddedBroker,
+) -> None:
+    """A classifier's state lives in the changelog partition of its train partition: with
+    the counts apart (the train topic widened), half the ids would train in a table that
+    does not hold them. The worker refuses to start (exit 2) and says why."""
+    from streams.app import classifier_changelog_topic
+    from streams.broker import ensure_topics
+    from streams.worker import TopicLayoutError
+
+    prefix = "widened."
+    settings = Settings(brokers=broker.address, topic_prefix=prefix, kafka={"group_id": "widened"})
+    changelog = classifier_changelog_topic(settings)
+    asyncio.run(ensure_topics([broker.address], [changelog], 2, compacted=[changelog]))
+    asyncio.run(ensure_topics([broker.address], [settings.topic("train")], 3))
+    with pytest.raises(TopicLayoutError, match="widened.train has 3 partitions .* has 2"):
+        asyncio.run(prepare_broker(settings))
+    env = {
+        "SHOTSTREAM_BROKERS": broker.address,
+        "SHOTSTREAM_TOPIC_PREFIX": prefix,
+        "SHOTSTREAM_KAFKA__GROUP_ID": "widened",
+    }
+    result = CliRunner().invoke(app, ["worker"], env=env)
+    assert result.exit_code == 2, result.output

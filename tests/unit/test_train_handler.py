@@ -361,3 +361,25 @@ def test_an_unreadable_classifier_is_refused_to_others_as_any_other(
     assert answers["rA"] == "INTERNAL_ERROR"
     detail = next(b["error"]["detail"] for _t, b in output.sent if b["request_id"] == "rA")
     assert "delete it and train it again" in detail
+
+
+def test_a_classifier_living_in_another_partition_is_not_forked_here() -> None:
+    """The train topic was widened: x's records now land on partition 0, but its state
+    lives in changelog partition 1 (the replica read it there). Learning here would make
+    a second, empty x that every replica then serves; the owner is told what happened,
+    anyone else is answered as for any private classifier."""
+    train_handler, table, output = handler({})
+    there = ClassifierRecord.new("x", model="m", owner=ALICE, access="private", dim=DIM, now=0)
+    there.labels, there.weights, there.version = ["a"], np.ones((1, DIM), np.float32), 7
+    train_handler.replica.apply("x", encode_record(there), partition=1)
+    run(train_handler, [event(0, train("rA", "b"), "x")])
+    run(train_handler, [event(1, train("rB", "b"), "x", api_key="key-bob")])
+    answers = output.answers()
+    assert answers == {"rA": "INTERNAL_ERROR", "rB": "CLASSIFIER_NOT_FOUND"}
+    detail = next(b["error"]["detail"] for _t, b in output.sent if b["request_id"] == "rA")
+    assert "partition 1 of the classifier changelog" in detail
+    assert table == {}
+    table[b"x"] = encode_record(there)  # at home (partition 0): learned
+    train_handler.replica.apply("x", encode_record(there), partition=0)
+    run(train_handler, [event(2, train("rA2", "b"), "x")])
+    assert output.answers()["rA2"] == 8
