@@ -194,7 +194,12 @@ class RequestAgent:
     async def _run(self, event: faust.EventT[Any], entry: list[Any], turn: Turn) -> None:
         try:
             await self._handle(event, turn)
-        except Exception:  # the handler answers every error itself; this is a last resort
+        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException:  # the handler answers every error itself; this is a last
+            # resort, also for what is not an Exception (a Rust tokenizer's panic is a
+            # BaseException): missed, the record stayed pending and its partition's
+            # commits stopped without a word
             message = event.message
             log.exception(
                 "no answer and no dead letter for %s offset %d (a bug): it is not "

@@ -158,18 +158,26 @@ class Counting(Observer):
         self.unanswered.append(topic)
 
 
-def test_a_record_left_unanswered_by_a_bug_holds_the_commit_not_the_memory() -> None:
+class Panic(BaseException):
+    """What a Rust extension's panic raises (pyo3's ``PanicException``): not an Exception."""
+
+
+@pytest.mark.parametrize("error", [RuntimeError, Panic])
+def test_a_record_left_unanswered_by_a_bug_holds_the_commit_not_the_memory(
+    error: type[BaseException],
+) -> None:
     """The handler raises for offset 1 (no answer, no dead letter: a bug). It is counted
     and not acknowledged; 2..200 are answered but not acknowledged past it, and they are
     not kept either (they were, for good, with their record values). When Kafka delivers
-    1 again and it is answered, acknowledging resumes."""
+    1 again and it is answered, acknowledging resumes. A BaseException that is not an
+    Exception (a tokenizer panic) left the record pending, uncounted, for good."""
     acked: list[int] = []
     broken = {1}
 
     async def handle(ev: Any, turn: Any) -> None:
         if ev.message.offset in broken:
             broken.discard(ev.message.offset)
-            raise RuntimeError("a bug")
+            raise error("a bug")
 
     observer = Counting()
 
