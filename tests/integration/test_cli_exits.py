@@ -78,7 +78,7 @@ def test_a_train_topic_partitioned_unlike_its_changelog_stops_the_worker_at_star
     changelog = classifier_changelog_topic(settings)
     asyncio.run(ensure_topics([broker.address], [changelog], 2, compacted=[changelog]))
     asyncio.run(ensure_topics([broker.address], [settings.topic("train")], 3))
-    with pytest.raises(TopicLayoutError, match="widened.train has 3 partitions .* has 2"):
+    with pytest.raises(TopicLayoutError, match=r"widened\.train has 3 partitions .* has 2"):
         asyncio.run(prepare_broker(settings))
     env = {
         "SHOTSTREAM_BROKERS": broker.address,
