@@ -343,9 +343,7 @@ def test_a_raised_class_limit_reaches_classifiers_made_before() -> None:
     ("access", "code"),
     [("private", "CLASSIFIER_NOT_FOUND"), ("public", "AUTHZ_ACCESS_DENIED")],
 )
-def test_an_unreadable_classifier_is_refused_to_others_as_any_other(
-    access: str, code: str
-) -> None:
+def test_an_unreadable_classifier_is_refused_to_others_as_any_other(access: str, code: str) -> None:
     """A stored record that no longer decodes (weights gone NaN): another key training it
     got INTERNAL_ERROR "corrupt record", which told it that a private id exists (an
     unknown id is CLASSIFIER_NOT_FOUND). Its owner is told to delete it."""
