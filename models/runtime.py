@@ -48,23 +48,30 @@ LABEL_CACHE_MAX_CHARS = 1024
 """Longer labels are embedded for each request, never cached: the cache counts labels, and
 100,000 of them at 40 kB each would hold 4 GB of strings."""
 
-HEAD_CHARS_PER_TOKEN = 32
-"""A text longer than this many characters per allowed token is checked by its head first
-(real text runs 3 to 6 characters per token)."""
-HEAD_MARGIN_TOKENS = 16
-"""Tokens a head cut mid-word may count beyond what its characters count in the whole."""
+MAX_CHARS_PER_TOKEN = 32
+"""A text longer than this many characters per allowed token is refused without being
+tokenized. Real text runs 3 to 6 characters per token; what goes past 32 is runs of
+spaces or control characters, which cost the tokenizer thread time for almost no tokens
+(16 MB of spaces: 15 s and 1.2 GB for 6 tokens, so a token limit alone bounds nothing)."""
+
+
+def over_char_cap(texts: Sequence[str], limit: int) -> list[int]:
+    """Positions of texts longer than :data:`MAX_CHARS_PER_TOKEN` x ``limit`` characters."""
+    cap = MAX_CHARS_PER_TOKEN * limit
+    return [position for position, text in enumerate(texts) if len(text) > cap]
 
 
 class LabelTooLongError(ValueError):
     """A label over ``max_label_tokens``: refused after tokenizing, before embedding."""
 
-    def __init__(self, label: str, count: int, limit: int, *, head: bool = False) -> None:
+    def __init__(self, label: str, count: int, limit: int, *, chars: bool = False) -> None:
         shown = f"{label[:40]!r}{'…' if len(label) > 40 else ''}"
-        has = f"{count} tokens"
-        if head:  # counted in its head only
-            head_chars = HEAD_CHARS_PER_TOKEN * limit
-            has = f"over {limit} tokens ({count} in its first {head_chars:,} characters)"
-        super().__init__(f"label {shown} has {has}, at most {limit} allowed")
+        if chars:  # refused by its length, untokenized
+            cap = MAX_CHARS_PER_TOKEN * limit
+            has = f"{len(label):,} characters, at most {cap:,} ({MAX_CHARS_PER_TOKEN} per token)"
+        else:
+            has = f"{count} tokens, at most {limit}"
+        super().__init__(f"label {shown} has {has} allowed")
 
 
 class EmbeddingRuntime:
@@ -204,23 +211,6 @@ class EmbeddingRuntime:
         ids = [truncate(i, window) if len(i) > window else i for i in ids]
         return Tokenized(ids, counts, sum(1 for c in counts if c > window))
 
-    async def over_limit_heads(self, texts: Sequence[str], limit: int) -> dict[int, int]:
-        """Positions of texts whose first ``HEAD_CHARS_PER_TOKEN x limit`` characters alone
-        hold over ``limit`` tokens (with their head's count), found without tokenizing the
-        whole: megabytes of text took seconds of the tokenizer thread (and hundreds of MB)
-        only to be refused. A head cut mid-word may count a few tokens more than the same
-        characters in the whole text: ``HEAD_MARGIN_TOKENS`` allows for that."""
-        cap = HEAD_CHARS_PER_TOKEN * limit
-        long = [position for position, text in enumerate(texts) if len(text) > cap]
-        if not long:
-            return {}
-        heads = await self.tokenize([texts[position][:cap] for position in long])
-        return {
-            position: count
-            for position, count in zip(long, heads.counts, strict=True)
-            if count > limit + HEAD_MARGIN_TOKENS
-        }
-
     async def embed(self, ids: Sequence[TokenIds]) -> Vectors:
         """Embed token ids through the shared micro-batcher."""
         return await self.batcher.submit(ids)
@@ -305,9 +295,9 @@ class EmbeddingRuntime:
         try:
             limit = self.max_label_tokens
             if limit is not None:
-                for position, count in (await self.over_limit_heads(missing, limit)).items():
+                for position in over_char_cap(missing, limit):
                     label = missing[position]
-                    futures[label].set_exception(LabelTooLongError(label, count, limit, head=True))
+                    futures[label].set_exception(LabelTooLongError(label, 0, limit, chars=True))
                     futures[label].exception()  # consumed here; waiters re-raise it
                 kept = [label for label in missing if not futures[label].done()]
             tokenized = await self.tokenize(kept)

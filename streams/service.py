@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from models.fewshot import NonFiniteInputError, check_finite
 from models.registry import IMAGE, TEXT, ModelRegistry, ModelSpec
-from models.runtime import HEAD_CHARS_PER_TOKEN, EmbeddingRuntime, Tokenized
+from models.runtime import MAX_CHARS_PER_TOKEN, EmbeddingRuntime, Tokenized, over_char_cap
 from models.scoring import ranked, softmax
 from state.classifiers import learner, may_read
 from streams.errors import ErrorCode, RequestError
@@ -101,7 +101,7 @@ class ClassifyService:
 
         ``indices`` are the texts' positions in the request (for error details)."""
         limit = self.settings.limits.max_tokens_per_input
-        await self._refuse_long_heads(runtime, texts, indices, limit)
+        self._refuse_huge(texts, indices, limit)
         tokenized = await runtime.tokenize(texts)
         for position, count in enumerate(tokenized.counts):
             if count > limit:
@@ -114,24 +114,19 @@ class ClassifyService:
             self.observer.on_truncated(runtime.name, tokenized.truncated)
         return tokenized
 
-    async def _refuse_long_heads(
-        self,
-        runtime: EmbeddingRuntime,
-        texts: list[str],
-        indices: Sequence[int] | None,
-        limit: int,
-    ) -> None:
-        """``INPUT_TOO_LONG`` for a text whose head alone is over ``limit`` tokens, before
-        the whole is tokenized (see :meth:`EmbeddingRuntime.over_limit_heads`)."""
-        heads = await runtime.over_limit_heads(texts, limit)
-        if heads:
-            position, count = next(iter(heads.items()))  # the first such input
+    @staticmethod
+    def _refuse_huge(texts: list[str], indices: Sequence[int] | None, limit: int) -> None:
+        """``INPUT_TOO_LONG`` for a text over :data:`MAX_CHARS_PER_TOKEN` characters per
+        allowed token, before any tokenizing."""
+        huge = over_char_cap(texts, limit)
+        if huge:
+            position = huge[0]  # the first such input
             index = indices[position] if indices is not None else position
             raise RequestError(
                 ErrorCode.INPUT_TOO_LONG,
-                f"input[{index}] has over {limit} tokens ({count} in its first "
-                f"{HEAD_CHARS_PER_TOKEN * limit:,} of {len(texts[position]):,} characters), "
-                f"at most {limit} allowed",
+                f"input[{index}] has {len(texts[position]):,} characters, at most "
+                f"{MAX_CHARS_PER_TOKEN * limit:,} ({MAX_CHARS_PER_TOKEN} per allowed token) "
+                "allowed",
             )
 
     async def classify(self, request: ClassifyRequest, owner: str | None = None) -> dict[str, Any]:

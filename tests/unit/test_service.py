@@ -135,12 +135,13 @@ def test_token_limit_and_truncation(tmp_path: Path, observer: Counting) -> None:
     assert ok["usage"]["total_tokens"] == 22 + 3 + 3  # truncated inputs still count in full
 
 
-def test_a_huge_input_is_refused_by_its_head_without_tokenizing_it_whole(
+def test_a_text_over_32_characters_per_allowed_token_is_refused_untokenized(
     tmp_path: Path, observer: Counting
 ) -> None:
-    """Megabytes of text took seconds of the tokenizer thread before INPUT_TOO_LONG. A text
-    over 32 characters per allowed token is refused by its head when that alone is over
-    the limit; one of long words under the limit is still tokenized whole and served."""
+    """Megabytes of text took seconds of the tokenizer thread before INPUT_TOO_LONG, and
+    megabytes of spaces (a handful of tokens) were tokenized in full and served. A text
+    over 32 characters per allowed token is refused by its length, as input or label,
+    without tokenizing it; one of long words at the cap is still served."""
     settings = Settings(data_dir=tmp_path, limits={"max_tokens_per_input": 50})
     registry = hash_registry(tmp_path, max_length=100)
     encoder = registry.load(registry.resolve(None))
@@ -153,30 +154,29 @@ def test_a_huge_input_is_refused_by_its_head_without_tokenizing_it_whole(
 
     encoder.tokenize = spy  # type: ignore[method-assign]
     service = ClassifyService(settings, registry, observer)
-    huge = "w " * 500_000  # a million characters
-    long_words = " ".join(["x" * 60] * 40)  # 2,439 characters, 42 tokens
+    spaces = "w" + " " * 999_999  # a million characters, 1 token
+    at_cap = " ".join(["x" * 63] * 25) + "x"  # 1,600 characters, 25 words
     refused, served = classify(
-        service, req(["ok", huge], ["a"], rid="huge"), req([long_words], ["a"], rid="words")
+        service, req(["ok", spaces], ["a"], rid="huge"), req([at_cap], ["a"], rid="words")
     )
     assert isinstance(refused, RequestError)
     assert refused.code == ErrorCode.INPUT_TOO_LONG
-    assert "input[1] has over 50 tokens" in refused.detail
-    assert "first 1,600 of 1,000,000 characters" in refused.detail
-    assert max(seen) < 3_000  # never the whole million
+    assert "input[1] has 1,000,000 characters, at most 1,600" in refused.detail
+    assert max(seen) <= 1_600  # never the million
     assert served["request_id"] == "words"
-    assert served["usage"]["total_tokens"] == 42 + 3
+    assert len(at_cap) == 1_600
+    assert 25 < served["usage"]["total_tokens"] < 50
 
     seen.clear()
     service = ClassifyService(settings, registry, observer)
     first, again = classify(
-        service, req(["x"], ["a", huge], rid="label"), req(["y"], [huge], rid="again")
+        service, req(["x"], ["a", spaces], rid="label"), req(["y"], [spaces], rid="again")
     )
-    for error in (first, again):  # refused by its head, each time (never cached)
+    for error in (first, again):  # refused by its length, each time (never cached)
         mapped = to_request_error(error)
         assert mapped.code == ErrorCode.INPUT_TOO_LONG
-        assert "has over 50 tokens" in mapped.detail
-        assert "first 1,600 characters" in mapped.detail
-    assert max(seen) < 3_000
+        assert "has 1,000,000 characters, at most 1,600 (32 per token) allowed" in mapped.detail
+    assert max(seen, default=0) <= 1_600
     assert not any(r._label_inflight for r in service._runtimes.values())
 
 
