@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 from models.fewshot import NonFiniteInputError, check_finite
 from models.registry import IMAGE, TEXT, ModelRegistry, ModelSpec
@@ -192,8 +193,9 @@ class ClassifyService:
                 f"is set, or a CLIP folder), or train a few-shot classifier with {spec.name!r}",
             )
         check_modalities(request.inputs, spec)
-        runtime = await self.runtime(spec)
         labels = request.all_labels
+        self._refuse_huge_answer(request, labels)
+        runtime = await self.runtime(spec)
         inputs = asyncio.ensure_future(self.embed_items(runtime, request.inputs))
         try:
             label_vectors = await runtime.labels(labels)
@@ -219,6 +221,21 @@ class ClassifyService:
             "usage": {"total_tokens": tokens, "prompt_tokens": tokens},
             "data": data,
         }
+
+    def _refuse_huge_answer(self, request: ClassifyRequest, labels: Sequence[str]) -> None:
+        """``RESPONSE_TOO_LARGE`` before any work when the answer cannot fit a record: it
+        was built first and measured after, and a 527 KB request (1,024 inputs, 256 labels
+        of 2,000 characters) built 550 MB; with long group names, tens of GB, which ended
+        the worker (orjson does not raise when memory runs out) at every redelivery."""
+        limit = self.settings.kafka.max_message_bytes
+        floor = answer_floor(len(request.inputs), labels, request.label_groups)
+        if floor > limit:
+            raise RequestError(
+                ErrorCode.RESPONSE_TOO_LARGE,
+                f"the answer would hold at least {floor:,} bytes ({len(request.inputs)} inputs "
+                f"x {len(labels)} labels), over the {limit:,}-byte record limit: send fewer "
+                "inputs or labels per request, or shorter labels",
+            )
 
     async def embed_items(self, runtime: EmbeddingRuntime, items: Sequence[InputItem]) -> Embedded:
         """Embed text and image items (each kind in its own batches), rows in item order.
@@ -318,6 +335,21 @@ def _prediction(
         "score": ordered[0][1],
         "predictions": [{"label": label, "score": score} for label, score in ordered],
     }
+
+
+_SCORED = len(b'{"label":,"score":0.0},')
+"""The least a label's entry in ``predictions`` adds beside the label itself."""
+
+
+def answer_floor(
+    inputs: int, labels: Sequence[str], groups: Mapping[str, Sequence[str]] | None
+) -> int:
+    """Bytes a zero-shot answer holds at least: every label (JSON-encoded) with a score in
+    every input's predictions, and every group name three times per input."""
+    per_input = sum(len(orjson.dumps(label)) + _SCORED for label in labels)
+    if groups:
+        per_input += 3 * sum(len(orjson.dumps(name)) for name in groups)
+    return inputs * per_input
 
 
 def _grouped_data(

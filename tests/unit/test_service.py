@@ -319,3 +319,56 @@ def test_the_temperature_setting_shapes_the_scores(tmp_path: Path, observer: Cou
     np.testing.assert_allclose(
         np.log(np.array(sharp)), 20 * cosines - np.log(np.exp(20 * cosines).sum()), atol=1e-4
     )
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        ["a", "b"],
+        ['quote " and \\ back', "ünïcödé", "\x01ctrl"],
+        {"topic": ["sport", "cooking"], "mood \u2603": ["happy", "sad", "sport"]},
+    ],
+    ids=["plain", "escaped", "groups"],
+)
+def test_the_answer_floor_is_never_above_the_answer(service: ClassifyService, labels: Any) -> None:
+    from streams.agents import encode
+    from streams.service import answer_floor
+
+    request = req(["one", "two", "three"], labels)
+    [answer] = classify(service, request)
+    assert answer_floor(3, request.all_labels, request.label_groups) <= len(encode(answer))
+
+
+def test_an_answer_too_large_for_a_record_is_refused_before_any_work(
+    tmp_path: Path, observer: Counting
+) -> None:
+    """The answer was built, then measured: a 527 KB request (1,024 inputs x 256 labels of
+    2,000 characters) built 550 MB in memory before RESPONSE_TOO_LARGE, and long group
+    names took a worker past its memory, at every redelivery. Now nothing is tokenized
+    or embedded for it; a request whose answer fits is served."""
+    settings = Settings(data_dir=tmp_path, kafka={"max_message_bytes": 64 * 1024})
+    registry = hash_registry(tmp_path)
+    encoder = registry.load(registry.resolve(None))
+    seen: list[int] = []
+    tokenize = encoder.tokenize
+
+    def spy(texts: Sequence[str]) -> Any:
+        seen.append(len(texts))
+        return tokenize(texts)
+
+    encoder.tokenize = spy  # type: ignore[method-assign]
+    service = ClassifyService(settings, registry, observer)
+    labels = [f"label {i} " + "d" * 200 for i in range(32)]  # ~7 kB per input
+    groups = {"g" * 30_000: ["a", "b"]}  # a group name three times per input
+    big, grouped, fits = classify(
+        service,
+        req([f"x{i}" for i in range(10)], labels, rid="big"),
+        req(["x"], groups, rid="groups"),
+        req([f"x{i}" for i in range(8)], labels, rid="fits"),
+    )
+    for refused in (big, grouped):
+        assert isinstance(refused, RequestError)
+        assert refused.code == ErrorCode.RESPONSE_TOO_LARGE
+        assert "over the 65,536-byte record limit" in refused.detail
+    assert fits["request_id"] == "fits"
+    assert sum(seen) == 8 + 32  # only the request that fits was tokenized
