@@ -18,6 +18,7 @@ from typing import Any
 
 import faust
 
+from streams.lenient_records import install as read_undecodable_header_keys
 from streams.settings import EMBEDDED_FETCH_MAX_WAIT_MS, Settings
 
 log = logging.getLogger(__name__)
@@ -201,6 +202,7 @@ def create_app(settings: Settings) -> tuple[ShotstreamApp, Topics]:
     """A faust app and its topics; agents are attached by ``streams.agents``."""
     if settings.embedded_broker:
         shorten_fetch_wait()
+    read_undecodable_header_keys()  # a record from a foreign client must not end the worker
     app = ShotstreamApp(settings.kafka.group_id, **app_config(settings))
     app.drain_timeout_s = settings.kafka.drain_timeout_s
 

@@ -16,8 +16,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streams.broker import follow, request_timeout, stop_consumer
 from streams.errors import OversizeRecordError
+from streams.lenient_records import install as read_undecodable_header_keys
 from streams.producer import TOO_LARGE, record_size
 from streams.settings import EMBEDDED_FETCH_MAX_WAIT_MS, Settings
+
+read_undecodable_header_keys()  # a record from a foreign client must not end the reader
 
 
 class Answer(dict[str, Any]):

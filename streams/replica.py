@@ -27,11 +27,14 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from state.records import ClassifierRecord, decode_record
 from streams.broker import follow, request_timeout, stop_consumer
+from streams.lenient_records import install as read_undecodable_header_keys
 
 log = logging.getLogger(__name__)
 
 FORGET_S = 60.0
 """How long a local delete outranks the changelog if its tombstone never arrives."""
+
+read_undecodable_header_keys()  # a record from a foreign client must not end the reader
 
 
 class ClassifierReplica:

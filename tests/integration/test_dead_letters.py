@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -111,5 +112,60 @@ def test_an_answer_over_the_message_limit_is_a_dead_letter_and_the_partition_mov
     assert json.loads(letter["payload"])["labels"] == labels  # the request, whole
     assert after["data"][0]["prediction"] in ("a", "b")
     assert committed > letter["source"]["offset"]
+    assert worker.proc is not None
+    assert worker.proc.poll() is None
+
+
+PRODUCE_RAW_HEADER_KEY = """
+import asyncio, os, sys
+from aiokafka import AIOKafkaProducer
+
+class RawKey(str):  # encodes to bytes that are not UTF-8, as librdkafka clients may send
+    def encode(self, encoding="utf-8", errors="strict"):
+        return b"\\xff" + str.encode(self, encoding, errors)
+
+async def main():
+    producer = AIOKafkaProducer(bootstrap_servers=sys.argv[1])
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            sys.argv[2], sys.argv[3].encode(), key=b"raw-header-key",
+            headers=[(RawKey("authorization"), b"Bearer x")],
+        )
+    finally:
+        await producer.stop()
+
+asyncio.run(main())
+"""
+
+
+def test_a_header_key_that_is_not_utf8_is_answered_and_the_worker_stays_up(
+    broker: EmbeddedBroker, worker: WorkerProcess
+) -> None:
+    """Kafka header keys are bytes; librdkafka clients write any. aiokafka's reader gave up
+    on such a record: the worker's consumer crashed, and so did every worker taking the
+    partition over. Now the record is read (the key escaped, so it is no authorization
+    header) and answered, and the records after it are too."""
+    import subprocess
+    import sys
+
+    async def go(c: ShotstreamClient) -> tuple[Answer, Answer]:
+        topic = c.settings.topic("classify")
+        raw = c.expect("raw-header-key")
+        value = json.dumps({"request_id": "raw-header-key", "input": ["x"], "labels": ["a", "b"]})
+        await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-c", PRODUCE_RAW_HEADER_KEY, broker.address, topic, value],
+            env={**os.environ, "AIOKAFKA_NO_EXTENSIONS": "1"},
+            check=True,
+            timeout=60,
+        )
+        after = await c.send(topic, {"input": ["still alive?"], "labels": ["yes", "no"]})
+        return await asyncio.wait_for(raw, 60), await asyncio.wait_for(after, 60)
+
+    raw, after = with_client(client_settings(broker), go)
+    assert raw.topic.endswith("predictions"), raw
+    assert raw["data"][0]["prediction"] in ("a", "b")
+    assert after.topic.endswith("predictions"), after
     assert worker.proc is not None
     assert worker.proc.poll() is None

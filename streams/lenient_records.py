@@ -1,0 +1,131 @@
+"""Records whose header keys are not UTF-8 are read, not fatal.
+
+Kafka header keys are bytes on the wire; the Java client writes them from strings, but
+librdkafka-based clients (confluent-kafka, kcat) write any bytes they are given, and
+brokers store them. aiokafka decodes header keys strictly, and its fetcher gives up on
+the whole partition: faust's consumer thread crashed on such a record, the worker exited,
+and every worker that took the partition over crashed on the same offset, for good.
+
+:func:`install` wraps the fetcher's record reader: batches are read by aiokafka's own
+(compiled) reader as before; only a batch that fails on an undecodable header key is read
+again by aiokafka's pure-Python reader with header keys decoded with ``surrogateescape``
+(a key never matches a header the service looks for, so such a record is answered as one
+without it). Nothing else changes, and the other records of the batch are kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Iterator
+from typing import Any, SupportsIndex
+
+log = logging.getLogger(__name__)
+
+_BATCH_HEAD = struct.Struct(">qi")
+"""A record batch starts with its base offset and its length (after these 12 bytes)."""
+_MAGIC_AT = 16
+"""Where a batch's format version (magic) is: after base offset, length and epoch."""
+
+
+class _LenientBytes(bytearray):
+    """A record buffer whose slices decode undecodable bytes as surrogate escapes."""
+
+    def __getitem__(self, index: SupportsIndex | slice) -> Any:
+        got = bytearray.__getitem__(self, index)
+        return _LenientBytes(got) if isinstance(index, slice) else got
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return bytearray.decode(self, encoding, "surrogateescape")
+
+
+def _is_header_decoding(exc: BaseException) -> bool:
+    """Whether a reader's error comes from decoding text (a header key)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, UnicodeDecodeError) or "UnicodeDecodeError" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+class _TolerantBatch:
+    """A v2 record batch read by the compiled reader, read again leniently on failure."""
+
+    def __init__(self, fast: Any, raw: memoryview) -> None:
+        self._fast = fast
+        self._raw = raw
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fast, name)
+
+    def __next__(self) -> Any:  # control batches are read record by record
+        return next(self._fast)
+
+    def __iter__(self) -> Iterator[Any]:
+        from aiokafka.errors import CorruptRecordException
+
+        last = -1
+        try:
+            for record in self._fast:
+                last = record.offset
+                yield record
+        except (CorruptRecordException, UnicodeDecodeError) as exc:
+            if not _is_header_decoding(exc):
+                raise
+            log.warning(
+                "a record batch from offset %d holds a header key that is not UTF-8; read "
+                "with the key's bytes escaped",
+                self._fast.base_offset,
+            )
+            for record in self._lenient():
+                if record.offset > last:
+                    yield record
+
+    def _lenient(self) -> Iterator[Any]:
+        from aiokafka.record.default_records import _DefaultRecordBatchPy
+
+        batch = _DefaultRecordBatchPy(self._raw)
+        batch._maybe_uncompress()
+        batch._buffer = _LenientBytes(batch._buffer)
+        return iter(batch)
+
+
+class TolerantMemoryRecords:
+    """aiokafka's ``MemoryRecords`` (the compiled one where installed), its v2 batches
+    wrapped in :class:`_TolerantBatch`."""
+
+    def __init__(self, data: bytes) -> None:
+        self._fast = _FAST(data)
+        self._data = memoryview(data)
+        self._pos = 0
+
+    def size_in_bytes(self) -> int:
+        return int(self._fast.size_in_bytes())
+
+    def has_next(self) -> bool:
+        return bool(self._fast.has_next())
+
+    def next_batch(self) -> Any:
+        fast = self._fast.next_batch()
+        if fast is None:
+            return None
+        _offset, length = _BATCH_HEAD.unpack_from(self._data, self._pos)
+        end = self._pos + _BATCH_HEAD.size + length
+        raw, self._pos = self._data[self._pos : end], end
+        return _TolerantBatch(fast, raw) if raw[_MAGIC_AT] >= 2 else fast
+
+
+_FAST: Any = None
+
+
+def install() -> None:
+    """Make aiokafka's fetcher read batches through :class:`TolerantMemoryRecords`
+    (idempotent)."""
+    global _FAST
+    from aiokafka.consumer import fetcher
+
+    if fetcher.MemoryRecords is TolerantMemoryRecords:
+        return
+    _FAST = fetcher.MemoryRecords
+    fetcher.MemoryRecords = TolerantMemoryRecords
