@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -38,6 +39,21 @@ def tansu_binary() -> Path:
     return path
 
 
+class PortInUseError(OSError):
+    """A port a command was told to listen on is taken (the message names the setting)."""
+
+
+def check_port_free(host: str, port: int, what: str) -> None:
+    """Raise :class:`PortInUseError` if something listens on ``host:port`` already (port 0,
+    any free one, always passes)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is free
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise PortInUseError(f"{what}: {host}:{port} is in use ({exc.strerror})") from None
+
+
 class EmbeddedBroker:
     """A Tansu process on 127.0.0.1:``port``; a context manager that stops it."""
 
@@ -52,6 +68,7 @@ class EmbeddedBroker:
         return f"{self.host}:{self.port}"
 
     def start(self, timeout_s: float = 30.0) -> EmbeddedBroker:
+        check_port_free(self.host, self.port, "the embedded broker (--port)")
         url = f"tcp://{self.host}:{self.port}"
         # its output goes to a file, never a pipe nobody reads (a full pipe blocks it)
         self._log = tempfile.TemporaryFile(prefix="tansu-")  # noqa: SIM115 - closed in stop()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -148,6 +150,34 @@ def _echo_json(answer: dict[str, Any]) -> None:
         raise typer.Exit(EXIT_DEAD_LETTER)
 
 
+def _exit_on_sigterm() -> None:
+    """SIGTERM ends the command as Ctrl-C does, through its ``with`` blocks: the broker it
+    started runs in its own session and outlived a command killed by the default action,
+    and so did ``dev``'s gateway."""
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+
+
+@contextlib.contextmanager
+def _startup_errors(settings: Settings) -> Iterator[None]:
+    """A server command that cannot start says why in one line, naming the setting to fix
+    (exit 2; 4 when Kafka cannot be reached), instead of a traceback."""
+    from models.registry import ModelNotAvailableError
+    from streams.broker import PortInUseError
+
+    try:
+        yield
+    except PortInUseError as exc:
+        typer.echo(f"cannot start: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except ModelNotAvailableError as exc:
+        typer.echo(f"cannot start: {exc} (SHOTSTREAM_DEFAULT_MODEL)", err=True)
+        raise typer.Exit(2) from None
+    except TimeoutError as exc:
+        brokers = ",".join(settings.brokers)
+        typer.echo(f"cannot reach Kafka at {brokers} (SHOTSTREAM_BROKERS): {exc}", err=True)
+        raise typer.Exit(EXIT_NO_KAFKA) from None
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -160,7 +190,8 @@ def broker(port: Annotated[int, typer.Option(help="TCP port on 127.0.0.1")] = 90
     from streams.broker import EmbeddedBroker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    with EmbeddedBroker(port):
+    _exit_on_sigterm()
+    with _startup_errors(_settings()), EmbeddedBroker(port):
         typer.echo(f"embedded broker on 127.0.0.1:{port} (Ctrl-C stops it)")
         try:
             while True:
@@ -176,17 +207,21 @@ def worker() -> None:
 
     settings = _settings()
     _logging(settings)
-    run_worker(settings)
+    with _startup_errors(settings):
+        run_worker(settings)
 
 
 @app.command()
 def gateway() -> None:
     """Serve Jina's Classifier API over HTTP on SHOTSTREAM_HTTP_PORT, backed by the topics."""
+    from streams.broker import check_port_free
     from streams.gateway import run_gateway
 
     settings = _settings()
     _logging(settings)
-    run_gateway(settings)
+    with _startup_errors(settings):
+        check_port_free(settings.gateway.host, settings.http_port, "SHOTSTREAM_HTTP_PORT")
+        run_gateway(settings)
 
 
 @app.command()
@@ -197,15 +232,25 @@ def dev(
     ] = True,
 ) -> None:
     """Embedded broker + topics + worker (+ HTTP gateway) in one command; Ctrl-C stops all."""
+    from streams.broker import check_port_free
+
+    brokers = f"127.0.0.1:{port}"
+    settings = _settings(brokers=brokers)
+    _logging(settings)
+    _exit_on_sigterm()
+    with _startup_errors(settings):
+        if http:  # its own process would fail alone, and dev run on without it
+            check_port_free(settings.gateway.host, settings.http_port, "SHOTSTREAM_HTTP_PORT")
+        _dev(port, brokers, settings, http)
+
+
+def _dev(port: int, brokers: str, settings: Settings, http: bool) -> None:
     import os
     import subprocess
 
     from streams.broker import EmbeddedBroker
     from streams.worker import run_worker
 
-    brokers = f"127.0.0.1:{port}"
-    settings = _settings(brokers=brokers)
-    _logging(settings)
     with EmbeddedBroker(port):
         gateway = None
         if http:  # its own process: its event loop never waits for the worker's
@@ -456,8 +501,9 @@ def demo(
 
     port = port or free_port()
     logging.basicConfig(level=logging.WARNING)
+    _exit_on_sigterm()
     typer.echo(f"starting the embedded broker on 127.0.0.1:{port} ...")
-    with EmbeddedBroker(port) as embedded:
+    with _startup_errors(_settings()), EmbeddedBroker(port) as embedded:
         settings = _settings(brokers=embedded.address)
         log_path = settings.data_dir / "demo-worker.log"
         typer.echo(

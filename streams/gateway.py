@@ -53,6 +53,7 @@ from streams.http_models import (
     TrainingResponse,
     ValidationErrorBody,
 )
+from streams.logs import announce
 from streams.metrics import HttpMetrics
 from streams.middleware import BodyLimit, RequestIds
 from streams.ratelimit import Decision, Limit, RateLimiter
@@ -691,6 +692,10 @@ def run_gateway(settings: Settings) -> None:
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets)
             if self.started:
-                log.info("shotstream gateway ready on %s (docs: %s/docs)", url, url)
+                bound = url
+                if self.servers and self.servers[0].sockets:  # the port chosen for port 0
+                    host, port = self.servers[0].sockets[0].getsockname()[:2]
+                    bound = f"http://{host}:{port}"
+                announce(log, "shotstream gateway ready on %s (docs: %s/docs)", bound, bound)
 
     Server(config).run()

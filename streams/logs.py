@@ -93,3 +93,10 @@ def quiet_kafka_repeats(window_s: float = REPEAT_WINDOW_S) -> RepeatFilter:
         if repeats not in logger.filters:
             logger.addFilter(repeats)
     return repeats
+
+
+def announce(logger: logging.Logger, message: str, *args: object) -> None:
+    """Log a readiness line at INFO, or at the configured level when that is higher:
+    operators, ``WorkerProcess`` and ``shotstream demo`` wait for it, also with
+    ``SHOTSTREAM_LOG_LEVEL=warning``."""
+    logger.log(max(logging.INFO, logger.getEffectiveLevel()), message, *args)

@@ -8,6 +8,7 @@ double underscore, e.g. ``SHOTSTREAM_BATCHING__MAX_BATCH_SIZE=64``.
 from __future__ import annotations
 
 import ipaddress
+import logging
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -291,6 +292,20 @@ class Settings(BaseSettings):
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        if not isinstance(logging.getLevelName(value.upper()), int):
+            raise ValueError(f"{value!r} is not a log level (debug, info, warning, error)")
+        return value
+
+    @field_validator("api_key_file")
+    @classmethod
+    def _check_key_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a readable file")
         return value
 
     @field_validator("brokers")

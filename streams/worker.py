@@ -19,7 +19,8 @@ from models.registry import ModelRegistry
 from streams.agents import ClassifyHandler, RequestAgent
 from streams.app import EXIT_MARGIN_S, ShotstreamApp, classifier_changelog_topic, create_app
 from streams.auth import KeyRing
-from streams.broker import ensure_topics, partition_counts, wait_for_broker
+from streams.broker import check_port_free, ensure_topics, partition_counts, wait_for_broker
+from streams.logs import announce
 from streams.metrics import PrometheusObserver
 from streams.producer import OutputProducer
 from streams.replica import ClassifierReplica
@@ -122,7 +123,8 @@ def build_worker(settings: Settings) -> tuple[ShotstreamApp, ClassifyService, Pr
         observer.on_state("ready")
         if not announced:
             announced = True
-            log.info(
+            announce(
+                log,
                 "shotstream worker ready: consuming %s with model %s (group %s)",
                 topics.classify.get_topic_name(),
                 settings.default_model_name,
@@ -293,7 +295,9 @@ def run_worker(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM. Loads the default model first so traffic never waits."""
     (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
     app, service, observer = build_worker(settings)
+    spec = service.registry.resolve(None)  # an unknown default fails before any topic is made
     if settings.metrics_port is not None:
+        check_port_free(settings.metrics_host, settings.metrics_port, "SHOTSTREAM_METRICS_PORT")
         port = observer.serve(settings.metrics_port, settings.metrics_host)
         log.info("metrics port %d", port)
     try:
@@ -302,7 +306,6 @@ def run_worker(settings: Settings) -> None:
         log.error("not starting: %s", exc)
         raise SystemExit(2) from None
     (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
-    spec = service.registry.resolve(None)
     log.info("loading default model %s (%s)", spec.name, spec.source)
     service.registry.load(spec)
     # bounded however faust's shutdown goes: the process ends on its own, logged

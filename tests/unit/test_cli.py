@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
@@ -71,3 +73,106 @@ def test_few_shot_commands_need_a_key_before_anything_is_sent() -> None:
         code, output = run(args, env, '[{"text": "x", "label": "a"}]')
         assert code == 2, (args, output)
         assert "--api-key" in output
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"SHOTSTREAM_LOG_LEVEL": "verbose"}, "SHOTSTREAM_LOG_LEVEL"),
+        ({"SHOTSTREAM_API_KEY_FILE": "/nonexistent/keys"}, "SHOTSTREAM_API_KEY_FILE"),
+    ],
+)
+def test_server_settings_are_checked_before_starting(env: dict[str, str], named: str) -> None:
+    """An unknown log level and a missing key file were tracebacks at start."""
+    code, output = run(["worker"], env)
+    assert code == 2
+    assert f"invalid settings: {named}" in output
+    assert "Traceback" not in output
+
+
+def test_server_commands_that_cannot_start_say_why_in_one_line(tmp_path: Path) -> None:
+    """A taken port (broker, metrics, HTTP), an unknown default model and Kafka out of
+    reach were 40- to 100-line tracebacks; each is now one line naming what to fix."""
+    import socket
+
+    from streams.cli import free_port
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = str(taken.getsockname()[1])
+        base = {"SHOTSTREAM_DATA_DIR": str(tmp_path)}
+        cases = [
+            (["broker", "--port", busy], {}, 2, "the embedded broker (--port): 127.0.0.1:"),
+            (["dev", "--port", busy], {}, 2, "the embedded broker (--port)"),
+            (["gateway"], {"SHOTSTREAM_HTTP_PORT": busy}, 2, "SHOTSTREAM_HTTP_PORT"),
+            (["worker"], {"SHOTSTREAM_METRICS_PORT": busy}, 2, "SHOTSTREAM_METRICS_PORT"),
+            (["worker"], {"SHOTSTREAM_DEFAULT_MODEL": "no-such-model"}, 2, "DEFAULT_MODEL"),
+            (
+                ["worker"],
+                {
+                    "SHOTSTREAM_BROKERS": f"127.0.0.1:{free_port()}",
+                    "SHOTSTREAM_KAFKA__REQUEST_TIMEOUT_S": "1",
+                },
+                EXIT_NO_KAFKA,
+                "cannot reach Kafka at 127.0.0.1:",
+            ),
+        ]
+        for args, env, code, said in cases:
+            got, output = run(args, {**base, **env})
+            assert (got, "Traceback" in output) == (code, False), (args, output)
+            assert said in output, (args, output)
+
+
+def test_sigterm_stops_the_broker_command_and_its_broker(tmp_path: Path) -> None:
+    """SIGTERM (what systemd, docker and kill send) took the command's default action:
+    no cleanup ran, and the broker, in its own session, kept the port for good."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from streams.cli import free_port
+
+    port = free_port()
+
+    def listening() -> bool:
+        with socket.socket() as probe:
+            return probe.connect_ex(("127.0.0.1", port)) == 0
+
+    command = subprocess.Popen(
+        [sys.executable, "-m", "streams", "broker", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not listening():
+            assert command.poll() is None
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        command.send_signal(signal.SIGTERM)
+        assert command.wait(timeout=30) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 10
+        while listening() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not listening()  # the broker went with it
+    finally:
+        command.kill()
+
+
+def test_the_ready_line_is_written_at_any_log_level(caplog: pytest.LogCaptureFixture) -> None:
+    """WorkerProcess and `shotstream demo` wait for the ready line; at
+    SHOTSTREAM_LOG_LEVEL=warning it was never written, and demo failed."""
+    import logging
+
+    from streams.logs import announce
+
+    logger = logging.getLogger("shotstream-test-ready")
+    logger.setLevel(logging.WARNING)
+    with caplog.at_level(logging.WARNING, logger=logger.name):
+        announce(logger, "shotstream worker ready: %s", "x")
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.WARNING, "shotstream worker ready: x")
+    ]
