@@ -410,10 +410,18 @@ def classifiers_list(
         typer.echo(json.dumps(rows, ensure_ascii=False, indent=2))
         return
     from rich.console import Console
-    from rich.table import Table
+    from rich.table import Column, Table
 
+    # the id is what `classifiers delete` takes: never cut, also in a narrow terminal or pipe
     table = Table(
-        "classifier_id", "model", "labels", "access", "version", "samples", "updated", "accuracy"
+        Column("classifier_id", no_wrap=True, min_width=36),
+        "model",
+        "labels",
+        "access",
+        "version",
+        "samples",
+        "updated",
+        "accuracy",
     )
     for r in rows:
         acc = r["prequential_accuracy"]

@@ -696,6 +696,12 @@ def run_gateway(settings: Settings) -> None:
                 if self.servers and self.servers[0].sockets:  # the port chosen for port 0
                     host, port = self.servers[0].sockets[0].getsockname()[:2]
                     bound = f"http://{host}:{port}"
-                announce(log, "shotstream gateway ready on %s (docs: %s/docs)", bound, bound)
+                announce(
+                    log,
+                    settings.log_level,
+                    "shotstream gateway ready on %s (docs: %s/docs)",
+                    bound,
+                    bound,
+                )
 
     Server(config).run()

@@ -95,8 +95,10 @@ def quiet_kafka_repeats(window_s: float = REPEAT_WINDOW_S) -> RepeatFilter:
     return repeats
 
 
-def announce(logger: logging.Logger, message: str, *args: object) -> None:
-    """Log a readiness line at INFO, or at the configured level when that is higher:
-    operators, ``WorkerProcess`` and ``shotstream demo`` wait for it, also with
-    ``SHOTSTREAM_LOG_LEVEL=warning``."""
-    logger.log(max(logging.INFO, logger.getEffectiveLevel()), message, *args)
+def announce(logger: logging.Logger, configured: str, message: str, *args: object) -> None:
+    """Log a readiness line at INFO, or at the ``configured`` level (``SHOTSTREAM_LOG_LEVEL``)
+    when that is higher: operators, ``WorkerProcess`` and ``shotstream demo`` wait for it
+    at any level. (faust's worker sets its handler's level, not the logger's: the level a
+    record is shown at cannot be read back from the logger.)"""
+    level = logging.getLevelName(configured.upper())
+    logger.log(max(logging.INFO, level if isinstance(level, int) else 0), message, *args)

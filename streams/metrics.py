@@ -248,10 +248,13 @@ class PrometheusObserver(Observer):
         dim: int,
         queue_depth: Callable[[], int],
         streams: int = 1,
+        image_streams: int = 0,
     ) -> None:
         self.model_info.labels(model).info({"source": source, "device": device, "dim": str(dim)})
         self.queue_depth.labels(model).set_function(queue_depth)
         self.compute_streams.labels(model).set(streams)
+        if image_streams:  # image batches are timed as <model>/image: their own denominator
+            self.compute_streams.labels(f"{model}/image").set(image_streams)
 
     def on_state(self, state: str) -> None:
         self.state = state

@@ -65,9 +65,11 @@ class Observer:
         dim: int,
         queue_depth: Callable[[], int],
         streams: int = 1,
+        image_streams: int = 0,
     ) -> None:
-        """A model became ready; ``queue_depth`` reads its batcher's queue; it computes
-        ``streams`` batches at once."""
+        """A model became ready; ``queue_depth`` reads its batchers' queues; it computes
+        ``streams`` batches at once, and ``image_streams`` image batches (its image lane,
+        whose batches are reported as ``<model>/image``)."""
 
     def on_state(self, state: str) -> None:
         """The worker is ``starting`` (topics, model), ``ready`` (it joined its group and

@@ -85,6 +85,7 @@ class ClassifyService:
                     encoder.dim,
                     lambda: runtime.queue_depth if runtime else 0,
                     streams=self.registry.streams,
+                    image_streams=self.registry.streams if runtime.image_batcher else 0,
                 )
         return runtime
 

@@ -115,6 +115,12 @@ def build_worker(settings: Settings) -> tuple[ShotstreamApp, ClassifyService, Pr
     async def _follow_classifiers() -> None:
         await replica.start()
 
+    @app.task  # type: ignore[untyped-decorator]  # faust types it loosely
+    async def _default_runtime() -> None:
+        # loaded before faust starts (run_worker); its runtime now, so the dashboard and
+        # the queue alert see the default model before its first request
+        await service.runtime(service.registry.resolve(None))
+
     announced = False
 
     @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # faust types receivers as sync
@@ -125,6 +131,7 @@ def build_worker(settings: Settings) -> tuple[ShotstreamApp, ClassifyService, Pr
             announced = True
             announce(
                 log,
+                settings.log_level,
                 "shotstream worker ready: consuming %s with model %s (group %s)",
                 topics.classify.get_topic_name(),
                 settings.default_model_name,
@@ -299,7 +306,9 @@ def run_worker(settings: Settings) -> None:
     if settings.metrics_port is not None:
         check_port_free(settings.metrics_host, settings.metrics_port, "SHOTSTREAM_METRICS_PORT")
         port = observer.serve(settings.metrics_port, settings.metrics_host)
-        log.info("metrics port %d", port)
+        announce(
+            log, settings.log_level, "metrics port %d", port
+        )  # port 0 picks one: said at any log level
     try:
         asyncio.run(prepare_tables(settings))
     except TopicLayoutError as exc:

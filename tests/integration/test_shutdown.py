@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ from streams.broker import EmbeddedBroker
 from streams.cli import free_port
 from streams.client import ShotstreamClient
 from streams.processes import WorkerProcess
-from tests.integration.conftest import client_settings, with_client, worker_env
+from tests.integration.conftest import client_settings, metrics_port, with_client, worker_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]
 
@@ -73,6 +75,18 @@ def test_sigterm_with_a_backlog_cancels_the_rest_and_a_restart_answers_everythin
         second.stop()
 
 
+def until_in_metrics(worker: WorkerProcess, name: str, timeout_s: float = 10.0) -> str:
+    """The worker's /metrics once it has ``shotstream_<name>`` samples."""
+    url = f"http://127.0.0.1:{metrics_port(worker)}/metrics"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        if f"shotstream_{name}{{" in text or time.monotonic() > deadline:
+            return text
+        time.sleep(0.2)
+
+
 def test_sigterm_with_the_broker_away_still_ends_the_worker(
     tmp_path: Path, model_cache: Path
 ) -> None:
@@ -86,10 +100,13 @@ def test_sigterm_with_the_broker_away_still_ends_the_worker(
             model_cache,
             SHOTSTREAM_PARTITIONS="1",
             SHOTSTREAM_KAFKA__DRAIN_TIMEOUT_S="1",
+            SHOTSTREAM_LOG_LEVEL="warning",  # the ready line is written all the same
         )
         worker = WorkerProcess(env, tmp_path / "worker.log").start()
         try:
             worker.wait_ready(600)
+            # the default model is on the dashboard before its first request
+            assert 'model="multilingual-e5-small"' in until_in_metrics(worker, "model_info")
 
             async def go(c: ShotstreamClient) -> None:
                 topic = c.settings.topic("classify")

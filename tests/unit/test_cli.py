@@ -170,9 +170,10 @@ def test_the_ready_line_is_written_at_any_log_level(caplog: pytest.LogCaptureFix
     from streams.logs import announce
 
     logger = logging.getLogger("shotstream-test-ready")
-    logger.setLevel(logging.WARNING)
-    with caplog.at_level(logging.WARNING, logger=logger.name):
-        announce(logger, "shotstream worker ready: %s", "x")
+    with caplog.at_level(logging.DEBUG, logger=logger.name):
+        announce(logger, "warning", "shotstream worker ready: %s", "x")
+        announce(logger, "debug", "shotstream worker ready: %s", "y")
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
-        (logging.WARNING, "shotstream worker ready: x")
+        (logging.WARNING, "shotstream worker ready: x"),
+        (logging.INFO, "shotstream worker ready: y"),
     ]

@@ -212,3 +212,22 @@ def test_bad_images_fail_the_request_naming_the_index(settings: Settings, tiny_c
     assert "private" in fetch.detail
     assert corrupt.code == ErrorCode.IMAGE_INVALID
     assert corrupt.detail.startswith("input[1]")
+
+
+def test_the_image_lane_has_its_own_busy_fraction_denominator(
+    settings: Settings, tiny_clip: Path
+) -> None:
+    """Image batches are timed as `<model>/image`, but compute streams were exported for
+    `<model>` only: the dashboard's busy fraction had no line for image work."""
+    from streams.metrics import PrometheusObserver
+
+    observer = PrometheusObserver()
+    service = make_service(settings, tiny_clip, observer)
+    spec = service.registry.resolve("jina-clip-v1")
+    run(service, lambda: service.runtime(spec))
+
+    def streams(model: str) -> float | None:
+        return observer.registry.get_sample_value("shotstream_compute_streams", {"model": model})
+
+    assert streams(spec.name) == service.registry.streams
+    assert streams(f"{spec.name}/image") == service.registry.streams
