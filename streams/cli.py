@@ -51,14 +51,20 @@ EXIT_NO_KAFKA = 4
 
 def _settings(**overrides: Any) -> Settings:
     """The settings, or a one-line message naming the variable to fix (exit 2)."""
+    import os
+
     from pydantic import ValidationError
     from pydantic_settings import SettingsError
 
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     except (ValidationError, SettingsError) as exc:
         typer.echo(f"invalid settings: {settings_problem(exc)}", err=True)
         raise typer.Exit(2) from None
+    for variable, close in Settings.unknown_variables(os.environ).items():
+        hint = f" (did you mean {close}?)" if close else ""
+        typer.echo(f"warning: {variable} is not a shotstream setting, ignored{hint}", err=True)
+    return settings
 
 
 def settings_problem(exc: Exception) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -320,6 +321,32 @@ class Settings(BaseSettings):
         return value
 
     # -- derived values -------------------------------------------------------------------
+
+    @classmethod
+    def unknown_variables(cls, environ: Mapping[str, str]) -> dict[str, str | None]:
+        """``SHOTSTREAM_*`` variables no setting reads (a typo is otherwise ignored in
+        silence: ``SHOTSTREAM_BROKER`` left the brokers at their default), each with the
+        closest known name."""
+        import difflib
+
+        known = {"SHOTSTREAM_API_KEY"}  # the client commands' key
+        nested = set()
+        for name, field in cls.model_fields.items():
+            known.add(field.alias or f"SHOTSTREAM_{name.upper()}")
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                nested.add(f"SHOTSTREAM_{name.upper()}__")
+                known |= {
+                    f"SHOTSTREAM_{name.upper()}__{inner.upper()}"
+                    for inner in annotation.model_fields
+                }
+        return {
+            variable: next(iter(difflib.get_close_matches(variable, known, 1, 0.75)), None)
+            for variable in environ
+            if variable.startswith("SHOTSTREAM_")
+            and variable not in known
+            and not any(variable.startswith(prefix) for prefix in nested)
+        }
 
     @property
     def default_model_name(self) -> str:

@@ -177,3 +177,18 @@ def test_the_ready_line_is_written_at_any_log_level(caplog: pytest.LogCaptureFix
         (logging.WARNING, "shotstream worker ready: x"),
         (logging.INFO, "shotstream worker ready: y"),
     ]
+
+
+def test_an_unknown_shotstream_variable_is_warned_about_not_ignored_in_silence() -> None:
+    """SHOTSTREAM_BROKER (no S) left the brokers at 127.0.0.1:9092 without a word."""
+    env = {"SHOTSTREAM_BROKER": "kafka-1:9092", "SHOTSTREAM_BROKERS": "127.0.0.1:1"}
+    code, output = run(["classify", "-l", "a", "-l", "b", "x"], env)
+    assert code == EXIT_NO_KAFKA
+    assert (
+        "warning: SHOTSTREAM_BROKER is not a shotstream setting, ignored "
+        "(did you mean SHOTSTREAM_BROKERS?)" in output
+    )
+    code, output = run(
+        ["classify", "-l", "a", "-l", "b", "x"], {"SHOTSTREAM_BROKERS": "127.0.0.1:1"}
+    )
+    assert "is not a shotstream setting" not in output
