@@ -1,6 +1,6 @@
 """Choose the few-shot learner's prototypes per class and growth step, on validation only.
 
-    .venv/bin/python -m benchmarks.prototypes            # 20 seeds, about 3 min with the cache warm
+    .venv/bin/python -m benchmarks.prototypes    # 20 seeds, about 1.2 min with the cache warm
 
 The shipped learner (``models.fewshot``) may keep up to ``prototypes`` weight vectors per
 class, scoring a class by the largest; a class gains one each ``grow`` examples. This is

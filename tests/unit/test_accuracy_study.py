@@ -154,6 +154,8 @@ def test_study_scores_every_method_and_caches_embeddings(tmp_path: Path) -> None
         "shipped, streamed",
         "LinearSVC",
         "RBF SVC",
+        "LinearSVC, tuned",
+        "RBF SVC, tuned",
         "centroid",
     }
     assert set(scores["zero-shot"]) == {"0", "6", "30", "90"}
@@ -223,6 +225,8 @@ def test_an_image_set_runs_without_label_vectors_and_says_why(
         "shipped, streamed",
         "LinearSVC",
         "RBF SVC",
+        "LinearSVC, tuned",
+        "RBF SVC, tuned",
         "centroid",
     }
     assert set(scores["shipped"]) == {"10", "40"}  # 3 examples cannot hold 4 classes
@@ -427,3 +431,39 @@ def test_bench_command_runs_the_study_with_its_own_seeds_unless_told(
     assert runner.invoke(app, ["bench", "accuracy", "--seeds", "3", "--sizes", "8"]).exit_code == 0
     out = str(bench.checkout_root() / "benchmarks" / "results")
     assert calls == [["--out", out], ["--sizes", "8", "--seeds", "3", "--out", out]]
+
+
+def test_the_svms_are_tuned_on_validation_only_defaults_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The offline peers get the same chance as the shipped learner: a grid on the
+    validation cells (never a test item), per modality and kernel; a tie keeps the
+    defaults, which come first."""
+    from benchmarks import accuracy as acc
+
+    ds = toy()
+    test_rows = {ds.texts[i] for i in ds.test}
+    seen: list[int] = []
+    real = acc.make_task
+
+    def spy(data: Dataset, X, labels, train, test, **kw):  # type: ignore[no-untyped-def]
+        if data.name == ds.name:
+            seen.extend(train.tolist() + test.tolist())
+        return real(data, X, labels, train, test, **kw)
+
+    monkeypatch.setattr(acc, "make_task", spy)
+    monkeypatch.setattr(
+        acc, "SVM_TUNE_GRID", {"C": (0.001, 1.0), "class_weight": (None,), "standardize": (False,)}
+    )
+    tuned = acc.tune_svms(
+        with_pictures(study(tmp_path / "cache", seeds=2, sizes=(0, 6, 30))), progress=False
+    )
+    assert seen
+    assert not {ds.texts[i] for i in seen} & test_rows
+    for modality in ("text", "image"):
+        for kind in ("LinearSVC", "RBF SVC"):
+            got = tuned[modality][kind]
+            assert [r["settings"]["C"] for r in got["grid"]] in ([1.0, 0.001], [0.001, 1.0])
+            assert got["best"]["mean_f1"] >= max(r["mean_f1"] for r in got["grid"]) - acc.TIE_BAND
+    # a C this small cannot separate the toy classes: the default wins for LinearSVC
+    assert tuned["text"]["LinearSVC"]["best"]["settings"]["C"] == 1.0
