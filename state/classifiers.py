@@ -217,7 +217,7 @@ def apply_examples(
     record.rows = list(clf.rows)
     record.seen = list(clf.seen)
     if clf.center:
-        record.hyper["_mean"] = {"count": clf.mean_count, "mean": clf.mean.tolist()}
+        record.hyper["_mean"] = {"count": clf.mean_count, "mean": clf.mean.copy()}
         if clf.scale:
             record.hyper["_mean"]["sq"] = clf.sq_mean
     record.version += 1

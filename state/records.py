@@ -128,7 +128,7 @@ def encode_record(record: ClassifierRecord) -> bytes:
         "recent": record.recent,
         "hyper": record.hyper,
     }
-    head = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode()
+    head = json.dumps(header, ensure_ascii=False, separators=(",", ":"), default=_listed).encode()
     return _HEAD.pack(MAGIC, FORMAT_VERSION, len(head)) + head + weights.tobytes()
 
 
@@ -145,6 +145,29 @@ def _split(data: bytes) -> tuple[int, Any, bytes]:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RecordFormatError(f"corrupt record header: {exc}") from exc
     return version, header, data[start + head_len :]
+
+
+def _listed(value: object) -> object:
+    """JSON for what a header holds beside plain values: the running mean, an array."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} in a classifier record header")
+
+
+def _running_mean(hyper: dict[str, Any], dim: int) -> dict[str, Any]:
+    """``hyper`` with its running mean (``_mean.mean``) as a float32 array: a list of
+    ``dim`` Python floats cost every replica ~12 kB per classifier and every train
+    request a conversion each way."""
+    state = hyper.get("_mean")
+    if not isinstance(state, dict) or "mean" not in state:
+        return hyper
+    try:
+        mean = np.asarray(state["mean"], dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise RecordFormatError(f"corrupt record header: running mean ({exc})") from exc
+    if mean.shape != (dim,) or not np.isfinite(mean).all():
+        raise RecordFormatError(f"corrupt record header: running mean of shape {mean.shape}")
+    return {**hyper, "_mean": {**state, "mean": mean}}
 
 
 def decode_record(data: bytes) -> ClassifierRecord:
@@ -222,7 +245,7 @@ def _from_header(header: Any, body: bytes) -> ClassifierRecord:
         samples_seen=_int(header["samples_seen"], "samples_seen"),
         applied={str(k): _int(v, "an applied offset") for k, v in header["applied"].items()},
         recent=recent,
-        hyper=dict(header["hyper"]),
+        hyper=_running_mean(dict(header["hyper"]), dim),
         rows=rows,
         seen=seen,
     )

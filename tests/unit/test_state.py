@@ -297,3 +297,28 @@ def test_a_non_finite_example_leaves_the_record_untouched() -> None:
             label_vectors=None, source="t:0", offset=9, now=2.0,
         )  # fmt: skip
     assert encode_record(rec) == before
+
+
+def test_the_running_mean_is_an_array_in_memory_and_checked_when_read() -> None:
+    """The mean was a list of `dim` Python floats in every decoded record (~12 kB per
+    classifier on every replica, converted both ways per train request). It is a float32
+    array now, written as the same JSON list (the format is unchanged), read back exactly,
+    and a mean of the wrong length is a corrupt record, not a failure at the next train."""
+    rng = np.random.default_rng(3)
+    rec = fresh()
+    rec.hyper.update({"center": True, "scale": True})
+    X = rng.standard_normal((6, DIM)).astype(np.float32)
+    apply_examples(
+        rec, X, ["a", "b", "c"] * 2, num_iters=2, label_vectors=None, source="t:0",
+        offset=0, now=2.0,
+    )  # fmt: skip
+    data = encode_record(rec)
+    back = decode_record(data)
+    mean = back.hyper["_mean"]["mean"]
+    assert isinstance(mean, np.ndarray)
+    assert mean.dtype == np.float32
+    np.testing.assert_array_equal(mean, rec.hyper["_mean"]["mean"])
+    assert encode_record(back) == data
+    rec.hyper["_mean"]["mean"] = np.zeros(DIM - 1, np.float32)
+    with pytest.raises(RecordFormatError, match="running mean"):
+        decode_record(encode_record(rec))
