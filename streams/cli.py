@@ -169,10 +169,11 @@ def _startup_errors(settings: Settings) -> Iterator[None]:
     (exit 2; 4 when Kafka cannot be reached), instead of a traceback."""
     from models.registry import ModelNotAvailableError
     from streams.broker import PortInUseError
+    from streams.settings import KeyFileError
 
     try:
         yield
-    except PortInUseError as exc:
+    except (PortInUseError, KeyFileError) as exc:
         typer.echo(f"cannot start: {exc}", err=True)
         raise typer.Exit(2) from None
     except ModelNotAvailableError as exc:
@@ -227,6 +228,7 @@ def gateway() -> None:
     _logging(settings)
     with _startup_errors(settings):
         check_port_free(settings.gateway.host, settings.http_port, "SHOTSTREAM_HTTP_PORT")
+        settings.all_api_keys()  # readable, before uvicorn turns a failure into a traceback
         run_gateway(settings)
 
 

@@ -241,6 +241,11 @@ EMBEDDED_FETCH_MAX_WAIT_MS = 25
 records arrive meanwhile; faust hard-codes 1,500 ms, which added ~750 ms to every request."""
 
 
+class KeyFileError(ValueError):
+    """``SHOTSTREAM_API_KEY_FILE`` cannot be read (checked where the keys are needed: a
+    client command does not read it)."""
+
+
 class Settings(BaseSettings):
     """Everything a shotstream process reads from its environment."""
 
@@ -300,13 +305,6 @@ class Settings(BaseSettings):
     def _check_log_level(cls, value: str) -> str:
         if not isinstance(logging.getLevelName(value.upper()), int):
             raise ValueError(f"{value!r} is not a log level (debug, info, warning, error)")
-        return value
-
-    @field_validator("api_key_file")
-    @classmethod
-    def _check_key_file(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
-            raise ValueError(f"{value} is not a readable file")
         return value
 
     @field_validator("brokers")
@@ -375,7 +373,11 @@ class Settings(BaseSettings):
         """Keys from ``SHOTSTREAM_API_KEYS`` and ``SHOTSTREAM_API_KEY_FILE`` (one per line)."""
         keys = [k.get_secret_value() for k in self.api_keys]
         if self.api_key_file is not None:
-            for line in self.api_key_file.read_text(encoding="utf-8").splitlines():
+            try:
+                text = self.api_key_file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise KeyFileError(f"SHOTSTREAM_API_KEY_FILE {self.api_key_file}: {exc}") from exc
+            for line in text.splitlines():
                 line = line.strip()
                 if line and not line.startswith("#"):
                     keys.append(line)

@@ -79,7 +79,6 @@ def test_few_shot_commands_need_a_key_before_anything_is_sent() -> None:
     ("env", "named"),
     [
         ({"SHOTSTREAM_LOG_LEVEL": "verbose"}, "SHOTSTREAM_LOG_LEVEL"),
-        ({"SHOTSTREAM_API_KEY_FILE": "/nonexistent/keys"}, "SHOTSTREAM_API_KEY_FILE"),
     ],
 )
 def test_server_settings_are_checked_before_starting(env: dict[str, str], named: str) -> None:
@@ -108,6 +107,8 @@ def test_server_commands_that_cannot_start_say_why_in_one_line(tmp_path: Path) -
             (["gateway"], {"SHOTSTREAM_HTTP_PORT": busy}, 2, "SHOTSTREAM_HTTP_PORT"),
             (["worker"], {"SHOTSTREAM_METRICS_PORT": busy}, 2, "SHOTSTREAM_METRICS_PORT"),
             (["worker"], {"SHOTSTREAM_DEFAULT_MODEL": "no-such-model"}, 2, "DEFAULT_MODEL"),
+            (["worker"], {"SHOTSTREAM_API_KEY_FILE": "/nonexistent/keys"}, 2, "KEY_FILE"),
+            (["gateway"], {"SHOTSTREAM_API_KEY_FILE": "/nonexistent/keys"}, 2, "KEY_FILE"),
             (
                 ["worker"],
                 {
