@@ -262,13 +262,10 @@ def test_an_image_set_runs_without_label_vectors_and_says_why(
     ]
 
 
-def test_tuning_never_touches_the_test_split(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def rows_tasks_see(ds: Dataset, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The rows of ``ds`` every task made from now on trains or is scored on."""
     import benchmarks.accuracy as acc
 
-    ds = toy()
-    test_rows = {ds.texts[i] for i in ds.test}
     seen: list[int] = []
     real = acc.make_task
 
@@ -278,6 +275,17 @@ def test_tuning_never_touches_the_test_split(
         return real(data, X, labels, train, test, **kw)
 
     monkeypatch.setattr(acc, "make_task", spy)
+    return seen
+
+
+def test_tuning_never_touches_the_test_split(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import benchmarks.accuracy as acc
+
+    ds = toy()
+    test_rows = {ds.texts[i] for i in ds.test}
+    seen = rows_tasks_see(ds, monkeypatch)
     monkeypatch.setattr(acc, "TUNE_GRID", {"C": (0.1, 1.0)})
     monkeypatch.setattr(acc, "IMAGE_TUNE_GRID", {"C": (0.03, 0.3)})
     monkeypatch.setattr(acc, "TUNE_ITERS", (1, 10))
@@ -443,15 +451,7 @@ def test_the_svms_are_tuned_on_validation_only_defaults_first(
 
     ds = toy()
     test_rows = {ds.texts[i] for i in ds.test}
-    seen: list[int] = []
-    real = acc.make_task
-
-    def spy(data: Dataset, X, labels, train, test, **kw):  # type: ignore[no-untyped-def]
-        if data.name == ds.name:
-            seen.extend(train.tolist() + test.tolist())
-        return real(data, X, labels, train, test, **kw)
-
-    monkeypatch.setattr(acc, "make_task", spy)
+    seen = rows_tasks_see(ds, monkeypatch)
     monkeypatch.setattr(
         acc, "SVM_TUNE_GRID", {"C": (0.001, 1.0), "class_weight": (None,), "standardize": (False,)}
     )
