@@ -194,7 +194,7 @@ class RequestAgent:
     async def _run(self, event: faust.EventT[Any], entry: list[Any], turn: Turn) -> None:
         try:
             await self._handle(event, turn)
-        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+        except (asyncio.CancelledError, GeneratorExit, KeyboardInterrupt, SystemExit):
             raise
         except BaseException:  # the handler answers every error itself; this is a last
             # resort, also for what is not an Exception (a Rust tokenizer's panic is a

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -45,13 +46,21 @@ class PortInUseError(OSError):
 
 def check_port_free(host: str, port: int, what: str) -> None:
     """Raise :class:`PortInUseError` if something listens on ``host:port`` already (port 0,
-    any free one, always passes)."""
-    with socket.socket() as probe:
+    any free one, always passes). Any other trouble binding (an address that is not
+    local, a privileged port) is left for the server itself to report."""
+    try:
+        family, kind, proto, _name, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except OSError:
+        return
+    with socket.socket(family, kind, proto) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is free
         try:
-            probe.bind((host, port))
+            probe.bind(address)
         except OSError as exc:
-            raise PortInUseError(f"{what}: {host}:{port} is in use ({exc.strerror})") from None
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUseError(f"{what}: {host}:{port} is in use") from None
 
 
 class EmbeddedBroker:

@@ -164,9 +164,10 @@ def _exit_on_sigterm() -> None:
 
 
 @contextlib.contextmanager
-def _startup_errors(settings: Settings) -> Iterator[None]:
+def _startup_errors(kafka: str) -> Iterator[None]:
     """A server command that cannot start says why in one line, naming the setting to fix
-    (exit 2; 4 when Kafka cannot be reached), instead of a traceback."""
+    (exit 2; 4 when ``kafka``, which says where it was looked for, cannot be reached),
+    instead of a traceback."""
     from models.registry import ModelNotAvailableError
     from streams.broker import PortInUseError
     from streams.settings import KeyFileError
@@ -180,9 +181,16 @@ def _startup_errors(settings: Settings) -> Iterator[None]:
         typer.echo(f"cannot start: {exc} (SHOTSTREAM_DEFAULT_MODEL)", err=True)
         raise typer.Exit(2) from None
     except TimeoutError as exc:
-        brokers = ",".join(settings.brokers)
-        typer.echo(f"cannot reach Kafka at {brokers} (SHOTSTREAM_BROKERS): {exc}", err=True)
+        typer.echo(f"cannot reach {kafka}: {exc}", err=True)
         raise typer.Exit(EXIT_NO_KAFKA) from None
+
+
+def _kafka_at(settings: Settings) -> str:
+    return f"Kafka at {','.join(settings.brokers)} (SHOTSTREAM_BROKERS)"
+
+
+def _embedded_at(port: int) -> str:
+    return f"the embedded broker on 127.0.0.1:{port} (--port), which did not start"
 
 
 def free_port() -> int:
@@ -198,7 +206,7 @@ def broker(port: Annotated[int, typer.Option(help="TCP port on 127.0.0.1")] = 90
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     _exit_on_sigterm()
-    with _startup_errors(_settings()), EmbeddedBroker(port):
+    with _startup_errors(_embedded_at(port)), EmbeddedBroker(port):
         typer.echo(f"embedded broker on 127.0.0.1:{port} (Ctrl-C stops it)")
         try:
             while True:
@@ -214,7 +222,7 @@ def worker() -> None:
 
     settings = _settings()
     _logging(settings)
-    with _startup_errors(settings):
+    with _startup_errors(_kafka_at(settings)):
         run_worker(settings)
 
 
@@ -226,7 +234,7 @@ def gateway() -> None:
 
     settings = _settings()
     _logging(settings)
-    with _startup_errors(settings):
+    with _startup_errors(_kafka_at(settings)):
         check_port_free(settings.gateway.host, settings.http_port, "SHOTSTREAM_HTTP_PORT")
         settings.all_api_keys()  # readable, before uvicorn turns a failure into a traceback
         run_gateway(settings)
@@ -246,7 +254,7 @@ def dev(
     settings = _settings(brokers=brokers)
     _logging(settings)
     _exit_on_sigterm()
-    with _startup_errors(settings):
+    with _startup_errors(_embedded_at(port)):
         if http:  # its own process would fail alone, and dev run on without it
             check_port_free(settings.gateway.host, settings.http_port, "SHOTSTREAM_HTTP_PORT")
         _dev(port, brokers, settings, http)
@@ -422,7 +430,7 @@ def classifiers_list(
 
     # the id is what `classifiers delete` takes: never cut, also in a narrow terminal or pipe
     table = Table(
-        Column("classifier_id", no_wrap=True, min_width=36),
+        Column("classifier_id", overflow="fold", min_width=36),
         "model",
         "labels",
         "access",
@@ -519,7 +527,7 @@ def demo(
     logging.basicConfig(level=logging.WARNING)
     _exit_on_sigterm()
     typer.echo(f"starting the embedded broker on 127.0.0.1:{port} ...")
-    with _startup_errors(_settings()), EmbeddedBroker(port) as embedded:
+    with _startup_errors(_embedded_at(port)), EmbeddedBroker(port) as embedded:
         settings = _settings(brokers=embedded.address)
         log_path = settings.data_dir / "demo-worker.log"
         typer.echo(

@@ -10,7 +10,9 @@ and every worker that took the partition over crashed on the same offset, for go
 (compiled) reader as before; only a batch that fails on an undecodable header key is read
 again by aiokafka's pure-Python reader with header keys decoded with ``surrogateescape``
 (a key never matches a header the service looks for, so such a record is answered as one
-without it). Nothing else changes, and the other records of the batch are kept.
+without it); the other records of the batch are kept. The wrapping costs about 2 µs per
+batch fetched (a slice and a Python object), next to milliseconds of model time per
+request.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ import logging
 import struct
 from collections.abc import Iterator
 from typing import Any, SupportsIndex
+
+from aiokafka.errors import CorruptRecordException
+from aiokafka.record.default_records import _DefaultRecordBatchPy
 
 log = logging.getLogger(__name__)
 
@@ -50,21 +55,47 @@ def _is_header_decoding(exc: BaseException) -> bool:
 
 
 class _TolerantBatch:
-    """A v2 record batch read by the compiled reader, read again leniently on failure."""
+    """A v2 record batch read by the compiled reader, read again leniently on failure.
+
+    What the fetcher reads of a batch is forwarded explicitly (``__slots__``, no
+    ``__getattr__`` on the way): it runs for every batch fetched."""
+
+    __slots__ = ("_fast", "_raw")
 
     def __init__(self, fast: Any, raw: memoryview) -> None:
         self._fast = fast
         self._raw = raw
 
-    def __getattr__(self, name: str) -> Any:
+    def validate_crc(self) -> bool:
+        return bool(self._fast.validate_crc())
+
+    @property
+    def base_offset(self) -> int:
+        return int(self._fast.base_offset)
+
+    @property
+    def next_offset(self) -> int:
+        return int(self._fast.next_offset)
+
+    @property
+    def producer_id(self) -> int | None:
+        return self._fast.producer_id  # type: ignore[no-any-return]
+
+    @property
+    def is_control_batch(self) -> bool:
+        return bool(self._fast.is_control_batch)
+
+    @property
+    def is_transactional(self) -> bool:
+        return bool(self._fast.is_transactional)
+
+    def __getattr__(self, name: str) -> Any:  # anything else a reader may ask (rare)
         return getattr(self._fast, name)
 
     def __next__(self) -> Any:  # control batches are read record by record
         return next(self._fast)
 
     def __iter__(self) -> Iterator[Any]:
-        from aiokafka.errors import CorruptRecordException
-
         last = -1
         try:
             for record in self._fast:
@@ -83,8 +114,6 @@ class _TolerantBatch:
                     yield record
 
     def _lenient(self) -> Iterator[Any]:
-        from aiokafka.record.default_records import _DefaultRecordBatchPy
-
         batch = _DefaultRecordBatchPy(self._raw)
         batch._maybe_uncompress()
         batch._buffer = _LenientBytes(batch._buffer)

@@ -61,6 +61,8 @@ class OutputProducer:
             raise ProducerStoppedError("the output producer was stopped (shutting down)")
         if self._producer is None:
             async with self._lock:
+                if self._stopped:  # stopped while this send waited for another's start
+                    raise ProducerStoppedError("the output producer was stopped")
                 if self._producer is None:
                     producer = AIOKafkaProducer(
                         bootstrap_servers=",".join(self.settings.brokers),

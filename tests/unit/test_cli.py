@@ -193,3 +193,24 @@ def test_an_unknown_shotstream_variable_is_warned_about_not_ignored_in_silence()
         ["classify", "-l", "a", "-l", "b", "x"], {"SHOTSTREAM_BROKERS": "127.0.0.1:1"}
     )
     assert "is not a shotstream setting" not in output
+
+
+def test_the_port_check_knows_ipv6_and_only_calls_a_taken_port_taken() -> None:
+    """It bound an IPv4 socket whatever the host: `SHOTSTREAM_GATEWAY__HOST=::1` (which
+    uvicorn serves) was refused as "in use"."""
+    import socket
+
+    from streams.broker import PortInUseError, check_port_free
+
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this host")
+    with socket.socket(socket.AF_INET6) as taken:
+        try:
+            taken.bind(("::1", 0))
+        except OSError as exc:
+            pytest.skip(f"no IPv6 loopback here: {exc}")
+        port = taken.getsockname()[1]
+        taken.listen()
+        with pytest.raises(PortInUseError, match=r"x: ::1:\d+ is in use"):
+            check_port_free("::1", port, "x")
+    check_port_free("::1", 0, "x")

@@ -322,13 +322,15 @@ def test_a_stop_during_the_first_start_stops_the_producer_it_started(
 
     async def go() -> None:
         sending = asyncio.ensure_future(output.send("answers", "k", b"{}"))
+        waiting = asyncio.ensure_future(output.send("answers", "k2", b"{}"))  # for the lock
         while not events:  # noqa: ASYNC110 - waits for the start to begin
             await asyncio.sleep(0)
         await output.stop()
         made[0].go_on.set()
-        with pytest.raises(ProducerStoppedError):
-            await asyncio.wait_for(sending, 5)
+        for send in (sending, waiting):
+            with pytest.raises(ProducerStoppedError):
+                await asyncio.wait_for(send, 5)
 
     asyncio.run(go())
-    assert events == ["starting", "stopped"]
+    assert events == ["starting", "stopped"]  # the waiting send starts no second producer
     assert output._producer is None

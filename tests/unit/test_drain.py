@@ -278,3 +278,21 @@ def test_a_rebalance_drain_leaves_time_to_rejoin_the_group() -> None:
     assert asyncio.run(go(6.0, stopping=False)) == 3.0  # the embedded broker's settings
     assert asyncio.run(go(60.0, stopping=False)) == 15.0  # Apache Kafka's default via faust
     assert asyncio.run(go(6.0, stopping=True)) == 15.0
+
+
+def test_a_handler_closed_unfinished_is_not_counted_as_a_bug() -> None:
+    """A pending task's coroutine closed at exit gets GeneratorExit: it is not a handler
+    failure, and was logged as "a bug" and counted as unanswered."""
+    observer = Counting()
+    agent = RequestAgent(lambda ev, turn: asyncio.Future(), max_in_flight=1, observer=observer)
+
+    async def go() -> None:
+        message = SimpleNamespace(tp=("classify", 0), topic="classify", offset=7)
+        turn = SimpleNamespace(finish=lambda: None)
+        agent._slots = SimpleNamespace(release=lambda: None)  # type: ignore[assignment]
+        run = agent._run(SimpleNamespace(message=message), [None, False], cast(Any, turn))
+        run.send(None)  # suspended in the handler
+        run.close()
+
+    asyncio.run(go())
+    assert observer.unanswered == []
