@@ -234,7 +234,7 @@ class ClassifyService:
             raise RequestError(
                 ErrorCode.RESPONSE_TOO_LARGE,
                 f"the answer would hold at least {floor:,} bytes ({len(request.inputs)} inputs "
-                f"x {len(labels)} labels), over the {limit:,}-byte record limit: send fewer "
+                f"x {len(labels)} labels), over the {limit:,}-byte message limit: send fewer "
                 "inputs or labels per request, or shorter labels",
             )
 

@@ -369,6 +369,6 @@ def test_an_answer_too_large_for_a_record_is_refused_before_any_work(
     for refused in (big, grouped):
         assert isinstance(refused, RequestError)
         assert refused.code == ErrorCode.RESPONSE_TOO_LARGE
-        assert "over the 65,536-byte record limit" in refused.detail
+        assert "over the 65,536-byte message limit" in refused.detail
     assert fits["request_id"] == "fits"
     assert sum(seen) == 8 + 32  # only the request that fits was tokenized
