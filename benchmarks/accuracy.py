@@ -194,18 +194,13 @@ def shipped_linear(task: Task) -> Ints:
 
 
 def linear_svc(task: Task) -> Ints:
-    from sklearn.svm import LinearSVC  # type: ignore[import-untyped]  # no type information
-
-    # liblinear shuffles; a fixed seed makes a re-run give the same figures
-    model = LinearSVC(random_state=0).fit(task.X_train, task.y_train)
-    return np.asarray(model.predict(task.X_test), dtype=np.int64)
+    """LinearSVC with scikit-learn's defaults."""
+    return svm(task)
 
 
 def rbf_svc(task: Task) -> Ints:
-    from sklearn.svm import SVC
-
-    model = SVC(kernel="rbf").fit(task.X_train, task.y_train)
-    return np.asarray(model.predict(task.X_test), dtype=np.int64)
+    """The RBF SVC with scikit-learn's defaults."""
+    return svm(task, kernel="rbf")
 
 
 def svm(
@@ -219,7 +214,7 @@ def svm(
     """An SVM with the given settings; ``standardize`` centres the inputs on the training
     examples' mean and divides them by their RMS distance to it (what the shipped learner
     does with running statistics)."""
-    from sklearn.svm import SVC, LinearSVC
+    from sklearn.svm import SVC, LinearSVC  # type: ignore[import-untyped]  # untyped
 
     X_train, X_test = task.X_train, task.X_test
     if standardize:
@@ -227,6 +222,7 @@ def svm(
         spread = float(np.sqrt(np.mean(np.sum((X_train - mean) ** 2, axis=1)))) or 1.0
         X_train, X_test = (X_train - mean) / spread, (X_test - mean) / spread
     if kernel == "linear":
+        # liblinear shuffles; a fixed seed makes a re-run give the same figures
         model = LinearSVC(C=C, class_weight=class_weight, random_state=0)
     else:
         model = SVC(kernel=kernel, C=C, class_weight=class_weight)
@@ -778,17 +774,23 @@ def choose(results: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], list[dict
     return max(tied, key=lambda r: r["svm_shortfall"]), tied
 
 
+def validation_means(
+    cells: Sequence[Cell], predict: Callable[[Task], Ints], bar: Any
+) -> dict[str, dict[str, float]]:
+    """Mean validation macro-F1 of ``predict`` per data set/model and size (over seeds)."""
+    per: dict[str, dict[str, list[float]]] = {}
+    for where, n, task, truth in cells:
+        per.setdefault(where, {}).setdefault(str(n), []).append(macro_f1(truth, predict(task)))
+        bar.update()
+    return {w: {n: float(np.mean(v)) for n, v in d.items()} for w, d in per.items()}
+
+
 def _tune_group(
     cells: Sequence[Cell], configs: Sequence[dict[str, Any]], bar: Any
 ) -> dict[str, Any]:
     """The grid over ``configs`` on ``cells``, then ``num_iters`` and the temperature."""
 
-    def means(predict: Callable[[Task], Ints]) -> dict[str, dict[str, float]]:
-        per: dict[str, dict[str, list[float]]] = {}
-        for where, n, task, truth in cells:
-            per.setdefault(where, {}).setdefault(str(n), []).append(macro_f1(truth, predict(task)))
-            bar.update()
-        return {w: {n: float(np.mean(v)) for n, v in d.items()} for w, d in per.items()}
+    means = functools.partial(validation_means, cells, bar=bar)
 
     svms = [means(linear_svc), means(rbf_svc)]
     peer = {w: {n: max(m[w][n] for m in svms) for n in d} for w, d in svms[0].items()}
@@ -862,12 +864,8 @@ def tune_svms(study: Study, *, progress: bool = True) -> dict[str, Any]:
     for modality, kind in todo:
         results: list[dict[str, Any]] = []
         for config in configs:
-            by_set: dict[str, dict[str, list[float]]] = {}
-            for where, n, task, truth in cells[modality]:
-                got = svm(task, kernel=KERNELS[kind], **config)
-                by_set.setdefault(where, {}).setdefault(str(n), []).append(macro_f1(truth, got))
-                bar.update()
-            means = {w: {n: float(np.mean(v)) for n, v in d.items()} for w, d in by_set.items()}
+            fit = functools.partial(svm, kernel=KERNELS[kind], **config)
+            means = validation_means(cells[modality], fit, bar)
             mean_f1 = float(np.mean([f1 for d in means.values() for f1 in d.values()]))
             results.append({"settings": config, "mean_f1": mean_f1, "by_set": means})
         top = max(r["mean_f1"] for r in results)

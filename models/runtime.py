@@ -61,17 +61,18 @@ def over_char_cap(texts: Sequence[str], limit: int) -> list[int]:
     return [position for position, text in enumerate(texts) if len(text) > cap]
 
 
+def over_char_cap_detail(text: str, limit: int) -> str:
+    """What a refusal by :func:`over_char_cap` says of ``text``."""
+    cap = MAX_CHARS_PER_TOKEN * limit
+    return f"{len(text):,} characters, at most {cap:,} ({MAX_CHARS_PER_TOKEN} per token) allowed"
+
+
 class LabelTooLongError(ValueError):
     """A label over ``max_label_tokens``: refused after tokenizing, before embedding."""
 
-    def __init__(self, label: str, count: int, limit: int, *, chars: bool = False) -> None:
+    def __init__(self, label: str, has: str) -> None:
         shown = f"{label[:40]!r}{'…' if len(label) > 40 else ''}"
-        if chars:  # refused by its length, untokenized
-            cap = MAX_CHARS_PER_TOKEN * limit
-            has = f"{len(label):,} characters, at most {cap:,} ({MAX_CHARS_PER_TOKEN} per token)"
-        else:
-            has = f"{count} tokens, at most {limit}"
-        super().__init__(f"label {shown} has {has} allowed")
+        super().__init__(f"label {shown} has {has}")
 
 
 class EmbeddingRuntime:
@@ -297,7 +298,8 @@ class EmbeddingRuntime:
             if limit is not None:
                 for position in over_char_cap(missing, limit):
                     label = missing[position]
-                    futures[label].set_exception(LabelTooLongError(label, 0, limit, chars=True))
+                    error = LabelTooLongError(label, over_char_cap_detail(label, limit))
+                    futures[label].set_exception(error)
                     futures[label].exception()  # consumed here; waiters re-raise it
                 kept = [label for label in missing if not futures[label].done()]
             tokenized = await self.tokenize(kept)
@@ -306,7 +308,8 @@ class EmbeddingRuntime:
                 keep = []
                 for i, (label, count) in enumerate(zip(kept, tokenized.counts, strict=True)):
                     if count > limit:
-                        futures[label].set_exception(LabelTooLongError(label, count, limit))
+                        has = f"{count} tokens, at most {limit} allowed"
+                        futures[label].set_exception(LabelTooLongError(label, has))
                         futures[label].exception()  # consumed here; waiters re-raise it
                     else:
                         keep.append(i)

@@ -18,6 +18,7 @@ request.
 from __future__ import annotations
 
 import logging
+import operator
 import struct
 from collections.abc import Iterator
 from typing import Any, SupportsIndex
@@ -54,6 +55,11 @@ def _is_header_decoding(exc: BaseException) -> bool:
     return False
 
 
+def _forwarded(name: str) -> property:
+    """The compiled batch's ``name``, read through the wrapper."""
+    return property(operator.attrgetter(f"_fast.{name}"))
+
+
 class _TolerantBatch:
     """A v2 record batch read by the compiled reader, read again leniently on failure.
 
@@ -69,25 +75,11 @@ class _TolerantBatch:
     def validate_crc(self) -> bool:
         return bool(self._fast.validate_crc())
 
-    @property
-    def base_offset(self) -> int:
-        return int(self._fast.base_offset)
-
-    @property
-    def next_offset(self) -> int:
-        return int(self._fast.next_offset)
-
-    @property
-    def producer_id(self) -> int | None:
-        return self._fast.producer_id  # type: ignore[no-any-return]
-
-    @property
-    def is_control_batch(self) -> bool:
-        return bool(self._fast.is_control_batch)
-
-    @property
-    def is_transactional(self) -> bool:
-        return bool(self._fast.is_transactional)
+    base_offset = _forwarded("base_offset")
+    next_offset = _forwarded("next_offset")
+    producer_id = _forwarded("producer_id")
+    is_control_batch = _forwarded("is_control_batch")
+    is_transactional = _forwarded("is_transactional")
 
     def __getattr__(self, name: str) -> Any:  # anything else a reader may ask (rare)
         return getattr(self._fast, name)

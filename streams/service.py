@@ -16,11 +16,10 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import orjson
 
 from models.fewshot import NonFiniteInputError, check_finite
 from models.registry import IMAGE, TEXT, ModelRegistry, ModelSpec
-from models.runtime import MAX_CHARS_PER_TOKEN, EmbeddingRuntime, Tokenized, over_char_cap
+from models.runtime import EmbeddingRuntime, Tokenized, over_char_cap, over_char_cap_detail
 from models.scoring import ranked, softmax
 from state.classifiers import learner, may_read
 from streams.errors import ErrorCode, RequestError
@@ -118,7 +117,7 @@ class ClassifyService:
 
     @staticmethod
     def _refuse_huge(texts: list[str], indices: Sequence[int] | None, limit: int) -> None:
-        """``INPUT_TOO_LONG`` for a text over :data:`MAX_CHARS_PER_TOKEN` characters per
+        """``INPUT_TOO_LONG`` for a text over ``MAX_CHARS_PER_TOKEN`` characters per
         allowed token, before any tokenizing."""
         huge = over_char_cap(texts, limit)
         if huge:
@@ -126,9 +125,7 @@ class ClassifyService:
             index = indices[position] if indices is not None else position
             raise RequestError(
                 ErrorCode.INPUT_TOO_LONG,
-                f"input[{index}] has {len(texts[position]):,} characters, at most "
-                f"{MAX_CHARS_PER_TOKEN * limit:,} ({MAX_CHARS_PER_TOKEN} per allowed token) "
-                "allowed",
+                f"input[{index}] has {over_char_cap_detail(texts[position], limit)}",
             )
 
     async def classify(self, request: ClassifyRequest, owner: str | None = None) -> dict[str, Any]:
@@ -338,18 +335,20 @@ def _prediction(
     }
 
 
-_SCORED = len(b'{"label":,"score":0.0},')
-"""The least a label's entry in ``predictions`` adds beside the label itself."""
+_SCORED = len(b'{"label":"","score":0.0},')
+"""The least a label's entry in ``predictions`` adds beside the label's characters."""
 
 
 def answer_floor(
     inputs: int, labels: Sequence[str], groups: Mapping[str, Sequence[str]] | None
 ) -> int:
-    """Bytes a zero-shot answer holds at least: every label (JSON-encoded) with a score in
-    every input's predictions, and every group name three times per input."""
-    per_input = sum(len(orjson.dumps(label)) + _SCORED for label in labels)
+    """Bytes a zero-shot answer holds at least: every label with a score in every input's
+    predictions, and every group name (quoted) three times per input. A character takes at
+    least one byte in JSON, so lengths in characters bound it from below, without encoding
+    anything."""
+    per_input = sum(map(len, labels)) + _SCORED * len(labels)
     if groups:
-        per_input += 3 * sum(len(orjson.dumps(name)) for name in groups)
+        per_input += 3 * (sum(map(len, groups)) + 2 * len(groups))
     return inputs * per_input
 
 
