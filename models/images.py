@@ -1,9 +1,10 @@
 """Images: safe decoding, preprocessing and image encoders.
 
 An image encoder splits its work like a text encoder does: ``preprocess`` turns one
-decoded image into a float32 ``(3, H, W)`` array (cheap, pure Pillow/numpy, run off the
-event loop by the caller), and ``embed_pixels`` embeds a batch of such arrays in one model
-call (the micro-batcher's compute thread). Rows are L2-normalised.
+decoded image into a compact uint8 ``(H, W, 3)`` array, the model's square crop (cheap,
+pure Pillow/numpy, run off the event loop by the caller), and ``embed_pixels`` embeds a
+batch of such arrays in one model call (the micro-batcher's compute thread), normalising
+them to the model's float input there, one batch at a time. Rows are L2-normalised.
 
 >>> from PIL import Image
 >>> img = decode_image(encode_png(Image.new("RGB", (40, 30), "red")), max_pixels=10_000)
@@ -44,8 +45,12 @@ from models.embedders import (
 
 log = logging.getLogger(__name__)
 
-Pixels = npt.NDArray[np.float32]
-"""One preprocessed image: float32, channels first ``(3, H, W)``."""
+Pixels = npt.NDArray[np.uint8]
+"""One preprocessed image: the model's crop as uint8 RGB, channels last ``(H, W, 3)``.
+
+Kept as 8-bit until its batch is embedded: a request's images are all preprocessed before
+any is embedded, and a float32 ``(3, 224, 224)`` array per image (602 KB) made a 92 KiB
+request of 1,024 tiny PNGs hold 588 MiB; uint8 holds a quarter of that."""
 
 
 class ImageDecodeError(ValueError):
@@ -60,11 +65,12 @@ class ImageEncoder(Protocol):
     dim: int
 
     def preprocess(self, image: Image.Image) -> Pixels:
-        """One decoded RGB image → the model's input array (no model compute)."""
+        """One decoded RGB image → the model's input crop, uint8 (no model compute)."""
         ...
 
     def embed_pixels(self, batch: Sequence[Pixels]) -> Vectors:
-        """Embed preprocessed images in one call; rows are L2-normalised."""
+        """Embed preprocessed images in one call (normalising them first); rows are
+        L2-normalised."""
         ...
 
 
@@ -122,14 +128,72 @@ def decode_base64(value: str, *, max_bytes: int) -> bytes:
     return raw
 
 
+MAX_JPEG_SCANS = 64
+"""Scans (SOS segments) a JPEG may have. A progressive JPEG has about 10 (6 for grayscale);
+each scan is a pass over every pixel of its components, so one repeating a tiny scan
+thousands of times (14 bytes each) decoded for minutes within the size and pixel limits."""
+
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+"""The next marker after entropy-coded data: 0xFF then a byte that is not a stuffed zero,
+a restart marker (part of the scan) or a fill byte (the last 0xFF of a run matches)."""
+
+
+_JPEG_FILL = re.compile(rb"\xff+")
+
+
+def jpeg_scans(data: bytes, limit: int = MAX_JPEG_SCANS) -> int:
+    """Scans (SOS markers) in a JPEG's first image, counted up to ``limit + 1``.
+
+    Markers are walked as libjpeg reads them: length-prefixed segments, bytes between
+    markers skipped, entropy-coded data after each SOS skipped to the next marker, up to
+    EOI. Cheap: one pass, in C (``re``) over the entropy-coded data.
+
+    >>> jpeg_scans(bytes.fromhex("ffd8 ffda0008010100003f00 1234ff00ffd056 ffda0002 99 ffd9"))
+    2
+    """
+    end = len(data)
+    pos, scans = 2, 0
+    while pos + 1 < end:
+        if data[pos] != 0xFF:  # stray bytes between markers: libjpeg skips them too
+            pos = data.find(b"\xff", pos)
+            if pos < 0:
+                break
+            continue
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill bytes before a marker: to the last of the run
+            fill = _JPEG_FILL.match(data, pos)
+            pos = fill.end() - 1 if fill is not None else pos + 1
+            continue
+        if marker == 0xD9:  # EOI: the end of the first image, all Pillow decodes
+            break
+        if marker in (0x00, 0x01) or 0xD0 <= marker <= 0xD8:  # no length field
+            pos += 2
+            continue
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if marker == 0xDA:
+            scans += 1
+            if scans > limit:
+                break
+            found = _JPEG_MARKER.search(data, pos)
+            if found is None:
+                break
+            pos = found.start()
+    return scans
+
+
 def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
     """Decode image bytes into an RGB image, safely.
 
     * the pixel count is checked from the header, before any pixel is decoded (and
-      Pillow's own decompression-bomb guard stays on);
+      Pillow's own decompression-bomb guard stays on); so is a JPEG's number of scans;
     * animated images (GIF, APNG, WebP) give their first frame;
     * the EXIF orientation is applied;
+    * 16-bit and 32-bit images are scaled to 8 bits (not clipped);
     * transparent images are composited on white; everything becomes RGB.
+
+    Whatever Pillow raises on bad bytes (``OSError`` mostly, but also ``RuntimeError``
+    from the AVIF codec or ``TypeError`` from a broken TIFF directory) is an
+    ``ImageDecodeError``; only ``MemoryError`` passes through.
     """
     try:
         # Image.open reads the header only; Pillow's own bomb guard (a warning, an error
@@ -142,9 +206,13 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
             raise ImageDecodeError(
                 f"image is {width}x{height} = {width * height} pixels, at most {max_pixels} allowed"
             )
+        if data[:2] == b"\xff\xd8" and jpeg_scans(data) > MAX_JPEG_SCANS:
+            raise ImageDecodeError(
+                f"JPEG has more than {MAX_JPEG_SCANS} scans (a progressive JPEG has about 10)"
+            )
         image.seek(0)  # first frame of an animation
         image.load()
-    except ImageDecodeError:
+    except (ImageDecodeError, MemoryError):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageDecodeError(f"image rejected as a decompression bomb: {exc}") from exc
@@ -152,24 +220,102 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
         raise ImageDecodeError(
             f"data is not an image in a readable format ({', '.join(IMAGE_FORMATS)})"
         ) from exc
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise ImageDecodeError(f"image is corrupt or truncated: {exc}") from exc
+    except Exception as exc:  # OSError mostly; RuntimeError (AVIF), TypeError (TIFF), ...
+        raise ImageDecodeError(f"image is corrupt or truncated: {_reason(exc)}") from exc
     try:
         image = ImageOps.exif_transpose(image) or image
     except Exception as exc:  # a broken EXIF block: keep the pixels as stored
         log.debug("ignoring unreadable EXIF orientation: %s", exc)
-    return to_rgb(image)
+    try:
+        return to_rgb(image)
+    except MemoryError:
+        raise
+    except Exception as exc:  # a mode Pillow cannot make RGB (LAB TIFFs, ...)
+        raise ImageDecodeError(
+            f"image mode {image.mode!r} cannot be converted to RGB: {_reason(exc)}"
+        ) from exc
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc)
+    if isinstance(exc, OSError | ValueError | SyntaxError | EOFError) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+_SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N"}
+_TRANSPARENT_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB, with any transparency composited on white."""
+    """RGB, with any transparency composited on white.
+
+    Transparency is an alpha channel (premultiplied too: ``RGBa``, ``La``) or a colour key
+    (``transparency`` in the image's info, PNG's tRNS: palette, grayscale or RGB images).
+    16-bit (``I;16*``), 32-bit integer (``I``) and float (``F``) images are scaled to 8
+    bits first (see :func:`to_eight_bits`): Pillow's own conversion clips them to 0-255,
+    so a 16-bit photo came out almost white and a 0-1 float one black.
+    """
+    if image.mode in _SIXTEEN_BIT or image.mode in {"I", "F"}:
+        image = to_eight_bits(image)
+    if image.mode in _TRANSPARENT_MODES:
+        return _on_white(image.convert("LA") if image.mode == "La" else image)
+    if "transparency" in image.info:  # a colour key
+        try:
+            return _on_white(image)
+        except (ValueError, TypeError) as exc:  # a key Pillow cannot apply: ignore it
+            log.debug("ignoring unusable transparency %r: %s", image.info["transparency"], exc)
     if image.mode == "RGB":
         return image
-    if image.mode in {"RGBA", "LA", "PA"} or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def _on_white(image: Image.Image) -> Image.Image:
+    """An image with transparency (``La`` made ``LA`` first) composited on white, RGB."""
+    rgba = image.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def to_eight_bits(image: Image.Image) -> Image.Image:
+    """An ``L`` image (``LA`` with a colour key) of a 16-bit, 32-bit or float grayscale one.
+
+    * ``I;16*``: the top 8 bits (``>> 8``);
+    * ``I``: as is within 0-255, the top 8 of 16 bits within 0-65535 (16-bit PNG, PGM,
+      TIFF read as ``I``), else its observed range stretched to 0-255;
+    * ``F``: x 255 within 0-1, as is within 0-255, else its observed range stretched
+      (NaN and infinities count as the lowest value).
+
+    >>> to_eight_bits(Image.new("I;16", (1, 1), 65535)).getpixel((0, 0))
+    255
+    >>> to_eight_bits(Image.new("F", (1, 1), 0.5)).getpixel((0, 0))
+    128
+    """
+    values = np.asarray(image)
+    key = image.info.get("transparency")
+    if image.mode in _SIXTEEN_BIT:
+        eight = (values.astype(np.uint16) >> 8).astype(np.uint8)
+    else:
+        finite = np.isfinite(values) if image.mode == "F" else None
+        if finite is not None and not finite.all():
+            low_finite = values[finite].min() if finite.any() else 0.0
+            values = np.where(finite, values, low_finite)
+        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        if image.mode == "F" and low >= 0 and high <= 1:
+            scaled = values.astype(np.float32) * np.float32(255)
+        elif low >= 0 and high <= 255:
+            scaled = values.astype(np.float32)
+        elif image.mode == "I" and low >= 0 and high <= 65535:
+            scaled = (values.astype(np.uint32) >> 8).astype(np.float32)
+        else:
+            span = (high - low) or 1.0  # a constant image out of range: black
+            scaled = (values.astype(np.float32) - np.float32(low)) * np.float32(255 / span)
+        eight = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    out = Image.fromarray(eight, "L")
+    if isinstance(key, int | float) and not isinstance(key, bool):  # a grayscale colour key
+        alpha = np.where(np.asarray(image) == key, 0, 255).astype(np.uint8)
+        out = Image.merge("LA", (out, Image.fromarray(alpha, "L")))
+    return out
 
 
 def encode_png(image: Image.Image) -> bytes:
@@ -212,8 +358,15 @@ def center_crop_resize(
     return resized.crop((left, top, left + size, top + size))
 
 
-def to_chw(image: Image.Image, mean: Sequence[float], std: Sequence[float]) -> Pixels:
-    """``(x - mean) / std`` per channel on 0-255 values, channels first."""
+def to_hwc(image: Image.Image) -> Pixels:
+    """An RGB image's pixels as a contiguous uint8 ``(H, W, 3)`` array (its own copy)."""
+    return np.array(image.convert("RGB"), dtype=np.uint8, copy=True)
+
+
+def to_chw(
+    image: Image.Image | Pixels, mean: Sequence[float], std: Sequence[float]
+) -> npt.NDArray[np.float32]:
+    """``(x - mean) / std`` per channel on 0-255 values, channels first (float32)."""
     array = np.asarray(image, dtype=np.float32)
     scaled = (array - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
     return np.ascontiguousarray(scaled.transpose(2, 0, 1), dtype=np.float32)
@@ -224,7 +377,11 @@ def to_chw(image: Image.Image, mean: Sequence[float], std: Sequence[float]) -> P
 
 class _PixelEncoder:
     """What the image encoders share: square centre crop + normalisation, and one guarded
-    (``forward_guard``), inference-mode forward pass per batch; subclasses give ``_forward``."""
+    (``forward_guard``), inference-mode forward pass per batch; subclasses give ``_forward``.
+
+    ``preprocess`` keeps the crop as uint8; ``embed_pixels`` moves a batch to the device
+    as uint8 and normalises it there, ``(x - mean) / std`` in float32, channels first:
+    a quarter of the memory while images wait, and of the host-to-device copy."""
 
     size: int
     mean: tuple[float, ...]
@@ -234,7 +391,7 @@ class _PixelEncoder:
     _guard: contextlib.AbstractContextManager[object]
 
     def preprocess(self, image: Image.Image) -> Pixels:
-        return to_chw(center_crop_resize(image, self.size), self.mean, self.std)
+        return to_hwc(center_crop_resize(image, self.size))
 
     def embed_pixels(self, batch: Sequence[Pixels]) -> Vectors:
         import torch
@@ -242,7 +399,11 @@ class _PixelEncoder:
         if not batch:
             return np.zeros((0, self.dim), dtype=np.float32)
         with self._guard, torch.inference_mode():
-            return l2_rows(self._forward(torch.from_numpy(np.stack(batch)).to(self.device)))
+            pixels = torch.from_numpy(np.stack(batch)).to(self.device)  # (n, H, W, 3) uint8
+            mean = torch.tensor(self.mean, dtype=torch.float32, device=self.device)
+            std = torch.tensor(self.std, dtype=torch.float32, device=self.device)
+            chw = ((pixels.float() - mean) / std).permute(0, 3, 1, 2).contiguous()
+            return l2_rows(self._forward(chw))
 
     def _forward(self, pixels: Any) -> Any:
         """Image features ``(n, dim)`` of a pixel batch already on the device."""

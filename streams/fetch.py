@@ -12,7 +12,9 @@ Every hop of a fetch — the URL given and each redirect — is handled the same
    verified against the name). A DNS answer that changes between the check and the
    connect (DNS rebinding) therefore cannot redirect the connection;
 4. redirects are not followed by httpx but by this loop, at most ``max_redirects``;
-5. only ``200`` with an ``image/*`` content type is accepted; the body is read raw
+5. only ``200`` with an ``image/*`` content type is accepted (or a generic binary one,
+   ``application/octet-stream``, ``binary/octet-stream`` or none at all, as object
+   stores and CDNs often send: the decoder sniffs the format anyway); the body is read raw
    (``Accept-Encoding: identity``, no transparent decompression) and cut off as soon as
    it passes ``max_bytes``; a connect, read or whole-fetch deadline cuts off slow
    servers, including ones that drip bytes slowly enough to dodge the read timeout.
@@ -40,6 +42,12 @@ log = logging.getLogger(__name__)
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+GENERIC_CONTENT_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
+"""Content types that say nothing about the bytes (S3 and CDNs send them for images
+uploaded without one): accepted like ``image/*``, since the decoder sniffs the format and
+refuses what is not an image (``IMAGE_INVALID``)."""
 
 
 class FetchError(Exception):
@@ -239,8 +247,8 @@ class ImageFetcher:
         if response.status_code != 200:
             raise FetchError(f"HTTP {response.status_code} {response.reason_phrase}".rstrip())
         content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
-        if not content_type.startswith("image/"):
-            raise FetchError(f"content type {content_type or 'none'!r} is not an image")
+        if not (content_type.startswith("image/") or content_type in GENERIC_CONTENT_TYPES):
+            raise FetchError(f"content type {content_type!r} is not an image")
         encoding = response.headers.get("content-encoding", "identity").strip().lower()
         if encoding not in {"", "identity"}:
             raise FetchError(f"content encoding {encoding!r} is not accepted")

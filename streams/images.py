@@ -36,6 +36,8 @@ _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 @dataclass(frozen=True, slots=True)
 class LoadedImages:
     pixels: list[Pixels]
+    """Each image's model crop, uint8 ``(H, W, 3)`` (150 KB at 224 px): the encoder
+    normalises it to float only in the batch that embeds it."""
     tokens: list[int]
     """Usage tokens of each image (tile rule, see ``ImageSettings``)."""
 
@@ -59,11 +61,11 @@ class ImageLoader:
         """Preprocessed images for ``values`` (request positions ``indices``).
 
         Each item is fetched (or base64-decoded), decoded and preprocessed on its own, so
-        only its pixels outlive it; a fetched body is decoded while it still holds its
-        fetch slot, so at most ``fetch_concurrency`` bodies are held per worker (all of a
-        request's were, until the last one arrived: up to 1,024 x 8 MB). The first
-        failure cancels the items after it; the lowest failing index is the one reported.
-        All of it within ``request_timeout_s``."""
+        only its pixels outlive it (its 8-bit crop: 150 KB at 224 px); a fetched body is
+        decoded while it still holds its fetch slot, so at most ``fetch_concurrency``
+        bodies are held per worker (all of a request's were, until the last one arrived:
+        up to 1,024 x 8 MB). The first failure cancels the items after it; the lowest
+        failing index is the one reported. All of it within ``request_timeout_s``."""
         tasks = [
             asyncio.ensure_future(self._one(value, index, encoder))
             for value, index in zip(values, indices, strict=True)

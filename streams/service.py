@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -269,9 +269,28 @@ class ClassifyService:
             vectors[[i for i, _ in images]] = await runtime.embed_images(loaded.pixels)
             return sum(loaded.tokens)
 
-        _, image_tokens = await asyncio.gather(embed_texts(), embed_images())
+        _, image_tokens = await _together(embed_texts(), embed_images())
         check_embedded(vectors, runtime.name, "input")
         return Embedded(vectors, tokens + image_tokens)
+
+
+A = TypeVar("A")
+B = TypeVar("B")
+
+
+async def _together(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
+    """Both results, or the first failure with the other side cancelled (and awaited):
+    ``asyncio.gather`` alone lets it run on, so a request whose texts had failed kept
+    fetching and decoding its images."""
+    tasks = (asyncio.ensure_future(first), asyncio.ensure_future(second))
+    try:
+        a, b = await asyncio.gather(tasks[0], tasks[1])
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    return a, b
 
 
 @dataclass(frozen=True, slots=True)
