@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -26,7 +27,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any, TypeGuard, get_args
 
 from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -35,6 +36,8 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
+from starlette.types import Scope
 
 from state.records import ClassifierRecord, iso_time
 from streams.app import classifier_changelog_topic
@@ -55,9 +58,9 @@ from streams.http_models import (
 )
 from streams.logs import announce
 from streams.metrics import HttpMetrics
-from streams.middleware import BodyLimit, RequestIds
+from streams.middleware import BodyLimit, HeadersFirst, RequestIds
 from streams.ratelimit import Decision, Limit, RateLimiter
-from streams.records import parse_classify, parse_train
+from streams.records import parse_classify, parse_inputs, parse_train
 from streams.replica import ClassifierReplica
 from streams.settings import EMBEDDED_FETCH_MAX_WAIT_MS, Settings
 
@@ -76,6 +79,18 @@ STATUS_OF: Mapping[str, int] = {
     ErrorCode.INTERNAL_ERROR: 500,
 }
 """HTTP status of a worker's error code; every other code is the caller's input: 400."""
+
+
+BODY_TIMEOUT_S = 30.0
+"""Longest wait for the next part of a request body before a 408 (nginx's
+``client_body_timeout``, per read): a stalled upload does not hold its connection and
+what it sent for ever (uvicorn has no body timeout)."""
+LATE_ANSWER_WINDOW_S = 600.0
+"""How long an answer to a request that timed out (a 504) is still awaited, to charge its
+tokens: the workers did the work, however late."""
+MAX_LATE_ANSWERS = 10_000
+"""Most such answers awaited at once (the oldest is given up first): memory stays bounded
+while answers do not come at all."""
 
 
 class GatewayError(Exception):
@@ -144,6 +159,10 @@ class Gateway:
             fetch_max_wait_ms=EMBEDDED_FETCH_MAX_WAIT_MS if settings.embedded_broker else 500,
             request_timeout_s=gw.kafka_timeout_s,
         )
+        self.late_answer_window_s = LATE_ANSWER_WINDOW_S
+        self.max_late_answers = MAX_LATE_ANSWERS
+        self._late: dict[asyncio.Future[Answer], None] = {}
+        """Requests that timed out, awaited still to charge their answers (oldest first)."""
         self._recent: OrderedDict[str, tuple[str, int]] = OrderedDict()
         """Classifier id → (owner, version this gateway last answered; -1: deleted), for
         listings that read their own writes; dropped once the replica has read it."""
@@ -206,7 +225,12 @@ class Gateway:
     async def ask(
         self, topic: str, body: dict[str, Any], *, key: str, caller: Caller
     ) -> tuple[Answer, Decision]:
-        """Produce ``body``, wait for its answer; charge its tokens to the caller."""
+        """Produce ``body``, wait for its answer; charge its tokens to the caller.
+
+        Called after :meth:`admit`: a request refused here before it reaches Kafka (not
+        Unicode, over the record limit) gives back the request it took. One answered too
+        late (a 504) is still charged when its answer comes (the workers did the work).
+        """
         headers = []
         if caller.authorization is not None:
             headers.append(("authorization", caller.authorization.encode()))
@@ -214,6 +238,7 @@ class Gateway:
         try:
             future = await self.client.send(topic, body, key=key, headers=headers)
         except UnicodeEncodeError as exc:
+            self.limits.refund(caller.bucket)
             raise GatewayError(
                 400,
                 ErrorCode.INPUT_INVALID,
@@ -221,20 +246,24 @@ class Gateway:
                 "which is not Unicode text",
             ) from exc
         except OversizeRecordError as exc:
+            self.limits.refund(caller.bucket)
             raise GatewayError(413, "REQUEST_TOO_LARGE", str(exc)) from exc
         except KafkaError as exc:
             raise GatewayError(
                 503, "SERVICE_UNAVAILABLE", f"Kafka unavailable: {type(exc).__name__}"
             ) from exc
         try:
-            answer = await asyncio.wait_for(future, timeout)
+            # shielded: a timeout (or a caller gone) leaves the answer awaited, to charge it
+            answer = await asyncio.wait_for(asyncio.shield(future), timeout)
         except TimeoutError as exc:
+            self._charge_when_answered(future, caller.bucket)
             raise GatewayError(
                 504, "SERVICE_TIMEOUT", f"Request timed out after {timeout:g} seconds"
             ) from exc
-        usage = answer.get("usage")
-        tokens = usage.get("total_tokens", 0) if isinstance(usage, dict) else 0
-        after = self.limits.charge(caller.bucket, int(tokens or 0))
+        except asyncio.CancelledError:
+            self._charge_when_answered(future, caller.bucket)
+            raise
+        after = self.limits.charge(caller.bucket, _tokens_of(answer))
         if answer.is_error:
             error = answer["error"]
             code = str(error.get("code", ErrorCode.INTERNAL_ERROR))
@@ -242,6 +271,29 @@ class Gateway:
                 STATUS_OF.get(code, 400), code, str(error.get("detail", "")), rate_headers(after)
             )
         return answer, after
+
+    def _charge_when_answered(self, future: asyncio.Future[Answer], bucket: str) -> None:
+        """Charge the answer to a request no longer waited for, if it comes within
+        ``LATE_ANSWER_WINDOW_S``; at most ``MAX_LATE_ANSWERS`` are awaited (the oldest
+        is given up first), so answers that never come cost a bounded amount of memory."""
+        if future.done():  # answered as the wait ended
+            if not future.cancelled() and future.exception() is None:
+                self.limits.charge(bucket, _tokens_of(future.result()))
+            return
+        expiry = asyncio.get_running_loop().call_later(self.late_answer_window_s, future.cancel)
+
+        def settle(done: asyncio.Future[Answer]) -> None:
+            expiry.cancel()
+            self._late.pop(done, None)
+            if not done.cancelled() and done.exception() is None:
+                self.limits.charge(bucket, _tokens_of(done.result()))
+
+        future.add_done_callback(settle)
+        self._late[future] = None
+        while len(self._late) > self.max_late_answers:
+            oldest = next(iter(self._late))
+            del self._late[oldest]
+            oldest.cancel()  # the client stops waiting for it
 
     def remember(self, classifier_id: str, owner: str, version: int) -> None:
         self._recent[classifier_id] = (owner, version)
@@ -282,6 +334,13 @@ class Gateway:
         return sorted(self.replica.owned_by(owner), key=lambda r: r.created_at)
 
 
+def _tokens_of(answer: Answer) -> int:
+    """The tokens an answer says it used (``usage.total_tokens``; none: 0)."""
+    usage = answer.get("usage")
+    tokens = usage.get("total_tokens", 0) if isinstance(usage, dict) else 0
+    return int(tokens or 0)
+
+
 def rate_headers(decision: Decision) -> dict[str, str]:
     return {
         "X-RateLimit-Remaining-Requests": str(decision.remaining_requests),
@@ -319,6 +378,68 @@ def _caller(anonymous_ok: bool) -> Any:
     return dependency
 
 
+async def _lists_within_limits(request: Request) -> None:
+    """A dependency, after the key's: a list over its limit is refused before the schema
+    reads it item by item. Pydantic makes an error per wrong item per union branch, all on
+    the event loop: a 2 MB body of a million wrong items took 84 s and 5 GB to be told it
+    has too many. The answer is the limit's ``400`` in the workers' parser's words; lists
+    within their limits (and over-long label lists of strings, whose repeats count once)
+    go on to the schema and the parser as before."""
+    body = await _json_body(request)
+    if not isinstance(body, dict):
+        return
+    limits = _gateway(request).settings.limits
+    items = body.get("input")
+    if isinstance(items, list) and len(items) > limits.max_inputs:
+        try:
+            parse_inputs(items, limits)  # refuses it for its length before any item
+        except RequestError as exc:
+            raise GatewayError.from_request_error(exc) from None
+    if request.url.path != "/v1/classify":
+        return
+    labels = body.get("labels")
+    if isinstance(labels, dict):
+        if len(labels) > limits.max_label_groups:
+            raise _label_limit(f"{len(labels)} label groups given", limits.max_label_groups)
+        for name, group in labels.items():
+            if _long_with_non_strings(group, limits.max_labels_per_group):
+                raise _label_limit(
+                    f"group {name!r} has {len(group)} labels", limits.max_labels_per_group
+                )
+    elif _long_with_non_strings(labels, limits.max_labels):
+        raise _label_limit(f"{len(labels)} labels given", limits.max_labels)
+
+
+def _long_with_non_strings(value: Any, limit: int) -> TypeGuard[list[Any]]:
+    """A list over ``limit`` with an item that is not a string (a label list of strings
+    may repeat labels, which count once: the parser counts those)."""
+    return (
+        isinstance(value, list)
+        and len(value) > limit
+        and any(not isinstance(v, str) for v in value)
+    )
+
+
+def _label_limit(given: str, limit: int) -> GatewayError:
+    return GatewayError(
+        400, ErrorCode.INPUT_LABEL_LIMIT_EXCEEDED, f"{given}, at most {limit} allowed"
+    )
+
+
+async def _json_body(request: Request) -> Any:
+    """The body as FastAPI decoded it (JSON only with a JSON content type), else None."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        return None
+    try:
+        return await request.json()  # decoded once already: Starlette keeps it
+    except ValueError:  # empty, or not JSON: FastAPI did not decode it either
+        return None
+
+
+WithinLimits = Annotated[None, Depends(_lists_within_limits)]
+"""After the caller's dependency (401 first); before the body's schema."""
+
 AnyCaller = Annotated[Caller, Depends(_caller(anonymous_ok=True))]
 """Zero-shot may be anonymous when ``gateway.anonymous_zero_shot`` allows it."""
 KeyedCaller = Annotated[Caller, Depends(_caller(anonymous_ok=False))]
@@ -346,7 +467,9 @@ def _checked(parse: Any, payload: dict[str, Any], gw: Gateway, **kw: Any) -> Any
     description="Zero-shot (model + labels) or few-shot (classifier_id) classification of "
     "text and images, answered by the workers through Kafka.",
 )
-async def classify(body: ClassifyBody, request: Request, caller: AnyCaller) -> Response:
+async def classify(
+    body: ClassifyBody, request: Request, caller: AnyCaller, _limits: WithinLimits
+) -> Response:
     gw = _gateway(request)
     if caller.owner is None and body.classifier_id is not None:
         raise GatewayError(401, "AUTH_MISSING_API_KEY", "Few-shot classification needs a key")
@@ -366,7 +489,9 @@ async def classify(body: ClassifyBody, request: Request, caller: AnyCaller) -> R
     description="Create a few-shot classifier (no classifier_id: one is made and returned) "
     "or update one with labelled examples. Examples are learned, never stored.",
 )
-async def train(body: TrainBody, request: Request, caller: KeyedCaller) -> Response:
+async def train(
+    body: TrainBody, request: Request, caller: KeyedCaller, _limits: WithinLimits
+) -> Response:
     gw = _gateway(request)
     rid = request.state.request_id
     if body.classifier_id is None and body.model is None:
@@ -436,6 +561,29 @@ async def delete_classifier(classifier_id: str, request: Request, caller: KeyedC
     return _answer(answer, request, after)
 
 
+_KEYED = {classify, train, list_classifiers, list_classifiers_post, delete_classifier}
+"""The routes that need a key (``classify`` only without anonymous zero-shot)."""
+
+
+def _refused_before_body(app: FastAPI, scope: Scope) -> Response | None:
+    """The 401 of a request to a route that needs a key, from its headers alone (the
+    caller's dependency gives the same answer, but only after FastAPI has read the body)."""
+    if getattr(app.state, "gateway", None) is None:  # starting: the dependency answers
+        return None
+    # the routes as declared (included unprefixed), not the app's: FastAPI wraps those
+    route = next((r for r in router.routes if r.matches(scope)[0] is Match.FULL), None)
+    endpoint = getattr(route, "endpoint", None)
+    if endpoint not in _KEYED:
+        return None
+    request = Request(scope)
+    try:
+        _caller_of(request, anonymous_ok=endpoint is classify)
+    except GatewayError as exc:
+        scope["route"] = route  # as the router would: the metrics name the route
+        return _error(request, exc.status, exc.code, exc.detail)
+    return None
+
+
 def summary(record: ClassifierRecord) -> ClassifierSummary:
     """A listing row (Jina's ClassifierSummary); never weights or the owner's key hash."""
     user = hashlib.sha256(f"shotstream-user:{record.owner}".encode()).hexdigest()[:32]
@@ -485,6 +633,9 @@ async def _on_gateway_error(request: Request, exc: Exception) -> Response:
 MAX_VALIDATION_ERRORS = 20
 """Schema errors listed in a 422 (the rest are counted): a body of 100,000 wrong items must
 not be answered with 100,000 errors (tens of MB)."""
+MAX_COUNTED_ERRORS = 10_000
+"""Schema errors a 422 counts at most ("over 10,000" beyond): lists over their limits never
+reach the schema, so this is only a bound on the handler's work."""
 
 
 def _refused_caller(request: Request) -> Response | None:
@@ -504,29 +655,31 @@ async def _on_validation_error(request: Request, exc: Exception) -> Response:
         refused = _refused_caller(request)
         if refused is not None:
             return refused
-    errors: list[dict[str, Any]] = []
-    seen: set[tuple[str, ...]] = set()
+    listed: list[dict[str, Any]] = []
+    seen: set[tuple[str, str, str]] = set()
     for e in found:
-        item = {
-            "field": _field_path(e.get("loc", ())),
-            "message": str(e.get("msg", "")),
-            "type": str(e.get("type", "")),
-        }
-        if tuple(item.values()) in seen:  # union branches, their names gone: one error
+        key = (_field_path(e.get("loc", ())), str(e.get("msg", "")), str(e.get("type", "")))
+        if key in seen:  # union branches, their names gone: one error
             continue
-        seen.add(tuple(item.values()))
+        seen.add(key)
+        if len(seen) > MAX_COUNTED_ERRORS:
+            break
+        if len(listed) == MAX_VALIDATION_ERRORS:
+            continue  # past the errors shown: only counted
+        item = dict(zip(("field", "message", "type"), key, strict=True))
         if "input" in e and _is_small(e["input"]):
             item["input"] = e["input"]  # as Jina's errors do, when it is short
-        errors.append(item)
-    listed = errors[:MAX_VALIDATION_ERRORS]
+        listed.append(item)
     first = listed[0] if listed else {"field": "body", "message": "invalid"}
     detail = (
         _content_type_detail(request, found)
         or _parser_detail(request, exc.body)
         or f"{first['field']}: {first['message']}"
     )
-    if len(errors) > len(listed):
-        detail += f" ({len(errors):,} schema errors, the first {len(listed)} listed)"
+    if len(seen) > MAX_COUNTED_ERRORS:
+        detail += f" (over {MAX_COUNTED_ERRORS:,} schema errors, the first {len(listed)} listed)"
+    elif len(seen) > len(listed):
+        detail += f" ({len(seen):,} schema errors, the first {len(listed)} listed)"
     return _error(request, 422, "INPUT_VALIDATION_FAILED", detail, errors=listed)
 
 
@@ -541,12 +694,36 @@ _UNION_BRANCH = re.compile(
 def _field_path(loc: Any) -> str:
     """``body.input.0.text``: pydantic's location without the union branches it tried
     (``body.input.list[union[str,TextDoc,ImageDoc]].0.TextDoc.text``)."""
-    return ".".join(str(p) for p in loc if not (isinstance(p, str) and _UNION_BRANCH.fullmatch(p)))
+    return ".".join(str(p) for p in loc if not (isinstance(p, str) and _is_branch(p)))
 
 
-def _is_small(value: Any) -> bool:
+@functools.lru_cache(maxsize=1024)
+def _is_branch(part: str) -> bool:
+    """Whether a location part names a union branch (a few names, met thousands of times)."""
+    return _UNION_BRANCH.fullmatch(part) is not None
+
+
+def _is_small(value: Any, limit: int = 200) -> bool:
+    """Whether ``value`` is JSON of at most ``limit`` characters (NaN is not JSON to answer);
+    a big value is told without writing it out (the input of an error may be a whole list)."""
+    left = limit
+    pending = [value]
+    while pending:  # a lower bound of the JSON's length: quotes, brackets, commas, colons
+        v = pending.pop()
+        if isinstance(v, str):
+            left -= len(v) + 2
+        elif isinstance(v, list | dict):
+            left -= (2 if isinstance(v, dict) else 1) * len(v) + 1
+            if left >= 0:
+                pending.extend(v)
+                if isinstance(v, dict):
+                    pending.extend(v.values())
+        else:
+            left -= 1
+        if left < 0:
+            return False
     try:
-        return len(json.dumps(value, allow_nan=False)) <= 200  # NaN is not JSON to answer
+        return len(json.dumps(value, allow_nan=False)) <= limit
     except (TypeError, ValueError):
         return False
 
@@ -584,7 +761,12 @@ def _parser_detail(request: Request, body: Any) -> str | None:
     return None
 
 
-_HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "REQUEST_TOO_LARGE"}
+_HTTP_CODES = {
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    408: "REQUEST_TIMEOUT",
+    413: "REQUEST_TOO_LARGE",
+}
 
 
 async def _on_http_error(request: Request, exc: Exception) -> Response:
@@ -665,8 +847,13 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(HTTPException, _on_http_error)
     app.add_exception_handler(Exception, _on_unexpected)
-    # outermost first: ids, then metrics (they see every status), then the body limit
-    app.add_middleware(BodyLimit, max_bytes=settings.limits.max_request_bytes)
+    # outermost first: ids, then metrics (they see every status), the body limit, the key
+    app.add_middleware(HeadersFirst, refusal=functools.partial(_refused_before_body, app))
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.limits.max_request_bytes,
+        chunk_timeout_s=BODY_TIMEOUT_S,
+    )
     app.add_middleware(HttpMetrics, registry=registry)
     app.add_middleware(RequestIds)
     return app

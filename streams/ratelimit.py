@@ -100,14 +100,22 @@ class RateLimiter:
     def admit(self, caller: str) -> Decision:
         """Take one request from ``caller``'s budget if it has one (and tokens left)."""
         b, limit = self._get(caller)
+        # admitted once the token bucket is above zero again: just after the debt refills
+        token_wait = math.floor(-b.tokens * 60.0 / limit.tpm) + 1 if b.tokens <= 0.0 else 0
         if b.requests < 1.0:
-            wait = (1.0 - b.requests) * 60.0 / limit.rpm
+            # a caller out of both waits for the later of the two: Retry-After means it
+            wait = max((1.0 - b.requests) * 60.0 / limit.rpm, token_wait)
             return self._refused(b, limit, "requests", wait)
-        if b.tokens <= 0.0:
-            # admitted once the bucket is above zero again: just after the debt refills
-            wait = math.floor(-b.tokens * 60.0 / limit.tpm) + 1
-            return self._refused(b, limit, "tokens", wait)
+        if token_wait:
+            return self._refused(b, limit, "tokens", token_wait)
         b.requests -= 1.0
+        return _left(b, limit)
+
+    def refund(self, caller: str) -> Decision:
+        """Give back the request :meth:`admit` took, for one refused before it was sent
+        (a refusal the gateway finds itself takes nothing from the budget)."""
+        b, limit = self._get(caller)
+        b.requests = min(float(limit.rpm), b.requests + 1.0)
         return _left(b, limit)
 
     def peek(self, caller: str) -> Decision:

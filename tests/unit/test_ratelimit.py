@@ -111,3 +111,24 @@ def test_a_peek_takes_nothing_and_makes_no_bucket() -> None:
         assert (fresh.remaining_requests, fresh.remaining_tokens) == (10, 100)
     assert limiter.peek("alice").remaining_requests == 9  # still there, nothing taken
     assert limiter.admit("alice").remaining_requests == 8
+
+
+def test_retry_after_for_requests_waits_for_a_token_debt_too() -> None:
+    """Out of requests and deep in token debt: Retry-After is when both have refilled,
+    not only the next request (a caller retrying then would be refused again)."""
+    limits, clock = limiter(rpm=2, tpm=1000)
+    assert limits.admit("a").allowed
+    assert limits.admit("a").allowed
+    limits.charge("a", 20_000)  # 19,000 tokens owed at 1,000 a minute: 1,140 s
+    refused = limits.admit("a")
+    assert refused.reason == "requests"
+    assert refused.retry_after_s == 1141  # not 30, one request's refill
+    clock.now = float(refused.retry_after_s)
+    assert limits.admit("a").allowed
+
+
+def test_a_refund_gives_back_the_request_admit_took() -> None:
+    limits, _ = limiter(rpm=3)
+    assert limits.admit("a").remaining_requests == 2
+    assert limits.refund("a").remaining_requests == 3
+    assert limits.refund("a").remaining_requests == 3  # never over a minute's worth
