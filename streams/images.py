@@ -9,9 +9,11 @@ with ``IMAGE_FETCH_FAILED`` or ``IMAGE_INVALID`` and a detail naming the input's
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
@@ -42,6 +44,63 @@ class LoadedImages:
     """Usage tokens of each image (tile rule, see ``ImageSettings``)."""
 
 
+class Room:
+    """A first-come-first-served budget of units taken several at a time: ``hold(n)`` waits
+    until ``n`` are free and no earlier caller is still waiting, so a large request is not
+    passed over for ever by small ones, and a request never holds part of what it needs
+    while it waits for the rest (two such requests would wait on each other)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.free = total
+        self._waiting: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, n: int) -> AsyncIterator[None]:
+        n = min(n, self.total)
+        if self._waiting or self.free < n:
+            granted = asyncio.get_running_loop().create_future()
+            entry = (n, granted)
+            self._waiting.append(entry)
+            try:
+                await granted
+            except asyncio.CancelledError:
+                if granted.done() and not granted.cancelled():
+                    self._give_back(n)  # granted as it was cancelled
+                else:
+                    with contextlib.suppress(ValueError):
+                        self._waiting.remove(entry)
+                    self._wake()  # it may have been holding up smaller ones behind it
+                raise
+        else:
+            self.free -= n
+        try:
+            yield
+        finally:
+            self._give_back(n)
+
+    @property
+    def waiting(self) -> int:
+        """Callers waiting for room."""
+        return len(self._waiting)
+
+    def _give_back(self, n: int) -> None:
+        self.free += n
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiting:
+            n, granted = self._waiting[0]
+            if granted.done():  # cancelled while waiting, not yet removed
+                self._waiting.popleft()
+                continue
+            if n > self.free:
+                return
+            self._waiting.popleft()
+            self.free -= n
+            granted.set_result(None)
+
+
 class ImageLoader:
     """Turns ``{"image": ...}`` values into model inputs, with precise errors."""
 
@@ -50,6 +109,11 @@ class ImageLoader:
         self.fetcher = fetcher or ImageFetcher(settings)
         self._fetch_slots: asyncio.Semaphore | None = None
         self._pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="image")
+        self.room = Room(settings.max_waiting_images)
+        """Images held between loading and embedding, across requests: hold room for a
+        request's images around its load and its embedding (``images.max_waiting_images``).
+        A request's pixels alone were up to 147 MiB, and a worker has up to 256 requests
+        (1,024 on a GPU) in flight."""
 
     async def aclose(self) -> None:
         await self.fetcher.aclose()

@@ -263,11 +263,12 @@ class ClassifyService:
             if not images:
                 return 0
             assert runtime.image is not None  # noqa: S101 - check_modalities ran
-            loaded = await self.images.load(
-                [v for _, v in images], [i for i, _ in images], runtime.image
-            )
-            vectors[[i for i, _ in images]] = await runtime.embed_images(loaded.pixels)
-            return sum(loaded.tokens)
+            async with self.images.room.hold(len(images)):  # pixels held: bounded per worker
+                loaded = await self.images.load(
+                    [v for _, v in images], [i for i, _ in images], runtime.image
+                )
+                vectors[[i for i, _ in images]] = await runtime.embed_images(loaded.pixels)
+                return sum(loaded.tokens)
 
         _, image_tokens = await _together(embed_texts(), embed_images())
         check_embedded(vectors, runtime.name, "input")

@@ -168,6 +168,11 @@ class ImageSettings(BaseModel):
     streams, 45-49 at 16, 20 at 64, decoding included, 2 cores. Raise it on a GPU."""
     decode_threads: int = Field(2, ge=1)
     """Threads decoding and preprocessing images off the event loop."""
+    max_waiting_images: int = Field(2048, ge=1)
+    """Images a worker holds at once between loading and embedding, across requests (each
+    waits as its model crop, 150 KB at 224 px: 300 MiB at the default). A request takes
+    room for all its images before it loads any, first come first served; one with more
+    images than this takes all of it."""
     clip_model: str | None = None
     """What ``jina-clip-v1`` means: a local CLIP folder or a cached Hugging Face id."""
     tile_pixels: int = Field(224, ge=1)
