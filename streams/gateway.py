@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import ipaddress
 import json
 import logging
 import re
@@ -194,7 +195,7 @@ class Gateway:
         """The caller of ``request``; 401 unless the key is valid (or anonymous is allowed)."""
         if authorization is None and anonymous_ok and self.settings.gateway.anonymous_zero_shot:
             host = request.client.host if request.client else "unknown"
-            return Caller(None, None, f"ip:{host}")
+            return Caller(None, None, f"ip:{client_network(host)}")
         try:  # the workers' check, with the same codes: missing, malformed, unknown
             owner = owner_or_refusal(self.keys, authorization, "this request")
         except RequestError as exc:
@@ -332,6 +333,26 @@ class Gateway:
             if self._recent.get(cid) == (writer, version):
                 del self._recent[cid]  # read, or not to be waited for again
         return sorted(self.replica.owned_by(owner), key=lambda r: r.created_at)
+
+
+def client_network(host: str) -> str:
+    """An anonymous caller's rate-limit bucket: its IPv4 address, or its IPv6 /64 (one
+    client is routinely given a whole /64: per address it had endless buckets).
+
+    >>> client_network("2001:db8:1:2:aaaa::1"), client_network("192.0.2.7")
+    ('2001:db8:1:2::/64', '192.0.2.7')
+    >>> client_network("::ffff:192.0.2.7"), client_network("unknown")
+    ('192.0.2.7', 'unknown')
+    """
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 def _tokens_of(answer: Answer) -> int:

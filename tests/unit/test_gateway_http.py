@@ -400,3 +400,22 @@ def test_a_json_body_without_its_content_type_says_so(http: Http, content_type: 
         headers={**auth(), "Content-Type": "application/json; charset=utf-8"},
     )
     assert "Content-Type" not in assert_error(sent, 422, "INPUT_VALIDATION_FAILED")["detail"]
+
+
+def test_anonymous_callers_share_a_bucket_per_ipv6_64() -> None:
+    """One IPv6 client is routinely given a whole /64: per address, it had a fresh
+    anonymous budget for every address it cared to use."""
+    from starlette.requests import Request
+
+    from streams.gateway import Gateway
+
+    gw = Gateway(Settings(api_keys=KEY, gateway={"anonymous_zero_shot": True}))
+
+    def bucket(host: str) -> str:
+        scope = {"type": "http", "client": (host, 5000), "headers": [], "method": "POST"}
+        return gw.identify(Request(scope), None, anonymous_ok=True).bucket
+
+    assert bucket("2001:db8:1:2::1") == bucket("2001:db8:1:2:ffff:ffff:ffff:fffe")
+    assert bucket("2001:db8:1:2::1") != bucket("2001:db8:1:3::1")
+    assert bucket("192.0.2.7") != bucket("192.0.2.8")
+    assert bucket("::ffff:192.0.2.7") == bucket("192.0.2.7")
