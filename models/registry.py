@@ -223,6 +223,11 @@ class ModelRegistry:
         """Models the operator configured (default, aliases, CLIP): never refused by the
         bounds above."""
         self._lock = threading.Lock()
+        """Guards the registry's dicts (held briefly, never across a load)."""
+        self._loading: dict[str, threading.Lock] = {}
+        """One lock per model name, held while it loads."""
+        self._building: set[str] = set()
+        """Models loading now (they count against ``max_loaded``)."""
         self.retry_failed_s = retry_failed_s
         self._clock = clock
         self._failed: dict[str, tuple[float, str]] = {}
@@ -318,22 +323,16 @@ class ModelRegistry:
             encoder = self._loaded.get(spec.name)
             if encoder is not None:
                 return encoder
-            failed = self._failed.get(spec.name)
-            if failed is not None:
-                ago = self._clock() - failed[0]
-                if ago < self.retry_failed_s:
-                    raise ModelNotAvailableError(
-                        f"{failed[1]} (failed {ago:.0f} s ago; "
-                        f"tried again {self.retry_failed_s - ago:.0f} s from now)"
-                    )
-            exempt = self.builtins.keys() | self._configured
-            named = [n for n in self._loaded if n not in exempt]
-            if spec.name not in exempt and len(named) >= self.max_loaded:
-                raise ModelNotAvailableError(
-                    f"model {spec.name!r} is not loaded, and this worker already holds "
-                    f"{len(named)} models besides its built-in ones "
-                    f"(SHOTSTREAM_MODELS__MAX_LOADED={self.max_loaded}; they stay loaded)"
-                )
+            own = self._loading.setdefault(spec.name, threading.Lock())
+        # one lock per model: a folder a request named (up to 2 GiB to read) does not hold
+        # up the first load of any other model; a second caller of this one waits for it
+        with own:
+            with self._lock:
+                encoder = self._loaded.get(spec.name)
+                if encoder is not None:
+                    return encoder
+                self._check_may_load(spec)
+                self._building.add(spec.name)
             try:
                 encoder = self._build(spec)
             except Exception as exc:
@@ -347,14 +346,39 @@ class ModelRegistry:
                         f"{type(exc).__name__}: {exc}"
                     )
                 )
-                self._failed[spec.name] = (self._clock(), str(error))
+                with self._lock:
+                    self._failed[spec.name] = (self._clock(), str(error))
+                    self._building.discard(spec.name)
+                    self._loading.pop(spec.name, None)  # names that fail are not kept
                 log.warning("%s", error)
                 if error is exc:
                     raise
                 raise error from exc
-            self._failed.pop(spec.name, None)
-            self._loaded[spec.name] = encoder
+            with self._lock:
+                self._building.discard(spec.name)
+                self._failed.pop(spec.name, None)
+                self._loaded[spec.name] = encoder
             return encoder
+
+    def _check_may_load(self, spec: ModelSpec) -> None:
+        """Refuse a load that failed recently, or one over ``max_loaded`` (loads under way
+        count): under ``_lock``."""
+        failed = self._failed.get(spec.name)
+        if failed is not None:
+            ago = self._clock() - failed[0]
+            if ago < self.retry_failed_s:
+                raise ModelNotAvailableError(
+                    f"{failed[1]} (failed {ago:.0f} s ago; "
+                    f"tried again {self.retry_failed_s - ago:.0f} s from now)"
+                )
+        exempt = self.builtins.keys() | self._configured
+        named = [n for n in (*self._loaded, *self._building) if n not in exempt]
+        if spec.name not in exempt and len(named) >= self.max_loaded:
+            raise ModelNotAvailableError(
+                f"model {spec.name!r} is not loaded, and this worker already holds "
+                f"{len(named)} models besides its built-in ones "
+                f"(SHOTSTREAM_MODELS__MAX_LOADED={self.max_loaded}; they stay loaded)"
+            )
 
     def _build(self, spec: ModelSpec) -> Encoder:
         if spec.build is not None:

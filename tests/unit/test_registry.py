@@ -373,3 +373,39 @@ def test_a_cached_hub_id_reads_its_sentence_transformers_config(tmp_path: Path) 
     ]
     assert found["all-MiniLM-L6-v2"][1] == 256  # the built-in
     assert found["bert-tiny-cached"] == ["hub bert-tiny-cached", 256]
+
+
+def test_a_slow_load_holds_up_only_its_own_model(tmp_path: Path) -> None:
+    """One process-wide lock was held for a whole load: while a request's 2 GiB folder was
+    read, the first load of any other model (MiniLM, efficientnet-lite0 load on demand)
+    waited behind it. Loads under way still count against ``max_loaded``."""
+    import threading
+
+    release, started = threading.Event(), threading.Event()
+    built: list[str] = []
+
+    def slow() -> Encoder:
+        started.set()
+        assert release.wait(10)
+        built.append("slow")
+        return HashTextEncoder(dim=4)
+
+    def quick() -> Encoder:
+        built.append("quick")
+        return HashTextEncoder(dim=4)
+
+    reg = ModelRegistry(cache_dir=tmp_path, max_loaded=1)
+    slow_spec = ModelSpec("/models/slow", "folder /models/slow", str, build=slow)
+    loads = [threading.Thread(target=reg.load, args=(slow_spec,)) for _ in range(2)]
+    for t in loads:
+        t.start()
+    assert started.wait(10)
+    reg.builtins = {**reg.builtins, "builtin-ish": ModelSpec("builtin-ish", "t", str)}
+    reg.load(ModelSpec("builtin-ish", "test", str, build=quick))  # not behind the slow one
+    with pytest.raises(ModelNotAvailableError, match="MAX_LOADED=1"):  # slow one counts
+        reg.load(ModelSpec("/models/other", "folder /models/other", str, build=quick))
+    assert built == ["quick"]
+    release.set()
+    for t in loads:
+        t.join(10)
+    assert built == ["quick", "slow"]  # the second caller of the slow one waited for it
