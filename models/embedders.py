@@ -200,6 +200,27 @@ class HashTextEncoder:
         return out
 
 
+PADDING_OFFSET_MODELS = frozenset(
+    {
+        "camembert",
+        "data2vec-text",
+        "esm",
+        "ibert",
+        "longformer",
+        "luke",
+        "mpnet",
+        "roberta",
+        "roberta-prelayernorm",
+        "xlm-roberta",
+        "xlm-roberta-xl",
+        "xmod",
+    }
+)
+"""Encoders whose position ids start after the padding id (transformers'
+``create_position_ids_from_input_ids``): ``max_position_embeddings`` minus that offset is
+their window (514 → 512); one token more ran off the position table and failed."""
+
+
 def st_file(path: str | Path, filename: str, *, local_files_only: bool = True) -> Path | None:
     """``filename`` of a model: from its folder, or for a Hugging Face id from the local hub
     cache (and from the hub where downloads are allowed); ``None`` where it has none."""
@@ -337,9 +358,9 @@ class TransformersTextEncoder:
         self.model = model.to(self.device)
         config = model.config
         window = int(getattr(config, "max_position_embeddings", 512))
-        # RoBERTa-style models reserve two positions for the padding offset
-        if getattr(config, "model_type", "") in {"roberta", "xlm-roberta", "camembert"}:
-            window -= 2
+        # RoBERTa-style models number positions from the padding id + 1
+        if getattr(config, "model_type", "") in PADDING_OFFSET_MODELS:
+            window -= int(getattr(config, "pad_token_id", None) or 1) + 1
         tok_max = int(getattr(tokenizer, "model_max_length", window) or window)
         self.max_length = min(window, tok_max) if tok_max < 1_000_000 else window
         st_config = st_file(path, "sentence_bert_config.json", local_files_only=local_files_only)

