@@ -25,7 +25,7 @@ import socket
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeGuard, get_args
@@ -149,7 +149,7 @@ class Gateway:
         def limit_of(bucket: str) -> Limit:
             tier = gw.anonymous_tier if bucket.startswith("ip:") else gw.default_tier
             tier = gw.key_tiers.get(bucket, tier)
-            return Limit(rpm=tiers[tier].rpm, tpm=tiers[tier].tpm)
+            return Limit(tiers[tier].rpm, tiers[tier].tpm, tiers[tier].concurrency)
 
         self.limits = RateLimiter(limit_of)
         # Kafka away: a caller gets its 503 within kafka_timeout_s, not aiokafka's 40 s
@@ -202,7 +202,19 @@ class Gateway:
             raise GatewayError.from_request_error(exc) from None
         return Caller(owner, authorization, owner)
 
+    @contextlib.contextmanager
+    def admitted(self, caller: Caller) -> Iterator[Decision]:
+        """Admit a request (429 if its caller is over a limit) for the ``with`` block: it
+        counts against the caller's concurrency until the block ends."""
+        decision = self.admit(caller)
+        try:
+            yield decision
+        finally:
+            self.limits.finish(caller.bucket)
+
     def admit(self, caller: Caller) -> Decision:
+        """Admit a request, or raise its 429; once admitted it is in flight until
+        ``limits.finish`` (:meth:`admitted` does both)."""
         decision = self.limits.admit(caller.bucket)
         if not decision.allowed:
             limit = decision.limit
@@ -210,6 +222,12 @@ class Gateway:
             if decision.reason == "requests":
                 code = "RATE_REQUEST_LIMIT_EXCEEDED"
                 detail = f"Request rate limit exceeded: {limit.rpm} requests per minute"
+            elif decision.reason == "concurrency":
+                code = "RATE_CONCURRENCY_LIMIT_EXCEEDED"
+                detail = (
+                    f"Concurrency limit exceeded: {self.limits.in_flight.get(caller.bucket, 0)}"
+                    f"/{limit.concurrency} concurrent requests"
+                )
             else:
                 code = "RATE_TOKEN_LIMIT_EXCEEDED"
                 detail = f"Token rate limit exceeded: {limit.tpm:,} tokens per minute"
@@ -497,9 +515,9 @@ async def classify(
     rid = request.state.request_id
     payload = body.model_dump(mode="json", exclude_none=True)
     _checked(parse_classify, payload, gw, request_id=rid)
-    gw.admit(caller)
     payload["request_id"] = rid
-    answer, after = await gw.ask(gw.settings.topic("classify"), payload, key=rid, caller=caller)
+    with gw.admitted(caller):
+        answer, after = await gw.ask(gw.settings.topic("classify"), payload, key=rid, caller=caller)
     return _answer(answer, request, after)
 
 
@@ -522,9 +540,9 @@ async def train(
     cid = str(uuid.uuid4()) if body.classifier_id is None else body.classifier_id
     payload["classifier_id"] = cid
     _checked(parse_train, payload, gw, request_id=rid, key=None)
-    gw.admit(caller)
     payload["request_id"] = rid
-    answer, after = await gw.ask(gw.settings.topic("train"), payload, key=cid, caller=caller)
+    with gw.admitted(caller):
+        answer, after = await gw.ask(gw.settings.topic("train"), payload, key=cid, caller=caller)
     assert caller.owner is not None  # noqa: S101 - identify(anonymous_ok=False)
     gw.remember(cid, caller.owner, int(answer.get("version", 0)))
     return _answer(answer, request, after)
@@ -532,9 +550,9 @@ async def train(
 
 async def _list(request: Request, caller: Caller) -> Response:
     gw = _gateway(request)
-    decision = gw.admit(caller)
     assert caller.owner is not None  # noqa: S101 - identify(anonymous_ok=False)
-    records = await gw.classifiers_of(caller.owner)
+    with gw.admitted(caller) as decision:
+        records = await gw.classifiers_of(caller.owner)
     rows = [summary(r).model_dump(mode="json") for r in records]
     return JSONResponse(
         rows, headers={"X-Request-Id": request.state.request_id, **rate_headers(decision)}
@@ -573,10 +591,10 @@ async def delete_classifier(classifier_id: str, request: Request, caller: KeyedC
     rid = request.state.request_id
     payload = {"request_id": rid, "classifier_id": classifier_id, "action": "delete"}
     _checked(parse_train, payload, gw, request_id=rid, key=None)  # as the worker would
-    gw.admit(caller)
-    answer, after = await gw.ask(
-        gw.settings.topic("train"), payload, key=classifier_id, caller=caller
-    )
+    with gw.admitted(caller):
+        answer, after = await gw.ask(
+            gw.settings.topic("train"), payload, key=classifier_id, caller=caller
+        )
     assert caller.owner is not None  # noqa: S101 - identify(anonymous_ok=False)
     gw.remember(classifier_id, caller.owner, -1)
     return _answer(answer, request, after)

@@ -1,4 +1,5 @@
-"""Per-caller rate limits: requests per minute and tokens per minute (Jina's RPM and TPM).
+"""Per-caller rate limits: requests per minute, tokens per minute and requests at once
+(Jina's RPM, TPM and concurrency).
 
 Each caller has two token buckets that refill continuously (``rpm / 60`` requests and
 ``tpm / 60`` tokens per second) up to one minute's worth. A request is admitted when a
@@ -28,6 +29,8 @@ from typing import Literal
 class Limit:
     rpm: int
     tpm: int
+    concurrency: int | None = None
+    """Requests in flight at once (None: no limit)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +42,7 @@ class Decision:
     remaining_tokens: int
     retry_after_s: int = 0
     """Whole seconds until the request would be admitted (0 when allowed)."""
-    reason: Literal["requests", "tokens"] | None = None
+    reason: Literal["requests", "tokens", "concurrency"] | None = None
     limit: Limit | None = None
 
 
@@ -83,6 +86,8 @@ class RateLimiter:
         self.clock = clock
         self.max_callers = max_callers
         self._buckets: OrderedDict[str, _Buckets] = OrderedDict()
+        self.in_flight: dict[str, int] = {}
+        """Requests admitted and not yet finished, by caller (callers with none: absent)."""
 
     def _get(self, caller: str) -> tuple[_Buckets, Limit]:
         limit = self.limit_of(caller)
@@ -98,8 +103,13 @@ class RateLimiter:
         return buckets, limit
 
     def admit(self, caller: str) -> Decision:
-        """Take one request from ``caller``'s budget if it has one (and tokens left)."""
+        """Take one request from ``caller``'s budget if it has one (and tokens left, and
+        fewer requests in flight than its concurrency). An admitted request is in flight
+        until :meth:`finish`."""
         b, limit = self._get(caller)
+        running = self.in_flight.get(caller, 0)
+        if limit.concurrency is not None and running >= limit.concurrency:
+            return self._refused(b, limit, "concurrency", 1.0)  # nothing taken
         # admitted once the token bucket is above zero again: just after the debt refills
         token_wait = math.floor(-b.tokens * 60.0 / limit.tpm) + 1 if b.tokens <= 0.0 else 0
         if b.requests < 1.0:
@@ -109,7 +119,16 @@ class RateLimiter:
         if token_wait:
             return self._refused(b, limit, "tokens", token_wait)
         b.requests -= 1.0
+        self.in_flight[caller] = running + 1
         return _left(b, limit)
+
+    def finish(self, caller: str) -> None:
+        """An admitted request is over (answered, refused or gone)."""
+        running = self.in_flight.get(caller, 0) - 1
+        if running > 0:
+            self.in_flight[caller] = running
+        else:
+            self.in_flight.pop(caller, None)
 
     def refund(self, caller: str) -> Decision:
         """Give back the request :meth:`admit` took, for one refused before it was sent
@@ -137,7 +156,10 @@ class RateLimiter:
 
     @staticmethod
     def _refused(
-        b: _Buckets, limit: Limit, reason: Literal["requests", "tokens"], wait_s: float
+        b: _Buckets,
+        limit: Limit,
+        reason: Literal["requests", "tokens", "concurrency"],
+        wait_s: float,
     ) -> Decision:
         return Decision(
             False,

@@ -188,20 +188,23 @@ class ImageSettings(BaseModel):
 
 
 class RateTier(BaseModel):
-    """Requests and tokens one caller may use per minute (Jina's RPM and TPM)."""
+    """Requests and tokens one caller may use per minute, and requests at once (Jina's
+    RPM, TPM and concurrency)."""
 
     model_config = _FROZEN
 
     rpm: int = Field(ge=1)
     tpm: int = Field(ge=1)
+    concurrency: int | None = Field(None, ge=1)
+    """Requests one caller may have in flight at once (unset: no limit)."""
 
 
 def _default_tiers() -> dict[str, RateTier]:
     # Jina's published tiers (reference OpenAPI): free, tier1, tier2
     return {
-        "free": RateTier(rpm=500, tpm=1_000_000),
-        "tier1": RateTier(rpm=500, tpm=10_000_000),
-        "tier2": RateTier(rpm=5_000, tpm=100_000_000),
+        "free": RateTier(rpm=500, tpm=1_000_000, concurrency=5),
+        "tier1": RateTier(rpm=500, tpm=10_000_000, concurrency=50),
+        "tier2": RateTier(rpm=5_000, tpm=100_000_000, concurrency=500),
     }
 
 

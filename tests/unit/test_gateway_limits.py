@@ -337,3 +337,50 @@ def test_requests_refused_before_kafka_take_nothing_from_the_budget() -> None:
     for response in (oversize, surrogate):
         assert response.headers["x-ratelimit-remaining-requests"] == "500"
     assert http.app.state.gateway.limits.peek(hash_key(KEY)).remaining_requests == 500
+
+
+async def produced(kafka: FakeKafka, n: int) -> None:
+    """Until ``n`` requests have reached the (fake) producer."""
+    for _ in range(1000):
+        if len(kafka.produced) >= n:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{len(kafka.produced)} of {n} requests produced")
+
+
+def test_a_key_has_at_most_its_tier_s_concurrency_in_flight() -> None:
+    """Jina's tiers limit requests at once (free 5, tier1 50, tier2 500;
+    RATE_CONCURRENCY_LIMIT_EXCEEDED): without it one key could fill every worker's
+    in-flight room and starve the others, and each of a burst was admitted on a positive
+    token balance before any was charged."""
+    app = _app()
+    gw: Gateway = app.state.gateway
+    kafka = FakeKafka(gw)
+    owner = hash_key(KEY)
+
+    async def scenario() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
+            waiting = [
+                asyncio.create_task(c.post("/v1/classify", json=ZERO_SHOT, headers=auth()))
+                for _ in range(5)
+            ]
+            await produced(kafka, 5)
+            sixth = await c.post("/v1/classify", json=ZERO_SHOT, headers=auth())
+            body = assert_error(sixth, 429, "RATE_CONCURRENCY_LIMIT_EXCEEDED")
+            assert body["detail"] == "Concurrency limit exceeded: 5/5 concurrent requests"
+            assert sixth.headers["retry-after"] == "1"
+            assert sixth.headers["x-ratelimit-remaining-requests"] == "495"  # took none
+            listing = await c.get("/v1/classifiers", headers=auth())  # counts too
+            assert_error(listing, 429, "RATE_CONCURRENCY_LIMIT_EXCEEDED")
+            for rid in list(kafka.produced):
+                kafka.answer(rid, 10)
+            assert [r.status_code for r in await asyncio.gather(*waiting)] == [200] * 5
+            assert gw.limits.in_flight == {}
+            again = asyncio.create_task(c.post("/v1/classify", json=ZERO_SHOT, headers=auth()))
+            await produced(kafka, 6)
+            kafka.answer(list(kafka.produced)[-1], 10)
+            assert (await again).status_code == 200
+            assert gw.limits.in_flight.get(owner) is None
+
+    asyncio.run(scenario())

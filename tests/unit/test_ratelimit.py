@@ -132,3 +132,19 @@ def test_a_refund_gives_back_the_request_admit_took() -> None:
     assert limits.admit("a").remaining_requests == 2
     assert limits.refund("a").remaining_requests == 3
     assert limits.refund("a").remaining_requests == 3  # never over a minute's worth
+
+
+def test_concurrency_counts_requests_until_they_finish_and_refusals_take_nothing() -> None:
+    limits = RateLimiter(lambda _caller: Limit(rpm=10, tpm=100, concurrency=2))
+    assert limits.admit("k").allowed
+    assert limits.admit("k").allowed
+    refused = limits.admit("k")
+    assert (refused.allowed, refused.reason, refused.retry_after_s) == (False, "concurrency", 1)
+    assert refused.remaining_requests == 8  # the refusal took no request
+    assert limits.admit("other").allowed  # per caller
+    limits.finish("k")
+    assert limits.admit("k").allowed
+    for _ in range(2):
+        limits.finish("k")
+    limits.finish("other")
+    assert limits.in_flight == {}
