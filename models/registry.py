@@ -137,7 +137,10 @@ def default_prefix(name: str) -> str:
     """e5 models compare texts symmetrically with ``query: `` on both sides. Only the
     model's own name counts (a folder's last part, a hub id's repository), not the folders
     it sits in; instruction-tuned e5 models take another format, so no prefix."""
-    own = Path(name.rstrip("/")).name.lower()
+    parts = Path(name.rstrip("/")).parts
+    own = parts[-1].lower() if parts else ""
+    if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
+        own = parts[-3].rsplit("--", 1)[-1].lower()  # a hub cache folder: its repository
     if "instruct" in own or "mistral" in own:
         return ""
     return "query: " if re.search(r"(^|[^a-z])e5([^a-z]|$)", own) else ""

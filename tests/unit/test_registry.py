@@ -232,6 +232,9 @@ def test_e5_prefix_reads_the_model_s_own_name_only() -> None:
     assert default_prefix("/data/models/multilingual-e5-small/") == "query: "
     assert default_prefix("intfloat/e5-mistral-7b-instruct") == ""
     assert default_prefix("intfloat/multilingual-e5-large-instruct") == ""
+    snapshot = "/root/.cache/huggingface/hub/models--intfloat--multilingual-e5-small/snapshots/0a1b"
+    assert default_prefix(snapshot) == "query: "  # a hub cache folder: its repository's name
+    assert default_prefix(snapshot.replace("e5-small", "MiniLM")) == ""
 
 
 def minilm_copy(
@@ -440,3 +443,54 @@ def test_an_mpnet_folder_s_window_leaves_room_for_its_position_offset(tmp_path: 
     vectors = enc.embed_ids(enc.tokenize(["word " * 100, "short"]))  # fills the window
     assert vectors.shape == (2, 32)
     assert np.isfinite(vectors).all()
+
+
+@pytest.mark.parametrize(
+    ("pooling", "expected"),
+    [
+        ({"embedding_dimension": 384, "pooling_mode": "cls", "include_prompt": True}, "cls"),
+        ({"embedding_dimension": 384, "pooling_mode": "mean"}, "mean"),
+        ({"embedding_dimension": 384, "pooling_mode": ["lasttoken"]}, "lasttoken"),
+        ({"word_embedding_dimension": 384, "pooling_mode_max_tokens": True}, "max"),
+        ({"word_embedding_dimension": 384}, "mean"),  # no mode stated: sentence-transformers'
+        ({"pooling_mode": ["mean", "max"]}, "refused"),
+        ({"pooling_mode": "weightedmean"}, "refused"),
+    ],
+)
+def test_the_pooling_config_is_read_in_either_format(
+    tmp_path: Path, pooling: dict[str, object], expected: str
+) -> None:
+    """sentence-transformers writes ``"pooling_mode": "mean"`` now, one flag per mode
+    before; a model saved by the installed version was refused ("pooling none")."""
+    import json
+
+    from models.embedders import st_pooling
+
+    (tmp_path / "1_Pooling").mkdir()
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    modules = [
+        {
+            "idx": 0,
+            "name": "0",
+            "path": "",
+            "type": "sentence_transformers.base.modules.transformer.Transformer",
+        },
+        {
+            "idx": 1,
+            "name": "1",
+            "path": "1_Pooling",
+            "type": "sentence_transformers.sentence_transformer.modules.pooling.Pooling",
+        },
+        {
+            "idx": 2,
+            "name": "2",
+            "path": "2_Normalize",
+            "type": "sentence_transformers.base.modules.normalize.Normalize",
+        },
+    ]
+    (tmp_path / "modules.json").write_text(json.dumps(modules))
+    if expected == "refused":
+        with pytest.raises(ValueError, match="is not supported"):
+            st_pooling(tmp_path)
+    else:
+        assert st_pooling(tmp_path) == expected
