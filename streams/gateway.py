@@ -434,7 +434,7 @@ async def _lists_within_limits(request: Request) -> None:
             parse_inputs(items, limits)  # refuses it for its length before any item
         except RequestError as exc:
             raise GatewayError.from_request_error(exc) from None
-    if request.url.path != "/v1/classify":
+    if _path(request) != "/v1/classify":
         return
     labels = body.get("labels")
     if isinstance(labels, dict):
@@ -643,6 +643,14 @@ def summary(record: ClassifierRecord) -> ClassifierSummary:
 # -- errors -------------------------------------------------------------------------------
 
 
+def _path(request: Request) -> str:
+    """The request's path as the routes name it: without the app's ``root_path`` (behind a
+    proxy that mounts it under ``/api``, Starlette's ``url.path`` includes it)."""
+    path = request.url.path
+    root = str(request.scope.get("root_path") or "")
+    return path[len(root) :] if root and path.startswith(root + "/") else path
+
+
 def _error(request: Request, status: int, code: str, detail: str, **extra: Any) -> JSONResponse:
     rid = getattr(request.state, "request_id", None) or str(uuid.uuid4())
     body = {"detail": detail, "code": code, "request_id": rid, **extra}
@@ -653,10 +661,10 @@ def _error(request: Request, status: int, code: str, detail: str, **extra: Any) 
 def _rate_left(request: Request) -> dict[str, str]:
     """The rate-limit headers of a refused request's caller (what it has left; a refusal
     before admission takes nothing), or none when the caller is not known (a 401)."""
-    if not request.url.path.startswith("/v1/"):
+    if not _path(request).startswith("/v1/"):
         return {}
     try:
-        caller = _caller_of(request, anonymous_ok=request.url.path == "/v1/classify")
+        caller = _caller_of(request, anonymous_ok=_path(request) == "/v1/classify")
         return rate_headers(_gateway(request).limits.peek(caller.bucket))
     except Exception:  # no valid key, or no gateway (starting): no budget to show
         return {}
@@ -680,7 +688,7 @@ reach the schema, so this is only a bound on the handler's work."""
 def _refused_caller(request: Request) -> Response | None:
     """The 401 for a request whose body could not be read, if its key is refused too."""
     try:
-        _caller_of(request, anonymous_ok=request.url.path == "/v1/classify")
+        _caller_of(request, anonymous_ok=_path(request) == "/v1/classify")
     except GatewayError as exc:
         return _error(request, exc.status, exc.code, exc.detail)
     return None
@@ -787,9 +795,9 @@ def _parser_detail(request: Request, body: Any) -> str | None:
     if not isinstance(body, dict):
         return None
     try:
-        if request.url.path == "/v1/classify":
+        if _path(request) == "/v1/classify":
             parse_classify(body, _gateway(request).settings.limits, request_id="-")
-        elif request.url.path == "/v1/train":
+        elif _path(request) == "/v1/train":
             # the gateway makes an id for a new classifier: only the rest is checked here
             named = {"classifier_id": "-", **body} if body.get("classifier_id") is None else body
             parse_train(named, _gateway(request).settings.limits, request_id="-", key=None)
@@ -812,7 +820,7 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)  # noqa: S101 - registered for it
     code = _HTTP_CODES.get(exc.status_code, f"HTTP_{exc.status_code}")
     detail = str(exc.detail)
-    if exc.status_code == 400 and request.url.path.startswith("/v1/"):
+    if exc.status_code == 400 and _path(request).startswith("/v1/"):
         # FastAPI could not read the body (not UTF-8, nested too deeply): key first
         refused = _refused_caller(request)
         if refused is not None:

@@ -115,6 +115,23 @@ class ImageLoader:
         A request's pixels alone were up to 147 MiB, and a worker has up to 256 requests
         (1,024 on a GPU) in flight."""
 
+    @contextlib.asynccontextmanager
+    async def room_for(self, n: int) -> AsyncIterator[None]:
+        """Room for ``n`` images, held for the ``with`` block (their load and embedding);
+        waited for at most ``request_timeout_s``, then ``IMAGE_FETCH_FAILED``."""
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                async with asyncio.timeout(self.settings.request_timeout_s):
+                    await stack.enter_async_context(self.room.hold(n))
+            except TimeoutError as exc:
+                raise RequestError(
+                    ErrorCode.IMAGE_FETCH_FAILED,
+                    f"waited {self.settings.request_timeout_s:g} s for room for the request's "
+                    f"{n} images among other requests' on this worker "
+                    "(SHOTSTREAM_IMAGES__MAX_WAITING_IMAGES, SHOTSTREAM_IMAGES__REQUEST_TIMEOUT_S)",
+                ) from exc
+            yield
+
     async def aclose(self) -> None:
         await self.fetcher.aclose()
         self._pool.shutdown(wait=False, cancel_futures=True)

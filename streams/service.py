@@ -263,7 +263,7 @@ class ClassifyService:
             if not images:
                 return 0
             assert runtime.image is not None  # noqa: S101 - check_modalities ran
-            async with self.images.room.hold(len(images)):  # pixels held: bounded per worker
+            async with self.images.room_for(len(images)):  # pixels held: bounded per worker
                 loaded = await self.images.load(
                     [v for _, v in images], [i for i, _ in images], runtime.image
                 )

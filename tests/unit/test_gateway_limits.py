@@ -384,3 +384,23 @@ def test_a_key_has_at_most_its_tier_s_concurrency_in_flight() -> None:
             assert gw.limits.in_flight.get(owner) is None
 
     asyncio.run(scenario())
+
+
+def test_the_routes_are_told_apart_under_a_root_path_too() -> None:
+    """Behind a proxy that mounts the gateway under /api, Starlette's ``url.path`` starts
+    with it: the checks that compared it with "/v1/classify" let over-long label lists
+    through to the schema (a 422 after per-item work, the 84 s path)."""
+    app = _app()
+
+    async def go() -> list[tuple[int, str]]:
+        transport = httpx.ASGITransport(app=app, root_path="/api")
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
+            out = []
+            for labels in ([1] * 2000, {"g": [{"a": 1}] * 2000}):
+                r = await c.post(
+                    "/api/v1/classify", json={"labels": labels, "input": ["x"]}, headers=auth()
+                )
+                out.append((r.status_code, r.json()["code"]))
+            return out
+
+    assert asyncio.run(go()) == [(400, "INPUT_LABEL_LIMIT_EXCEEDED")] * 2

@@ -27,6 +27,7 @@ from models.images import (
     encode_png,
     jpeg_scans,
     to_chw,
+    to_eight_bits,
     to_rgb,
 )
 from models.runtime import Tokenized
@@ -245,6 +246,13 @@ def test_int32_and_float_images_are_scaled_by_their_range() -> None:
     assert abs(pixels.mean() - 127.5) < 1
     eight = (GRADIENT16 >> 8).astype(np.float32)  # 0..255 floats stay as they are
     np.testing.assert_array_equal(decoded(Image.fromarray(eight), "TIFF")[..., 0], eight)
+    # one pixel past 255 changes the image by 255/256, not by a factor of 256
+    near = np.array([[0, 128, 256]], dtype=np.int32)
+    assert decoded(Image.fromarray(near), "TIFF")[0, :, 0].tolist() == [0, 128, 255]
+    assert (
+        to_eight_bits(Image.fromarray(np.array([[0, 128, 255]], dtype=np.int32))).getpixel((1, 0))
+        == 128
+    )
     odd = unit.copy()
     odd[0, :3] = [np.nan, np.inf, -np.inf]
     assert decoded(Image.fromarray(odd), "TIFF").shape == (4, 256, 3)
@@ -402,3 +410,27 @@ def test_failed_images_cancel_the_text_embedding(tmp_path: Path) -> None:
     assert isinstance(error, RequestError)
     assert error.code == ErrorCode.IMAGE_INVALID
     assert text_cancelled
+
+
+def _jpeg_with_comments(count: int, payload: bytes) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (16, 16), "red").save(out, format="JPEG")
+    data = out.getvalue()
+    comment = b"\xff\xfe" + (len(payload) + 2).to_bytes(2, "big") + payload
+    return data[:2] + comment * count + data[2:]
+
+
+def test_a_jpeg_of_endless_segments_is_refused_without_walking_them_all(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Walking 2 million empty comment segments took 1.2 s of a decode thread; past
+    10,000 segments a JPEG counts as too many. One with few SOS byte pairs is not walked."""
+    import models.images as images
+
+    crafted = _jpeg_with_comments(20_000, b"\xff\xda")  # SOS bytes inside comments
+    assert jpeg_scans(crafted) == MAX_JPEG_SCANS + 1
+    with pytest.raises(ImageDecodeError, match="10,000 segments"):
+        decode_image(crafted, max_pixels=10_000)
+    plain = _jpeg_with_comments(20_000, b"hello")
+    monkeypatch.setattr(images, "jpeg_scans", lambda *_a, **_k: pytest.fail("walked"))
+    assert decode_image(plain, max_pixels=10_000).size == (16, 16)

@@ -156,3 +156,27 @@ def test_requests_hold_room_for_their_images_until_they_are_embedded(tmp_path: P
     assert loads == [3] * 6  # each loaded with only its own room taken
     assert runtime.peak == 3
     assert loader.room.free == 4
+
+
+def test_the_wait_for_room_is_bounded_and_says_why(tmp_path: Path) -> None:
+    from streams.errors import ErrorCode, RequestError
+
+    loader = ImageLoader(ImageSettings(max_waiting_images=4, request_timeout_s=0.05))
+
+    async def go() -> RequestError:
+        try:
+            async with loader.room.hold(4):  # another request's images
+                try:
+                    async with loader.room_for(2):
+                        raise AssertionError("no room was free")
+                except RequestError as exc:
+                    assert loader.room.waiting == 0  # gave up its place
+                    return exc
+            raise AssertionError("not refused")
+        finally:
+            await loader.aclose()
+
+    error = asyncio.run(go())
+    assert error.code == ErrorCode.IMAGE_FETCH_FAILED
+    assert "MAX_WAITING_IMAGES" in error.detail
+    assert loader.room.free == 4
