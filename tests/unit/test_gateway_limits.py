@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -264,6 +265,17 @@ def test_a_slow_but_steady_upload_is_not_timed_out(monkeypatch: pytest.MonkeyPat
 # -- what is charged ------------------------------------------------------------------------
 
 
+def drive(app: Any, scenario: Callable[[httpx.AsyncClient], Awaitable[None]]) -> None:
+    """Run ``scenario`` with an HTTP client of ``app`` (no server, no lifespan)."""
+
+    async def go() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
+            await scenario(c)
+
+    asyncio.run(go())
+
+
 class FakeKafka:
     """Stands in for the producer: each request is awaited as the real client awaits it."""
 
@@ -296,29 +308,27 @@ def test_an_answer_that_comes_too_late_is_still_charged() -> None:
     kafka = FakeKafka(gw)
     owner = hash_key(KEY)
 
-    async def scenario() -> None:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
-            timed_out = await c.post("/v1/classify", json=ZERO_SHOT, headers=auth())
-            assert_error(timed_out, 504, "SERVICE_TIMEOUT")
-            kafka.answer(next(iter(kafka.produced)), 700)  # the answer, late
-            await asyncio.sleep(0)
-            # (the bucket refills some 17 tokens a millisecond meanwhile)
-            assert gw.limits.peek(owner).remaining_tokens < 1_000_000 - 600
-            assert not gw.client._waiting
-            assert not gw._late
+    async def scenario(c: httpx.AsyncClient) -> None:
+        timed_out = await c.post("/v1/classify", json=ZERO_SHOT, headers=auth())
+        assert_error(timed_out, 504, "SERVICE_TIMEOUT")
+        kafka.answer(next(iter(kafka.produced)), 700)  # the answer, late
+        await asyncio.sleep(0)
+        # (the bucket refills some 17 tokens a millisecond meanwhile)
+        assert gw.limits.peek(owner).remaining_tokens < 1_000_000 - 600
+        assert not gw.client._waiting
+        assert not gw._late
 
-            gw.late_answer_window_s = 0.1
-            gw.max_late_answers = 2
-            for _ in range(3):
-                await c.post("/v1/classify", json=ZERO_SHOT, headers=auth())
-            assert len(gw._late) == 2  # the oldest was given up
-            assert len(gw.client._waiting) == 2
-            await asyncio.sleep(0.2)  # the others, once their window has passed
-            assert not gw._late
-            assert not gw.client._waiting
+        gw.late_answer_window_s = 0.1
+        gw.max_late_answers = 2
+        for _ in range(3):
+            await c.post("/v1/classify", json=ZERO_SHOT, headers=auth())
+        assert len(gw._late) == 2  # the oldest was given up
+        assert len(gw.client._waiting) == 2
+        await asyncio.sleep(0.2)  # the others, once their window has passed
+        assert not gw._late
+        assert not gw.client._waiting
 
-    asyncio.run(scenario())
+    drive(app, scenario)
 
 
 def test_requests_refused_before_kafka_take_nothing_from_the_budget() -> None:
@@ -358,32 +368,30 @@ def test_a_key_has_at_most_its_tier_s_concurrency_in_flight() -> None:
     kafka = FakeKafka(gw)
     owner = hash_key(KEY)
 
-    async def scenario() -> None:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
-            waiting = [
-                asyncio.create_task(c.post("/v1/classify", json=ZERO_SHOT, headers=auth()))
-                for _ in range(5)
-            ]
-            await produced(kafka, 5)
-            sixth = await c.post("/v1/classify", json=ZERO_SHOT, headers=auth())
-            body = assert_error(sixth, 429, "RATE_CONCURRENCY_LIMIT_EXCEEDED")
-            assert body["detail"] == "Concurrency limit exceeded: 5/5 concurrent requests"
-            assert sixth.headers["retry-after"] == "1"
-            assert sixth.headers["x-ratelimit-remaining-requests"] == "495"  # took none
-            listing = await c.get("/v1/classifiers", headers=auth())  # counts too
-            assert_error(listing, 429, "RATE_CONCURRENCY_LIMIT_EXCEEDED")
-            for rid in list(kafka.produced):
-                kafka.answer(rid, 10)
-            assert [r.status_code for r in await asyncio.gather(*waiting)] == [200] * 5
-            assert gw.limits.in_flight == {}
-            again = asyncio.create_task(c.post("/v1/classify", json=ZERO_SHOT, headers=auth()))
-            await produced(kafka, 6)
-            kafka.answer(list(kafka.produced)[-1], 10)
-            assert (await again).status_code == 200
-            assert gw.limits.in_flight.get(owner) is None
+    async def scenario(c: httpx.AsyncClient) -> None:
+        waiting = [
+            asyncio.create_task(c.post("/v1/classify", json=ZERO_SHOT, headers=auth()))
+            for _ in range(5)
+        ]
+        await produced(kafka, 5)
+        sixth = await c.post("/v1/classify", json=ZERO_SHOT, headers=auth())
+        body = assert_error(sixth, 429, "RATE_CONCURRENCY_LIMIT_EXCEEDED")
+        assert body["detail"] == "Concurrency limit exceeded: 5/5 concurrent requests"
+        assert sixth.headers["retry-after"] == "1"
+        assert sixth.headers["x-ratelimit-remaining-requests"] == "495"  # took none
+        listing = await c.get("/v1/classifiers", headers=auth())  # counts too
+        assert_error(listing, 429, "RATE_CONCURRENCY_LIMIT_EXCEEDED")
+        for rid in list(kafka.produced):
+            kafka.answer(rid, 10)
+        assert [r.status_code for r in await asyncio.gather(*waiting)] == [200] * 5
+        assert gw.limits.in_flight == {}
+        again = asyncio.create_task(c.post("/v1/classify", json=ZERO_SHOT, headers=auth()))
+        await produced(kafka, 6)
+        kafka.answer(list(kafka.produced)[-1], 10)
+        assert (await again).status_code == 200
+        assert gw.limits.in_flight.get(owner) is None
 
-    asyncio.run(scenario())
+    drive(app, scenario)
 
 
 def test_the_routes_are_told_apart_under_a_root_path_too() -> None:
