@@ -49,8 +49,10 @@ EXIT_NO_KAFKA = 4
 """Kafka could not be reached at ``SHOTSTREAM_BROKERS``."""
 
 
-def _settings(**overrides: Any) -> Settings:
-    """The settings, or a one-line message naming the variable to fix (exit 2)."""
+def _settings(*, serving: bool = False, **overrides: Any) -> Settings:
+    """The settings, or a one-line message naming the variable to fix (exit 2). ``serving``:
+    a command that joins the deployment's group or reads its classifiers (warned when it
+    may share them with another deployment)."""
     import os
 
     from pydantic import ValidationError
@@ -64,6 +66,9 @@ def _settings(**overrides: Any) -> Settings:
     for variable, close in Settings.unknown_variables(os.environ).items():
         hint = f" (did you mean {close}?)" if close else ""
         typer.echo(f"warning: {variable} is not a shotstream setting, ignored{hint}", err=True)
+    shared = settings.shared_group_warning() if serving else None
+    if shared is not None:
+        typer.echo(f"warning: {shared}", err=True)
     return settings
 
 
@@ -117,6 +122,8 @@ def _run(work: Coroutine[Any, Any, T], settings: Settings, timeout_s: float) -> 
     the command with a message and exit codes 4 and 3."""
     from aiokafka.errors import KafkaError
 
+    from streams.errors import OversizeRecordError
+
     async def bounded() -> T:
         async with asyncio.timeout(timeout_s):
             return await work
@@ -131,6 +138,17 @@ def _run(work: Coroutine[Any, Any, T], settings: Settings, timeout_s: float) -> 
             err=True,
         )
         raise typer.Exit(EXIT_NO_ANSWER) from None
+    except OversizeRecordError as exc:  # refused before it was sent
+        typer.echo(f"cannot send the request: {exc}", err=True)
+        raise typer.Exit(EXIT_DEAD_LETTER) from None
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start : exc.end] if isinstance(exc.object, str) else ""
+        typer.echo(
+            f"cannot send the request: it holds {bad.encode('unicode_escape').decode()!s}, "
+            "a lone surrogate, which is not Unicode text",
+            err=True,
+        )
+        raise typer.Exit(EXIT_DEAD_LETTER) from None
     except (KafkaError, OSError) as exc:
         reason = (
             str(exc) if str(exc).startswith(type(exc).__name__) else f"{type(exc).__name__}: {exc}"
@@ -220,7 +238,7 @@ def worker() -> None:
     """Run one worker against SHOTSTREAM_BROKERS (several form one consumer group)."""
     from streams.worker import run_worker
 
-    settings = _settings()
+    settings = _settings(serving=True)
     _logging(settings)
     with _startup_errors(_kafka_at(settings)):
         run_worker(settings)
@@ -232,7 +250,7 @@ def gateway() -> None:
     from streams.broker import check_port_free
     from streams.gateway import run_gateway
 
-    settings = _settings()
+    settings = _settings(serving=True)
     _logging(settings)
     with _startup_errors(_kafka_at(settings)):
         check_port_free(settings.gateway.host, settings.http_port, "SHOTSTREAM_HTTP_PORT")
@@ -251,7 +269,7 @@ def dev(
     from streams.broker import check_port_free
 
     brokers = f"127.0.0.1:{port}"
-    settings = _settings(brokers=brokers)
+    settings = _settings(serving=True, brokers=brokers)
     _logging(settings)
     _exit_on_sigterm()
     with _startup_errors(_embedded_at(port)):
@@ -408,7 +426,7 @@ def classifiers_list(
     from streams.replica import ClassifierReplica
 
     owner = hash_key(_need_key(api_key))
-    settings = _settings()
+    settings = _settings(serving=True)
 
     async def go() -> list[dict[str, Any]]:
         replica = ClassifierReplica(
@@ -462,7 +480,7 @@ def classifiers_delete(
 ) -> None:
     """Delete one of your classifiers (only its owner may)."""
     _need_key(api_key)
-    settings = _settings()
+    settings = _settings(serving=True)
     _echo_json(
         _ask(settings, lambda client: client.delete(classifier_id, api_key=api_key), timeout)
     )

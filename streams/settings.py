@@ -328,6 +328,22 @@ class Settings(BaseSettings):
 
     # -- derived values -------------------------------------------------------------------
 
+    def shared_group_warning(self) -> str | None:
+        """Why this deployment may share state with another on the cluster: a topic prefix
+        of its own with the default consumer group shares the group and the classifier
+        changelog (``<group>-classifiers-changelog``) with every other such deployment
+        (their classifiers, and the per-key classifier limit, mix)."""
+        default_prefix = type(self).model_fields["topic_prefix"].default
+        default_group = KafkaSettings.model_fields["group_id"].default
+        if self.topic_prefix == default_prefix or self.kafka.group_id != default_group:
+            return None
+        return (
+            f"SHOTSTREAM_TOPIC_PREFIX={self.topic_prefix} with the default consumer group "
+            f"{default_group!r}: another deployment on this cluster with the default group "
+            f"shares its group and its classifier changelog ({default_group}-classifiers-"
+            "changelog); set SHOTSTREAM_KAFKA__GROUP_ID to keep them apart"
+        )
+
     @classmethod
     def unknown_variables(cls, environ: Mapping[str, str]) -> dict[str, str | None]:
         """``SHOTSTREAM_*`` variables no setting reads (a typo is otherwise ignored in

@@ -214,3 +214,39 @@ def test_the_port_check_knows_ipv6_and_only_calls_a_taken_port_taken() -> None:
         with pytest.raises(PortInUseError, match=r"x: ::1:\d+ is in use"):
             check_port_free("::1", port, "x")
     check_port_free("::1", 0, "x")
+
+
+@pytest.mark.parametrize(
+    ("stdin", "message"),
+    [
+        ('[{"text": "' + "word " * 3_500_000 + '", "label": "a"}]', "over the 16,777,216-byte"),
+        ('[{"text": "ok \\ud800", "label": "a"}]', "\\ud800, a lone surrogate"),
+    ],
+)
+def test_a_request_the_client_cannot_send_is_one_line_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch, stdin: str, message: str
+) -> None:
+    """Over the message limit, or not Unicode: refused while encoding, before Kafka (a
+    traceback and exit 1 before). No broker needed: the client never gets to send."""
+    from streams import client
+
+    async def started(self: client.ShotstreamClient) -> client.ShotstreamClient:
+        return self
+
+    monkeypatch.setattr(client.ShotstreamClient, "_start", started)
+    code, output = run(["train", "-"], {"SHOTSTREAM_API_KEY": "k"}, stdin)
+    assert code == 2, output
+    assert "cannot send the request" in output
+    assert message in output
+    assert "Traceback" not in output
+
+
+def test_a_prefix_of_its_own_with_the_default_group_is_warned_about() -> None:
+    from streams.settings import Settings
+
+    assert Settings().shared_group_warning() is None
+    assert Settings(kafka={"group_id": "team-a"}, topic_prefix="a.").shared_group_warning() is None
+    warning = Settings(topic_prefix="a.").shared_group_warning()
+    assert warning is not None
+    assert "SHOTSTREAM_KAFKA__GROUP_ID" in warning
+    assert "shotstream-classifiers-changelog" in warning
