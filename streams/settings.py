@@ -170,7 +170,7 @@ class ImageSettings(BaseModel):
     """Threads decoding and preprocessing images off the event loop."""
     max_waiting_images: int = Field(2048, ge=1)
     """Images a worker holds at once between loading and embedding, across requests (each
-    waits as its model crop, 150 KB at 224 px: 300 MiB at the default). A request takes
+    waits as its model crop, 150 KB at 224 px: 294 MiB at the default). A request takes
     room for all its images before it loads any, first come first served; one with more
     images than this takes all of it."""
     clip_model: str | None = None
