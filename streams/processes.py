@@ -25,26 +25,37 @@ class WorkerProcess:
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        self._log_start = 0
+        """Where this start's output begins in the (appended) log."""
 
     def start(self) -> WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
+        self._log_start = self._log.tell()  # an earlier run's ready line is not this one's
         self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [sys.executable, "-m", "streams", self.command],
+            self.argv(),
             env=self.env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
         return self
 
-    def log_text(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "streams", self.command]
 
-    def wait_ready(self, timeout_s: float = 300.0, previous_readies: int = 0) -> None:
-        """Wait for the ``ready`` line; raise with the log if the process exits first."""
+    def log_text(self) -> str:
+        """What this start of the process has written (the log file may hold earlier runs:
+        the demo's does, run after run)."""
+        with self.log_path.open("rb") as f:
+            f.seek(self._log_start)
+            return f.read().decode("utf-8", errors="replace")
+
+    def wait_ready(self, timeout_s: float = 300.0) -> None:
+        """Wait for this start's ``ready`` line; raise with the log if the process exits
+        first."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.log_text().count(self.ready_mark) > previous_readies:
+            if self.ready_mark in self.log_text():
                 return
             if self.proc is not None and self.proc.poll() is not None:
                 break
