@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import functools
 import logging
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import faust
 from faust.types import TP, TableT
@@ -298,8 +299,41 @@ async def prepare_tables(settings: Settings) -> Path | None:
     return set_aside_stale_tables(settings, created, await changelog_end_offsets(settings))
 
 
+class DataDirInUseError(RuntimeError):
+    """Another worker runs on this data directory."""
+
+
+def lock_data_dir(data_dir: Path) -> IO[str]:
+    """Hold ``data_dir`` for this worker (an exclusive ``flock``, released when the process
+    ends, however it ends): two workers on one data directory would open the same RocksDB
+    tables, and one setting the tables aside (a new embedded broker) would move the other's
+    live database, whose next flush then corrupts both. Returns the open lock file: keep it."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    lock = (data_dir / "worker.lock").open("a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        raise DataDirInUseError(
+            f"the data directory {data_dir} is in use by another worker (pid {holder}); "
+            "give each worker its own SHOTSTREAM_DATA_DIR"
+        ) from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
 def run_worker(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM. Loads the default model first so traffic never waits."""
+    try:
+        held = lock_data_dir(settings.data_dir)  # held for the process's life
+    except DataDirInUseError as exc:
+        log.error("not starting: %s", exc)
+        raise SystemExit(2) from None
     (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
     app, service, observer = build_worker(settings)
     spec = service.registry.resolve(None)  # an unknown default fails before any topic is made
@@ -327,4 +361,7 @@ def run_worker(settings: Settings) -> None:
         stdout=sys.stdout,
         stderr=sys.stderr,
     )
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    finally:
+        held.close()

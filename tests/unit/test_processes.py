@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -36,3 +37,33 @@ def test_a_ready_line_left_by_an_earlier_run_is_not_this_run_s(tmp_path: Path) -
     ready.start().wait_ready(10)
     assert ready.log_text().startswith(f"{READY_MARK}: now")
     ready.stop()
+
+
+def test_a_data_dir_is_held_by_one_worker_at_a_time(tmp_path: Path) -> None:
+    """Two workers on one data directory opened the same RocksDB tables; one setting them
+    aside moved the other's live database, and the next flush corrupted both."""
+    import subprocess
+
+    from streams.worker import DataDirInUseError, lock_data_dir
+
+    held = lock_data_dir(tmp_path)
+    other = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from streams.worker import lock_data_dir; "
+            "lock_data_dir(Path(sys.argv[1]))",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert other.returncode != 0
+    assert f"in use by another worker (pid {os.getpid()})" in other.stderr
+    held.close()  # this worker ends: the next one may start
+    again = lock_data_dir(tmp_path)
+    with pytest.raises(DataDirInUseError):  # within a process too (a second open file)
+        lock_data_dir(tmp_path)
+    again.close()
