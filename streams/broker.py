@@ -198,7 +198,7 @@ async def ensure_topics(
             if max_message_bytes is not None:
                 configs["max.message.bytes"] = str(max_message_bytes)
             try:
-                await admin.create_topics(
+                response = await admin.create_topics(
                     [
                         NewTopic(
                             name,
@@ -208,12 +208,39 @@ async def ensure_topics(
                         )
                     ]
                 )
-                created.append(name)
             except TopicAlreadyExistsError:
-                pass  # another worker won the race
+                continue  # another worker won the race
+            if topic_created(response, name):
+                created.append(name)
         return created
     finally:
         await admin.close()
+
+
+class TopicCreationError(RuntimeError):
+    """Kafka refused to create a topic (permissions, replication factor, a policy)."""
+
+
+def topic_created(response: Any, name: str) -> bool:
+    """Whether a CreateTopics ``response`` says ``name`` was created (False: it existed
+    already, another worker won the race). aiokafka returns the broker's error codes in
+    the response and raises nothing, so a refusal (no permission, a replication factor
+    over the brokers' count, a policy) read as created: "created topics" was logged for
+    topics that did not exist."""
+    from aiokafka.errors import TopicAlreadyExistsError, for_code
+
+    for entry in getattr(response, "topic_errors", []):
+        topic, code = entry[0], entry[1]
+        if topic != name or code == 0:
+            continue
+        if code == TopicAlreadyExistsError.errno:
+            return False
+        message = entry[2] if len(entry) > 2 and entry[2] else ""
+        raise TopicCreationError(
+            f"Kafka refused to create topic {topic}: {for_code(code).__name__} (error {code})"
+            + (f": {message}" if message else "")
+        )
+    return True
 
 
 async def partition_counts(brokers: Iterable[str], topics: Iterable[str]) -> dict[str, int]:
@@ -224,7 +251,10 @@ async def partition_counts(brokers: Iterable[str], topics: Iterable[str]) -> dic
     admin = AIOKafkaAdminClient(bootstrap_servers=list(brokers))
     await admin.start()
     try:
-        described = await admin.describe_topics(list(topics))
+        # only those listed: aiokafka asks for the others with auto-creation allowed
+        existing = set(await admin.list_topics())
+        asked = [t for t in topics if t in existing]
+        described = await admin.describe_topics(asked) if asked else []
     finally:
         await admin.close()
     return {t["topic"]: len(t["partitions"]) for t in described if not t["error_code"]}

@@ -20,7 +20,13 @@ from models.registry import ModelRegistry
 from streams.agents import ClassifyHandler, RequestAgent
 from streams.app import EXIT_MARGIN_S, ShotstreamApp, classifier_changelog_topic, create_app
 from streams.auth import KeyRing
-from streams.broker import check_port_free, ensure_topics, partition_counts, wait_for_broker
+from streams.broker import (
+    TopicCreationError,
+    check_port_free,
+    ensure_topics,
+    partition_counts,
+    wait_for_broker,
+)
 from streams.logs import announce
 from streams.metrics import PrometheusObserver
 from streams.producer import OutputProducer
@@ -181,6 +187,9 @@ async def prepare_broker(settings: Settings) -> list[str]:
         log.info("created topics %s (%d partitions)", ", ".join(created), settings.partitions)
     train = settings.topic("train")
     counts = await partition_counts(settings.brokers, [train, changelog])
+    missing = [t for t in (train, changelog) if t not in counts]
+    if missing:  # created (or listed) a moment ago, yet not there
+        raise TopicLayoutError(f"the topics {', '.join(missing)} do not exist after creation")
     if counts.get(train) != counts.get(changelog):
         raise TopicLayoutError(
             f"{train} has {counts.get(train)} partitions and the classifier changelog "
@@ -345,7 +354,7 @@ def run_worker(settings: Settings) -> None:
         )  # port 0 picks one: said at any log level
     try:
         asyncio.run(prepare_tables(settings))
-    except TopicLayoutError as exc:
+    except (TopicLayoutError, TopicCreationError) as exc:
         log.error("not starting: %s", exc)
         raise SystemExit(2) from None
     (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)

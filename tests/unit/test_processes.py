@@ -67,3 +67,23 @@ def test_a_data_dir_is_held_by_one_worker_at_a_time(tmp_path: Path) -> None:
     with pytest.raises(DataDirInUseError):  # within a process too (a second open file)
         lock_data_dir(tmp_path)
     again.close()
+
+
+def test_a_topic_kafka_refused_to_create_is_an_error_not_created() -> None:
+    """aiokafka returns CreateTopics errors in the response and raises nothing: a topic
+    refused for permissions (29), replication factor (38) or a policy was logged as
+    created, and the worker started against topics that did not exist."""
+    from types import SimpleNamespace
+
+    from streams.broker import TopicCreationError, topic_created
+
+    def response(*entries: tuple[object, ...]) -> SimpleNamespace:
+        return SimpleNamespace(topic_errors=list(entries))
+
+    assert topic_created(response(("t", 0)), "t")
+    assert topic_created(response(("t", 0, None)), "t")
+    assert not topic_created(response(("t", 36, "exists")), "t")  # another worker's
+    with pytest.raises(TopicCreationError, match=r"topic t: InvalidReplicationFactor.*38"):
+        topic_created(response(("t", 38, "3 > 1 brokers")), "t")
+    with pytest.raises(TopicCreationError, match="TopicAuthorizationFailed"):
+        topic_created(response(("t", 29, None)), "t")
