@@ -73,6 +73,7 @@ def build_worker(settings: Settings) -> tuple[ShotstreamApp, ClassifyService, Pr
     device, dtype = resolve_device(settings.model_device, settings.models.dtype)
     settings = settings.model_copy(update={"batching": settings.batching.for_device(device)})
     observer = PrometheusObserver(classifier_series=settings.metrics_classifier_series)
+    observer.declare_topics([settings.topic("classify"), settings.topic("train")])
     app, topics = create_app(settings)
     table: TableT[bytes, bytes] = app.Table(
         "classifiers",

@@ -139,3 +139,21 @@ def test_per_classifier_series_are_bounded_least_recently_trained_first() -> Non
     PrometheusObserver(none, classifier_series=0).on_train("c-1", 3, 0.5)
     assert none.get_sample_value(gauge, {"classifier_id": "c-1"}) is None
     assert none.get_sample_value("shotstream_train_examples_total") == 3
+
+
+def test_the_bug_counters_the_alerts_watch_start_at_zero() -> None:
+    """``increase()`` sees no increase in a series whose first sample is already 1, so the
+    alerts on a worker's first INTERNAL_ERROR or unanswered record never fired."""
+    from streams.settings import Settings
+    from streams.worker import build_worker
+
+    _, _, observer = build_worker(Settings())
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for metric in observer.registry.collect()
+        for s in metric.samples
+    }
+    for topic in ("shotstream.classify", "shotstream.train"):
+        dead = ("shotstream_dead_letters_total", (("code", "INTERNAL_ERROR"), ("topic", topic)))
+        assert samples[dead] == 0
+        assert samples[("shotstream_unanswered_total", (("topic", topic),))] == 0
