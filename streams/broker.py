@@ -63,6 +63,10 @@ def check_port_free(host: str, port: int, what: str) -> None:
                 raise PortInUseError(f"{what}: {host}:{port} is in use") from None
 
 
+class BrokerExitedError(RuntimeError):
+    """The embedded broker's process ended before it was ready."""
+
+
 class EmbeddedBroker:
     """A Tansu process on 127.0.0.1:``port``; a context manager that stops it."""
 
@@ -117,6 +121,15 @@ class EmbeddedBroker:
             self._log.close()
             self._log = None
 
+    def log_tail(self, lines: int = 20) -> str:
+        """The end of the broker's output (it goes to a temporary file, gone at stop)."""
+        if self._log is None:
+            return ""
+        self._log.flush()
+        self._log.seek(0)
+        text = self._log.read().decode("utf-8", errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
     def __enter__(self) -> EmbeddedBroker:
         return self.start() if self.process is None else self
 
@@ -157,7 +170,7 @@ async def _wait(
             if process_log is not None:
                 process_log.seek(0)
                 err = process_log.read().decode(errors="replace")
-            raise RuntimeError(f"broker exited with {process.returncode}: {err[-2000:]}")
+            raise BrokerExitedError(f"broker exited with {process.returncode}: {err[-2000:]}")
         admin = AIOKafkaAdminClient(bootstrap_servers=list(brokers), request_timeout_ms=2000)
         try:
             await admin.start()

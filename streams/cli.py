@@ -175,10 +175,12 @@ def _echo_json(answer: dict[str, Any]) -> None:
 
 
 def _exit_on_sigterm() -> None:
-    """SIGTERM ends the command as Ctrl-C does, through its ``with`` blocks: the broker it
-    started runs in its own session and outlived a command killed by the default action,
-    and so did ``dev``'s gateway."""
-    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+    """SIGTERM and SIGHUP (a closed terminal, a dropped ssh session) end the command as
+    Ctrl-C does, through its ``with`` blocks: the broker it started runs in its own session
+    and outlived a command killed by the default action, holding its port, and so did
+    ``dev``'s gateway."""
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, lambda number, _frame: sys.exit(128 + number))
 
 
 @contextlib.contextmanager
@@ -187,7 +189,7 @@ def _startup_errors(kafka: str) -> Iterator[None]:
     (exit 2; 4 when ``kafka``, which says where it was looked for, cannot be reached),
     instead of a traceback."""
     from models.registry import ModelNotAvailableError
-    from streams.broker import PortInUseError
+    from streams.broker import BrokerExitedError, PortInUseError
     from streams.settings import KeyFileError
 
     try:
@@ -198,7 +200,7 @@ def _startup_errors(kafka: str) -> Iterator[None]:
     except ModelNotAvailableError as exc:
         typer.echo(f"cannot start: {exc} (SHOTSTREAM_DEFAULT_MODEL)", err=True)
         raise typer.Exit(2) from None
-    except TimeoutError as exc:
+    except (TimeoutError, BrokerExitedError) as exc:
         typer.echo(f"cannot reach {kafka}: {exc}", err=True)
         raise typer.Exit(EXIT_NO_KAFKA) from None
 
@@ -224,13 +226,16 @@ def broker(port: Annotated[int, typer.Option(help="TCP port on 127.0.0.1")] = 90
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     _exit_on_sigterm()
-    with _startup_errors(_embedded_at(port)), EmbeddedBroker(port):
+    with _startup_errors(_embedded_at(port)), EmbeddedBroker(port) as embedded:
         typer.echo(f"embedded broker on 127.0.0.1:{port} (Ctrl-C stops it)")
         try:
-            while True:
-                time.sleep(3600)
+            while embedded.process is not None and embedded.process.poll() is None:
+                time.sleep(1)
         except KeyboardInterrupt:
-            pass
+            return
+        code = embedded.process.returncode if embedded.process is not None else None
+        typer.echo(f"the embedded broker exited (code {code}):\n{embedded.log_tail()}", err=True)
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -293,9 +298,16 @@ def _dev(port: int, brokers: str, settings: Settings, http: bool) -> None:
         try:
             run_worker(settings)
         finally:
+            # faust's worker set its own handlers and closing its loop reset them to the
+            # default action: a second SIGTERM now would leave the broker running
+            _exit_on_sigterm()
             if gateway is not None:
                 gateway.terminate()
-                gateway.wait(timeout=15)
+                try:  # it waits for requests in flight, which the stopped worker won't answer
+                    gateway.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    gateway.kill()
+                    gateway.wait()
 
 
 APIKey = Annotated[

@@ -340,10 +340,17 @@ def lock_data_dir(data_dir: Path) -> IO[str]:
 def run_worker(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM. Loads the default model first so traffic never waits."""
     try:
-        held = lock_data_dir(settings.data_dir)  # held for the process's life
+        held = lock_data_dir(settings.data_dir)  # held while it runs
     except DataDirInUseError as exc:
         log.error("not starting: %s", exc)
         raise SystemExit(2) from None
+    try:
+        _run_worker(settings)
+    finally:
+        held.close()
+
+
+def _run_worker(settings: Settings) -> None:
     (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
     app, service, observer = build_worker(settings)
     spec = service.registry.resolve(None)  # an unknown default fails before any topic is made
@@ -371,7 +378,4 @@ def run_worker(settings: Settings) -> None:
         stdout=sys.stdout,
         stderr=sys.stderr,
     )
-    try:
-        worker.execute_from_commandline()
-    finally:
-        held.close()
+    worker.execute_from_commandline()

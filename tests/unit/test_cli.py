@@ -125,9 +125,11 @@ def test_server_commands_that_cannot_start_say_why_in_one_line(tmp_path: Path) -
             assert said in output, (args, output)
 
 
-def test_sigterm_stops_the_broker_command_and_its_broker(tmp_path: Path) -> None:
-    """SIGTERM (what systemd, docker and kill send) took the command's default action:
-    no cleanup ran, and the broker, in its own session, kept the port for good."""
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_sigterm_stops_the_broker_command_and_its_broker(tmp_path: Path, signame: str) -> None:
+    """SIGTERM (what systemd, docker and kill send) and SIGHUP (a closed terminal) took the
+    command's default action: no cleanup ran, and the broker, in its own session, kept the
+    port for good."""
     import signal
     import socket
     import subprocess
@@ -153,8 +155,9 @@ def test_sigterm_stops_the_broker_command_and_its_broker(tmp_path: Path) -> None
             assert command.poll() is None
             assert time.monotonic() < deadline
             time.sleep(0.1)
-        command.send_signal(signal.SIGTERM)
-        assert command.wait(timeout=30) == 128 + signal.SIGTERM
+        signum = getattr(signal, signame)
+        command.send_signal(signum)
+        assert command.wait(timeout=30) == 128 + signum
         deadline = time.monotonic() + 10
         while listening() and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -250,3 +253,52 @@ def test_a_prefix_of_its_own_with_the_default_group_is_warned_about() -> None:
     assert warning is not None
     assert "SHOTSTREAM_KAFKA__GROUP_ID" in warning
     assert "shotstream-classifiers-changelog" in warning
+
+
+def test_the_broker_command_says_when_its_broker_dies() -> None:
+    """It slept on, saying it was a broker, after Tansu had gone."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from streams.cli import free_port
+
+    port = free_port()
+    command = subprocess.Popen(
+        [sys.executable, "-m", "streams", "broker", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        children: list[int] = []
+        while not children:  # its broker (the child process it started), once ready
+            assert command.poll() is None
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) != 0:
+                    continue
+            children = [
+                int(pid)
+                for pid in os.listdir("/proc")
+                if pid.isdigit() and _parent_of(int(pid)) == command.pid
+            ]
+        os.kill(children[0], signal.SIGKILL)
+        _, err = command.communicate(timeout=30)
+        assert command.returncode == 1
+        assert "the embedded broker exited (code -9)" in err
+    finally:
+        command.kill()
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
