@@ -187,8 +187,20 @@ class ShotstreamApp(faust.App):
             )
 
 
+_EXIT_CANCELLED = threading.Event()
+
+
+def cancel_exit_deadline() -> None:
+    """Call off the process-ending deadline of a stopped app (``exit_after_s``): for a
+    process that has more to clean up once its worker has stopped (``shotstream dev``
+    stops its gateway and its broker then; ended by the deadline, it left the broker,
+    in its own session, holding its port). Its own cleanup must then be bounded."""
+    _EXIT_CANCELLED.set()
+
+
 def _exit_after(seconds: float) -> None:
-    threading.Event().wait(seconds)
+    if _EXIT_CANCELLED.wait(seconds):
+        return
     log.error(
         "shutdown still unfinished after %g s; exiting now (requests not acknowledged are "
         "delivered again)",

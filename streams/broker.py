@@ -126,7 +126,8 @@ class EmbeddedBroker:
         if self._log is None:
             return ""
         self._log.flush()
-        self._log.seek(0)
+        end = self._log.seek(0, os.SEEK_END)
+        self._log.seek(max(0, end - 64 * 1024))  # after days of logging: the end only
         text = self._log.read().decode("utf-8", errors="replace")
         return "\n".join(text.splitlines()[-lines:])
 
@@ -230,6 +231,11 @@ async def ensure_topics(
         await admin.close()
 
 
+_MAYBE_CREATED = frozenset({7, 41})
+"""REQUEST_TIMED_OUT (creation goes on in the background) and NOT_CONTROLLER (aiokafka
+retries it only when raised, not when returned)."""
+
+
 class TopicCreationError(RuntimeError):
     """Kafka refused to create a topic (permissions, replication factor, a policy)."""
 
@@ -247,6 +253,9 @@ def topic_created(response: Any, name: str) -> bool:
         if topic != name or code == 0:
             continue
         if code == TopicAlreadyExistsError.errno:
+            return False
+        if code in _MAYBE_CREATED:  # creation may go on: the partition check that follows decides
+            log.warning("creating topic %s: %s (error %d)", topic, for_code(code).__name__, code)
             return False
         message = entry[2] if len(entry) > 2 and entry[2] else ""
         raise TopicCreationError(

@@ -287,6 +287,7 @@ def _dev(port: int, brokers: str, settings: Settings, http: bool) -> None:
     import os
     import subprocess
 
+    from streams.app import cancel_exit_deadline
     from streams.broker import EmbeddedBroker
     from streams.worker import run_worker
 
@@ -299,8 +300,10 @@ def _dev(port: int, brokers: str, settings: Settings, http: bool) -> None:
             run_worker(settings)
         finally:
             # faust's worker set its own handlers and closing its loop reset them to the
-            # default action: a second SIGTERM now would leave the broker running
+            # default action: a second SIGTERM now would leave the broker running; and the
+            # worker's exit deadline would end this process before the broker is stopped
             _exit_on_sigterm()
+            cancel_exit_deadline()
             if gateway is not None:
                 gateway.terminate()
                 try:  # it waits for requests in flight, which the stopped worker won't answer
@@ -565,7 +568,11 @@ def demo(
             "model, ~15 s) ..."
         )
         with WorkerProcess({"SHOTSTREAM_BROKERS": embedded.address}, log_path) as worker_proc:
-            worker_proc.wait_ready(timeout)
+            try:
+                worker_proc.wait_ready(timeout)
+            except RuntimeError as exc:  # its log's end says why (a data dir in use, ...)
+                typer.echo(f"cannot start: {exc}", err=True)
+                raise typer.Exit(2) from None
             typer.echo(
                 f"worker ready; producing the routing example to {settings.topic('classify')} ..."
             )

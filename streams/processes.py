@@ -62,7 +62,9 @@ class WorkerProcess:
             time.sleep(0.2)
         tail = "\n".join(self.log_text().splitlines()[-40:])
         code = self.proc.poll() if self.proc else None
-        raise RuntimeError(f"{self.command} not ready after {timeout_s}s (exit {code}):\n{tail}")
+        if code is not None:
+            raise RuntimeError(f"{self.command} exited (code {code}) before it was ready:\n{tail}")
+        raise RuntimeError(f"{self.command} not ready after {timeout_s:g} s:\n{tail}")
 
     def stop(self, timeout_s: float = 20.0) -> int | None:
         """SIGTERM, then SIGKILL after ``timeout_s``; returns the exit code."""

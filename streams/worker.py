@@ -7,6 +7,7 @@ import fcntl
 import functools
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -187,10 +188,15 @@ async def prepare_broker(settings: Settings) -> list[str]:
     if created:
         log.info("created topics %s (%d partitions)", ", ".join(created), settings.partitions)
     train = settings.topic("train")
-    counts = await partition_counts(settings.brokers, [train, changelog])
-    missing = [t for t in (train, changelog) if t not in counts]
-    if missing:  # created (or listed) a moment ago, yet not there
-        raise TopicLayoutError(f"the topics {', '.join(missing)} do not exist after creation")
+    deadline = time.monotonic() + settings.kafka.request_timeout_s
+    while True:  # on a cluster, a broker learns of a topic created a moment ago shortly after
+        counts = await partition_counts(settings.brokers, [train, changelog])
+        missing = [t for t in (train, changelog) if t not in counts]
+        if not missing:
+            break
+        if time.monotonic() > deadline:
+            raise TopicLayoutError(f"the topics {', '.join(missing)} do not exist after creation")
+        await asyncio.sleep(0.5)
     if counts.get(train) != counts.get(changelog):
         raise TopicLayoutError(
             f"{train} has {counts.get(train)} partitions and the classifier changelog "
@@ -309,6 +315,17 @@ async def prepare_tables(settings: Settings) -> Path | None:
     return set_aside_stale_tables(settings, created, await changelog_end_offsets(settings))
 
 
+class HangupStopsWorker(faust.Worker):
+    """faust's worker, stopping on SIGHUP (a closed terminal, a dropped ssh session) as on
+    SIGTERM: drained, offsets committed. mode handles SIGINT and SIGTERM only, so a hangup
+    took the default action (no drain), and in ``shotstream dev`` the command's own handler
+    raised ``SystemExit`` inside whatever task of the worker was running."""
+
+    def _install_signal_handlers_unix(self) -> None:
+        super()._install_signal_handlers_unix()
+        self.loop.add_signal_handler(signal.SIGHUP, self._on_sigterm)
+
+
 class DataDirInUseError(RuntimeError):
     """Another worker runs on this data directory."""
 
@@ -330,6 +347,9 @@ def lock_data_dir(data_dir: Path) -> IO[str]:
             f"the data directory {data_dir} is in use by another worker (pid {holder}); "
             "give each worker its own SHOTSTREAM_DATA_DIR"
         ) from None
+    except OSError as exc:  # a file system without locks (some FUSE, SMB mounts)
+        log.warning("cannot lock the data directory %s (%s): not guarded", data_dir, exc)
+        return lock
     lock.seek(0)
     lock.truncate()
     lock.write(f"{os.getpid()}\n")
@@ -370,7 +390,7 @@ def _run_worker(settings: Settings) -> None:
     service.registry.load(spec)
     # bounded however faust's shutdown goes: the process ends on its own, logged
     app.exit_after_s = settings.kafka.drain_timeout_s + EXIT_MARGIN_S
-    worker = faust.Worker(
+    worker = HangupStopsWorker(
         app,
         loglevel=settings.log_level.upper(),
         quiet=True,

@@ -29,7 +29,7 @@ def test_a_ready_line_left_by_an_earlier_run_is_not_this_run_s(tmp_path: Path) -
     log = tmp_path / "demo-worker.log"
     log.write_text(f"{READY_MARK}: from the last run\n")
     crashing = Child(log, "import sys; print('boom', flush=True); sys.exit(1)").start()
-    with pytest.raises(RuntimeError, match=r"(?s)not ready .*exit 1.*boom"):
+    with pytest.raises(RuntimeError, match=r"(?s)exited \(code 1\) before it was ready.*boom"):
         crashing.wait_ready(10)
     crashing.stop()
     assert "from the last run" not in crashing.log_text()  # this run's output only
@@ -83,7 +83,60 @@ def test_a_topic_kafka_refused_to_create_is_an_error_not_created() -> None:
     assert topic_created(response(("t", 0)), "t")
     assert topic_created(response(("t", 0, None)), "t")
     assert not topic_created(response(("t", 36, "exists")), "t")  # another worker's
+    assert not topic_created(response(("t", 7, None)), "t")  # timed out: may go on, checked after
     with pytest.raises(TopicCreationError, match=r"topic t: InvalidReplicationFactor.*38"):
         topic_created(response(("t", 38, "3 > 1 brokers")), "t")
     with pytest.raises(TopicCreationError, match="TopicAuthorizationFailed"):
         topic_created(response(("t", 29, None)), "t")
+
+
+def test_dev_can_call_off_its_worker_s_exit_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stopped worker app ends its process after drain + 15 s; in `dev` that came while
+    the gateway and the broker were still being stopped, and Tansu kept its port."""
+    import threading
+
+    from streams import app
+
+    exits: list[int] = []
+    monkeypatch.setattr(app.os, "_exit", exits.append)
+    monkeypatch.setattr(app.logging, "shutdown", lambda: None)  # (this is pytest's process)
+    monkeypatch.setattr(app, "_EXIT_CANCELLED", threading.Event())
+    fired = threading.Thread(target=app._exit_after, args=(0.05,))
+    fired.start()
+    fired.join(5)
+    assert exits == [1]  # the deadline, uncancelled
+    called_off = threading.Thread(target=app._exit_after, args=(0.5,))
+    called_off.start()
+    app.cancel_exit_deadline()
+    called_off.join(5)
+    assert exits == [1]
+
+
+def test_a_worker_stops_on_a_hangup_as_on_sigterm() -> None:
+    """mode handles SIGINT and SIGTERM only: a closed terminal took the default action
+    (no drain, no commit), and in `shotstream dev` the command's handler raised
+    SystemExit inside whichever of the worker's tasks was running."""
+    import asyncio
+    import signal
+
+    from streams.settings import Settings
+    from streams.worker import HangupStopsWorker, build_worker
+
+    app, _, _ = build_worker(Settings())
+    loop = asyncio.new_event_loop()
+    try:
+        worker = HangupStopsWorker(app, loop=loop, quiet=True, redirect_stdouts=False)
+        worker.install_signal_handlers()
+        handlers = loop._signal_handlers  # type: ignore[attr-defined]
+        assert handlers[signal.SIGHUP]._callback == worker._on_sigterm
+        assert handlers[signal.SIGTERM]._callback == worker._on_sigterm
+    finally:
+        for signum in (
+            signal.SIGHUP,
+            signal.SIGINT,
+            signal.SIGTERM,
+            signal.SIGUSR1,
+            signal.SIGUSR2,
+        ):
+            loop.remove_signal_handler(signum)
+        loop.close()
