@@ -45,7 +45,7 @@ def app_config(settings: Settings) -> dict[str, Any]:
         "consumer_auto_offset_reset": "earliest",
         "processing_guarantee": "at_least_once",
         "producer_acks": -1,
-        "broker_commit_interval": 1.0,
+        "broker_commit_interval": settings.kafka.commit_interval_s,
         "producer_request_timeout": settings.kafka.request_timeout_s,
         "producer_max_request_size": settings.kafka.max_message_bytes,
     }

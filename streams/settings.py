@@ -128,6 +128,10 @@ class KafkaSettings(BaseModel):
     answered; those still running then are cancelled unacknowledged, so Kafka redelivers
     them (to this worker after a restart, or to the partition's new owner). When
     partitions move, also at most half the rebalance timeout (``streams.app``)."""
+    commit_interval_s: float = Field(1.0, gt=0)
+    """How often a worker commits the offsets of the records it has answered (faust's
+    ``broker_commit_interval``). A crash delivers up to this much again: train records
+    already applied are recognised and not learned twice, classify records answered again."""
     max_message_bytes: int = Field(16 * 1024 * 1024, ge=64 * 1024)
     """The largest record shotstream produces (its producers' ``max_request_size``), and
     ``max.message.bytes`` of the topics it creates. A 1,024-input, 256-label answer is
