@@ -375,15 +375,6 @@ def to_hwc(image: Image.Image) -> Pixels:
     return np.array(image.convert("RGB"), dtype=np.uint8, copy=True)
 
 
-def to_chw(
-    image: Image.Image | Pixels, mean: Sequence[float], std: Sequence[float]
-) -> npt.NDArray[np.float32]:
-    """``(x - mean) / std`` per channel on 0-255 values, channels first (float32)."""
-    array = np.asarray(image, dtype=np.float32)
-    scaled = (array - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
-    return np.ascontiguousarray(scaled.transpose(2, 0, 1), dtype=np.float32)
-
-
 # -- encoders ---------------------------------------------------------------------------
 
 

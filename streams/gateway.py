@@ -393,7 +393,11 @@ def _gateway(request: Request) -> Gateway:
 
 
 def _caller_of(request: Request, *, anonymous_ok: bool) -> Caller:
-    """The caller of ``request`` (401 unless the key is valid or anonymous is allowed)."""
+    """The caller of ``request`` (401 unless the key is valid or anonymous is allowed);
+    found once per request (``HeadersFirst`` finds it before the body is read)."""
+    known = getattr(request.state, "caller", None)
+    if isinstance(known, Caller):
+        return known
     raw = request.headers.get("authorization")
     if raw is not None and not raw.strip():
         raw = None  # an empty header is no key (anonymous zero-shot, when allowed)
@@ -616,7 +620,7 @@ def _refused_before_body(app: FastAPI, scope: Scope) -> Response | None:
         return None
     request = Request(scope)
     try:
-        _caller_of(request, anonymous_ok=endpoint is classify)
+        request.state.caller = _caller_of(request, anonymous_ok=endpoint is classify)
     except GatewayError as exc:
         scope["route"] = route  # as the router would: the metrics name the route
         return _error(request, exc.status, exc.code, exc.detail)
@@ -664,7 +668,7 @@ def _rate_left(request: Request) -> dict[str, str]:
     if not _path(request).startswith("/v1/"):
         return {}
     try:
-        caller = _caller_of(request, anonymous_ok=_path(request) == "/v1/classify")
+        caller = _caller_by_path(request)
         return rate_headers(_gateway(request).limits.peek(caller.bucket))
     except Exception:  # no valid key, or no gateway (starting): no budget to show
         return {}
@@ -688,10 +692,15 @@ reach the schema, so this is only a bound on the handler's work."""
 def _refused_caller(request: Request) -> Response | None:
     """The 401 for a request whose body could not be read, if its key is refused too."""
     try:
-        _caller_of(request, anonymous_ok=_path(request) == "/v1/classify")
+        _caller_by_path(request)
     except GatewayError as exc:
         return _error(request, exc.status, exc.code, exc.detail)
     return None
+
+
+def _caller_by_path(request: Request) -> Caller:
+    """:func:`_caller_of` where only the path is known (an error handler's request)."""
+    return _caller_of(request, anonymous_ok=_path(request) == "/v1/classify")
 
 
 async def _on_validation_error(request: Request, exc: Exception) -> Response:

@@ -26,7 +26,6 @@ from models.images import (
     decode_image,
     encode_png,
     jpeg_scans,
-    to_chw,
     to_eight_bits,
     to_rgb,
 )
@@ -97,6 +96,14 @@ def test_a_loaded_image_holds_its_8_bit_crop_not_float32() -> None:
     for pixels in loaded.pixels:
         assert pixels.dtype == np.uint8
         assert pixels.nbytes <= 224 * 224 * 3
+
+
+def to_chw(image: Image.Image, mean: Any, std: Any) -> np.ndarray:
+    """The float path images took before (``models.images.to_chw``): ``(x - mean) / std``
+    per channel on 0-255 values, channels first, float32, made when preprocessed."""
+    array = np.asarray(image, dtype=np.float32)
+    scaled = (array - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    return np.ascontiguousarray(scaled.transpose(2, 0, 1), dtype=np.float32)
 
 
 def test_embed_pixels_normalises_as_the_float_path_did() -> None:
