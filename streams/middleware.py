@@ -85,8 +85,9 @@ class BodyLimit:
             nonlocal seen, complete
             if complete:  # after the body: waiting for a disconnect may take any time
                 return await receive()
-            try:
-                message = await asyncio.wait_for(receive(), self.chunk_timeout_s)
+            try:  # a timeout scope, not wait_for: no task made per chunk
+                async with asyncio.timeout(self.chunk_timeout_s):
+                    message = await receive()
             except TimeoutError:
                 detail = f"no part of the request body came for {self.chunk_timeout_s:g} s"
                 raise HTTPException(408, detail, _CLOSE) from None
