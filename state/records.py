@@ -199,6 +199,57 @@ def read_ownership(data: bytes) -> tuple[str, str]:
     return owner, access
 
 
+def is_stale_write(stored: bytes | None, incoming: bytes | None) -> bool:
+    """Whether the changelog write ``incoming`` is older than ``stored``: the same
+    classifier (same owner and creation time: not deleted and made again since) at a
+    lower version.
+
+    A version only grows, so such a write comes from a worker that lost the classifier's
+    partition while it was still working on it (evicted after a pause longer than the
+    session timeout, then resumed): its write lands after the new owner's. Readers of the
+    changelog skip it; the last write no longer decides alone. Unreadable headers, a
+    tombstone and a new lineage are never stale.
+
+    >>> from state.records import ClassifierRecord, encode_record
+    >>> r = ClassifierRecord.new("c", model="m", owner="o", access="private", dim=2, now=1.0)
+    >>> v1 = encode_record(r); r.version = 2; v2 = encode_record(r)
+    >>> is_stale_write(v2, v1), is_stale_write(v1, v2), is_stale_write(v2, v2)
+    (True, False, False)
+    >>> r.created_at = 5.0; r.version = 1; again = encode_record(r)  # deleted, made again
+    >>> is_stale_write(v2, again), is_stale_write(None, v1), is_stale_write(v2, None)
+    (False, False, False)
+    """
+    if stored is None or incoming is None:
+        return False
+    try:
+        old, new = _lineage(stored), _lineage(incoming)
+    except RecordFormatError:
+        return False
+    return old[0] == new[0] and new[1] < old[1]
+
+
+def _lineage(data: bytes) -> tuple[tuple[Any, Any], int]:
+    """``((owner, created_at), version)`` from a record's header alone."""
+    _version, header, _body = _split(data)
+    if not isinstance(header, dict):
+        raise RecordFormatError("corrupt record header")
+    version = header.get("version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise RecordFormatError(f"corrupt record header: version is {version!r}")
+    return (header.get("owner"), header.get("created_at")), version
+
+
+def same_lineage_newer(newer: ClassifierRecord | None, than: ClassifierRecord | None) -> bool:
+    """Whether ``newer`` is ``than`` at a higher version (decoded records; see
+    :func:`is_stale_write`)."""
+    return (
+        newer is not None
+        and than is not None
+        and (newer.owner, newer.created_at) == (than.owner, than.created_at)
+        and newer.version > than.version
+    )
+
+
 def _int(value: Any, name: str, least: int = 0) -> int:
     """An integer field: JSON ints only (not bools, not floats int() would truncate)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < least:

@@ -20,6 +20,7 @@ import faust
 
 from streams.lenient_records import install as read_undecodable_header_keys
 from streams.settings import EMBEDDED_FETCH_MAX_WAIT_MS, Settings
+from streams.table import ClassifierTable
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ def app_config(settings: Settings) -> dict[str, Any]:
     config: dict[str, Any] = {
         "broker": [f"kafka://{b}" for b in settings.brokers],
         "store": "rocksdb://",
+        "Table": ClassifierTable,  # restores without rolling a classifier back
         "datadir": str(settings.data_dir / "faust"),
         "web_enabled": False,
         "key_serializer": "raw",

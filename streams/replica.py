@@ -25,7 +25,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from state.records import ClassifierRecord, decode_record
+from state.records import ClassifierRecord, decode_record, same_lineage_newer
 from streams.broker import follow, request_timeout, stop_consumer
 from streams.lenient_records import install as read_undecodable_header_keys
 
@@ -161,7 +161,19 @@ class ClassifierReplica:
             if forgotten is not None:
                 return  # an older write of a classifier deleted here; its tombstone follows
             try:
-                self.records[key] = decode_record(value)
+                record = decode_record(value)
+                if same_lineage_newer(self.records.get(key), record):
+                    # a write older than one read before it: from a worker that lost the
+                    # partition while still working (see is_stale_write); not a rollback
+                    log.warning(
+                        "skipped a stale write of classifier %s at offset %d (version %d after %d)",
+                        key,
+                        offset,
+                        record.version,
+                        self.records[key].version,
+                    )
+                    return
+                self.records[key] = record
                 if partition >= 0:
                     self.partitions[key] = partition
             except Exception:  # RecordFormatError, or anything a foreign record provokes

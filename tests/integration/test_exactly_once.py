@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from state.records import ClassifierRecord
+from state.records import ClassifierRecord, decode_record
 from streams.app import classifier_changelog_topic
 from streams.broker import EmbeddedBroker
 from streams.client import Answer, ShotstreamClient
@@ -270,3 +271,96 @@ def test_a_worker_without_its_rocksdb_rebuilds_from_the_changelog(
     assert after[cid].samples_seen == before[cid].samples_seen + 1
     assert after[cid].labels[: len(before[cid].labels)] == before[cid].labels
     assert "shotstream worker ready" in restored
+
+
+async def changelog_values(settings: Settings, key: str) -> list[tuple[int, bytes]]:
+    """``(partition, value)`` of every changelog record of ``key``, oldest first."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.brokers, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        topic = classifier_changelog_topic(settings)
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        found: list[tuple[int, bytes]] = []
+        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+            batches = await consumer.getmany(timeout_ms=500)
+            found += [
+                (m.partition, m.value)
+                for batch in batches.values()
+                for m in batch
+                if m.key == key.encode() and m.value is not None
+            ]
+        return found
+    finally:
+        await consumer.stop()
+
+
+def test_a_stale_changelog_write_rolls_no_classifier_back(
+    broker: EmbeddedBroker, tmp_path: Path, model_cache: Path
+) -> None:
+    """A worker that lost a classifier's partition mid-request (a pause past the session
+    timeout) can write after the partition's new owner, with nothing in Kafka to stop it
+    (no transactions). Such a write, an older version of the classifier, is produced here
+    by hand: neither the replicas (classify) nor a table restored from the changelog may
+    take it for the classifier's state."""
+    prefix, group = "stale.", "stale"
+    env = worker_env(
+        broker,
+        tmp_path / "a",
+        model_cache,
+        SHOTSTREAM_TOPIC_PREFIX=prefix,
+        SHOTSTREAM_KAFKA__GROUP_ID=group,
+    )
+    settings = client_settings(broker, topic_prefix=prefix, kafka={"group_id": group})
+    cid = str(uuid.UUID(int=7))
+    examples = [
+        [{"text": "refund my invoice", "label": "billing"}, {"text": "app crash", "label": "bug"}],
+        [{"text": "charged twice", "label": "billing"}],
+        [{"text": "login fails", "label": "bug"}],
+    ]
+
+    async def train(batch: list[dict[str, str]], model: str | None = None) -> Answer:
+        async with ShotstreamClient(settings) as c:
+            return await c.train(batch, classifier_id=cid, api_key=KEY, model=model, num_iters=5)
+
+    async def zombie_write() -> None:
+        written = await changelog_values(settings, cid)
+        assert [decode_record(v).version for _, v in written] == [1, 2, 3]
+        partition, second = written[1]
+        producer = AIOKafkaProducer(bootstrap_servers=settings.brokers)
+        await producer.start()
+        try:
+            await producer.send_and_wait(
+                classifier_changelog_topic(settings), second, key=cid.encode(), partition=partition
+            )
+        finally:
+            await producer.stop()
+
+    async def classified_version() -> int:
+        async with ShotstreamClient(settings) as c:
+            answer = await c.classify(["my invoice is wrong"], classifier_id=cid, api_key=KEY)
+        assert "error" not in answer, answer
+        return int(answer["version"])
+
+    with WorkerProcess(env, tmp_path / "a.log") as w:
+        w.wait_ready(600)
+        versions = [
+            asyncio.run(train(batch, "jina-embeddings-v3" if i == 0 else None))["version"]
+            for i, batch in enumerate(examples)
+        ]
+        assert versions == [1, 2, 3]
+        asyncio.run(zombie_write())
+        assert asyncio.run(final_records(settings))[cid].version == 3  # a replica's reading
+        assert asyncio.run(classified_version()) == 3  # the worker's own replica
+    # a new worker restores the table from the changelog: it continues from version 3
+    env_b = {**env, "SHOTSTREAM_DATA_DIR": str(tmp_path / "b")}
+    with WorkerProcess(env_b, tmp_path / "b.log") as w:
+        w.wait_ready(600)
+        answer = asyncio.run(train([{"text": "cannot export", "label": "bug"}]))
+        assert "error" not in answer, answer
+        assert answer["version"] == 4
+        record = asyncio.run(final_records(settings))[cid]
+    assert (record.version, record.samples_seen) == (4, 5)
+    assert "skipped a stale write" in w.log_text()
