@@ -44,6 +44,9 @@ class InOrderAcks:
         """Per partition, the lowest offset :meth:`forget` dropped unanswered: nothing past
         it is acknowledged until it is delivered again (faust's commit would step over
         an offset it never saw acknowledged)."""
+        self.acknowledged: dict[Any, int] = {}
+        """Per partition, the last offset acknowledged, every one before it too (see
+        :meth:`ShotstreamApp._consumer_wait_empty`); cleared by whoever commits it."""
 
     def track(self, event: faust.EventT[Any]) -> list[Any]:
         message = event.message
@@ -63,6 +66,7 @@ class InOrderAcks:
             event = queue.popleft()[0]
             if hole is None or event.message.offset < hole:
                 event.ack()
+                self.acknowledged[tp] = event.message.offset
 
     @property
     def in_flight(self) -> int:
@@ -219,6 +223,11 @@ class RequestAgent:
     def reassigned(self, assigned: set[Any]) -> None:
         """Partitions were assigned (see :meth:`InOrderAcks.reassigned`)."""
         self._acks.reassigned(assigned)
+
+    def take_acknowledged(self) -> dict[Any, int]:
+        """The last offset acknowledged per partition since the previous call."""
+        taken, self._acks.acknowledged = self._acks.acknowledged, {}
+        return taken
 
 
 class ClassifyHandler:

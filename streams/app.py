@@ -126,6 +126,8 @@ class ShotstreamApp(faust.App):
 
     drain_timeout_s: float = 15.0
     drains: list[Callable[[float], Awaitable[int]]]
+    acknowledged: list[Callable[[], dict[Any, int]]]
+    """Per agent, the offsets it acknowledged since last asked (``RequestAgent``)."""
     exit_after_s: float | None = None
     """Set in a worker process (never in a process that only embeds the app): once the
     app stops, the process ends itself after this long (``os._exit``)."""
@@ -133,6 +135,7 @@ class ShotstreamApp(faust.App):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.drains = []
+        self.acknowledged = []
         self._stopping = False
 
     async def on_stop(self) -> None:
@@ -158,12 +161,30 @@ class ShotstreamApp(faust.App):
                 timeout_s,
             )
         try:
-            await asyncio.wait_for(consumer.commit(), COMMIT_TIMEOUT_S)
+            await asyncio.wait_for(self._commit_answered(consumer), COMMIT_TIMEOUT_S)
         except Exception as exc:  # the broker away: answered requests are answered again
             log.warning(
                 "could not commit the answered requests' offsets (%s); Kafka delivers them again",
                 type(exc).__name__,
             )
+
+    async def _commit_answered(self, consumer: Any) -> None:
+        """Commit what the agents acknowledged. On a revoke faust has already forgotten
+        the acknowledgements of the partitions it revokes (faust-streaming 0.15 clears
+        them before calling the app), so its own commit skips them and the new owner got
+        every request answered since the last periodic commit again (with
+        ``commit_interval_s`` at 600 s: all of them). The changelog goes out first: an
+        offset is never committed before the table writes of the requests before it."""
+        await consumer.commit()
+        offsets: dict[Any, int] = {}
+        for acknowledged in self.acknowledged:
+            for tp, offset in acknowledged().items():
+                offsets[tp] = max(offset + 1, offsets.get(tp, 0))
+        assigned = consumer.assignment()
+        offsets = {tp: offset for tp, offset in offsets.items() if tp in assigned}
+        if offsets:
+            await self.producer.flush()
+            await consumer._commit(offsets)  # faust has no public commit of given offsets
 
     def drain_time_s(self) -> float:
         """How long the agents get to finish: ``drain_timeout_s`` when stopping; on a

@@ -62,6 +62,9 @@ def test_a_drain_cancels_what_does_not_finish_in_time_and_acknowledges_none_of_i
         await asyncio.sleep(0.01)
         count = await agent.drain(0.05)
         left = len(agent._tasks)
+        # what a revoke commits: the last offset acknowledged, once
+        assert agent.take_acknowledged() == {("classify", 0): 0}
+        assert agent.take_acknowledged() == {}
         # after the drain the agent serves again (its partitions came back in a rebalance)
         stream.queue.put_nowait(event(3, acked))
         await asyncio.sleep(0.01)
@@ -70,6 +73,7 @@ def test_a_drain_cancels_what_does_not_finish_in_time_and_acknowledges_none_of_i
             stream.queue.put_nowait(event(k, acked))
         await asyncio.sleep(0.01)
         idle = await agent.drain(1.0)
+        assert agent.take_acknowledged() == {("classify", 0): 2}  # not 3: never acknowledged
         runner.cancel()
         return count, left, acked_before_redelivery, idle
 
