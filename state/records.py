@@ -219,24 +219,36 @@ def is_stale_write(stored: bytes | None, incoming: bytes | None) -> bool:
     >>> is_stale_write(v2, again), is_stale_write(None, v1), is_stale_write(v2, None)
     (False, False, False)
     """
-    if stored is None or incoming is None:
-        return False
+    return is_older(record_lineage(incoming), record_lineage(stored))
+
+
+Lineage = tuple[tuple[Any, Any], int]
+"""``((owner, created_at), version)`` of a stored classifier record."""
+
+
+def record_lineage(data: bytes | None) -> Lineage | None:
+    """A record's :data:`Lineage` from its header alone; ``None`` for a tombstone or a
+    header that cannot be read."""
+    if data is None:
+        return None
     try:
-        old, new = _lineage(stored), _lineage(incoming)
+        _version, header, _body = _split(data)
     except RecordFormatError:
-        return False
-    return old[0] == new[0] and new[1] < old[1]
-
-
-def _lineage(data: bytes) -> tuple[tuple[Any, Any], int]:
-    """``((owner, created_at), version)`` from a record's header alone."""
-    _version, header, _body = _split(data)
-    if not isinstance(header, dict):
-        raise RecordFormatError("corrupt record header")
-    version = header.get("version")
+        return None
+    version = header.get("version") if isinstance(header, dict) else None
     if isinstance(version, bool) or not isinstance(version, int):
-        raise RecordFormatError(f"corrupt record header: version is {version!r}")
+        return None
     return (header.get("owner"), header.get("created_at")), version
+
+
+def is_older(incoming: Lineage | None, stored: Lineage | None) -> bool:
+    """Whether ``incoming`` is the classifier ``stored`` is, at a lower version."""
+    return (
+        incoming is not None
+        and stored is not None
+        and incoming[0] == stored[0]
+        and incoming[1] < stored[1]
+    )
 
 
 def same_lineage_newer(newer: ClassifierRecord | None, than: ClassifierRecord | None) -> bool:

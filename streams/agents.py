@@ -79,6 +79,8 @@ class InOrderAcks:
         would be acknowledged again."""
         for tp in set(self._holes) - assigned:
             del self._holes[tp]
+        for tp in set(self.acknowledged) - assigned:
+            del self.acknowledged[tp]  # committed by another worker from now on
 
     def drop(self, entry: list[Any]) -> None:
         """Give up on one pending event, unacknowledged (its request could not be answered

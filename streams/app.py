@@ -175,16 +175,19 @@ class ShotstreamApp(faust.App):
         every request answered since the last periodic commit again (with
         ``commit_interval_s`` at 600 s: all of them). The changelog goes out first: an
         offset is never committed before the table writes of the requests before it."""
-        await consumer.commit()
         offsets: dict[Any, int] = {}
-        for acknowledged in self.acknowledged:
+        for acknowledged in self.acknowledged:  # taken before any wait: none are left over
             for tp, offset in acknowledged().items():
                 offsets[tp] = max(offset + 1, offsets.get(tp, 0))
+        await consumer.commit()
         assigned = consumer.assignment()
         offsets = {tp: offset for tp, offset in offsets.items() if tp in assigned}
         if offsets:
             await self.producer.flush()
-            await consumer._commit(offsets)  # faust has no public commit of given offsets
+            # faust has no public commit of given offsets. A refusal because the group
+            # moved on (this worker was evicted) is no error; faust ends the worker on
+            # the others, as on its periodic commits
+            await consumer._commit(offsets)
 
     def drain_time_s(self) -> float:
         """How long the agents get to finish: ``drain_timeout_s`` when stopping; on a

@@ -64,6 +64,9 @@ class ClassifierReplica:
         self._forgotten: dict[str, tuple[int, float]] = {}
         """Ids deleted by this process, until the changelog's tombstones for them arrive:
         how many deletes are on the way, and when the last was made."""
+        self.on_stale: Callable[[str, int], None] | None = None
+        """Called with a classifier id and its partition after a stale write of it was
+        skipped (the train handler writes the classifier's state again where it owns it)."""
         self.loaded = asyncio.Event()
         """Set once the changelog has been read up to where it ended when ``start`` began
         (a replica fed by hand sets it itself): before that, an unknown id may be one
@@ -172,6 +175,11 @@ class ClassifierReplica:
                         record.version,
                         self.records[key].version,
                     )
+                    if self.on_stale is not None and partition >= 0:
+                        try:
+                            self.on_stale(key, partition)
+                        except Exception:  # never the replica's end
+                            log.exception("could not restate classifier %s", key)
                     return
                 self.records[key] = record
                 if partition >= 0:

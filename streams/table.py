@@ -16,26 +16,60 @@ from collections.abc import Iterable
 from typing import Any
 
 import faust
-from faust.types import TP, EventT
+from faust.types import TP, EventT, FutureMessage
 
-from state.records import is_stale_write
+from state.records import Lineage, is_older, record_lineage
 
 log = logging.getLogger(__name__)
 
 
 class ClassifierTable(faust.Table):  # type: ignore[type-arg]  # faust's generics
     """A ``faust.Table`` of encoded classifier records that never restores an older
-    version of a classifier over a newer one."""
+    version of a classifier over a newer one, and that tells a writer when its write is
+    in the changelog (:attr:`last_sent`)."""
+
+    last_sent: FutureMessage | None = None
+    """The delivery of the last changelog record sent: a table write is synchronous, so
+    right after one this is its own (awaited before its request is answered)."""
+
+    def send_changelog(self, *args: Any, **kwargs: Any) -> FutureMessage:
+        sent = super().send_changelog(*args, **kwargs)
+        self.last_sent = sent
+        return sent
+
+    def _on_changelog_sent(self, fut: FutureMessage) -> None:
+        # faust records the offset of each write it sends as the point the next restore
+        # reads on from. That holds only if nothing else was written to the partition in
+        # between: a worker paused past the session timeout, resuming, would otherwise
+        # step over the new owner's writes it never read (and its table keeps its own,
+        # older version for good). Past such a gap the offset stays, so the next restore
+        # reads those writes (and skips whatever of them is older).
+        result = fut.result()
+        persisted = self.data.persisted_offset(result.topic_partition)
+        if persisted is not None and result.offset != persisted + 1:
+            log.warning(
+                "changelog %s partition %d: this worker's write is at offset %d, but its "
+                "table has read up to %d: another worker wrote in between; the next "
+                "restore of this partition reads from there",
+                result.topic_partition.topic,
+                result.topic_partition.partition,
+                result.offset,
+                persisted,
+            )
+            return
+        super()._on_changelog_sent(fut)
 
     def apply_changelog_batch(self, batch: Iterable[EventT[Any]]) -> None:
         events = list(batch)
         kept: list[EventT[Any]] = []
-        latest: dict[Any, bytes | None] = {}
+        latest: dict[Any, Lineage | None] = {}
         for event in events:
             message = event.message
             key, value = message.key, message.value
-            stored = latest[key] if key in latest else self._stored(key, message.partition)
-            if is_stale_write(stored, value):
+            if key not in latest:
+                latest[key] = record_lineage(self._stored(key, message.partition))
+            incoming = record_lineage(value)
+            if is_older(incoming, latest[key]):
                 log.warning(
                     "changelog %s partition %d offset %d: skipped a stale write of "
                     "classifier %r (older than the version already read)",
@@ -45,7 +79,7 @@ class ClassifierTable(faust.Table):  # type: ignore[type-arg]  # faust's generic
                     bytes(key).decode("utf-8", "replace") if key is not None else None,
                 )
                 continue
-            latest[key] = value
+            latest[key] = incoming
             kept.append(event)
         super().apply_changelog_batch(kept)
         # the store records what it wrote as read; what was skipped was read as well

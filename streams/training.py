@@ -13,7 +13,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn
 
@@ -35,6 +35,7 @@ from state.records import (
     decode_record,
     encode_record,
     read_ownership,
+    same_lineage_newer,
 )
 from streams.agents import Turn, encode, send_dead_letter
 from streams.auth import KeyRing, header_value, owner_or_refusal
@@ -106,6 +107,8 @@ class TrainHandler:
         self.partition_count = partition_count
         """Partitions of a topic by name (Kafka's metadata), to check that a record is in
         its key's partition; ``None``: unknown, not checked."""
+        self.owned: set[int] = set()
+        """The train partitions this worker owns (set on each rebalance)."""
         self._created: dict[str, dict[str, float]] = {}
         """owner → classifiers this worker created, not yet seen by the replica → when."""
         self._learning = ThreadPoolExecutor(1, thread_name_prefix="learn")
@@ -174,8 +177,15 @@ class TrainHandler:
                 f"({exc}); delete it and train it again"
             ) from exc
 
-    def _write(self, record: ClassifierRecord) -> None:
+    def _write(self, record: ClassifierRecord) -> Awaitable[Any] | None:
+        """Store ``record``; returns its changelog record's delivery (``None`` for a table
+        that does not say, as in unit tests)."""
         self.table[record.classifier_id.encode()] = encode_record(record)
+        return self._last_sent()
+
+    def _last_sent(self) -> Awaitable[Any] | None:
+        """The delivery of the changelog record the table write just made."""
+        return getattr(self.table, "last_sent", None)
 
     async def __call__(self, event: faust.EventT[Any], turn: Turn) -> None:
         message = event.message
@@ -205,6 +215,9 @@ class TrainHandler:
             if isinstance(request, DeleteRequest):
                 async with turn:
                     response = self._delete(request, owner)
+                    sent = self._last_sent()
+                if sent is not None:
+                    await sent
             else:
                 response = await self._train(request, owner, message, turn)
             # inside the try: an answer over the size limit gets its dead letter (the
@@ -263,7 +276,9 @@ class TrainHandler:
                     offset,
                     record.classifier_id,
                 )
-                self._write(record)  # re-assert: the changelog may have lost the first write
+                sent = self._write(record)  # re-assert: the changelog may have lost it
+                if sent is not None:
+                    await sent  # in turn: rare, and answered only once it is in
                 return self._response(
                     request,
                     record,
@@ -311,9 +326,14 @@ class TrainHandler:
                 prior = await asyncio.get_running_loop().run_in_executor(self._learning, learn)
             if request.access is not None:
                 record.access = request.access
-            self._write(record)
+            sent = self._write(record)
             if created:
                 self._created.setdefault(owner, {})[record.classifier_id] = time.monotonic()
+        if sent is not None:
+            # answered (and so acknowledged, and committed) only once its changelog record
+            # is in: faust's flush before a commit can miss a record it is still handing
+            # to the client, and a partition's next owner restores from the changelog
+            await sent
         self.observer.on_train(
             record.classifier_id, len(prior), record.prequential_accuracy, partition=partition
         )
@@ -364,6 +384,26 @@ class TrainHandler:
                     f"not {spec.name!r}",
                 )
         return record
+
+    def restate(self, classifier_id: str, partition: int) -> None:
+        """The replica skipped a stale write of ``classifier_id`` (see
+        :func:`state.records.is_stale_write`). If this worker owns the classifier, its state
+        goes to the changelog again: compaction keeps only a key's last record, which would
+        be the stale one."""
+        if partition not in self.owned:
+            return
+        key = classifier_id.encode()
+        raw = self.table.get(key)
+        if raw is None:
+            return
+        try:
+            mine = decode_record(raw)
+        except RecordFormatError:
+            return
+        if same_lineage_newer(self.replica.get(classifier_id), mine):
+            return  # this copy is older than one in the changelog: not this worker's to say
+        log.warning("classifier %s: writing its version %d again", classifier_id, mine.version)
+        self.table.send_changelog(partition, key, raw)
 
     def _created_unseen(self, owner: str) -> set[str]:
         """Classifiers this worker created for ``owner`` that the replica has not read back

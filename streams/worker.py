@@ -102,6 +102,7 @@ def build_worker(settings: Settings) -> tuple[ShotstreamApp, ClassifyService, Pr
         observer,
         partition_count=functools.partial(subscribed_partitions, app),
     )
+    replica.on_stale = train.restate
     in_flight = settings.batching.max_in_flight
     classify_runner = RequestAgent(classify, max_in_flight=in_flight, observer=observer)
     train_runner = RequestAgent(train, max_in_flight=in_flight, observer=observer)
@@ -153,7 +154,8 @@ def build_worker(settings: Settings) -> tuple[ShotstreamApp, ClassifyService, Pr
         classify_runner.reassigned(assigned)
         train_runner.reassigned(assigned)
         train_topic = topics.train.get_topic_name()
-        observer.on_train_partitions({tp.partition for tp in assigned if tp.topic == train_topic})
+        train.owned = {tp.partition for tp in assigned if tp.topic == train_topic}
+        observer.on_train_partitions(train.owned)
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]  # faust types receivers as sync
     async def _close(sender: faust.App, **_: object) -> None:

@@ -301,6 +301,16 @@ async def changelog_values(settings: Settings, key: str) -> list[tuple[int, byte
         await consumer.stop()
 
 
+async def last_version_written(settings: Settings, key: str, want: int) -> int:
+    """The version of ``key``'s last changelog record, once it is ``want`` (30 s at most)."""
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        last = decode_record((await changelog_values(settings, key))[-1][1]).version
+        if last == want or asyncio.get_running_loop().time() > deadline:
+            return last
+        await asyncio.sleep(0.5)
+
+
 def test_a_stale_changelog_write_rolls_no_classifier_back(
     broker: EmbeddedBroker, tmp_path: Path, model_cache: Path
 ) -> None:
@@ -358,6 +368,9 @@ def test_a_stale_changelog_write_rolls_no_classifier_back(
         asyncio.run(zombie_write())
         assert asyncio.run(final_records(settings))[cid].version == 3  # a replica's reading
         assert asyncio.run(classified_version()) == 3  # the worker's own replica
+        # and the owner writes version 3 again: compaction keeps a key's last record only
+        last = asyncio.run(last_version_written(settings, cid, 3))
+        assert last == 3
     # a new worker restores the table from the changelog: it continues from version 3
     env_b = {**env, "SHOTSTREAM_DATA_DIR": str(tmp_path / "b")}
     with WorkerProcess(env_b, tmp_path / "b.log") as w:
