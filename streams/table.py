@@ -32,6 +32,14 @@ class ClassifierTable(faust.Table):  # type: ignore[type-arg]  # faust's generic
     """The delivery of the last changelog record sent: a table write is synchronous, so
     right after one this is its own (awaited before its request is answered)."""
 
+    _gaps: set[TP]
+    """Partitions where another worker's write was seen after this one's restore point
+    (until the next restore reads past it)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._gaps = set()
+
     def send_changelog(self, *args: Any, **kwargs: Any) -> FutureMessage:
         sent = super().send_changelog(*args, **kwargs)
         self.last_sent = sent
@@ -45,14 +53,18 @@ class ClassifierTable(faust.Table):  # type: ignore[type-arg]  # faust's generic
         # older version for good). Past such a gap the offset stays, so the next restore
         # reads those writes (and skips whatever of them is older).
         result = fut.result()
-        persisted = self.data.persisted_offset(result.topic_partition)
+        tp = result.topic_partition
+        persisted = self.data.persisted_offset(tp)
         if persisted is not None and result.offset != persisted + 1:
+            if tp in self._gaps:
+                return  # said once: every later write of the partition is past it too
+            self._gaps.add(tp)
             log.warning(
                 "changelog %s partition %d: this worker's write is at offset %d, but its "
                 "table has read up to %d: another worker wrote in between; the next "
                 "restore of this partition reads from there",
-                result.topic_partition.topic,
-                result.topic_partition.partition,
+                tp.topic,
+                tp.partition,
                 result.offset,
                 persisted,
             )
@@ -89,6 +101,7 @@ class ClassifierTable(faust.Table):  # type: ignore[type-arg]  # faust's generic
             read[tp] = max(read.get(tp, -1), event.message.offset)
         for tp, offset in read.items():
             self.data.set_persisted_offset(tp, offset)
+            self._gaps.discard(tp)
 
     def _stored(self, key: Any, partition: int) -> bytes | None:
         store: Any = self.data

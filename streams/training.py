@@ -35,7 +35,6 @@ from state.records import (
     decode_record,
     encode_record,
     read_ownership,
-    same_lineage_newer,
 )
 from streams.agents import Turn, encode, send_dead_letter
 from streams.auth import KeyRing, header_value, owner_or_refusal
@@ -217,7 +216,7 @@ class TrainHandler:
                     response = self._delete(request, owner)
                     sent = self._last_sent()
                 if sent is not None:
-                    await sent
+                    await asyncio.shield(sent)
             else:
                 response = await self._train(request, owner, message, turn)
             # inside the try: an answer over the size limit gets its dead letter (the
@@ -278,7 +277,7 @@ class TrainHandler:
                 )
                 sent = self._write(record)  # re-assert: the changelog may have lost it
                 if sent is not None:
-                    await sent  # in turn: rare, and answered only once it is in
+                    await asyncio.shield(sent)  # in turn: rare; answered once it is in
                 return self._response(
                     request,
                     record,
@@ -332,8 +331,9 @@ class TrainHandler:
         if sent is not None:
             # answered (and so acknowledged, and committed) only once its changelog record
             # is in: faust's flush before a commit can miss a record it is still handing
-            # to the client, and a partition's next owner restores from the changelog
-            await sent
+            # to the client, and a partition's next owner restores from the changelog.
+            # Shielded: a drain's cancel must not cancel the delivery faust reports on
+            await asyncio.shield(sent)
         self.observer.on_train(
             record.classifier_id, len(prior), record.prequential_accuracy, partition=partition
         )
@@ -390,17 +390,23 @@ class TrainHandler:
         :func:`state.records.is_stale_write`). If this worker owns the classifier, its state
         goes to the changelog again: compaction keeps only a key's last record, which would
         be the stale one."""
-        if partition not in self.owned:
+        if partition not in self.owned or not self.replica.loaded.is_set():
             return
+        tables = getattr(getattr(self.table, "app", None), "tables", None)  # faust's
+        if tables is not None and not tables.actives_ready:
+            return  # still restoring: the table may hold what an old data directory held
         key = classifier_id.encode()
         raw = self.table.get(key)
-        if raw is None:
+        seen = self.replica.get(classifier_id)
+        if raw is None or seen is None:
             return
         try:
             mine = decode_record(raw)
         except RecordFormatError:
             return
-        if same_lineage_newer(self.replica.get(classifier_id), mine):
+        if (mine.owner, mine.created_at) != (seen.owner, seen.created_at):
+            return  # another classifier under the id (deleted and made again): not this
+        if mine.version < seen.version:
             return  # this copy is older than one in the changelog: not this worker's to say
         log.warning("classifier %s: writing its version %d again", classifier_id, mine.version)
         self.table.send_changelog(partition, key, raw)

@@ -381,3 +381,34 @@ def test_a_classifier_living_in_another_partition_is_not_forked_here() -> None:
     train_handler.replica.apply("x", encode_record(there), partition=0)
     run(train_handler, [event(2, train("rA2", "b"), "x")])
     assert output.answers()["rA2"] == 8
+
+
+def test_restate_writes_again_only_this_workers_copy_of_the_same_classifier() -> None:
+    """After the replica skips a stale write, the owner writes its state again; never a
+    copy older than the changelog's, another classifier under the id (deleted and made
+    again), or a partition it does not own."""
+    train, _table, _output = handler({})
+    sent: list[tuple[int, bytes, bytes]] = []
+
+    class Table(dict[bytes, bytes]):
+        def send_changelog(self, partition: int, key: bytes, value: bytes) -> None:
+            sent.append((partition, key, value))
+
+    train.table = cast(Any, Table())
+
+    def record(version: int, created_at: float = 1.0) -> ClassifierRecord:
+        r = ClassifierRecord.new("c", model="m", owner="o", access="private", dim=2, now=created_at)
+        r.version = version
+        return r
+
+    train.owned = {0}
+    train.replica.records["c"] = record(3)
+    train.table[b"c"] = encode_record(record(2))  # older than the changelog's
+    train.restate("c", 0)
+    train.table[b"c"] = encode_record(record(5, created_at=0.5))  # deleted, made again
+    train.restate("c", 0)
+    train.table[b"c"] = encode_record(record(3))
+    train.restate("c", 1)  # not its partition
+    assert sent == []
+    train.restate("c", 0)
+    assert sent == [(0, b"c", encode_record(record(3)))]
