@@ -104,6 +104,22 @@ async def until(condition: Callable[[], bool]) -> None:
         await asyncio.sleep(0.01)
 
 
+def group_of(
+    broker: EmbeddedBroker, data: Path, model_cache: Path, name: str, **extra: str
+) -> tuple[dict[str, str], Settings]:
+    """A worker environment and client settings for topics and a consumer group of their
+    own (``<name>.`` and ``<name>``)."""
+    env = worker_env(
+        broker,
+        data,
+        model_cache,
+        SHOTSTREAM_TOPIC_PREFIX=f"{name}.",
+        SHOTSTREAM_KAFKA__GROUP_ID=name,
+        **extra,
+    )
+    return env, client_settings(broker, topic_prefix=f"{name}.", kafka={"group_id": name})
+
+
 async def final_records(settings: Settings) -> dict[str, ClassifierRecord]:
     replica = ClassifierReplica(",".join(settings.brokers), classifier_changelog_topic(settings))
     await replica.start()
@@ -117,14 +133,7 @@ async def final_records(settings: Settings) -> dict[str, ClassifierRecord]:
 def run_reference(
     broker: EmbeddedBroker, tmp: Path, cache: Path, stream: list[tuple[str, dict]], tag: str
 ) -> dict[str, ClassifierRecord]:
-    env = worker_env(
-        broker,
-        tmp / "ref",
-        cache,
-        SHOTSTREAM_TOPIC_PREFIX=f"{tag}-ref.",
-        SHOTSTREAM_KAFKA__GROUP_ID=f"{tag}-ref",
-    )
-    settings = client_settings(broker, topic_prefix=f"{tag}-ref.", kafka={"group_id": f"{tag}-ref"})
+    env, settings = group_of(broker, tmp / "ref", cache, f"{tag}-ref")
     with WorkerProcess(env, tmp / "ref.log") as w:
         w.wait_ready(600)
 
@@ -173,20 +182,17 @@ def test_sigkill_restart_and_moving_partitions_apply_each_record_once(
     stream = train_stream(seed)
     reference = run_reference(broker, tmp_path, model_cache, stream, tag)
     rng = random.Random(seed)
-    prefix, group = f"{tag}-trial.", f"{tag}-trial"
-    env = worker_env(
+    env, settings = group_of(
         broker,
         tmp_path / "a",
         model_cache,
-        SHOTSTREAM_TOPIC_PREFIX=prefix,
-        SHOTSTREAM_KAFKA__GROUP_ID=group,
+        f"{tag}-trial",
         # no periodic commit: everything the first worker answered before the SIGKILL
         # comes again, however fast it answered (each second, under load every answer
         # could be committed before the kill, and no replay was tested)
         SHOTSTREAM_KAFKA__COMMIT_INTERVAL_S="600",
     )
     env_b = {**env, "SHOTSTREAM_DATA_DIR": str(tmp_path / "b")}
-    settings = client_settings(broker, topic_prefix=prefix, kafka={"group_id": group})
     first = WorkerProcess(env, tmp_path / "a1.log").start()
     restarted = WorkerProcess(env, tmp_path / "a2.log")  # same RocksDB directory
     joiner = WorkerProcess(env_b, tmp_path / "b.log")  # a second worker: partitions move
@@ -242,15 +248,7 @@ def test_a_worker_without_its_rocksdb_rebuilds_from_the_changelog(
     broker: EmbeddedBroker, tmp_path: Path, model_cache: Path
 ) -> None:
     stream = train_stream(5, classifiers=2, per=4, size=3)
-    prefix, group = "rebuild.", "rebuild"
-    env = worker_env(
-        broker,
-        tmp_path / "data",
-        model_cache,
-        SHOTSTREAM_TOPIC_PREFIX=prefix,
-        SHOTSTREAM_KAFKA__GROUP_ID=group,
-    )
-    settings = client_settings(broker, topic_prefix=prefix, kafka={"group_id": group})
+    env, settings = group_of(broker, tmp_path / "data", model_cache, "rebuild")
     extra = [{"text": "refund my invoice please", "label": "team1"}]
 
     async def train_all(items: list[tuple[str, dict]]) -> list[Answer]:
@@ -319,15 +317,7 @@ def test_a_stale_changelog_write_rolls_no_classifier_back(
     (no transactions). Such a write, an older version of the classifier, is produced here
     by hand: neither the replicas (classify) nor a table restored from the changelog may
     take it for the classifier's state."""
-    prefix, group = "stale.", "stale"
-    env = worker_env(
-        broker,
-        tmp_path / "a",
-        model_cache,
-        SHOTSTREAM_TOPIC_PREFIX=prefix,
-        SHOTSTREAM_KAFKA__GROUP_ID=group,
-    )
-    settings = client_settings(broker, topic_prefix=prefix, kafka={"group_id": group})
+    env, settings = group_of(broker, tmp_path / "a", model_cache, "stale")
     cid = str(uuid.UUID(int=7))
     examples = [
         [{"text": "refund my invoice", "label": "billing"}, {"text": "app crash", "label": "bug"}],
@@ -390,17 +380,10 @@ def test_a_rebalance_commits_what_was_answered(
     not get them again. faust forgets the acknowledgements of revoked partitions before
     its commit on a revoke; with no periodic commit in between (600 s here) every
     answered request came again."""
-    prefix, group = "handover.", "handover"
-    env = worker_env(
-        broker,
-        tmp_path / "a",
-        model_cache,
-        SHOTSTREAM_TOPIC_PREFIX=prefix,
-        SHOTSTREAM_KAFKA__GROUP_ID=group,
-        SHOTSTREAM_KAFKA__COMMIT_INTERVAL_S="600",
+    env, settings = group_of(
+        broker, tmp_path / "a", model_cache, "handover", SHOTSTREAM_KAFKA__COMMIT_INTERVAL_S="600"
     )
     env_b = {**env, "SHOTSTREAM_DATA_DIR": str(tmp_path / "b")}
-    settings = client_settings(broker, topic_prefix=prefix, kafka={"group_id": group})
     stream = train_stream(3, classifiers=4, per=2, size=3)
     more = [(cid, {"input": [{"text": "one more", "label": "team1"}]}) for cid in {*dict(stream)}]
 
