@@ -97,6 +97,11 @@ class ClassifierRecord:
         )
 
     @property
+    def lineage(self) -> Lineage:
+        """``((owner, created_at), version)``: see :func:`is_older`."""
+        return (self.owner, self.created_at), self.version
+
+    @property
     def prequential_accuracy(self) -> float | None:
         return sum(self.recent) / len(self.recent) if self.recent else None
 
@@ -199,36 +204,14 @@ def read_ownership(data: bytes) -> tuple[str, str]:
     return owner, access
 
 
-def is_stale_write(stored: bytes | None, incoming: bytes | None) -> bool:
-    """Whether the changelog write ``incoming`` is older than ``stored``: the same
-    classifier (same owner and creation time: not deleted and made again since) at a
-    lower version.
-
-    A version only grows, so such a write comes from a worker that lost the classifier's
-    partition while it was still working on it (evicted after a pause longer than the
-    session timeout, then resumed): its write lands after the new owner's. Readers of the
-    changelog skip it; the last write no longer decides alone. Unreadable headers, a
-    tombstone and a new lineage are never stale.
-
-    >>> from state.records import ClassifierRecord, encode_record
-    >>> r = ClassifierRecord.new("c", model="m", owner="o", access="private", dim=2, now=1.0)
-    >>> v1 = encode_record(r); r.version = 2; v2 = encode_record(r)
-    >>> is_stale_write(v2, v1), is_stale_write(v1, v2), is_stale_write(v2, v2)
-    (True, False, False)
-    >>> r.created_at = 5.0; r.version = 1; again = encode_record(r)  # deleted, made again
-    >>> is_stale_write(v2, again), is_stale_write(None, v1), is_stale_write(v2, None)
-    (False, False, False)
-    """
-    return is_older(record_lineage(incoming), record_lineage(stored))
-
-
 Lineage = tuple[tuple[Any, Any], int]
-"""``((owner, created_at), version)`` of a stored classifier record."""
+"""``((owner, created_at), version)`` of a classifier record: which classifier (not one
+deleted and made again under its id since) and how far it is."""
 
 
 def record_lineage(data: bytes | None) -> Lineage | None:
-    """A record's :data:`Lineage` from its header alone; ``None`` for a tombstone or a
-    header that cannot be read."""
+    """A stored record's :data:`Lineage` from its header alone; ``None`` for a tombstone or
+    a header that cannot be read."""
     if data is None:
         return None
     try:
@@ -242,23 +225,30 @@ def record_lineage(data: bytes | None) -> Lineage | None:
 
 
 def is_older(incoming: Lineage | None, stored: Lineage | None) -> bool:
-    """Whether ``incoming`` is the classifier ``stored`` is, at a lower version."""
+    """Whether ``incoming`` is the classifier ``stored`` is, at a lower version: a stale
+    changelog write.
+
+    A version only grows, so such a write comes from a worker that lost the classifier's
+    partition while it was still working on it (evicted after a pause longer than the
+    session timeout, then resumed): its write lands after the new owner's. Readers of the
+    changelog skip it; the last write no longer decides alone. Unreadable headers, a
+    tombstone and a new lineage are never stale.
+
+    >>> r = ClassifierRecord.new("c", model="m", owner="o", access="private", dim=2, now=1.0)
+    >>> v1 = r.lineage; r.version = 2; v2 = r.lineage
+    >>> is_older(v1, v2), is_older(v2, v1), is_older(v2, v2)
+    (True, False, False)
+    >>> r.created_at = 5.0; r.version = 1  # deleted, made again
+    >>> is_older(r.lineage, v2), is_older(v1, None), is_older(None, v2)
+    (False, False, False)
+    >>> record_lineage(encode_record(r)) == r.lineage
+    True
+    """
     return (
         incoming is not None
         and stored is not None
         and incoming[0] == stored[0]
         and incoming[1] < stored[1]
-    )
-
-
-def same_lineage_newer(newer: ClassifierRecord | None, than: ClassifierRecord | None) -> bool:
-    """Whether ``newer`` is ``than`` at a higher version (decoded records; see
-    :func:`is_stale_write`)."""
-    return (
-        newer is not None
-        and than is not None
-        and (newer.owner, newer.created_at) == (than.owner, than.created_at)
-        and newer.version > than.version
     )
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from state.records import ClassifierRecord, decode_record, same_lineage_newer
+from state.records import ClassifierRecord, decode_record, is_older
 from streams.broker import follow, request_timeout, stop_consumer
 from streams.lenient_records import install as read_undecodable_header_keys
 
@@ -165,9 +165,9 @@ class ClassifierReplica:
                 return  # an older write of a classifier deleted here; its tombstone follows
             try:
                 record = decode_record(value)
-                if same_lineage_newer(self.records.get(key), record):
+                if key in self.records and is_older(record.lineage, self.records[key].lineage):
                     # a write older than one read before it: from a worker that lost the
-                    # partition while still working (see is_stale_write); not a rollback
+                    # partition while still working (see is_older); not a rollback
                     log.warning(
                         "skipped a stale write of classifier %s at offset %d (version %d after %d)",
                         key,

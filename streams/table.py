@@ -6,7 +6,7 @@ transactions nothing stops a worker that lost a partition from writing after the
 partition's new owner (a pause past the session timeout, then the in-flight request
 resumes and writes), and that write would roll the classifier back. Here such a write is
 recognised by its header (same classifier, lower version; see
-:func:`state.records.is_stale_write`) and skipped.
+:func:`state.records.is_older`) and skipped.
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ from state.records import (
     RecordFormatError,
     decode_record,
     encode_record,
+    is_older,
     read_ownership,
 )
 from streams.agents import Turn, encode, send_dead_letter
@@ -387,7 +388,7 @@ class TrainHandler:
 
     def restate(self, classifier_id: str, partition: int) -> None:
         """The replica skipped a stale write of ``classifier_id`` (see
-        :func:`state.records.is_stale_write`). If this worker owns the classifier, its state
+        :func:`state.records.is_older`). If this worker owns the classifier, its state
         goes to the changelog again: compaction keeps only a key's last record, which would
         be the stale one."""
         if partition not in self.owned or not self.replica.loaded.is_set():
@@ -404,10 +405,8 @@ class TrainHandler:
             mine = decode_record(raw)
         except RecordFormatError:
             return
-        if (mine.owner, mine.created_at) != (seen.owner, seen.created_at):
-            return  # another classifier under the id (deleted and made again): not this
-        if mine.version < seen.version:
-            return  # this copy is older than one in the changelog: not this worker's to say
+        if mine.lineage[0] != seen.lineage[0] or is_older(mine.lineage, seen.lineage):
+            return  # another classifier under the id, or an older copy: not this worker's
         log.warning("classifier %s: writing its version %d again", classifier_id, mine.version)
         self.table.send_changelog(partition, key, raw)
 
