@@ -12,9 +12,8 @@ import asyncio
 import logging
 import os
 import threading
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import faust
 
@@ -112,6 +111,18 @@ COMMIT_TIMEOUT_S = 5.0
 away: their requests are then answered again, after a restart or by the new owner)."""
 
 
+class Runner(Protocol):
+    """What the app asks of an agent's request runner (``streams.agents.RequestAgent``)."""
+
+    async def drain(self, timeout_s: float) -> int:
+        """Wait up to ``timeout_s`` for the requests in flight, cancel the rest; how many."""
+        ...
+
+    def take_acknowledged(self) -> dict[Any, int]:
+        """The last offset acknowledged per partition since the previous call."""
+        ...
+
+
 class ShotstreamApp(faust.App):
     """A faust app whose drains are bounded.
 
@@ -125,17 +136,16 @@ class ShotstreamApp(faust.App):
     """
 
     drain_timeout_s: float = 15.0
-    drains: list[Callable[[float], Awaitable[int]]]
-    acknowledged: list[Callable[[], dict[Any, int]]]
-    """Per agent, the offsets it acknowledged since last asked (``RequestAgent``)."""
+    runners: list[Runner]
+    """The agents' request runners (``RequestAgent``): what they run is drained, what they
+    acknowledged is committed."""
     exit_after_s: float | None = None
     """Set in a worker process (never in a process that only embeds the app): once the
     app stops, the process ends itself after this long (``os._exit``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.drains = []
-        self.acknowledged = []
+        self.runners = []
         self._stopping = False
 
     async def on_stop(self) -> None:
@@ -152,7 +162,7 @@ class ShotstreamApp(faust.App):
         # own log: on a revoke faust passes a flight recorder that prints only when the
         # whole revoke outlasts 95 % of the session timeout
         timeout_s = self.drain_time_s()
-        counts = await asyncio.gather(*(drain(timeout_s) for drain in self.drains))
+        counts = await asyncio.gather(*(runner.drain(timeout_s) for runner in self.runners))
         if cancelled := sum(counts):
             log.warning(
                 "%d requests still in flight after %g s were cancelled, unanswered and "
@@ -176,8 +186,8 @@ class ShotstreamApp(faust.App):
         ``commit_interval_s`` at 600 s: all of them). The changelog goes out first: an
         offset is never committed before the table writes of the requests before it."""
         offsets: dict[Any, int] = {}
-        for acknowledged in self.acknowledged:  # taken before any wait: none are left over
-            for tp, offset in acknowledged().items():
+        for runner in self.runners:  # taken before any wait: none are left over
+            for tp, offset in runner.take_acknowledged().items():
                 offsets[tp] = max(offset + 1, offsets.get(tp, 0))
         await consumer.commit()
         assigned = consumer.assignment()

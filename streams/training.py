@@ -56,6 +56,13 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 
 
+async def delivered(sent: Awaitable[Any] | None) -> None:
+    """Wait for a changelog record's delivery (``None``: a table that does not say, as in
+    unit tests). Shielded: a drain's cancel must not cancel the delivery faust reports on."""
+    if sent is not None:
+        await asyncio.shield(sent)
+
+
 def key_partition(key: bytes, partitions: int) -> int:
     """The partition Kafka's default partitioner gives a keyed record (murmur2, as the
     Java client and aiokafka).
@@ -216,8 +223,7 @@ class TrainHandler:
                 async with turn:
                     response = self._delete(request, owner)
                     sent = self._last_sent()
-                if sent is not None:
-                    await asyncio.shield(sent)
+                await delivered(sent)
             else:
                 response = await self._train(request, owner, message, turn)
             # inside the try: an answer over the size limit gets its dead letter (the
@@ -276,9 +282,8 @@ class TrainHandler:
                     offset,
                     record.classifier_id,
                 )
-                sent = self._write(record)  # re-assert: the changelog may have lost it
-                if sent is not None:
-                    await asyncio.shield(sent)  # in turn: rare; answered once it is in
+                # re-assert: the changelog may have lost it. In turn: rare; answered once in
+                await delivered(self._write(record))
                 return self._response(
                     request,
                     record,
@@ -329,12 +334,10 @@ class TrainHandler:
             sent = self._write(record)
             if created:
                 self._created.setdefault(owner, {})[record.classifier_id] = time.monotonic()
-        if sent is not None:
-            # answered (and so acknowledged, and committed) only once its changelog record
-            # is in: faust's flush before a commit can miss a record it is still handing
-            # to the client, and a partition's next owner restores from the changelog.
-            # Shielded: a drain's cancel must not cancel the delivery faust reports on
-            await asyncio.shield(sent)
+        # answered (and so acknowledged, and committed) only once its changelog record is
+        # in: faust's flush before a commit can miss a record it is still handing to the
+        # client, and a partition's next owner restores from the changelog
+        await delivered(sent)
         self.observer.on_train(
             record.classifier_id, len(prior), record.prequential_accuracy, partition=partition
         )

@@ -106,8 +106,7 @@ def build_worker(settings: Settings) -> tuple[ShotstreamApp, ClassifyService, Pr
     in_flight = settings.batching.max_in_flight
     classify_runner = RequestAgent(classify, max_in_flight=in_flight, observer=observer)
     train_runner = RequestAgent(train, max_in_flight=in_flight, observer=observer)
-    app.drains += [classify_runner.drain, train_runner.drain]
-    app.acknowledged += [classify_runner.take_acknowledged, train_runner.take_acknowledged]
+    app.runners += [classify_runner, train_runner]
 
     async def classify_agent(stream: faust.StreamT[Any]) -> None:
         await classify_runner(stream)

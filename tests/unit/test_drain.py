@@ -260,9 +260,13 @@ def test_a_rebalance_drain_leaves_time_to_rejoin_the_group() -> None:
 
     given: list[float] = []
 
-    async def drain(timeout_s: float) -> int:
-        given.append(timeout_s)
-        return 0
+    class Runner:
+        async def drain(self, timeout_s: float) -> int:
+            given.append(timeout_s)
+            return 0
+
+        def take_acknowledged(self) -> dict[Any, int]:
+            return {}
 
     class Consumer:
         async def commit(self) -> None:
@@ -273,7 +277,7 @@ def test_a_rebalance_drain_leaves_time_to_rejoin_the_group() -> None:
             "drain-test", broker="kafka://127.0.0.1:1", broker_rebalance_timeout=rebalance_timeout
         )
         app.drain_timeout_s = 15.0
-        app.drains = [drain]
+        app.runners = [Runner()]
         app._stopping = stopping
         given.clear()
         await app._consumer_wait_empty(Consumer(), None)
