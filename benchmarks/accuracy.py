@@ -484,15 +484,18 @@ class Study:
     ) -> tuple[Matrix, Matrix | None, Matrix | None]:
         """Items, class names and class descriptions, embedded (cached). An image set has
         neither label nor description vectors: its image models have no text tower."""
+        tag, head = ds.shares or (ds.name, 0)
         if ds.images is not None:
             load_image = self.image_encoders.setdefault(
                 model, functools.cache(functools.partial(_load_image_encoder, model))
             )
-            return cache.get_images(ds.name, model, ds.images, load_image), None, None
+            X = cache.get_images(ds.name, model, ds.images[head:], load_image)
+            if head:
+                X = np.concatenate([cache.get_images(tag, model, ds.images[:head], load_image), X])
+            return X, None, None
         load = self.encoders.setdefault(
             model, functools.cache(functools.partial(_load_encoder, model))
         )
-        tag, head = ds.shares or (ds.name, 0)
         X = cache.get(ds.name, model, ds.texts[head:], load)
         if head:
             X = np.concatenate([cache.get(tag, model, ds.texts[:head], load), X])
@@ -1134,7 +1137,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         nargs="+",
         default=list(DEFAULT_DATASETS),
         choices=list(LOADERS),
-        help="tweets-fresh: tweets' pool on a fresh test split, to confirm (not by default)",
+        help="tweets-fresh, fashion-fresh: the pool of tweets or fashion on a fresh test split, "
+        "to confirm (not by default)",
     )
     parser.add_argument(
         "--models",

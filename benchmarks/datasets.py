@@ -13,6 +13,8 @@
   10,000-image t10k file only, a fixed stratified subsample of 150 per class: 50 per class
   held out for test (500), 100 per class in the pool (1,000). An image set: no texts, no
   class descriptions, and it names its own (image) models.
+* ``fashion-fresh``: ``fashion``'s pool, tested on 300 other t10k images per class (a
+  confirmation split; not in the default study).
 
 Splits depend only on the data and a fixed seed, never on the run.
 """
@@ -62,8 +64,9 @@ class Dataset:
     models: tuple[str, ...] = ()
     """The models an image set is embedded with (a text set uses the study's models)."""
     shares: tuple[str, int] | None = None
-    """``(name, n)``: the first ``n`` texts are data set ``name``'s, in its order, so their
-    embeddings (and those of the class names and descriptions) are cached under ``name``."""
+    """``(name, n)``: the first ``n`` texts (or images) are data set ``name``'s, in its
+    order, so their embeddings (and those of the class names and descriptions) are cached
+    under ``name``."""
 
     @property
     def n_classes(self) -> int:
@@ -262,8 +265,11 @@ def fashion_mnist(split: str = "t10k") -> tuple[Pixels, npt.NDArray[np.uint8]]:
     return images, labels
 
 
-def load_fashion(pool_per_class: int = 100, test_per_class: int = 50) -> Dataset:
-    """Fashion-MNIST (Debian ``dataset-fashion-mnist``): a stratified subsample of t10k."""
+def _fashion(
+    pool_per_class: int, test_per_class: int
+) -> tuple[Dataset, Pixels, npt.NDArray[np.uint8], Ints]:
+    """The ``fashion`` set, every t10k image and label, and which images it took (sorted
+    indices into t10k)."""
     all_images, all_labels = fashion_mnist("t10k")
     classes = list(FASHION_CLASSES)
     rng = np.random.default_rng(SPLIT_SEED)
@@ -275,7 +281,7 @@ def load_fashion(pool_per_class: int = 100, test_per_class: int = 50) -> Dataset
     y = all_labels[chosen].astype(np.int64)
     test = stratified_take(y, [test_per_class] * len(classes), rng)
     pool = np.setdiff1d(np.arange(len(y)), test)
-    return Dataset(
+    ds = Dataset(
         "fashion",
         [],
         y,
@@ -286,6 +292,46 @@ def load_fashion(pool_per_class: int = 100, test_per_class: int = 50) -> Dataset
         images=all_images[chosen],
         models=FASHION_MODELS,
     )
+    return ds, all_images, all_labels, chosen
+
+
+def load_fashion(pool_per_class: int = 100, test_per_class: int = 50) -> Dataset:
+    """Fashion-MNIST (Debian ``dataset-fashion-mnist``): a stratified subsample of t10k."""
+    return _fashion(pool_per_class, test_per_class)[0]
+
+
+def load_fresh_fashion(test_per_class: int = 300) -> Dataset:
+    """``fashion`` with a fresh test split: the same pool (same training sets seed by seed)
+    tested on t10k images the ``fashion`` set never took (none pixel-equal to one it took),
+    drawn with another seed. The image learner's settings were chosen while ``fashion``'s
+    own test split was looked at; nothing was chosen on this split."""
+    base, all_images, all_labels, chosen = _fashion(100, 50)
+    taken = {image.tobytes() for image in all_images[chosen]}
+    left = np.asarray(
+        [
+            i
+            for i in np.setdiff1d(np.arange(len(all_labels)), chosen)
+            if all_images[i].tobytes() not in taken
+        ],
+        dtype=np.int64,
+    )
+    rng = np.random.default_rng(FRESH_SEED)
+    labels = all_labels[left].astype(np.int64)
+    fresh = np.sort(left[stratified_take(labels, [test_per_class] * len(FASHION_CLASSES), rng)])
+    assert base.images is not None  # an image set
+    n = len(base.y)
+    return Dataset(
+        "fashion-fresh",
+        [],
+        np.concatenate([base.y, all_labels[fresh].astype(np.int64)]),
+        base.classes,
+        np.arange(n, n + len(fresh)),
+        base.pool,
+        None,
+        images=np.concatenate([base.images, all_images[fresh]]),
+        models=FASHION_MODELS,
+        shares=("fashion", n),
+    )
 
 
 LOADERS: dict[str, Callable[[], Dataset]] = {
@@ -293,4 +339,5 @@ LOADERS: dict[str, Callable[[], Dataset]] = {
     "tweets": load_tweets,
     "tweets-fresh": load_fresh_tweets,
     "fashion": load_fashion,
+    "fashion-fresh": load_fresh_fashion,
 }

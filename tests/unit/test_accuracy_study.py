@@ -28,12 +28,13 @@ from benchmarks.datasets import (
     FASHION_CLASSES,
     Dataset,
     load_fashion,
+    load_fresh_fashion,
     load_fresh_tweets,
     load_tweets,
     proportional_counts,
     stratified_take,
 )
-from benchmarks.embeddings import EmbeddingCache, embed_texts
+from benchmarks.embeddings import EmbeddingCache, embed_images, embed_texts
 from models.embedders import HashTextEncoder
 
 CLASSES = ["alpha", "beta", "gamma"]
@@ -216,6 +217,57 @@ def test_the_fresh_tweet_split_keeps_the_pool_and_tests_on_tweets_never_taken() 
     again = load_fresh_tweets()
     assert np.array_equal(again.test, fresh.test)
     assert [again.texts[i] for i in again.test] == tested  # fixed
+
+
+def test_the_fresh_fashion_split_keeps_the_pool_and_tests_on_images_never_taken() -> None:
+    fashion, fresh = load_fashion(), load_fresh_fashion()
+    assert fashion.images is not None
+    assert fresh.images is not None
+    n = len(fashion.y)
+    assert fresh.shares == ("fashion", n)
+    assert fresh.is_image
+    assert fresh.models == fashion.models
+    assert np.array_equal(fresh.images[:n], fashion.images)  # same pool, same training sets
+    assert np.array_equal(fresh.pool, fashion.pool)
+    assert np.array_equal(fresh.y[:n], fashion.y)
+    assert np.bincount(fresh.y[fresh.test]).tolist() == [300] * 10
+    tested = {image.tobytes() for image in fresh.images[fresh.test]}
+    assert len(tested) == len(fresh.test)
+    assert not tested & {image.tobytes() for image in fashion.images}  # no pixel-equal one
+    again = load_fresh_fashion()
+    assert again.images is not None
+    assert np.array_equal(again.images, fresh.images)  # fixed
+
+
+def test_an_image_set_that_shares_another_s_images_embeds_only_its_own(tmp_path: Path) -> None:
+    base = pictures()
+    assert base.images is not None
+    extra = base.images[:4][:, ::-1].copy()  # four mirrored pictures
+    n = len(base.y)
+    wider = Dataset(
+        "pictures-wider",
+        [],
+        np.concatenate([base.y, base.y[:4]]),
+        SHAPES,
+        np.arange(n, n + 4),
+        base.pool,
+        None,
+        images=np.concatenate([base.images, extra]),
+        models=("pixels",),
+        shares=("pictures", n),
+    )
+    s = with_pictures(study(tmp_path / "cache"))
+    cache = EmbeddingCache(s.cache)
+    X, _, _ = s.embeddings(base, "pixels", cache)
+    cache.stats.clear()
+    X2, labels, described = s.embeddings(wider, "pixels", cache)
+    assert set(cache.stats) == {"pictures-wider/pixels"}
+    (own,) = s.cache.glob("pictures-wider-*.npy")
+    assert np.load(own).shape == (4, PixelEncoder.dim)  # only the four new pictures
+    assert np.array_equal(X2[:n], X)
+    assert np.allclose(X2[n:], embed_images(PixelEncoder(), extra))  # type: ignore[arg-type]
+    assert labels is None
+    assert described is None
 
 
 def test_a_set_that_shares_another_s_texts_embeds_only_its_own(tmp_path: Path) -> None:
