@@ -203,7 +203,14 @@ class LoadClient:
 
     async def __aenter__(self) -> LoadClient:
         # linger: let records of a burst share produce requests, as a busy client's would
-        self._producer = AIOKafkaProducer(bootstrap_servers=self.brokers, linger_ms=5, acks="all")
+        from streams.settings import Settings
+
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self.brokers,
+            linger_ms=5,
+            acks="all",
+            max_request_size=Settings().kafka.max_message_bytes,  # photos: MBs of base64
+        )
         await self._producer.start()
         # a short fetch wait: the embedded broker holds a fetch for about half of it even
         # when records arrive meanwhile, which would add up to 250 ms (aiokafka's default

@@ -23,7 +23,7 @@ from models.images import (
     ImageEncoder,
     Pixels,
     decode_base64,
-    decode_image,
+    decode_scaled,
     image_tokens,
 )
 from streams.errors import ErrorCode, RequestError
@@ -201,9 +201,11 @@ class ImageLoader:
 
     def _prepare(self, data: bytes, index: int, encoder: ImageEncoder) -> tuple[Pixels, int]:
         try:
-            image = decode_image(data, max_pixels=self.settings.max_pixels)
+            image, stored = decode_scaled(
+                data, max_pixels=self.settings.max_pixels, side=encoder.size
+            )
             tokens = image_tokens(
-                *image.size, tile=self.settings.tile_pixels, per_tile=self.settings.tokens_per_tile
+                *stored, tile=self.settings.tile_pixels, per_tile=self.settings.tokens_per_tile
             )
             return encoder.preprocess(image), tokens
         except ImageDecodeError as exc:

@@ -93,6 +93,7 @@ class PixelEncoder:
 
     name = "pixels"
     dim = 64
+    size = 8
 
     def preprocess(self, image: Image.Image) -> npt.NDArray[np.float32]:
         assert image.mode == "RGB"  # the worker's path: models.images.to_rgb first

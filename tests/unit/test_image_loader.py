@@ -46,11 +46,15 @@ class Fetcher:
 
 
 class Encoder:
+    size = 224
+
     def __init__(self, fetcher: Fetcher) -> None:
         self.fetcher = fetcher
+        self.sizes: list[tuple[int, int]] = []
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         self.fetcher.held -= 1  # decoded: the body is no longer needed
+        self.sizes.append(image.size)
         return np.zeros((3, 2, 2), dtype=np.float32)
 
 
@@ -108,3 +112,34 @@ def test_base64_items_still_fail_with_their_index(bad: str) -> None:
     assert isinstance(error, RequestError)
     assert error.code == ErrorCode.IMAGE_INVALID
     assert error.detail.startswith("input[1]")
+
+
+def test_a_large_jpeg_is_decoded_reduced_and_charged_at_its_full_size() -> None:
+    """Usage counts the image as sent (tiles of its stored size), not the reduced decode
+    the model is given."""
+    import base64
+    import io
+
+    from models.images import image_tokens
+
+    out = io.BytesIO()
+    Image.new("RGB", (3000, 2000), "red").save(out, "JPEG")
+    fetcher = Fetcher()
+    fetcher.held = 1  # a base64 item has no fetch; preprocess still counts one down
+    encoder = Encoder(fetcher)
+    loader = ImageLoader(ImageSettings(), cast(Any, fetcher))
+
+    async def go() -> Any:
+        try:
+            return await loader.load(
+                [base64.b64encode(out.getvalue()).decode()], [0], cast(Any, encoder)
+            )
+        finally:
+            await loader.aclose()
+
+    loaded = asyncio.run(go())
+    settings = ImageSettings()
+    assert encoder.sizes == [(750, 500)]  # 1/4: 1/8 would be 375 x 250, below 448
+    assert loaded.tokens == [
+        image_tokens(3000, 2000, tile=settings.tile_pixels, per_tile=settings.tokens_per_tile)
+    ]

@@ -115,7 +115,7 @@ class Runtime:
 
 
 class Pixelwise:
-    name, dim = "pixels", 3
+    name, dim, size = "pixels", 3, 224
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         return np.asarray(image, dtype=np.uint8)

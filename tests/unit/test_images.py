@@ -15,6 +15,7 @@ from models.images import (
     ImageDecodeError,
     decode_base64,
     decode_image,
+    decode_scaled,
     encode_png,
     image_tokens,
 )
@@ -81,6 +82,40 @@ def test_exif_orientation_is_applied() -> None:
     exif[0x0112] = 6  # rotate 90° clockwise when displayed
     out = decode_image(encoded(image, "JPEG", exif=exif), max_pixels=10_000)
     assert out.size == (20, 40)
+
+
+def photo_sized(width: int, height: int, fmt: str = "JPEG") -> bytes:
+    """A darknet photo resized to ``width`` x ``height`` (a phone camera's, say)."""
+    image = Image.open(photo("dog")).convert("RGB")
+    return encoded(image.resize((width, height), Image.Resampling.BICUBIC), fmt)
+
+
+def test_a_large_jpeg_for_a_model_is_decoded_at_a_reduced_scale() -> None:
+    """A JPEG is decoded at 1/2, 1/4 or 1/8 scale, never below twice the model's crop
+    on either side; its stored size (what usage counts) is returned with it."""
+    big = photo_sized(4032, 3024)
+    image, stored = decode_scaled(big, max_pixels=10**8, side=224)
+    assert stored == (4032, 3024)
+    assert image.size == (1008, 756)  # 1/4: 1/8 would be 504 x 378, below 448
+    assert image.mode == "RGB"
+    assert decode_scaled(big, max_pixels=10**8, side=512)[0].size == (2016, 1512)  # 1/2
+    assert decode_image(big, max_pixels=10**8).size == (4032, 3024)  # no model: full size
+    small = photo_sized(640, 480)
+    assert decode_scaled(small, max_pixels=10**8, side=224)[0].size == (640, 480)
+    png = photo_sized(1600, 1200, "PNG")  # PNG has no reduced decoding
+    assert decode_scaled(png, max_pixels=10**8, side=224) == (
+        decode_image(png, max_pixels=10**8),
+        (1600, 1200),
+    )
+
+
+def test_a_rotated_large_jpeg_is_reduced_and_turned() -> None:
+    image = Image.open(photo("dog")).convert("RGB").resize((2000, 1000))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise when displayed
+    out, stored = decode_scaled(encoded(image, "JPEG", exif=exif), max_pixels=10**8, side=224)
+    assert stored == (2000, 1000)
+    assert out.size == (500, 1000)  # 1/2, then turned upright
 
 
 def test_animated_gif_gives_its_first_frame() -> None:
@@ -198,6 +233,20 @@ def test_efficientnet_near_duplicates_score_higher_than_unrelated_photos(
         assert similarity[i, i] > others.max() + 0.1, (PHOTOS[i], similarity[i].round(2))
 
 
+@pytest.mark.model
+def test_a_reduced_decode_embeds_like_the_full_one(efficientnet: EfficientNetLiteEncoder) -> None:
+    full, reduced = [], []
+    for name in PHOTOS[:4]:
+        image = Image.open(photo(name)).convert("RGB").resize((4032, 3024))
+        data = encoded(image, "JPEG", quality=92)
+        full.append(efficientnet.preprocess(decode_image(data, max_pixels=10**8)))
+        small, _ = decode_scaled(data, max_pixels=10**8, side=efficientnet.size)
+        assert small.size == (1008, 756)
+        reduced.append(efficientnet.preprocess(small))
+    cosines = (efficientnet.embed_pixels(full) * efficientnet.embed_pixels(reduced)).sum(axis=1)
+    assert cosines.min() > 0.999  # measured: 0.9995 to 0.9999
+
+
 def test_image_batches_have_their_own_size_cap() -> None:
     """Images are batched apart from text, at most ``image_max_batch_size`` per call."""
     import asyncio
@@ -205,7 +254,7 @@ def test_image_batches_have_their_own_size_cap() -> None:
     from models.runtime import EmbeddingRuntime
 
     class Counting:
-        name, dim = "counting", 3
+        name, dim, size = "counting", 3, 2
         calls: list[int] = []  # noqa: RUF012 - one instance per test
 
         def preprocess(self, image: Image.Image) -> np.ndarray:
