@@ -485,20 +485,25 @@ class Study:
         """Items, class names and class descriptions, embedded (cached). An image set has
         neither label nor description vectors: its image models have no text tower."""
         tag, head = ds.shares or (ds.name, 0)
+
+        def items(get: Callable[[str, Any], Matrix], all_items: Any) -> Matrix:
+            """The set's own items under its name, a shared head under its owner's."""
+            X = get(ds.name, all_items[head:])
+            return np.concatenate([get(tag, all_items[:head]), X]) if head else X
+
         if ds.images is not None:
             load_image = self.image_encoders.setdefault(
                 model, functools.cache(functools.partial(_load_image_encoder, model))
             )
-            X = cache.get_images(ds.name, model, ds.images[head:], load_image)
-            if head:
-                X = np.concatenate([cache.get_images(tag, model, ds.images[:head], load_image), X])
-            return X, None, None
+            return (
+                items(lambda t, i: cache.get_images(t, model, i, load_image), ds.images),
+                None,
+                None,
+            )
         load = self.encoders.setdefault(
             model, functools.cache(functools.partial(_load_encoder, model))
         )
-        X = cache.get(ds.name, model, ds.texts[head:], load)
-        if head:
-            X = np.concatenate([cache.get(tag, model, ds.texts[:head], load), X])
+        X = items(lambda t, i: cache.get(t, model, i, load), ds.texts)
         labels = cache.get(f"{tag}-labels", model, ds.classes, load)
         described = None
         if ds.descriptions is not None:

@@ -295,7 +295,12 @@ def _fashion(
     return ds, all_images, all_labels, chosen
 
 
-def load_fashion(pool_per_class: int = 100, test_per_class: int = 50) -> Dataset:
+FASHION_POOL_PER_CLASS, FASHION_TEST_PER_CLASS = 100, 50
+
+
+def load_fashion(
+    pool_per_class: int = FASHION_POOL_PER_CLASS, test_per_class: int = FASHION_TEST_PER_CLASS
+) -> Dataset:
     """Fashion-MNIST (Debian ``dataset-fashion-mnist``): a stratified subsample of t10k."""
     return _fashion(pool_per_class, test_per_class)[0]
 
@@ -305,7 +310,7 @@ def load_fresh_fashion(test_per_class: int = 300) -> Dataset:
     tested on t10k images the ``fashion`` set never took (none pixel-equal to one it took),
     drawn with another seed. The image learner's settings were chosen while ``fashion``'s
     own test split was looked at; nothing was chosen on this split."""
-    base, all_images, all_labels, chosen = _fashion(100, 50)
+    base, all_images, all_labels, chosen = _fashion(FASHION_POOL_PER_CLASS, FASHION_TEST_PER_CLASS)
     taken = {image.tobytes() for image in all_images[chosen]}
     left = np.asarray(
         [

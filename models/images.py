@@ -31,7 +31,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from models.embedders import (
     TokenIds,
@@ -207,11 +207,12 @@ def decode_scaled(
     """Decode image bytes into an RGB image, safely; also its stored size (width, height).
 
     With ``side`` (a model's square crop), a JPEG is decoded at the smallest of 1/1, 1/2,
-    1/4 or 1/8 scale whose sides are all at least :data:`REDUCING_GAP` x ``side``: libjpeg
-    scales in its DCT, so a 12-megapixel photo is decoded and cropped about 5x faster,
-    with 1/16 of the memory (measured for EfficientNet-Lite0: 135 ms to 27 ms per
-    4032x3024 photo, embeddings within cosine 0.9995 of full decoding's). The stored size
-    is what usage is counted on.
+    1/4 or 1/8 scale whose sides are all at least :data:`REDUCING_GAP` x ``side`` (a
+    multi-picture JPEG, MPO, too): libjpeg scales in its DCT, so a 12-megapixel photo is
+    decoded far faster (``python -m benchmarks.images --size 4032x3024``: 1.71x the raw
+    images/s of full-size decoding, model included; EfficientNet-Lite0's embeddings within
+    cosine 0.999 of full decoding's, ``tests/unit/test_images.py``). The stored size is
+    what usage is counted on.
 
     * the pixel count is checked from the header, before any pixel is decoded (and
       Pillow's own decompression-bomb guard stays on); so is a JPEG's number of scans;
@@ -245,7 +246,7 @@ def decode_scaled(
                 f"or {MAX_JPEG_SEGMENTS:,} segments"
             )
         image.seek(0)  # first frame of an animation
-        if side is not None and image.format == "JPEG":
+        if side is not None and isinstance(image, JpegImagePlugin.JpegImageFile):  # and MPO
             image.draft(None, (REDUCING_GAP * side, REDUCING_GAP * side))
         image.load()
     except (ImageDecodeError, MemoryError):

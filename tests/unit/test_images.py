@@ -100,6 +100,11 @@ def test_a_large_jpeg_for_a_model_is_decoded_at_a_reduced_scale() -> None:
     assert image.mode == "RGB"
     assert decode_scaled(big, max_pixels=10**8, side=512)[0].size == (2016, 1512)  # 1/2
     assert decode_image(big, max_pixels=10**8).size == (4032, 3024)  # no model: full size
+    mpo = io.BytesIO()  # a multi-picture JPEG (a phone's photo with a depth map, say)
+    first = Image.open(io.BytesIO(big))
+    first.save(mpo, "MPO", save_all=True, append_images=[first.resize((400, 300))])
+    assert Image.open(io.BytesIO(mpo.getvalue())).format == "MPO"
+    assert decode_scaled(mpo.getvalue(), max_pixels=10**8, side=224)[0].size == (1008, 756)
     small = photo_sized(640, 480)
     assert decode_scaled(small, max_pixels=10**8, side=224)[0].size == (640, 480)
     png = photo_sized(1600, 1200, "PNG")  # PNG has no reduced decoding
