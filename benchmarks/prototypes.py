@@ -1,6 +1,7 @@
 """Choose the few-shot learner's prototypes per class and growth step, on validation only.
 
-    .venv/bin/python -m benchmarks.prototypes    # 20 seeds, about 1.2 min with the cache warm
+    .venv/bin/python -m benchmarks.prototypes            # 20 seeds, ~1.2 min, cache warm
+    .venv/bin/python -m benchmarks.prototypes --whiten   # the third stage: whitening
 
 The shipped learner (``models.fewshot``) may keep up to ``prototypes`` weight vectors per
 class, scoring a class by the largest; a class gains one each ``grow`` examples. This is
@@ -48,8 +49,15 @@ from benchmarks.accuracy import (
 )
 from state.classifiers import IMAGE_LEARNER, TEXT_LEARNER, LearnerSettings
 
-SETTINGS = ((1, 0), (2, 20), (2, 40), (3, 20), (3, 40), (3, 60), (4, 40), (4, 60))
-"""(prototypes, grow) pairs measured; (1, 0) is one linear score per class."""
+SETTINGS: tuple[dict[str, Any], ...] = tuple(
+    {"prototypes": p, "grow": g}
+    for p, g in ((1, 0), (2, 20), (2, 40), (3, 20), (3, 40), (3, 60), (4, 40), (4, 60))
+)
+"""(prototypes, grow) pairs measured; the first, (1, 0), is one linear score per class."""
+
+WHITEN_SETTINGS: tuple[dict[str, Any], ...] = tuple({"whiten": w} for w in (0.0, 10.0, 50.0, 200.0))
+"""``--whiten``, the third stage (on top of the chosen prototypes): diagonal whitening's
+shrinkage (pseudo-examples towards the average variance); the first, 0, is off."""
 
 Means = dict[str, dict[str, float]]
 """Mean F1 per ``data set/model`` and training size."""
@@ -63,13 +71,19 @@ def means(cells: Sequence[Cell], predict: Callable[[Task], Ints], bar: Any) -> M
     return {w: {n: float(np.mean(v)) for n, v in d.items()} for w, d in per.items()}
 
 
-def sweep(cells: Sequence[Cell], base: LearnerSettings, bar: Any) -> dict[str, Any]:
-    """Every pair of :data:`SETTINGS` on top of ``base``, against the SVMs, and the choice."""
+def sweep(
+    cells: Sequence[Cell],
+    base: LearnerSettings,
+    bar: Any,
+    stage: Sequence[dict[str, Any]] = SETTINGS,
+) -> dict[str, Any]:
+    """Every setting of ``stage`` on top of ``base``, against the SVMs, and the choice
+    (``worst_vs_first``: the worst cell against the stage's first setting)."""
     linear_svm, rbf = means(cells, linear_svc, bar), means(cells, rbf_svc, bar)
     peer = {w: {n: max(linear_svm[w][n], rbf[w][n]) for n in d} for w, d in rbf.items()}
     grid = []
-    for prototypes, grow in SETTINGS:
-        settings = dataclasses.replace(base, prototypes=prototypes, grow=grow)
+    for changed in stage:
+        settings = dataclasses.replace(base, **changed)
         by_set = means(
             cells,
             lambda task, s=settings: class_indices(  # type: ignore[misc]
@@ -80,7 +94,7 @@ def sweep(cells: Sequence[Cell], base: LearnerSettings, bar: Any) -> dict[str, A
         keys = [(w, n) for w, d in by_set.items() for n in d]
         grid.append(
             {
-                "settings": {"prototypes": prototypes, "grow": grow},
+                "settings": dict(changed),
                 "mean_f1": float(np.mean([by_set[w][n] for w, n in keys])),
                 "svm_shortfall": float(
                     np.mean([min(0.0, by_set[w][n] - peer[w][n]) for w, n in keys])
@@ -92,7 +106,7 @@ def sweep(cells: Sequence[Cell], base: LearnerSettings, bar: Any) -> dict[str, A
     one = grid[0]["by_set"]
     for row in grid:
         by_set = row["by_set"]
-        row["worst_vs_one"] = min(by_set[w][n] - one[w][n] for w, d in one.items() for n in d)
+        row["worst_vs_first"] = min(by_set[w][n] - one[w][n] for w, d in one.items() for n in d)
         row["largest_size_vs_better_svm"] = {
             w: by_set[w][n] - peer[w][n] for w, d in by_set.items() for n in [max(d, key=int)]
         }
@@ -107,13 +121,17 @@ def sweep(cells: Sequence[Cell], base: LearnerSettings, bar: Any) -> dict[str, A
     }
 
 
-def run(study: Study, *, progress: bool = True) -> dict[str, Any]:
+def run(
+    study: Study, *, stage: Sequence[dict[str, Any]] = SETTINGS, progress: bool = True
+) -> dict[str, Any]:
     cells, datasets, items = validation_cells(study)
     groups = {"text": TEXT_LEARNER, "image": IMAGE_LEARNER}
-    fits = sum(len(cells[g]) * (len(SETTINGS) + 2) for g in groups)
-    bar = tqdm(total=fits, desc="prototypes", unit="fit", disable=not progress)
+    if "whiten" not in stage[0]:  # an earlier stage: measured before whitening was chosen
+        groups = {g: dataclasses.replace(base, whiten=0.0) for g, base in groups.items()}
+    fits = sum(len(cells[g]) * (len(stage) + 2) for g in groups)
+    bar = tqdm(total=fits, desc="validation sweep", unit="fit", disable=not progress)
     out = {
-        g: sweep(cells[g], base, bar) | {"datasets": datasets[g]}
+        g: sweep(cells[g], base, bar, stage) | {"datasets": datasets[g]}
         for g, base in groups.items()
         if cells[g]
     }
@@ -136,15 +154,15 @@ def summary(results: dict[str, Any]) -> list[str]:
             continue
         lines.append(f"{group} ({', '.join(results[group]['datasets'])}):")
         for row in results[group]["grid"]:
-            s = row["settings"]
+            named = " ".join(f"{k} {v:g}" for k, v in row["settings"].items())
             gaps = ", ".join(
                 f"{w} {gap * 100:+.1f}" for w, gap in row["largest_size_vs_better_svm"].items()
             )
             lines.append(
-                f"  prototypes {s['prototypes']} grow {s['grow']:3d}: mean {row['mean_f1']:.4f}"
+                f"  {named}: mean {row['mean_f1']:.4f}"
                 f"  shortfall {row['svm_shortfall'] * 100:+.2f}"
                 f"  below LinearSVC {row['below_linear_svc']:2d}"
-                f"  worst vs 1 prototype {row['worst_vs_one'] * 100:+.1f}"
+                f"  worst vs the first {row['worst_vs_first'] * 100:+.1f}"
                 f"  at the largest size vs the better SVM: {gaps}"
             )
         lines.append(f"  chosen: {results[group]['chosen']} (ties: {results[group]['tied']})")
@@ -160,11 +178,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--sizes", nargs="+", type=int, default=[8, 16, 32, 64, 128, 256, 400])
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument(
+        "--whiten", action="store_true", help="the third stage: diagonal whitening's shrinkage"
+    )
     args = parser.parse_args(argv)
     study = Study(datasets=args.datasets, models=args.models, sizes=args.sizes, seeds=args.seeds)
-    results = run(study)
+    results = run(study, stage=WHITEN_SETTINGS if args.whiten else SETTINGS)
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "prototypes-validation.json"
+    path = args.out / ("whitening-validation.json" if args.whiten else "prototypes-validation.json")
     path.write_text(json.dumps(results, indent=1) + "\n")
     print("\n".join(summary(results)))
     print(f"wrote {path}")

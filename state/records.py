@@ -166,13 +166,16 @@ def _running_mean(hyper: dict[str, Any], dim: int) -> dict[str, Any]:
     state = hyper.get("_mean")
     if not isinstance(state, dict) or "mean" not in state:
         return hyper
-    try:
-        mean = np.asarray(state["mean"], dtype=np.float32)
-    except (TypeError, ValueError) as exc:
-        raise RecordFormatError(f"corrupt record header: running mean ({exc})") from exc
-    if mean.shape != (dim,) or not np.isfinite(mean).all():
-        raise RecordFormatError(f"corrupt record header: running mean of shape {mean.shape}")
-    return {**hyper, "_mean": {**state, "mean": mean}}
+    arrays = {key: state[key] for key in ("mean", "sq_dims") if key in state}
+    for key, value in arrays.items():  # sq_dims: the per-dimension squares of whitening
+        try:
+            array = np.asarray(value, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise RecordFormatError(f"corrupt record header: running {key} ({exc})") from exc
+        if array.shape != (dim,) or not np.isfinite(array).all():
+            raise RecordFormatError(f"corrupt record header: running {key} of shape {array.shape}")
+        arrays[key] = array
+    return {**hyper, "_mean": {**state, **arrays}}
 
 
 def decode_record(data: bytes) -> ClassifierRecord:

@@ -59,6 +59,41 @@ def test_a_scaling_learner_keeps_its_statistics_in_the_record() -> None:
     assert clf.spread() == pytest.approx(np.sqrt(np.mean(np.sum(centred**2, axis=1))), rel=1e-5)
 
 
+def test_a_whitening_learner_keeps_its_statistics_in_the_record() -> None:
+    """The per-dimension squares go through the codec; a restart between requests gives
+    the same state as none (a replay depends on it)."""
+    rng = np.random.default_rng(6)
+    X = (rng.standard_normal((12, DIM)) * np.arange(1, DIM + 1)).astype(np.float32)
+    y = ["a", "b", "c"] * 4
+    states = []
+    for restart in (False, True):
+        rec = fresh()
+        rec.hyper.update({"center": True, "scale": True, "whiten": 10.0})
+        for part, (lo, hi) in enumerate([(0, 5), (5, 12)]):
+            apply_examples(
+                rec, X[lo:hi], y[lo:hi], num_iters=2, label_vectors=None, source="t:0",
+                offset=part, now=2.0,
+            )  # fmt: skip
+            if restart:
+                rec = decode_record(encode_record(rec))
+        states.append(encode_record(rec))
+    assert states[0] == states[1]
+    clf = learner(decode_record(states[1]))
+    assert clf.whiten == 10.0
+    np.testing.assert_allclose(clf.sq_dims, (X.astype(np.float64) ** 2).mean(axis=0), rtol=1e-5)
+
+
+def test_a_record_from_before_whitening_does_not_whiten() -> None:
+    rec = fresh()
+    rec.hyper.update({"center": True, "scale": True})
+    X = np.eye(DIM, dtype=np.float32)[:3]
+    apply_examples(
+        rec, X, ["a", "b", "c"], num_iters=1, label_vectors=None, source="t:0", offset=0, now=2.0
+    )
+    assert "sq_dims" not in rec.hyper["_mean"]
+    assert learner(decode_record(encode_record(rec))).whiten == 0.0
+
+
 def test_offsets_make_application_idempotent() -> None:
     rec = fresh()
     X = np.eye(DIM, dtype=np.float32)[:2]
