@@ -3,14 +3,17 @@
 Layout of an encoded record (little-endian)::
 
     b"SSCR"            magic
-    uint16             format version (2; version 1 records are still read)
+    uint16             format version (2, or 3 for a whitening learner; 1 is still read)
     uint32             length of the JSON header
     JSON header        UTF-8: every field but the weights, plus "dim" and "n_classes"
     float32[r x dim]   the weights, row-major: each label's "rows" prototypes in turn,
                        labels in header order (r = sum of "rows")
 
 Version 1 had no ``rows`` and ``seen``: one row per label. It decodes as one prototype per
-class that has seen no examples, which is what it was.
+class that has seen no examples, which is what it was. Version 3 is version 2 written for a
+whitening learner (``hyper["whiten"]`` above 0, with ``_mean.sq_dims``): the number tells
+an older worker, which reads 1 and 2 only, to refuse such a record rather than learn it
+unwhitened and drop its per-dimension statistics.
 
 >>> rec = ClassifierRecord.new("c-1", model="m", owner="h", access="private", dim=2, now=0.0)
 >>> rec.labels.append("a"); rec.weights = np.array([[1.0, 2.0]], dtype=np.float32)
@@ -34,7 +37,8 @@ import numpy.typing as npt
 
 MAGIC = b"SSCR"
 FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+WHITENING_FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 _HEAD = struct.Struct("<4sHI")
 
 
@@ -134,7 +138,9 @@ def encode_record(record: ClassifierRecord) -> bytes:
         "hyper": record.hyper,
     }
     head = json.dumps(header, ensure_ascii=False, separators=(",", ":"), default=_listed).encode()
-    return _HEAD.pack(MAGIC, FORMAT_VERSION, len(head)) + head + weights.tobytes()
+    whitens = float(record.hyper.get("whiten", 0.0) or 0.0) > 0
+    version = WHITENING_FORMAT_VERSION if whitens else FORMAT_VERSION
+    return _HEAD.pack(MAGIC, version, len(head)) + head + weights.tobytes()
 
 
 def _split(data: bytes) -> tuple[int, Any, bytes]:

@@ -78,6 +78,9 @@ def test_a_whitening_learner_keeps_its_statistics_in_the_record() -> None:
                 rec = decode_record(encode_record(rec))
         states.append(encode_record(rec))
     assert states[0] == states[1]
+    # format 3: a worker that reads 1 and 2 only refuses it instead of learning it
+    # unwhitened and dropping its per-dimension statistics
+    assert int.from_bytes(states[1][4:6], "little") == 3
     clf = learner(decode_record(states[1]))
     assert clf.whiten == 10.0
     np.testing.assert_allclose(clf.sq_dims, (X.astype(np.float64) ** 2).mean(axis=0), rtol=1e-5)
@@ -91,6 +94,7 @@ def test_a_record_from_before_whitening_does_not_whiten() -> None:
         rec, X, ["a", "b", "c"], num_iters=1, label_vectors=None, source="t:0", offset=0, now=2.0
     )
     assert "sq_dims" not in rec.hyper["_mean"]
+    assert int.from_bytes(encode_record(rec)[4:6], "little") == 2  # old workers read it
     assert learner(decode_record(encode_record(rec))).whiten == 0.0
 
 
@@ -189,11 +193,11 @@ def test_bad_bytes_are_refused() -> None:
         now=1.0,
     )
     good = encode_record(rec)
-    wrong_version = good[:4] + (3).to_bytes(2, "little") + good[6:]
+    wrong_version = good[:4] + (4).to_bytes(2, "little") + good[6:]
     for bad, match in (
         (b"", "too short"),
         (b"XXXX" + good[4:], "magic"),
-        (wrong_version, "format 3"),
+        (wrong_version, "format 4"),
         (good[:-4], "weights"),
     ):
         with pytest.raises(RecordFormatError, match=match):
@@ -356,4 +360,8 @@ def test_the_running_mean_is_an_array_in_memory_and_checked_when_read() -> None:
     assert encode_record(back) == data
     rec.hyper["_mean"]["mean"] = np.zeros(DIM - 1, np.float32)
     with pytest.raises(RecordFormatError, match="running mean"):
+        decode_record(encode_record(rec))
+    rec.hyper["_mean"]["mean"] = np.zeros(DIM, np.float32)
+    rec.hyper["_mean"]["sq_dims"] = [0.0] * (DIM + 1)  # a whitening learner's squares too
+    with pytest.raises(RecordFormatError, match="running sq_dims"):
         decode_record(encode_record(rec))
