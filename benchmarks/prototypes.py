@@ -122,11 +122,17 @@ def sweep(
 
 
 def run(
-    study: Study, *, stage: Sequence[dict[str, Any]] = SETTINGS, progress: bool = True
+    study: Study,
+    *,
+    stage: Sequence[dict[str, Any]] = SETTINGS,
+    before_whitening: bool = True,
+    progress: bool = True,
 ) -> dict[str, Any]:
+    """``stage`` on the shipped settings; ``before_whitening`` for a stage that was chosen
+    before whitening was (the prototypes): its base then does not whiten."""
     cells, datasets, items = validation_cells(study)
     groups = {"text": TEXT_LEARNER, "image": IMAGE_LEARNER}
-    if "whiten" not in stage[0]:  # an earlier stage: measured before whitening was chosen
+    if before_whitening:
         groups = {g: dataclasses.replace(base, whiten=0.0) for g, base in groups.items()}
     fits = sum(len(cells[g]) * (len(stage) + 2) for g in groups)
     bar = tqdm(total=fits, desc="validation sweep", unit="fit", disable=not progress)
@@ -183,7 +189,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     study = Study(datasets=args.datasets, models=args.models, sizes=args.sizes, seeds=args.seeds)
-    results = run(study, stage=WHITEN_SETTINGS if args.whiten else SETTINGS)
+    if args.whiten:
+        results = run(study, stage=WHITEN_SETTINGS, before_whitening=False)
+    else:
+        results = run(study)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / ("whitening-validation.json" if args.whiten else "prototypes-validation.json")
     path.write_text(json.dumps(results, indent=1) + "\n")

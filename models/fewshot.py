@@ -199,7 +199,12 @@ class PassiveAggressiveClassifier:
         if self.whiten < 0 or (self.whiten > 0 and not self.center):
             raise ValueError("whiten must be >= 0, and needs center")
         if self.whiten > 0 and self.sq_dims.size == 0:
-            self.sq_dims = np.zeros(self.dim, dtype=np.float32)
+            # none kept (a new classifier, or inputs learned without whitening): start from
+            # what is known, the mean and the total spread, spread evenly over dimensions,
+            # so whitening starts where scaling stood rather than from zero squares
+            mean = self.mean.astype(np.float64)
+            spread = max(self.sq_mean - float(mean @ mean), 0.0) if self.mean_count else 0.0
+            self.sq_dims = (mean * mean + spread / self.dim).astype(np.float32)
         self.sq_dims = np.ascontiguousarray(self.sq_dims, dtype=np.float32)
         if self.whiten > 0 and self.sq_dims.shape != (self.dim,):
             raise ValueError(f"sq_dims {self.sq_dims.shape} does not match dim {self.dim}")
@@ -347,7 +352,11 @@ class PassiveAggressiveClassifier:
         inputs are about 1 long, as with ``scale``). Ones before any input, or when the
         inputs do not vary."""
         mean = self.mean.astype(np.float64)
-        var = np.maximum(self.sq_dims.astype(np.float64) - mean * mean, 0.0)
+        sq_dims = self.sq_dims.astype(np.float64)
+        var = sq_dims - mean * mean
+        # both are rounded to float32 when stored: a variance within their rounding (one
+        # input, or identical ones) is none, not noise to divide by
+        var[var <= 1e-6 * sq_dims] = 0.0
         average = float(var.mean()) if var.size else 0.0
         if self.mean_count == 0 or average * self.dim <= 1e-12:
             return np.ones(self.dim, dtype=np.float32)

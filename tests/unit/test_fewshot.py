@@ -181,6 +181,27 @@ def test_whitening_tracks_each_dimension_and_shrinks_towards_the_average() -> No
         PassiveAggressiveClassifier(dim=DIM, whiten=10.0)  # needs centring
 
 
+def test_whitening_after_one_input_or_after_scaling_starts_where_scaling_stood() -> None:
+    """One input (or identical ones) has no variance: float32 rounding of the stored
+    squares is not divided by (it gave scales of ~500). A learner that kept no squares
+    (its inputs were learned while scaling) starts from its total spread, not zeros."""
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((1, DIM)) + 1.0).astype(np.float32)
+    clf = PassiveAggressiveClassifier(dim=DIM, center=True, scale=True, whiten=200.0)
+    clf.learn_many(x, ["a"])
+    np.testing.assert_array_equal(clf.dim_scales(), np.ones(DIM))
+    clf.learn_many(np.repeat(x, 4, axis=0), ["a"] * 4)
+    np.testing.assert_array_equal(clf.dim_scales(), np.ones(DIM))
+    X = (0.3 * rng.standard_normal((50, DIM)) + 2.0).astype(np.float32)
+    scaled = PassiveAggressiveClassifier(dim=DIM, center=True, scale=True)
+    scaled.learn_many(X, ["a", "b"] * 25)
+    whitened = PassiveAggressiveClassifier(
+        dim=DIM, center=True, scale=True, whiten=200.0, mean=scaled.mean,
+        mean_count=scaled.mean_count, sq_mean=scaled.sq_mean,
+    )  # fmt: skip
+    np.testing.assert_allclose(whitened.dim_scales(), 1 / scaled.spread(), rtol=1e-4)
+
+
 def test_a_fresh_scaling_learner_scores_like_its_label_embeddings() -> None:
     rng = np.random.default_rng(5)
     labels = rng.standard_normal((3, DIM)).astype(np.float32)

@@ -7,6 +7,7 @@ linear score per class cannot; with growth never reached the classifier is the l
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 import pytest
@@ -89,3 +90,34 @@ def test_the_sweep_chooses_prototypes_where_they_help() -> None:
     assert chosen["mean_f1"] > 0.95
     assert chosen["worst_vs_first"] > 0.1  # better than one prototype in every cell
     assert result["base"] == TEXT_LEARNER.as_dict()
+
+
+def test_each_stage_sweeps_on_the_settings_it_was_chosen_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The prototypes were chosen before whitening, so their stage runs without it (and
+    reproduces its recorded results); the whitening stage runs on the shipped settings."""
+    import benchmarks.prototypes as stages
+    from state.classifiers import IMAGE_LEARNER
+
+    bases: dict[str, list[Any]] = {}
+
+    def spy(cells: Any, base: Any, bar: Any, stage: Any) -> dict[str, Any]:
+        bases.setdefault(cells, []).append((base, stage))
+        return {}
+
+    monkeypatch.setattr(stages, "sweep", spy)
+    monkeypatch.setattr(
+        stages,
+        "validation_cells",
+        lambda study: ({"text": "text", "image": "image"}, {"text": [], "image": []}, {}),
+    )
+    study = stages.Study(datasets=[], models=[])
+    stages.run(study, progress=False)
+    stages.run(study, stage=stages.WHITEN_SETTINGS, before_whitening=False, progress=False)
+    (early, prototypes), (late, whitening) = bases["image"]
+    assert prototypes == stages.SETTINGS
+    assert early.whiten == 0.0
+    assert whitening == stages.WHITEN_SETTINGS
+    assert late == IMAGE_LEARNER
+    assert late.whiten > 0
