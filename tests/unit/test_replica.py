@@ -62,7 +62,7 @@ def test_a_newer_write_it_cannot_read_stops_the_older_version_being_served() -> 
     this worker cannot read. Serving the last readable version would keep it public;
     it is not served at all. A record that makes the decoder itself fail (nesting too
     deep) is skipped the same way, never raised into the changelog reader."""
-    from state.records import _HEAD, MAGIC, decode_record
+    from state.records import _HEAD, MAGIC, READABLE_VERSIONS, decode_record
 
     replica = ClassifierReplica("127.0.0.1:1", "changelog")
     readable = decode_record(record(1))
@@ -71,7 +71,8 @@ def test_a_newer_write_it_cannot_read_stops_the_older_version_being_served() -> 
     assert replica.get("c1") is not None
     newer = encode_record(readable)
     magic, _version, size = _HEAD.unpack_from(newer)
-    replica.apply("c1", _HEAD.pack(magic, 3, size) + newer[_HEAD.size :])
+    future = max(READABLE_VERSIONS) + 1
+    replica.apply("c1", _HEAD.pack(magic, future, size) + newer[_HEAD.size :])
     assert replica.get("c1") is None
     replica.apply("c2", record(1, "c2"))
     deep = b"[" * 200_000 + b"]" * 200_000

@@ -65,18 +65,11 @@ def test_a_whitening_learner_keeps_its_statistics_in_the_record() -> None:
     rng = np.random.default_rng(6)
     X = (rng.standard_normal((12, DIM)) * np.arange(1, DIM + 1)).astype(np.float32)
     y = ["a", "b", "c"] * 4
-    states = []
-    for restart in (False, True):
-        rec = fresh()
-        rec.hyper.update({"center": True, "scale": True, "whiten": 10.0})
-        for part, (lo, hi) in enumerate([(0, 5), (5, 12)]):
-            apply_examples(
-                rec, X[lo:hi], y[lo:hi], num_iters=2, label_vectors=None, source="t:0",
-                offset=part, now=2.0,
-            )  # fmt: skip
-            if restart:
-                rec = decode_record(encode_record(rec))
-        states.append(encode_record(rec))
+    hyper: dict[str, object] = {"center": True, "scale": True, "whiten": 10.0}
+    states = [
+        encode_record(trained(hyper, X, y, [(0, 5), (5, 12)], restart=restart, num_iters=2))
+        for restart in (False, True)
+    ]
     assert states[0] == states[1]
     # format 3: a worker that reads 1 and 2 only refuses it instead of learning it
     # unwhitened and dropping its per-dimension statistics
@@ -242,24 +235,37 @@ def test_version_1_records_still_decode_and_learn() -> None:
     np.testing.assert_array_equal(again.weights, rec.weights)
 
 
-def grown(requests: list[tuple[int, int]], *, restart: bool = True) -> ClassifierRecord:
-    """A prototype learner (up to 3 per class, growing every 4 examples) trained on the
-    same 30 examples split into ``requests`` (start, stop), with the record round-tripped
-    through the codec between requests when ``restart`` (as a restarted worker reads its
-    state back)."""
-    rng = np.random.default_rng(5)
-    X = rng.standard_normal((30, DIM)).astype(np.float32)
-    y = ["a", "b", "c"] * 10
+def trained(
+    hyper: dict[str, object],
+    X: np.ndarray,
+    y: list[str],
+    requests: list[tuple[int, int]],
+    *,
+    restart: bool,
+    num_iters: int = 1,
+) -> ClassifierRecord:
+    """A fresh record with ``hyper`` trained on ``X``/``y`` split into ``requests``
+    (start, stop), round-tripped through the codec between requests when ``restart`` (as
+    a restarted worker reads its state back)."""
     rec = fresh()
-    rec.hyper.update({"prototypes": 3, "grow": 4, "center": True, "scale": True})
+    rec.hyper.update(hyper)
     for offset, (lo, hi) in enumerate(requests):
         apply_examples(
-            rec, X[lo:hi], y[lo:hi], num_iters=1, label_vectors=None, source="t:0",
+            rec, X[lo:hi], y[lo:hi], num_iters=num_iters, label_vectors=None, source="t:0",
             offset=offset, now=2.0,
         )  # fmt: skip
         if restart:
             rec = decode_record(encode_record(rec))
     return rec
+
+
+def grown(requests: list[tuple[int, int]], *, restart: bool = True) -> ClassifierRecord:
+    """A prototype learner (up to 3 per class, growing every 4 examples) trained on the
+    same 30 examples split into ``requests``."""
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((30, DIM)).astype(np.float32)
+    hyper: dict[str, object] = {"prototypes": 3, "grow": 4, "center": True, "scale": True}
+    return trained(hyper, X, ["a", "b", "c"] * 10, requests, restart=restart)
 
 
 def test_prototypes_grow_with_examples_and_survive_the_codec() -> None:
