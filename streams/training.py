@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 
 import faust
 import numpy as np
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 from aiokafka.partitioner import murmur2
 from faust.types import Message, TableT
 
@@ -56,11 +57,42 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 
 
-async def delivered(sent: Awaitable[Any] | None) -> None:
+REDELIVERY_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0)
+"""Waits before writing a classifier again whose changelog record the broker did not take
+(then every 10 s while it still does not)."""
+
+
+async def delivered(
+    sent: Awaitable[Any] | None, again: Callable[[], Awaitable[Any] | None] | None = None
+) -> None:
     """Wait for a changelog record's delivery (``None``: a table that does not say, as in
-    unit tests). Shielded: a drain's cancel must not cancel the delivery faust reports on."""
-    if sent is not None:
-        await asyncio.shield(sent)
+    unit tests). Shielded: a drain's cancel must not cancel the delivery faust reports on.
+
+    With ``again`` (write the classifier's current state once more; its delivery, or
+    ``None`` for nothing left to write), a record the broker did not take (the producer
+    timed out, or Kafka calls the error retriable: the broker away, a leader moving) is
+    written again until one lands, the request unanswered and unacknowledged meanwhile: a
+    drain cancels it and Kafka delivers it again. Before, the request got an
+    ``INTERNAL_ERROR`` dead letter although this worker kept the update: a client retry
+    learned the examples twice, and a failover before the next write lost them."""
+    attempt = 0
+    while sent is not None:
+        try:
+            await asyncio.shield(sent)
+            return
+        except KafkaError as exc:
+            if again is None or not (isinstance(exc, KafkaTimeoutError) or exc.retriable):
+                raise
+            wait = REDELIVERY_BACKOFF_S[min(attempt, len(REDELIVERY_BACKOFF_S) - 1)]
+            log.warning(
+                "the broker did not take a changelog record (%s); writing the classifier "
+                "again in %g s, its request unanswered until one lands",
+                type(exc).__name__,
+                wait,
+            )
+            attempt += 1
+            await asyncio.sleep(wait)
+            sent = again()
 
 
 def key_partition(key: bytes, partitions: int) -> int:
@@ -190,6 +222,16 @@ class TrainHandler:
         self.table[record.classifier_id.encode()] = encode_record(record)
         return self._last_sent()
 
+    def _write_again(self, classifier_id: str) -> Awaitable[Any] | None:
+        """Write the classifier's current state (this update, or a later one that holds
+        it) once more; its delivery. ``None`` when it is gone (deleted since)."""
+        key = classifier_id.encode()
+        raw = self.table.get(key)
+        if raw is None:
+            return None
+        self.table[key] = raw
+        return self._last_sent()
+
     def _last_sent(self) -> Awaitable[Any] | None:
         """The delivery of the changelog record the table write just made."""
         return getattr(self.table, "last_sent", None)
@@ -283,7 +325,8 @@ class TrainHandler:
                     record.classifier_id,
                 )
                 # re-assert: the changelog may have lost it. In turn: rare; answered once in
-                await delivered(self._write(record))
+                again = functools.partial(self._write_again, record.classifier_id)
+                await delivered(self._write(record), again)
                 return self._response(
                     request,
                     record,
@@ -337,7 +380,7 @@ class TrainHandler:
         # answered (and so acknowledged, and committed) only once its changelog record is
         # in: faust's flush before a commit can miss a record it is still handing to the
         # client, and a partition's next owner restores from the changelog
-        await delivered(sent)
+        await delivered(sent, functools.partial(self._write_again, record.classifier_id))
         self.observer.on_train(
             record.classifier_id, len(prior), record.prequential_accuracy, partition=partition
         )

@@ -412,3 +412,46 @@ def test_restate_writes_again_only_this_workers_copy_of_the_same_classifier() ->
     assert sent == []
     train.restate("c", 0)
     assert sent == [(0, b"c", encode_record(record(3)))]
+
+
+def test_a_changelog_record_the_broker_did_not_take_is_written_again_before_the_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The producer gave up on a train update's changelog record (the broker away longer
+    than its timeout). The update is written again until a write lands, and only then
+    answered: it was an INTERNAL_ERROR dead letter although the table kept the update
+    (a client retry learned it twice; a failover before the next write lost it)."""
+    from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
+
+    import streams.training as training
+
+    monkeypatch.setattr(training, "REDELIVERY_BACKOFF_S", (0.0,))
+    outcomes: list[BaseException | None] = []
+    writes: list[bytes] = []
+
+    class Table(dict[bytes, bytes]):
+        last_sent: asyncio.Future[None] | None = None
+
+        def __setitem__(self, key: bytes, value: bytes) -> None:
+            super().__setitem__(key, value)
+            writes.append(value)
+            self.last_sent = asyncio.get_running_loop().create_future()
+            failure = outcomes.pop(0) if outcomes else None
+            if failure is None:
+                self.last_sent.set_result(None)
+            else:
+                self.last_sent.set_exception(failure)
+
+    for first, expected in (
+        ([KafkaTimeoutError(), KafkaTimeoutError()], 1),  # answered once the third lands
+        ([MessageSizeTooLargeError()], "INTERNAL_ERROR"),  # not worth retrying
+    ):
+        trainer, _table, output = handler({})
+        trainer.table = cast(Any, Table())
+        writes.clear()
+        outcomes[:] = first
+        run(trainer, [event(0, train("r0", "a"), "x")])
+        assert output.answers() == {"r0": expected}
+        if expected == 1:
+            assert len(writes) == 3  # the update, then the same state twice again
+            assert len(set(writes)) == 1
