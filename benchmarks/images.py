@@ -72,10 +72,10 @@ def make_images(n: int, seed: int = 0, size: tuple[int, int] = (320, 240)) -> li
     return out
 
 
-def raw_rate(cache: Path, images: Sequence[str], *, reduced: bool = True) -> dict[str, Any]:
+def raw_rate(
+    encoder: ImageEncoder, images: Sequence[str], *, reduced: bool = True
+) -> dict[str, Any]:
     """(a) with ``reduced`` (a worker's decoding), else (f): every image at full size."""
-    encoder = load_model(MODEL, cache)
-    assert isinstance(encoder, ImageEncoder), f"{MODEL} is an image model"
     max_bytes = Settings().images.max_bytes
     side = encoder.size if reduced else None
 
@@ -129,9 +129,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     images = make_images(args.images + 32, seed=1, size=(width, height))
     warm_images, run_images = images[:32], images[32:]
     print(f"(a) raw encoder on {len(run_images)} images ...", flush=True)
-    raw = raw_rate(work / "models", run_images)
+    encoder = load_model(MODEL, work / "models")
+    assert isinstance(encoder, ImageEncoder), f"{MODEL} is an image model"
+    raw = raw_rate(encoder, run_images)
     print("(f) the same, decoding at full size ...", flush=True)
-    full = raw_rate(work / "models", run_images, reduced=False)
+    full = raw_rate(encoder, run_images, reduced=False)
+    del encoder  # the worker loads its own
     cid = str(uuid.uuid4())
     warm = classify_requests("warm", warm_images, args.per_request, cid)
     run = classify_requests("run", run_images, args.per_request, cid)

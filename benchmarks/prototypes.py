@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,16 +36,14 @@ from tqdm import tqdm  # type: ignore[import-untyped]  # tqdm ships no type info
 
 from benchmarks.accuracy import (
     Cell,
-    Ints,
     Study,
-    Task,
     choose,
     class_indices,
     linear_svc,
-    macro_f1,
     rbf_svc,
     train_shipped,
     validation_cells,
+    validation_means,
 )
 from state.classifiers import IMAGE_LEARNER, TEXT_LEARNER, LearnerSettings
 
@@ -59,17 +57,6 @@ WHITEN_SETTINGS: tuple[dict[str, Any], ...] = tuple({"whiten": w} for w in (0.0,
 """``--whiten``, the third stage (on top of the chosen prototypes): diagonal whitening's
 shrinkage (pseudo-examples towards the average variance); the first, 0, is off."""
 
-Means = dict[str, dict[str, float]]
-"""Mean F1 per ``data set/model`` and training size."""
-
-
-def means(cells: Sequence[Cell], predict: Callable[[Task], Ints], bar: Any) -> Means:
-    per: dict[str, dict[str, list[float]]] = {}
-    for where, n, task, truth in cells:
-        per.setdefault(where, {}).setdefault(str(n), []).append(macro_f1(truth, predict(task)))
-        bar.update()
-    return {w: {n: float(np.mean(v)) for n, v in d.items()} for w, d in per.items()}
-
 
 def sweep(
     cells: Sequence[Cell],
@@ -79,12 +66,15 @@ def sweep(
 ) -> dict[str, Any]:
     """Every setting of ``stage`` on top of ``base``, against the SVMs, and the choice
     (``worst_vs_first``: the worst cell against the stage's first setting)."""
-    linear_svm, rbf = means(cells, linear_svc, bar), means(cells, rbf_svc, bar)
+    linear_svm, rbf = (
+        validation_means(cells, linear_svc, bar),
+        validation_means(cells, rbf_svc, bar),
+    )
     peer = {w: {n: max(linear_svm[w][n], rbf[w][n]) for n in d} for w, d in rbf.items()}
     grid = []
     for changed in stage:
         settings = dataclasses.replace(base, **changed)
-        by_set = means(
+        by_set = validation_means(
             cells,
             lambda task, s=settings: class_indices(  # type: ignore[misc]
                 train_shipped(task, s), task.classes, task.X_test

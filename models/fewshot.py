@@ -203,7 +203,7 @@ class PassiveAggressiveClassifier:
             # what is known, the mean and the total spread, spread evenly over dimensions,
             # so whitening starts where scaling stood rather than from zero squares
             mean = self.mean.astype(np.float64)
-            spread = max(self.sq_mean - float(mean @ mean), 0.0) if self.mean_count else 0.0
+            spread = max(self._variance(), 0.0) if self.mean_count else 0.0
             self.sq_dims = (mean * mean + spread / self.dim).astype(np.float32)
         self.sq_dims = np.ascontiguousarray(self.sq_dims, dtype=np.float32)
         if self.whiten > 0 and self.sq_dims.shape != (self.dim,):
@@ -367,9 +367,14 @@ class PassiveAggressiveClassifier:
 
     def spread(self) -> float:
         """The RMS distance of learned inputs to their mean (1 before there is any)."""
-        mean = self.mean.astype(np.float64)
-        var = self.sq_mean - float(mean @ mean)
+        var = self._variance()
         return float(np.sqrt(var)) if var > 1e-12 else 1.0
+
+    def _variance(self) -> float:
+        """Mean squared distance of learned inputs to their mean, from the running
+        statistics (``sq_mean``, kept when scaling)."""
+        mean = self.mean.astype(np.float64)
+        return self.sq_mean - float(mean @ mean)
 
     def learn_one(self, x: npt.ArrayLike, label: str, num_iters: int = 1) -> None:
         """Learn one example with ``num_iters`` passes (the class must exist or fit)."""
