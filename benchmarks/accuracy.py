@@ -65,7 +65,14 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm  # type: ignore[import-untyped]  # tqdm ships no type information
 
-from benchmarks.datasets import LOADERS, Dataset, Ints, proportional_counts, stratified_take
+from benchmarks.datasets import (
+    LOADERS,
+    VALIDATION_SIZE,
+    Dataset,
+    Ints,
+    stratified_subset,
+    validation_split,
+)
 from benchmarks.embeddings import DEFAULT_CACHE, EmbeddingCache
 from models.embedders import TextEncoder
 from models.fewshot import PassiveAggressiveClassifier
@@ -402,31 +409,11 @@ growing prototypes add on the test split)."""
 # -- training sets --------------------------------------------------------------------
 
 
-def stratified_subset(ds: Dataset, indices: Ints, n: int, rng: np.random.Generator) -> Ints:
-    """``n`` of ``indices``, each class in proportion (at least once), in random order."""
-    counts = proportional_counts(ds.y[indices], n, ds.n_classes)
-    return indices[stratified_take(ds.y[indices], counts, rng)]
-
-
 def training_set(ds: Dataset, pool: Ints, n: int, seed: int) -> Ints:
     """``n`` stratified indices from ``pool`` (every class at least once), random order."""
     if n == 0:
         return np.zeros(0, dtype=np.int64)
     return stratified_subset(ds, pool, n, np.random.default_rng([seed, n]))
-
-
-VALIDATION_SIZE = 600
-"""Validation items per data set (at most a third of its pool: BBC news 541, tweets 600,
-Fashion-MNIST 333). Larger than the 300 used before: tuning picks the best of ~150
-settings, and on 300 items the winner's validation lead over LinearSVC at 256 and 400
-examples did not carry over to the test split."""
-
-
-def validation_split(ds: Dataset, size: int = VALIDATION_SIZE) -> tuple[Ints, Ints]:
-    """A stratified validation split carved from the pool, and the rest of the pool."""
-    size = min(size, len(ds.pool) // 3)
-    picked = stratified_subset(ds, ds.pool, size, np.random.default_rng(7))
-    return np.sort(picked), np.setdiff1d(ds.pool, picked)
 
 
 def sizes_for(ds: Dataset, sizes: Sequence[int]) -> list[int]:
@@ -488,8 +475,10 @@ class Study:
 
         def items(get: Callable[[str, Any], Matrix], all_items: Any) -> Matrix:
             """The set's own items under its name, a shared head under its owner's."""
-            X = get(ds.name, all_items[head:])
-            return np.concatenate([get(tag, all_items[:head]), X]) if head else X
+            parts = [get(tag, all_items[:head])] if head else []
+            if len(all_items) > head:
+                parts.append(get(ds.name, all_items[head:]))
+            return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
         if ds.images is not None:
             load_image = self.image_encoders.setdefault(
@@ -1142,8 +1131,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         nargs="+",
         default=list(DEFAULT_DATASETS),
         choices=list(LOADERS),
-        help="tweets-fresh, fashion-fresh: the pool of tweets or fashion on a fresh test split, "
-        "to confirm (not by default)",
+        help="bbc-fresh, tweets-fresh, fashion-fresh: confirmation splits of bbc, tweets or "
+        "fashion on test items no choice looked at (not by default)",
     )
     parser.add_argument(
         "--models",

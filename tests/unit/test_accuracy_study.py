@@ -27,12 +27,15 @@ from benchmarks.accuracy import (
 from benchmarks.datasets import (
     FASHION_CLASSES,
     Dataset,
+    load_bbc,
     load_fashion,
+    load_fresh_bbc,
     load_fresh_fashion,
     load_fresh_tweets,
     load_tweets,
     proportional_counts,
     stratified_take,
+    validation_split,
 )
 from benchmarks.embeddings import EmbeddingCache, embed_images, embed_texts
 from models.embedders import HashTextEncoder
@@ -220,6 +223,22 @@ def test_the_fresh_tweet_split_keeps_the_pool_and_tests_on_tweets_never_taken() 
     assert [again.texts[i] for i in again.test] == tested  # fixed
 
 
+def test_the_fresh_bbc_split_tests_on_the_articles_no_choice_looked_at() -> None:
+    bbc, fresh = load_bbc(), load_fresh_bbc()
+    assert fresh.shares == ("bbc", len(bbc.texts))
+    assert fresh.texts == bbc.texts
+    assert np.array_equal(fresh.y, bbc.y)
+    validation, unseen = validation_split(bbc)
+    assert np.array_equal(fresh.test, unseen)
+    assert len(fresh.test) == 1084
+    assert not set(fresh.test.tolist()) & set(bbc.test.tolist())  # not the study's test
+    assert not set(fresh.test.tolist()) & set(validation.tolist())  # nor tuning's
+    assert not set(fresh.test.tolist()) & set(fresh.pool.tolist())
+    assert set(fresh.pool.tolist()) == set(bbc.test.tolist()) | set(validation.tolist())
+    assert len(fresh.pool) >= 400  # the study's largest training set
+    assert (np.bincount(fresh.y[fresh.test]) > 150).all()  # every topic well tested
+
+
 def test_the_fresh_fashion_split_keeps_the_pool_and_tests_on_images_never_taken() -> None:
     fashion, fresh = load_fashion(), load_fresh_fashion()
     assert fashion.images is not None
@@ -300,6 +319,28 @@ def test_a_set_that_shares_another_s_texts_embeds_only_its_own(tmp_path: Path) -
     assert np.array_equal(labels2, labels)  # the class names' vectors: cached under toy
     assert described is not None
     assert np.array_equal(described2, described)
+
+
+def test_a_set_that_shares_all_its_texts_embeds_nothing(tmp_path: Path) -> None:
+    base = toy()
+    turned = Dataset(
+        "toy-turned",
+        base.texts,
+        base.y,
+        CLASSES,
+        base.pool,
+        base.test,
+        base.descriptions,
+        shares=("toy", len(base.texts)),
+    )
+    s = study(tmp_path / "cache")
+    cache = EmbeddingCache(s.cache)
+    X, _, _ = s.embeddings(base, "hash", cache)
+    cache.stats.clear()
+    X2, _, _ = s.embeddings(turned, "hash", cache)
+    assert cache.stats == {}  # no encoder loaded, nothing embedded
+    assert not list(s.cache.glob("toy-turned-*"))
+    assert np.array_equal(X2, X)
 
 
 def test_an_image_set_runs_without_label_vectors_and_says_why(
