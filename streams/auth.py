@@ -82,5 +82,13 @@ def owner_or_refusal(keys: KeyRing, header: str | bytes | None, what: str) -> st
         )
     owner = keys.authenticate(header)
     if owner is None:
-        raise RequestError(ErrorCode.AUTH_INVALID_API_KEY, "Invalid API key")
+        raise RequestError(ErrorCode.AUTH_INVALID_API_KEY, "Invalid API key" + _none_hint(keys))
     return owner
+
+
+NO_KEYS = "no API key is configured: set SHOTSTREAM_API_KEYS or SHOTSTREAM_API_KEY_FILE"
+
+
+def _none_hint(keys: KeyRing) -> str:
+    """Why every key is invalid when none is configured (nothing to keep secret then)."""
+    return "" if len(keys) else f" ({NO_KEYS})"

@@ -42,7 +42,7 @@ from starlette.types import Scope
 
 from state.records import ClassifierRecord, iso_time
 from streams.app import classifier_changelog_topic
-from streams.auth import KeyRing, owner_or_refusal
+from streams.auth import NO_KEYS, KeyRing, owner_or_refusal
 from streams.client import Answer, ShotstreamClient
 from streams.errors import ErrorCode, OversizeRecordError, RequestError
 from streams.http_models import (
@@ -169,6 +169,12 @@ class Gateway:
         listings that read their own writes; dropped once the replica has read it."""
 
     async def start(self) -> None:
+        if not len(self.keys):
+            log.warning(
+                "%s: every request %sgets 401 AUTH_INVALID_API_KEY",
+                NO_KEYS,
+                "but anonymous zero-shot " if self.settings.gateway.anonymous_zero_shot else "",
+            )
         deadline = time.monotonic() + self.settings.gateway.startup_timeout_s
         while True:
             try:
@@ -543,6 +549,10 @@ async def train(
     # only a missing id makes a new one: "" is refused by the parser, as on Kafka
     cid = str(uuid.uuid4()) if body.classifier_id is None else body.classifier_id
     payload["classifier_id"] = cid
+    # with an id it is an update, as in Jina's API: an unknown (or mistyped) id is not
+    # found rather than a new classifier under it (on Kafka, where the producer picks
+    # new ids, the first request for one creates it)
+    payload["create"] = body.classifier_id is None
     _checked(parse_train, payload, gw, request_id=rid, key=None)
     payload["request_id"] = rid
     with gw.admitted(caller):
@@ -585,7 +595,7 @@ async def list_classifiers_post(request: Request, caller: KeyedCaller) -> Respon
 
 
 @router.delete(
-    "/v1/classifiers/{classifier_id}",
+    "/v1/classifiers/{classifier_id:path}",
     summary="Delete Classifier",
     response_model=DeleteResponse,
     description="Delete one of your classifiers (only its owner may).",

@@ -364,7 +364,8 @@ class HttpMetrics:
         finally:
             self.in_flight.dec()
             route = scope.get("route")
-            name = getattr(route, "path", "other")
+            # path_format: the template without converters ("{classifier_id:path}")
+            name = getattr(route, "path_format", "other")
             method = str(scope.get("method", ""))
             if method not in _METHODS:  # the client picks it: one series per made-up name
                 method = "other"

@@ -238,6 +238,9 @@ class TrainRequest:
     model: str | None = None
     access: str | None = None
     num_iters: int = 10
+    create: bool = True
+    """Whether an unknown ``classifier_id`` may be created (with ``model``); ``False``: an
+    update only, and an unknown id is ``CLASSIFIER_NOT_FOUND``, not a new classifier."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,6 +332,11 @@ def parse_train(
         raise RequestError(
             ErrorCode.INPUT_INVALID, f"num_iters must be an integer from 1 to {MAX_NUM_ITERS}"
         )
+    create = body.get("create")
+    if create is None:
+        create = True
+    if not isinstance(create, bool):
+        raise RequestError(ErrorCode.INPUT_INVALID, "create must be true or false")
     return TrainRequest(
         request_id,
         classifier_id,
@@ -336,6 +344,7 @@ def parse_train(
         model=_optional_str(body, "model"),
         access=access,
         num_iters=num_iters,
+        create=create,
     )
 
 

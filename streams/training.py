@@ -391,9 +391,16 @@ class TrainHandler:
         self, request: TrainRequest, record: ClassifierRecord | None, owner: str
     ) -> ClassifierRecord:
         if record is None:
+            if not request.create:
+                # an update only (the gateway's, as in Jina's API): a mistyped id must
+                # not become a new classifier. Not found, as for someone else's private
+                # classifier: the two must answer alike, or the code would tell whether
+                # a private id exists
+                raise RequestError(
+                    ErrorCode.CLASSIFIER_NOT_FOUND,
+                    f"classifier {request.classifier_id!r} not found",
+                )
             if request.model is None:
-                # not found, as for someone else's private classifier: the two must
-                # answer alike, or the code would tell whether a private id exists
                 raise RequestError(
                     ErrorCode.CLASSIFIER_NOT_FOUND,
                     f"classifier {request.classifier_id!r} not found (to create it, "

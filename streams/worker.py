@@ -20,7 +20,7 @@ from models.embedders import resolve_device
 from models.registry import ModelRegistry
 from streams.agents import ClassifyHandler, RequestAgent
 from streams.app import EXIT_MARGIN_S, ShotstreamApp, classifier_changelog_topic, create_app
-from streams.auth import KeyRing
+from streams.auth import NO_KEYS, KeyRing
 from streams.broker import (
     TopicCreationError,
     check_port_free,
@@ -90,6 +90,8 @@ def build_worker(settings: Settings) -> tuple[ShotstreamApp, ClassifyService, Pr
     )
     service = ClassifyService(settings, make_registry(settings, device, dtype), observer, replica)
     keys = KeyRing(settings.all_api_keys())
+    if not len(keys):
+        log.warning("%s: every few-shot classify and train record is refused", NO_KEYS)
     output = OutputProducer(settings, observer)
     classify = ClassifyHandler(settings, service, keys, output, observer)
     train = TrainHandler(

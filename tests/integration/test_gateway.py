@@ -257,6 +257,40 @@ def test_worker_errors_become_http_errors(gateway: str) -> None:
     assert again.status_code == 404
 
 
+def test_an_update_of_an_unknown_id_is_not_found_and_any_id_can_be_deleted(
+    gateway: str, broker: EmbeddedBroker
+) -> None:
+    """Over HTTP an id means an update, as in Jina's API: a mistyped one must not make a
+    new classifier (it did, with a ``model``). Kafka producers pick their ids, any
+    string; the gateway deletes those too, slashes and all."""
+    train = [{"text": "refund my order", "label": "billing"}, {"text": "crash", "label": "bug"}]
+    typo = {"classifier_id": "team/support", "model": "jina-embeddings-v3", "input": train}
+    missing = post(f"{gateway}/v1/train", typo)
+    assert missing.status_code == 404, missing.text
+    assert missing.json()["code"] == "CLASSIFIER_NOT_FOUND"
+    listed = httpx.get(f"{gateway}/v1/classifiers", headers=bearer(DAVE)).json()
+    assert "team/support" not in {row["classifier_id"] for row in listed}
+
+    settings = Settings(brokers=broker.address)
+
+    async def create(client: ShotstreamClient) -> Any:
+        return await client.train(
+            train, classifier_id="team/support", api_key=DAVE, model="jina-embeddings-v3"
+        )
+
+    assert with_client(settings, create)["version"] == 1  # on Kafka the id is ours
+    updated = post(f"{gateway}/v1/train", {**typo, "model": None})
+    assert updated.status_code == 200, updated.text
+    assert updated.json()["version"] == 2
+    quoted = f"{gateway}/v1/classifiers/team%2Fsupport"
+    gone = httpx.delete(quoted, headers=bearer(DAVE))
+    assert gone.status_code == 200, gone.text
+    assert gone.json()["classifier_id"] == "team/support"
+    again = httpx.delete(f"{gateway}/v1/classifiers/team/support", headers=bearer(DAVE))
+    assert again.status_code == 404
+    assert again.json()["code"] == "CLASSIFIER_NOT_FOUND"  # the worker's, not a missing route
+
+
 def test_foreign_records_on_the_answer_topics_do_not_stop_the_replies(
     gateway: str, broker: EmbeddedBroker
 ) -> None:

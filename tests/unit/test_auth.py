@@ -39,3 +39,18 @@ def test_a_record_without_a_valid_key_gets_jinas_auth_code() -> None:
         with pytest.raises(RequestError) as info:
             owner_or_refusal(ring, header, "few-shot")
         assert info.value.code == code
+        assert "SHOTSTREAM_API_KEYS" not in info.value.detail  # keys exist: no hint
+
+
+def test_with_no_key_configured_the_refusal_says_what_to_set() -> None:
+    """A first ``shotstream dev`` without SHOTSTREAM_API_KEYS answered every HTTP call with
+    a bare "Invalid API key"."""
+    import pytest
+
+    from streams.auth import owner_or_refusal
+    from streams.errors import ErrorCode, RequestError
+
+    with pytest.raises(RequestError) as info:
+        owner_or_refusal(KeyRing([]), b"Bearer anything", "few-shot")
+    assert info.value.code == ErrorCode.AUTH_INVALID_API_KEY
+    assert "SHOTSTREAM_API_KEYS" in info.value.detail

@@ -419,3 +419,11 @@ def test_anonymous_callers_share_a_bucket_per_ipv6_64() -> None:
     assert bucket("2001:db8:1:2::1") != bucket("2001:db8:1:3::1")
     assert bucket("192.0.2.7") != bucket("192.0.2.8")
     assert bucket("::ffff:192.0.2.7") == bucket("192.0.2.7")
+
+
+def test_a_gateway_without_keys_says_what_to_set() -> None:
+    keyless = client_for(api_keys="")
+    body = assert_error(
+        keyless.post("/v1/classify", json=ZERO_SHOT, headers=auth()), 401, "AUTH_INVALID_API_KEY"
+    )
+    assert "SHOTSTREAM_API_KEYS" in body["detail"]

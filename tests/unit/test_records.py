@@ -132,6 +132,9 @@ def test_dead_letter_keeps_payload_as_text_or_base64() -> None:
         ({"input": [{"text": "x", "label": "a"}], "num_iters": 0}, ErrorCode.INPUT_INVALID),
         ({"input": [{"text": "x", "label": "a"}], "num_iters": True}, ErrorCode.INPUT_INVALID),
         ({"input": [{"text": "x", "label": "a"}], "access": "secret"}, ErrorCode.INPUT_INVALID),
+        ({"input": [{"text": "x", "label": "a"}], "create": None}, None),
+        ({"input": [{"text": "x", "label": "a"}], "create": "no"}, ErrorCode.INPUT_INVALID),
+        ({"input": [{"text": "x", "label": "a"}], "create": 0}, ErrorCode.INPUT_INVALID),
         ({"action": "explode"}, ErrorCode.INPUT_INVALID),
         ({"input": [{"text": "x", "label": "a" * 1024}]}, None),
         ({"input": [{"text": "x", "label": "a" * 1025}]}, ErrorCode.INPUT_INVALID),
@@ -147,11 +150,20 @@ def test_train_bodies(body: dict, code: ErrorCode | None) -> None:
         assert isinstance(req, TrainRequest)
         assert req.classifier_id == "cls-1"  # from the record key
         assert req.num_iters == 10
+        assert req.create  # the first request for an id creates it, unless it says not
         assert req.examples[0].label.startswith("a")
         return
     with pytest.raises(RequestError) as info:
         parse_train(body, LIMITS, request_id="r", key=b"cls-1")
     assert info.value.code == code
+
+
+def test_create_false_asks_for_an_update_only() -> None:
+    body = {"input": [{"text": "x", "label": "a"}], "model": "m", "create": False}
+    req = parse_train(body, LIMITS, request_id="r", key=b"cls-1")
+    assert isinstance(req, TrainRequest)
+    assert not req.create
+    assert req.model == "m"
 
 
 def test_delete_and_missing_id() -> None:

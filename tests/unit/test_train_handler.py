@@ -455,3 +455,31 @@ def test_a_changelog_record_the_broker_did_not_take_is_written_again_before_the_
         if expected == 1:
             assert len(writes) == 3  # the update, then the same state twice again
             assert len(set(writes)) == 1
+
+
+def test_an_update_only_request_never_creates_the_classifier_it_names() -> None:
+    """The gateway's updates say ``create: false``: a mistyped id must answer not found,
+    with or without a model, and one that exists is updated as ever."""
+    train_handler, table, output = handler({})
+    typo = {**train("u1", "a", cid="typo"), "create": False}
+    bare = {**train("u2", "a", model=None, cid="typo"), "create": False}
+    made = train("c1", "a")
+    update = {**train("u3", "b"), "create": False}
+    run(
+        train_handler,
+        [
+            event(0, typo, "typo"),
+            event(1, bare, "typo"),
+            event(2, made, "x"),
+            event(3, update, "x"),
+        ],
+    )
+    answers = output.answers()
+    assert answers == {
+        "u1": "CLASSIFIER_NOT_FOUND",
+        "u2": "CLASSIFIER_NOT_FOUND",
+        "c1": 1,
+        "u3": 2,
+    }
+    assert b"typo" not in table
+    assert stored(table).labels == ["a", "b"]
