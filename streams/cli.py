@@ -458,7 +458,37 @@ def classifiers_list(
     if as_json:
         typer.echo(json.dumps(rows, ensure_ascii=False, indent=2))
         return
+    _print_listing(rows)
+
+
+@classifiers_app.command("delete")
+def classifiers_delete(
+    classifier_id: Annotated[str, typer.Argument(help="the classifier to delete")],
+    api_key: APIKey = None,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the answer")] = 60.0,
+) -> None:
+    """Delete one of your classifiers (only its owner may)."""
+    _need_key(api_key)
+    settings = _settings(serving=True)
+    _echo_json(
+        _ask(settings, lambda client: client.delete(classifier_id, api_key=api_key), timeout)
+    )
+
+
+def _console() -> Any:
+    """Rich's console. Piped (no terminal to fit), tables keep every column whole: at
+    rich's default 80 columns a listing dropped its samples, updated and accuracy columns
+    and cut model names to ``multil…``."""
     from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=PIPED_WIDTH)
+
+
+PIPED_WIDTH = 1000
+"""Columns a table may take when stdout is not a terminal."""
+
+
+def _print_listing(rows: list[dict[str, Any]]) -> None:
     from rich.table import Column, Table
 
     # the id is what `classifiers delete` takes: never cut, also in a narrow terminal or pipe
@@ -484,21 +514,7 @@ def classifiers_list(
             r["updated_at"],
             "-" if acc is None else f"{acc:.2f}",
         )
-    Console().print(table)
-
-
-@classifiers_app.command("delete")
-def classifiers_delete(
-    classifier_id: Annotated[str, typer.Argument(help="the classifier to delete")],
-    api_key: APIKey = None,
-    timeout: Annotated[float, typer.Option(help="seconds to wait for the answer")] = 60.0,
-) -> None:
-    """Delete one of your classifiers (only its owner may)."""
-    _need_key(api_key)
-    settings = _settings(serving=True)
-    _echo_json(
-        _ask(settings, lambda client: client.delete(classifier_id, api_key=api_key), timeout)
-    )
+    _console().print(table)
 
 
 def summary(record: Any) -> dict[str, Any]:
@@ -526,7 +542,6 @@ def _print_answer(answer: dict[str, Any], texts: list[str], as_json: bool) -> No
         err = answer["error"]
         typer.echo(f"error {err['code']}: {err['detail']}", err=True)
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table("#", "input", "prediction", "score", title=f"request {answer['request_id']}")
@@ -542,7 +557,7 @@ def _print_answer(answer: dict[str, Any], texts: list[str], as_json: bool) -> No
             if isinstance(item["score"], dict)
             else f"{item['score']:.3f}",
         )
-    console = Console()
+    console = _console()
     console.print(table)
     console.print(f"usage: {answer['usage']['total_tokens']} tokens")
 

@@ -296,3 +296,26 @@ def _parent_of(pid: int) -> int | None:
             return int(f.read().rsplit(")", 1)[1].split()[1])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def test_a_piped_listing_keeps_every_column_whole(capsys: pytest.CaptureFixture[str]) -> None:
+    """At rich's default 80 columns a piped listing lost samples, updated and accuracy and
+    cut the model name (``multil…``)."""
+    from streams.cli import _print_listing
+
+    row = {
+        "classifier_id": "0b7f3c1e-6a4d-4c55-9a43-3f2d1c0e9b8a",
+        "model": "multilingual-e5-small",
+        "labels": ["billing", "bug report", "feature request", "account access"],
+        "access": "private",
+        "version": 12,
+        "samples_seen": 345,
+        "updated_at": "2026-11-24T04:30:00Z",
+        "prequential_accuracy": 0.875,
+    }
+    _print_listing([row])
+    out = capsys.readouterr().out
+    for shown in ("multilingual-e5-small", "samples", "updated", "accuracy", "0.88", "345"):
+        assert shown in out
+    assert "2026-11-24T04:30:00Z" in out
+    assert "account access" in out
