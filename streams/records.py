@@ -66,6 +66,13 @@ def decode_json_object(raw: bytes | str | Mapping[str, Any] | None) -> dict[str,
                 raw.decode("utf-8")
             except UnicodeDecodeError as bad:
                 raise RequestError(ErrorCode.INPUT_NOT_UTF8, f"value is not UTF-8: {bad}") from bad
+        if "surrogate in string" in str(exc):
+            # JSON's grammar allows an escaped lone surrogate; Unicode text does not. The
+            # gateway's code for it (its JSON reader takes it, the Kafka producer not)
+            raise RequestError(
+                ErrorCode.INPUT_INVALID,
+                f"a string holds a lone surrogate escape, which is not Unicode text ({exc})",
+            ) from exc
         raise RequestError(ErrorCode.INPUT_NOT_JSON, f"value is not JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise RequestError(

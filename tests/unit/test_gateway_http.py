@@ -302,6 +302,22 @@ def test_an_unreadable_body_is_answered_after_the_key_is_checked(
         )
 
 
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (b'{"input": "\xff"}', "not UTF-8 (invalid start byte at byte 11)"),
+        (b'{"input": ' + b"[" * 5000 + b"]" * 5000 + b"}", "is UTF-8 but could not be read"),
+    ],
+)
+def test_an_unreadable_body_says_why(http: Http, content: bytes, says: str) -> None:
+    """A valid JSON body nested 5,000 deep was told it was not UTF-8 JSON."""
+    headers = {**auth(), "Content-Type": "application/json"}
+    body = assert_error(
+        http.post("/v1/classify", content=content, headers=headers), 400, "INPUT_NOT_JSON"
+    )
+    assert says in body["detail"]
+
+
 def test_a_key_with_non_ascii_characters_authenticates() -> None:
     http = client_for(api_keys="clé-äöü")
     headers = {"Authorization": "Bearer clé-äöü".encode()}  # sent as UTF-8 bytes

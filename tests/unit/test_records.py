@@ -35,6 +35,9 @@ def parse(body: object) -> object:
     [
         (b"\xff\xfe not utf-8", ErrorCode.INPUT_NOT_UTF8),
         (b"{not json", ErrorCode.INPUT_NOT_JSON),
+        # JSON, but a lone surrogate is no text: the gateway's code for it, not NOT_JSON
+        (b'{"input": ["\\ud800"], "labels": ["a"]}', ErrorCode.INPUT_INVALID),
+        (b'{"input": ["\\udc00x"], "labels": ["a"]}', ErrorCode.INPUT_INVALID),
         ([1, 2, 3], ErrorCode.INPUT_NOT_OBJECT),
         ("a string", ErrorCode.INPUT_NOT_OBJECT),
         ({"labels": ["a", "b"]}, ErrorCode.INPUT_MISSING),
