@@ -34,6 +34,11 @@ log = logging.getLogger(__name__)
 FORGET_S = 60.0
 """How long a local delete outranks the changelog if its tombstone never arrives."""
 
+DELETED_MEMORY_S = 3600.0
+"""How long a deleted classifier stays recognisable after its delete was read: a write of
+it after its tombstone (from a worker that lost the partition mid-request and resumed
+after the new owner deleted it) is stale, not the classifier back."""
+
 read_undecodable_header_keys()  # a record from a foreign client must not end the reader
 
 
@@ -61,6 +66,9 @@ class ClassifierReplica:
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
+        self._deleted: dict[str, tuple[Any, float]] = {}
+        """Ids whose classifier was deleted, oldest first: the deleted classifier's
+        identity (owner, created_at; a re-created one has another) and when."""
         self._forgotten: dict[str, tuple[int, float]] = {}
         """Ids deleted by this process, until the changelog's tombstones for them arrive:
         how many deletes are on the way, and when the last was made."""
@@ -151,8 +159,7 @@ class ClassifierReplica:
             del self._forgotten[key]  # its tombstones never came
             forgotten = None
         if value is None:
-            self.records.pop(key, None)
-            self.partitions.pop(key, None)
+            self._remember_deleted(key)
             if forgotten is not None:
                 # one delete's tombstone: a later delete here (after a re-create) still
                 # hides the writes before its own tombstone
@@ -175,12 +182,20 @@ class ClassifierReplica:
                         record.version,
                         self.records[key].version,
                     )
-                    if self.on_stale is not None and partition >= 0:
-                        try:
-                            self.on_stale(key, partition)
-                        except Exception:  # never the replica's end
-                            log.exception("could not restate classifier %s", key)
+                    self._stale(key, partition)
                     return
+                if self.was_deleted(key, record):
+                    # the same: a write of it after its delete, which would bring it back
+                    log.warning(
+                        "skipped a stale write of classifier %s at offset %d (version %d, "
+                        "after its delete)",
+                        key,
+                        offset,
+                        record.version,
+                    )
+                    self._stale(key, partition)
+                    return
+                self._deleted.pop(key, None)  # made again, if it was deleted: a new one
                 self.records[key] = record
                 if partition >= 0:
                     self.partitions[key] = partition
@@ -192,10 +207,39 @@ class ClassifierReplica:
                 self.partitions.pop(key, None)
         self._notify()
 
+    def _stale(self, key: str, partition: int) -> None:
+        if self.on_stale is not None and partition >= 0:
+            try:
+                self.on_stale(key, partition)
+            except Exception:  # never the replica's end
+                log.exception("could not restate classifier %s", key)
+
+    def _remember_deleted(self, key: str) -> None:
+        """``key``'s classifier is deleted: drop it, and know it again if a stale write of
+        it comes (for :data:`DELETED_MEMORY_S`; older memories go as new ones come)."""
+        gone = self.records.pop(key, None)
+        self.partitions.pop(key, None)
+        now = time.monotonic()
+        if gone is not None:
+            self._deleted.pop(key, None)  # to the end: the dict stays oldest first
+            self._deleted[key] = (gone.lineage[0], now)
+        while self._deleted:
+            oldest = next(iter(self._deleted))
+            if now - self._deleted[oldest][1] < DELETED_MEMORY_S:
+                break
+            del self._deleted[oldest]
+
+    def was_deleted(self, classifier_id: str, record: ClassifierRecord | None = None) -> bool:
+        """Whether ``classifier_id`` (``record``'s classifier, if given) was deleted within
+        :data:`DELETED_MEMORY_S` and not made again since."""
+        deleted = self._deleted.get(classifier_id)
+        if deleted is None or time.monotonic() - deleted[1] >= DELETED_MEMORY_S:
+            return False
+        return record is None or record.lineage[0] == deleted[0]
+
     def forget(self, classifier_id: str) -> None:
         """This process just deleted ``classifier_id``: read it as gone from now on."""
-        self.records.pop(classifier_id, None)
-        self.partitions.pop(classifier_id, None)
+        self._remember_deleted(classifier_id)
         pending = self._forgotten.get(classifier_id, (0, 0.0))[0]
         self._forgotten[classifier_id] = (pending + 1, time.monotonic())
         self._notify()

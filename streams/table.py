@@ -75,22 +75,31 @@ class ClassifierTable(faust.Table):  # type: ignore[type-arg]  # faust's generic
         events = list(batch)
         kept: list[EventT[Any]] = []
         latest: dict[Any, Lineage | None] = {}
+        deleted: dict[Any, Any] = {}
+        """Keys deleted in this batch: the deleted classifier's identity."""
         for event in events:
             message = event.message
             key, value = message.key, message.value
             if key not in latest:
                 latest[key] = record_lineage(self._stored(key, message.partition))
             incoming = record_lineage(value)
-            if is_older(incoming, latest[key]):
+            after_delete = incoming is not None and deleted.get(key, ()) == incoming[0]
+            if is_older(incoming, latest[key]) or after_delete:
                 log.warning(
                     "changelog %s partition %d offset %d: skipped a stale write of "
-                    "classifier %r (older than the version already read)",
+                    "classifier %r (%s)",
                     message.topic,
                     message.partition,
                     message.offset,
                     bytes(key).decode("utf-8", "replace") if key is not None else None,
+                    "after its delete" if after_delete else "older than the version already read",
                 )
                 continue
+            before = latest[key]
+            if value is None and before is not None:
+                deleted[key] = before[0]
+            elif incoming is not None:
+                deleted.pop(key, None)
             latest[key] = incoming
             kept.append(event)
         super().apply_changelog_batch(kept)

@@ -441,9 +441,9 @@ class TrainHandler:
 
     def restate(self, classifier_id: str, partition: int) -> None:
         """The replica skipped a stale write of ``classifier_id`` (see
-        :func:`state.records.is_older`). If this worker owns the classifier, its state
-        goes to the changelog again: compaction keeps only a key's last record, which would
-        be the stale one."""
+        :func:`state.records.is_older`), or one after its delete. If this worker owns the
+        classifier, its state (or its delete) goes to the changelog again: compaction keeps
+        only a key's last record, which would be the stale one."""
         if partition not in self.owned or not self.replica.loaded.is_set():
             return
         tables = getattr(getattr(self.table, "app", None), "tables", None)  # faust's
@@ -452,6 +452,12 @@ class TrainHandler:
         key = classifier_id.encode()
         raw = self.table.get(key)
         seen = self.replica.get(classifier_id)
+        if raw is None and seen is None and self.replica.was_deleted(classifier_id):
+            # a stale write of a classifier deleted here: the delete goes again, or
+            # compaction would keep the write and a restore bring the classifier back
+            log.warning("classifier %s: deleting it again", classifier_id)
+            self.table.send_changelog(partition, key, None)
+            return
         if raw is None or seen is None:
             return
         try:

@@ -277,6 +277,12 @@ def test_a_worker_without_its_rocksdb_rebuilds_from_the_changelog(
 
 async def changelog_values(settings: Settings, key: str) -> list[tuple[int, bytes]]:
     """``(partition, value)`` of every changelog record of ``key``, oldest first."""
+    return [(p, v) for p, v in await changelog_records(settings, key) if v is not None]
+
+
+async def changelog_records(settings: Settings, key: str) -> list[tuple[int, bytes | None]]:
+    """``(partition, value)`` of every changelog record of ``key``, tombstones (``None``)
+    included, oldest first."""
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.brokers, enable_auto_commit=False)
     await consumer.start()
     try:
@@ -285,14 +291,14 @@ async def changelog_values(settings: Settings, key: str) -> list[tuple[int, byte
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
-        found: list[tuple[int, bytes]] = []
+        found: list[tuple[int, bytes | None]] = []
         while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
             batches = await consumer.getmany(timeout_ms=500)
             found += [
                 (m.partition, m.value)
                 for batch in batches.values()
                 for m in batch
-                if m.key == key.encode() and m.value is not None
+                if m.key == key.encode()
             ]
         return found
     finally:
@@ -371,6 +377,71 @@ def test_a_stale_changelog_write_rolls_no_classifier_back(
         record = asyncio.run(final_records(settings))[cid]
     assert (record.version, record.samples_seen) == (4, 5)
     assert "skipped a stale write" in w.log_text()
+
+
+def test_a_stale_write_after_a_delete_brings_no_classifier_back(
+    broker: EmbeddedBroker, tmp_path: Path, model_cache: Path
+) -> None:
+    """The same kind of stale write, landing after the new owner deleted the classifier:
+    read as the last write, it brought the classifier back, for classify and for a table
+    restored from the changelog (and compaction would have kept it). Readers skip it and
+    the owner deletes the classifier again."""
+    env, settings = group_of(broker, tmp_path / "a", model_cache, "undead")
+    cid = str(uuid.UUID(int=8))
+    examples = [
+        [{"text": "refund my invoice", "label": "billing"}, {"text": "app crash", "label": "bug"}],
+        [{"text": "charged twice", "label": "billing"}],
+    ]
+
+    async def train(batch: list[dict[str, str]], model: str | None = None) -> Answer:
+        async with ShotstreamClient(settings) as c:
+            return await c.train(batch, classifier_id=cid, api_key=KEY, model=model, num_iters=5)
+
+    async def delete() -> Answer:
+        async with ShotstreamClient(settings) as c:
+            return await c.delete(cid, api_key=KEY)
+
+    async def zombie_write() -> None:
+        (partition, first), _second = await changelog_values(settings, cid)
+        producer = AIOKafkaProducer(bootstrap_servers=settings.brokers)
+        await producer.start()
+        try:
+            await producer.send_and_wait(
+                classifier_changelog_topic(settings), first, key=cid.encode(), partition=partition
+            )
+        finally:
+            await producer.stop()
+
+    async def classified() -> Answer:
+        async with ShotstreamClient(settings) as c:
+            return await c.classify(["my invoice is wrong"], classifier_id=cid, api_key=KEY)
+
+    async def deleted_again() -> list[bytes | None]:
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:
+            values = [v for _, v in await changelog_records(settings, cid)]
+            if values[-1] is None or asyncio.get_running_loop().time() > deadline:
+                return values
+            await asyncio.sleep(0.5)
+
+    with WorkerProcess(env, tmp_path / "a.log") as w:
+        w.wait_ready(600)
+        assert asyncio.run(train(examples[0], "jina-embeddings-v3"))["version"] == 1
+        assert asyncio.run(train(examples[1]))["version"] == 2
+        assert asyncio.run(delete()).get("deleted") is True
+        asyncio.run(zombie_write())  # version 1, after the tombstone
+        values = asyncio.run(deleted_again())
+        assert [v is None for v in values] == [False, False, True, False, True]
+        assert cid not in asyncio.run(final_records(settings))  # a replica's reading
+        answer = asyncio.run(classified())  # the worker's own replica
+        assert answer["error"]["code"] == "CLASSIFIER_NOT_FOUND", answer
+        assert "after its delete" in w.log_text()
+    # a new worker restores the table from the changelog: no classifier to update
+    env_b = {**env, "SHOTSTREAM_DATA_DIR": str(tmp_path / "b")}
+    with WorkerProcess(env_b, tmp_path / "b.log") as w:
+        w.wait_ready(600)
+        answer = asyncio.run(train([{"text": "cannot export", "label": "bug"}]))
+        assert answer["error"]["code"] == "CLASSIFIER_NOT_FOUND", answer
 
 
 def test_a_rebalance_commits_what_was_answered(

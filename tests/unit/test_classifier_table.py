@@ -59,6 +59,17 @@ def test_a_classifier_deleted_and_made_again_is_not_stale(table: ClassifierTable
     assert decode_record(stored(table) or b"").created_at == 20.0
 
 
+def test_a_restore_skips_a_write_of_a_classifier_after_its_delete(table: ClassifierTable) -> None:
+    """A worker that lost the partition mid-request wrote version 6 after the new owner's
+    delete: restored as the last write, it brought the deleted classifier back."""
+    batch = [event(0, record(5)), event(1, None), event(2, record(6)), event(3, record(1, 9.0))]
+    table.apply_changelog_batch(batch[:3])
+    assert stored(table) is None
+    assert table.data.persisted_offset(TP0) == 2
+    table.apply_changelog_batch(batch[3:])  # made again: a new classifier, not stale
+    assert decode_record(stored(table) or b"").created_at == 9.0
+
+
 def test_a_write_after_another_workers_keeps_the_restore_point(table: ClassifierTable) -> None:
     """faust records each write's offset as where the next restore starts; past a write
     of another worker in between, that would skip it."""

@@ -10,8 +10,10 @@ from streams import replica as replica_module
 from streams.replica import ClassifierReplica
 
 
-def record(version: int, cid: str = "c1") -> bytes:
-    r = ClassifierRecord.new(cid, model="hash", owner="alice", access="private", dim=4, now=0.0)
+def record(version: int, cid: str = "c1", created: float = 0.0) -> bytes:
+    """A record of classifier ``cid``; another ``created`` is another classifier under the
+    id (deleted and made again)."""
+    r = ClassifierRecord.new(cid, model="hash", owner="alice", access="private", dim=4, now=created)
     r.labels = ["a", "b"]
     r.weights = np.zeros((2, 4), dtype=np.float32)
     r.version = version
@@ -39,7 +41,7 @@ def test_a_local_delete_is_read_at_once_and_older_writes_cannot_bring_it_back() 
     replica.apply("c1", record(2))  # an update written before the delete, replicating late
     assert replica.get("c1") is None
     replica.apply("c1", None)  # the delete's own tombstone: the changelog has caught up
-    replica.apply("c1", record(1))  # a new classifier under the same id
+    replica.apply("c1", record(1, created=1.0))  # a new classifier under the same id
     got = replica.get("c1")
     assert got is not None
     assert got.version == 1
@@ -89,10 +91,38 @@ def test_delete_create_delete_here_stays_deleted_until_the_last_tombstone() -> N
     replica.forget("c1")  # delete
     replica.forget("c1")  # re-created (version 1, replicating) and deleted again
     replica.apply("c1", None)  # the first delete's tombstone
-    replica.apply("c1", record(1))  # the re-create, written before the second delete
+    replica.apply("c1", record(1, created=1.0))  # the re-create, before the second delete
     assert replica.get("c1") is None
     replica.apply("c1", None)  # the second tombstone
-    replica.apply("c1", record(1))  # now a new classifier under the same id
+    replica.apply("c1", record(1, created=2.0))  # now a new classifier under the same id
     got = replica.get("c1")
     assert got is not None
     assert got.version == 1
+
+
+def test_a_write_of_a_deleted_classifier_after_its_tombstone_does_not_bring_it_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker that lost the partition mid-request writes after the new owner deleted the
+    classifier: its write, read after the tombstone, is stale (and the owner is told, to
+    delete it again), while a classifier made again under the id is new."""
+    stale: list[tuple[str, int]] = []
+    replica = ClassifierReplica("127.0.0.1:1", "changelog")
+    replica.on_stale = lambda key, partition: stale.append((key, partition))
+    replica.apply("c1", record(5), partition=3)
+    replica.apply("c1", None, partition=3)  # deleted by the partition's new owner
+    assert replica.was_deleted("c1")
+    replica.apply("c1", record(6), partition=3)  # the old owner's write, landing after it
+    assert replica.get("c1") is None
+    assert stale == [("c1", 3)]
+    assert replica.get("c2") is None
+    replica.apply("c1", record(1, created=9.0), partition=3)  # made again: a new classifier
+    got = replica.get("c1")
+    assert got is not None
+    assert got.version == 1
+    assert not replica.was_deleted("c1")
+    monkeypatch.setattr(replica_module, "DELETED_MEMORY_S", 0.0)  # memories end
+    replica.apply("c1", None, partition=3)
+    assert not replica.was_deleted("c1")
+    replica.apply("c2", None)  # any tombstone sweeps the expired ones
+    assert not replica._deleted

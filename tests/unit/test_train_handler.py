@@ -414,6 +414,28 @@ def test_restate_writes_again_only_this_workers_copy_of_the_same_classifier() ->
     assert sent == [(0, b"c", encode_record(record(3)))]
 
 
+def test_restate_deletes_again_a_classifier_deleted_here() -> None:
+    """A stale write after a delete: the owner's table has no record and the replica read
+    the delete, so the delete goes to the changelog again (a tombstone)."""
+    train, _table, _output = handler({})
+    sent: list[tuple[int, bytes, bytes | None]] = []
+
+    class Table(dict[bytes, bytes]):
+        def send_changelog(self, partition: int, key: bytes, value: bytes | None) -> None:
+            sent.append((partition, key, value))
+
+    train.table = cast(Any, Table())
+    train.owned = {0}
+    made = ClassifierRecord.new("c", model="m", owner="o", access="private", dim=2, now=1.0)
+    train.restate("c", 0)  # never known here: nothing to delete again
+    train.replica.apply("c", encode_record(made), partition=0)
+    train.replica.apply("c", None, partition=0)
+    train.restate("c", 1)  # not its partition
+    assert sent == []
+    train.restate("c", 0)
+    assert sent == [(0, b"c", None)]
+
+
 def test_a_changelog_record_the_broker_did_not_take_is_written_again_before_the_answer(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
