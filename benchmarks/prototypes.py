@@ -2,6 +2,7 @@
 
     .venv/bin/python -m benchmarks.prototypes            # 20 seeds, ~1.2 min, cache warm
     .venv/bin/python -m benchmarks.prototypes --whiten   # the third stage: whitening
+    .venv/bin/python -m benchmarks.prototypes --fade     # the fourth: the warm start fades
 
 The shipped learner (``models.fewshot``) may keep up to ``prototypes`` weight vectors per
 class, scoring a class by the largest; a class gains one each ``grow`` examples. This is
@@ -56,6 +57,26 @@ SETTINGS: tuple[dict[str, Any], ...] = tuple(
 WHITEN_SETTINGS: tuple[dict[str, Any], ...] = tuple({"whiten": w} for w in (0.0, 10.0, 50.0, 200.0))
 """``--whiten``, the third stage (on top of the chosen prototypes): diagonal whitening's
 shrinkage (pseudo-examples towards the average variance); the first, 0, is off."""
+
+
+FADE_SETTINGS: tuple[dict[str, Any], ...] = tuple(
+    {"warm_start_fade": g} for g in (0.0, 5.0, 10.0, 20.0, 40.0, 80.0)
+)
+"""``--fade``, the fourth stage (text learners: image-only ones start cold): after ``n``
+examples of a class its warm start weighs ``g / (g + n)`` of itself; the first, 0, never
+fades."""
+
+BEFORE_WHITENING = {"whiten": 0.0, "warm_start_fade": 0.0}
+BEFORE_FADING = {"warm_start_fade": 0.0}
+
+STAGES: dict[str, tuple[tuple[dict[str, Any], ...], tuple[str, ...], dict[str, Any], str]] = {
+    "prototypes": (SETTINGS, ("text", "image"), BEFORE_WHITENING, "prototypes-validation.json"),
+    "whiten": (WHITEN_SETTINGS, ("text", "image"), BEFORE_FADING, "whitening-validation.json"),
+    "fade": (FADE_SETTINGS, ("text",), {}, "fading-validation.json"),
+}
+"""Each stage: its settings, the groups it tunes, what the shipped settings it sweeps on
+had not chosen yet when it ran (undone, so a re-run reproduces its recorded results), and
+the file it writes."""
 
 
 def sweep(
@@ -115,15 +136,16 @@ def run(
     study: Study,
     *,
     stage: Sequence[dict[str, Any]] = SETTINGS,
-    before_whitening: bool = True,
+    before: dict[str, Any] = BEFORE_WHITENING,
+    tuned: Sequence[str] = ("text", "image"),
     progress: bool = True,
 ) -> dict[str, Any]:
-    """``stage`` on the shipped settings; ``before_whitening`` for a stage that was chosen
-    before whitening was (the prototypes): its base then does not whiten."""
+    """``stage`` on the shipped settings of the ``tuned`` groups, with ``before``: the
+    settings chosen after the stage was (a stage chosen before whitening, the prototypes,
+    runs without it)."""
     cells, datasets, items = validation_cells(study)
-    groups = {"text": TEXT_LEARNER, "image": IMAGE_LEARNER}
-    if before_whitening:
-        groups = {g: dataclasses.replace(base, whiten=0.0) for g, base in groups.items()}
+    shipped = {"text": TEXT_LEARNER, "image": IMAGE_LEARNER}
+    groups = {g: dataclasses.replace(shipped[g], **before) for g in tuned}
     fits = sum(len(cells[g]) * (len(stage) + 2) for g in groups)
     bar = tqdm(total=fits, desc="validation sweep", unit="fit", disable=not progress)
     out = {
@@ -174,17 +196,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--sizes", nargs="+", type=int, default=[8, 16, 32, 64, 128, 256, 400])
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument(
+    chosen = parser.add_mutually_exclusive_group()
+    chosen.add_argument(
         "--whiten", action="store_true", help="the third stage: diagonal whitening's shrinkage"
+    )
+    chosen.add_argument(
+        "--fade", action="store_true", help="the fourth stage: how fast the warm start fades"
     )
     args = parser.parse_args(argv)
     study = Study(datasets=args.datasets, models=args.models, sizes=args.sizes, seeds=args.seeds)
-    if args.whiten:
-        results = run(study, stage=WHITEN_SETTINGS, before_whitening=False)
-    else:
-        results = run(study)
+    name = "whiten" if args.whiten else "fade" if args.fade else "prototypes"
+    settings, tuned, before, filename = STAGES[name]
+    results = run(study, stage=settings, before=before, tuned=tuned)
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / ("whitening-validation.json" if args.whiten else "prototypes-validation.json")
+    path = args.out / filename
     path.write_text(json.dumps(results, indent=1) + "\n")
     print("\n".join(summary(results)))
     print(f"wrote {path}")

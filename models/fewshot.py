@@ -26,6 +26,14 @@ Classes can be added at any time (up to ``max_classes``). A new class starts at 
 with ``warm_start``, at ``warm_start_scale`` times its label's embedding, so a fresh
 classifier with meaningful labels predicts like zero-shot and improves from there.
 
+With ``fade`` above 0 that warm start fades as its class learns: after ``n`` examples of
+the class (first passes) it weighs ``fade / (fade + n)`` of itself, as a prior worth
+``fade`` examples would. Left in full, the label embedding held a class's weights near
+the label's direction long after its examples said otherwise, and with steps capped at a
+small ``C`` it outweighed hundreds of them: on BBC news with all-MiniLM-L6-v2 the learner
+stayed 0.3 to 0.5 macro-F1 points under LinearSVC from 64 examples on two test splits.
+The label vectors come with each train request (``priors``), so nothing more is stored.
+
 With ``center=True`` the classifier scores ``w_k · (x - μ)``, where ``μ`` is the running
 mean of every input it has learned (zero before the first). Sentence embeddings share a
 large common component (all cosines of e5 embeddings lie around 0.7 to 0.9); an update along
@@ -142,6 +150,9 @@ class PassiveAggressiveClassifier:
         Most weight vectors per class (1: a linear classifier).
     grow
         With ``prototypes`` above 1, a class gains a prototype each ``grow`` examples.
+    fade
+        Above 0: a class's warm start weighs ``fade / (fade + n)`` of itself after ``n``
+        examples of it (needs ``priors``). 0: it never fades.
     labels, weights, mean, mean_count, sq_mean, sq_dims, rows, seen
         Existing state (from a codec); empty for a new classifier. ``sq_mean`` is the
         running mean of ``‖x‖²`` (kept only when scaling), ``sq_dims`` that of each
@@ -168,6 +179,10 @@ class PassiveAggressiveClassifier:
     grow: int = 0
     rows: list[int] = field(default_factory=list)
     seen: list[int] = field(default_factory=list)
+    fade: float = 0.0
+    priors: dict[str, Vector] = field(default_factory=dict)
+    """Each class's warm start (its scaled label embedding) where known, for ``fade``:
+    given for the call (a train request embeds its labels), never stored."""
 
     def __post_init__(self) -> None:
         self.rows = list(self.rows) or [1] * len(self.labels)
@@ -196,6 +211,8 @@ class PassiveAggressiveClassifier:
         self.mean = np.ascontiguousarray(self.mean, dtype=np.float32)
         if self.mean.shape != (self.dim,):
             raise ValueError(f"mean {self.mean.shape} does not match dim {self.dim}")
+        if self.fade < 0:
+            raise ValueError("fade must be >= 0")
         if self.whiten < 0 or (self.whiten > 0 and not self.center):
             raise ValueError("whiten must be >= 0, and needs center")
         if self.whiten > 0 and self.sq_dims.size == 0:
@@ -243,7 +260,15 @@ class PassiveAggressiveClassifier:
         return len(self.labels) - 1
 
     def _count(self, y: int) -> None:
-        """Count an example of class ``y`` (first pass) and grow the class when it is due."""
+        """Count an example of class ``y`` (first pass), fade its warm start, and grow the
+        class when it is due."""
+        prior = self.priors.get(self.labels[y]) if self.fade > 0 else None
+        if prior is not None:
+            # the warm start weighs fade / (fade + n) of itself after n examples
+            n, g = self.seen[y], self.fade
+            first = int(self._starts[y])
+            step = g / (g + n + 1) - g / (g + n)
+            self.weights[first : first + self.rows[y]] += (step * prior).astype(np.float32)
         self.seen[y] += 1
         have = self.rows[y]
         if have < self.prototypes and self.seen[y] >= self.grow * have:

@@ -95,8 +95,9 @@ def test_the_sweep_chooses_prototypes_where_they_help() -> None:
 def test_each_stage_sweeps_on_the_settings_it_was_chosen_on(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The prototypes were chosen before whitening, so their stage runs without it (and
-    reproduces its recorded results); the whitening stage runs on the shipped settings."""
+    """The prototypes were chosen before whitening and fading, so their stage runs without
+    them (and reproduces its recorded results); the whitening stage runs without fading,
+    the fading stage (text only) on the shipped settings."""
     import benchmarks.prototypes as stages
     from state.classifiers import IMAGE_LEARNER
 
@@ -113,11 +114,16 @@ def test_each_stage_sweeps_on_the_settings_it_was_chosen_on(
         lambda study: ({"text": "text", "image": "image"}, {"text": [], "image": []}, {}),
     )
     study = stages.Study(datasets=[], models=[])
-    stages.run(study, progress=False)
-    stages.run(study, stage=stages.WHITEN_SETTINGS, before_whitening=False, progress=False)
+    for name in ("prototypes", "whiten", "fade"):
+        settings, tuned, before, _file = stages.STAGES[name]
+        stages.run(study, stage=settings, before=before, tuned=tuned, progress=False)
     (early, prototypes), (late, whitening) = bases["image"]
     assert prototypes == stages.SETTINGS
     assert early.whiten == 0.0
     assert whitening == stages.WHITEN_SETTINGS
     assert late == IMAGE_LEARNER
     assert late.whiten > 0
+    (text_early, _), (text_late, _), (shipped, fading) = bases["text"]
+    assert fading == stages.FADE_SETTINGS
+    assert shipped == TEXT_LEARNER
+    assert text_early.warm_start_fade == text_late.warm_start_fade == 0.0

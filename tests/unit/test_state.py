@@ -173,6 +173,30 @@ def test_warm_start_initialises_new_classes_from_label_vectors() -> None:
     assert learner(rec).predict_many(e[:2]) == ["a", "b"]
 
 
+def test_a_warm_start_fades_as_its_class_learns_examples() -> None:
+    """With ``warm_start_fade`` g, a class's warm start weighs g / (g + n) of itself after
+    n examples of it, over requests (the label vectors come with each); examples the
+    classifier already gets right with room to spare change nothing else."""
+    rec = fresh()
+    rec.hyper.update({"warm_start": True, "warm_start_scale": 10.0, "warm_start_fade": 2.0})
+    e = np.eye(DIM, dtype=np.float32)
+    labels = {"a": e[0], "b": e[1]}
+    apply_examples(rec, e[:2], ["a", "b"], num_iters=3, label_vectors=labels, source="t:0",
+                   offset=0, now=1.0)  # fmt: skip
+    assert learner(rec).fade == 2.0
+    np.testing.assert_allclose(rec.weights, 10.0 * 2 / 3 * e[:2], atol=1e-6)  # n = 1
+    apply_examples(rec, e[:1], ["a"] * 1, num_iters=1, label_vectors={"a": e[0]}, source="t:0",
+                   offset=1, now=1.0)  # fmt: skip
+    np.testing.assert_allclose(rec.weights[0], 10.0 * 2 / 4 * e[0], atol=1e-6)  # n = 2
+    np.testing.assert_allclose(rec.weights[1], 10.0 * 2 / 3 * e[1], atol=1e-6)  # still 1
+    unfaded = fresh()
+    unfaded.hyper.update({"warm_start": True, "warm_start_scale": 10.0})  # from before: 0
+    apply_examples(unfaded, e[:2], ["a", "b"], num_iters=3, label_vectors=labels,
+                   source="t:0", offset=0, now=1.0)  # fmt: skip
+    assert learner(unfaded).fade == 0.0
+    np.testing.assert_allclose(unfaded.weights, 10.0 * e[:2], atol=1e-6)
+
+
 def test_bad_bytes_are_refused() -> None:
     rec = fresh()
     apply_examples(
