@@ -305,6 +305,19 @@ async def changelog_records(settings: Settings, key: str) -> list[tuple[int, byt
         await consumer.stop()
 
 
+async def write_again(settings: Settings, key: str, partition: int, value: bytes) -> None:
+    """Produce ``value`` to the changelog by hand, as a worker that lost the partition
+    mid-request would write it (after the new owner's writes)."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.brokers)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            classifier_changelog_topic(settings), value, key=key.encode(), partition=partition
+        )
+    finally:
+        await producer.stop()
+
+
 async def last_version_written(settings: Settings, key: str, want: int) -> int:
     """The version of ``key``'s last changelog record, once it is ``want`` (30 s at most)."""
     deadline = asyncio.get_running_loop().time() + 30
@@ -338,15 +351,7 @@ def test_a_stale_changelog_write_rolls_no_classifier_back(
     async def zombie_write() -> None:
         written = await changelog_values(settings, cid)
         assert [decode_record(v).version for _, v in written] == [1, 2, 3]
-        partition, second = written[1]
-        producer = AIOKafkaProducer(bootstrap_servers=settings.brokers)
-        await producer.start()
-        try:
-            await producer.send_and_wait(
-                classifier_changelog_topic(settings), second, key=cid.encode(), partition=partition
-            )
-        finally:
-            await producer.stop()
+        await write_again(settings, cid, *written[1])
 
     async def classified_version() -> int:
         async with ShotstreamClient(settings) as c:
@@ -402,15 +407,8 @@ def test_a_stale_write_after_a_delete_brings_no_classifier_back(
             return await c.delete(cid, api_key=KEY)
 
     async def zombie_write() -> None:
-        (partition, first), _second = await changelog_values(settings, cid)
-        producer = AIOKafkaProducer(bootstrap_servers=settings.brokers)
-        await producer.start()
-        try:
-            await producer.send_and_wait(
-                classifier_changelog_topic(settings), first, key=cid.encode(), partition=partition
-            )
-        finally:
-            await producer.stop()
+        first, _second = await changelog_values(settings, cid)
+        await write_again(settings, cid, *first)
 
     async def classified() -> Answer:
         async with ShotstreamClient(settings) as c:
