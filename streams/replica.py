@@ -66,9 +66,10 @@ class ClassifierReplica:
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
-        self._deleted: dict[str, tuple[Any, float]] = {}
-        """Ids whose classifier was deleted, oldest first: the deleted classifier's
-        identity (owner, created_at; a re-created one has another) and when."""
+        self._deleted: dict[str, tuple[dict[Any, None], float]] = {}
+        """Ids whose classifier was deleted, oldest first: the identities (owner,
+        created_at; one made again has another) of the classifiers deleted under it, and
+        when the last delete was read."""
         self._forgotten: dict[str, tuple[int, float]] = {}
         """Ids deleted by this process, until the changelog's tombstones for them arrive:
         how many deletes are on the way, and when the last was made."""
@@ -184,7 +185,7 @@ class ClassifierReplica:
                     )
                     self._stale(key, partition)
                     return
-                if self.was_deleted(key, record):
+                if self.was_deleted(key, record.lineage[0]):
                     # the same: a write of it after its delete, which would bring it back
                     log.warning(
                         "skipped a stale write of classifier %s at offset %d (version %d, "
@@ -195,7 +196,6 @@ class ClassifierReplica:
                     )
                     self._stale(key, partition)
                     return
-                self._deleted.pop(key, None)  # made again, if it was deleted: a new one
                 self.records[key] = record
                 if partition >= 0:
                     self.partitions[key] = partition
@@ -214,32 +214,40 @@ class ClassifierReplica:
             except Exception:  # never the replica's end
                 log.exception("could not restate classifier %s", key)
 
-    def _remember_deleted(self, key: str) -> None:
-        """``key``'s classifier is deleted: drop it, and know it again if a stale write of
-        it comes (for :data:`DELETED_MEMORY_S`; older memories go as new ones come)."""
+    def _remember_deleted(self, key: str, identity: Any = None) -> None:
+        """``key``'s classifier (``identity``, else the one read) is deleted: drop it, and
+        know it again if a stale write of it comes (for :data:`DELETED_MEMORY_S`; older
+        memories go as new ones come)."""
         gone = self.records.pop(key, None)
         self.partitions.pop(key, None)
         now = time.monotonic()
-        if gone is not None:
-            self._deleted.pop(key, None)  # to the end: the dict stays oldest first
-            self._deleted[key] = (gone.lineage[0], now)
-        while self._deleted:
-            oldest = next(iter(self._deleted))
-            if now - self._deleted[oldest][1] < DELETED_MEMORY_S:
-                break
-            del self._deleted[oldest]
+        identities = {} if self._expired(key) else self._deleted.pop(key, ({}, 0.0))[0]
+        for known in (identity, None if gone is None else gone.lineage[0]):
+            if known is not None:
+                identities[known] = None
+        if identities:
+            self._deleted.pop(key, None)
+            self._deleted[key] = (identities, now)  # at the end: the dict stays oldest first
+        while self._deleted and self._expired(next(iter(self._deleted))):
+            del self._deleted[next(iter(self._deleted))]
 
-    def was_deleted(self, classifier_id: str, record: ClassifierRecord | None = None) -> bool:
-        """Whether ``classifier_id`` (``record``'s classifier, if given) was deleted within
-        :data:`DELETED_MEMORY_S` and not made again since."""
-        deleted = self._deleted.get(classifier_id)
-        if deleted is None or time.monotonic() - deleted[1] >= DELETED_MEMORY_S:
+    def _expired(self, key: str) -> bool:
+        deleted = self._deleted.get(key)
+        return deleted is None or time.monotonic() - deleted[1] >= DELETED_MEMORY_S
+
+    def was_deleted(self, classifier_id: str, identity: Any = None) -> bool:
+        """Whether a classifier under ``classifier_id`` (the one of ``identity``, the
+        ``(owner, created_at)`` of a record's lineage, if given) was deleted within
+        :data:`DELETED_MEMORY_S`. One made again under the id has another identity."""
+        if self._expired(classifier_id):
             return False
-        return record is None or record.lineage[0] == deleted[0]
+        return identity is None or identity in self._deleted[classifier_id][0]
 
-    def forget(self, classifier_id: str) -> None:
-        """This process just deleted ``classifier_id``: read it as gone from now on."""
-        self._remember_deleted(classifier_id)
+    def forget(self, classifier_id: str, identity: Any = None) -> None:
+        """This process just deleted ``classifier_id`` (the classifier of ``identity``,
+        from its own table: the replica may not have read it yet): read it as gone from
+        now on."""
+        self._remember_deleted(classifier_id, identity)
         pending = self._forgotten.get(classifier_id, (0, 0.0))[0]
         self._forgotten[classifier_id] = (pending + 1, time.monotonic())
         self._notify()

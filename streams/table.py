@@ -75,15 +75,15 @@ class ClassifierTable(faust.Table):  # type: ignore[type-arg]  # faust's generic
         events = list(batch)
         kept: list[EventT[Any]] = []
         latest: dict[Any, Lineage | None] = {}
-        deleted: dict[Any, Any] = {}
-        """Keys deleted in this batch: the deleted classifier's identity."""
+        deleted: dict[Any, set[Any]] = {}
+        """Keys deleted in this batch: the deleted classifiers' identities."""
         for event in events:
             message = event.message
             key, value = message.key, message.value
             if key not in latest:
                 latest[key] = record_lineage(self._stored(key, message.partition))
             incoming = record_lineage(value)
-            after_delete = incoming is not None and deleted.get(key, ()) == incoming[0]
+            after_delete = incoming is not None and incoming[0] in deleted.get(key, ())
             if is_older(incoming, latest[key]) or after_delete:
                 log.warning(
                     "changelog %s partition %d offset %d: skipped a stale write of "
@@ -97,9 +97,7 @@ class ClassifierTable(faust.Table):  # type: ignore[type-arg]  # faust's generic
                 continue
             before = latest[key]
             if value is None and before is not None:
-                deleted[key] = before[0]
-            elif incoming is not None:
-                deleted.pop(key, None)
+                deleted.setdefault(key, set()).add(before[0])
             latest[key] = incoming
             kept.append(event)
         super().apply_changelog_batch(kept)

@@ -37,6 +37,7 @@ from state.records import (
     encode_record,
     is_older,
     read_ownership,
+    record_lineage,
 )
 from streams.agents import Turn, encode, send_dead_letter
 from streams.auth import KeyRing, header_value, owner_or_refusal
@@ -299,6 +300,9 @@ class TrainHandler:
                 self._authorize(request, existing, owner)
             except RequestError:
                 refused = True
+        # an update only of an id not seen: most likely not found in turn either, so
+        # nothing is embedded ahead (a record before it may still create it: then in turn)
+        refused = refused or (existing is None and not request.create)
         model = request.model or (existing.model if existing else None)
         embedded = None
         if model and not refused:
@@ -452,10 +456,16 @@ class TrainHandler:
         key = classifier_id.encode()
         raw = self.table.get(key)
         seen = self.replica.get(classifier_id)
-        if raw is None and seen is None and self.replica.was_deleted(classifier_id):
+        lineage = record_lineage(raw)
+        if seen is None and self.replica.was_deleted(
+            classifier_id, None if lineage is None else lineage[0]
+        ):
             # a stale write of a classifier deleted here: the delete goes again, or
-            # compaction would keep the write and a restore bring the classifier back
+            # compaction would keep the write and a restore bring the classifier back. A
+            # table restored (as a standby) with the write over the delete drops it too
             log.warning("classifier %s: deleting it again", classifier_id)
+            if raw is not None:
+                del self.table.data[key]
             self.table.send_changelog(partition, key, None)
             return
         if raw is None or seen is None:
@@ -504,7 +514,10 @@ class TrainHandler:
             self._refuse_other(request.classifier_id, access)
         del self.table[request.classifier_id.encode()]
         self._created.get(owner, {}).pop(request.classifier_id, None)
-        self.replica.forget(request.classifier_id)  # this worker reads its delete at once
+        lineage = record_lineage(raw)
+        # this worker reads its delete at once, and knows the classifier if a stale write
+        # of it comes later (also when its replica had not read the classifier yet)
+        self.replica.forget(request.classifier_id, None if lineage is None else lineage[0])
         self.observer.on_delete(request.classifier_id)
         return {
             "request_id": request.request_id,

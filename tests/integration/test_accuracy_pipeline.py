@@ -23,11 +23,10 @@ from benchmarks.accuracy import (
     Task,
     class_indices,
     macro_f1,
-    stratified_subset,
     train_shipped,
     training_set,
 )
-from benchmarks.datasets import load_bbc
+from benchmarks.datasets import load_bbc, stratified_subset
 from benchmarks.embeddings import embed_texts
 from benchmarks.throughput import load_encoder
 from streams.broker import EmbeddedBroker

@@ -68,6 +68,10 @@ def test_a_restore_skips_a_write_of_a_classifier_after_its_delete(table: Classif
     assert table.data.persisted_offset(TP0) == 2
     table.apply_changelog_batch(batch[3:])  # made again: a new classifier, not stale
     assert decode_record(stored(table) or b"").created_at == 9.0
+    # in one batch: deleted, made again, then the deleted one's stale write (skipped)
+    made_again = [event(4, None), event(5, record(2, 20.0)), event(6, record(3, 9.0))]
+    table.apply_changelog_batch(made_again)
+    assert decode_record(stored(table) or b"").created_at == 20.0
 
 
 def test_a_write_after_another_workers_keeps_the_restore_point(table: ClassifierTable) -> None:

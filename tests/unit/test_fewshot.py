@@ -244,3 +244,26 @@ def test_every_class_needs_a_prototype() -> None:
         PassiveAggressiveClassifier(
             dim=2, labels=["a", "b", "c"], rows=[2, 0, 1], weights=np.zeros((3, 2), np.float32)
         )
+
+
+def test_a_fading_warm_start_fades_in_every_prototype_of_its_class() -> None:
+    """Rows grown from the first copy its warm start as faded so far, and later fades
+    reach every row: after n examples each row holds g / (g + n) of it, the rest as
+    without fading (the examples here are passive: only the fade moves weights)."""
+    g, dim, scale = 4.0, 8, 100.0
+    e = np.eye(dim, dtype=np.float32)
+
+    def trained(fade: float) -> PassiveAggressiveClassifier:
+        clf = PassiveAggressiveClassifier(dim=dim, prototypes=3, grow=2, fade=fade)
+        for k, label in enumerate("ab"):
+            clf.add_class(label, init=scale * e[k])
+        clf.priors = {label: scale * e[k] for k, label in enumerate("ab")}
+        clf.learn_many(np.stack([e[0]] * 5 + [e[1]]), ["a"] * 5 + ["b"], num_iters=2)
+        return clf
+
+    faded, whole = trained(g), trained(0.0)
+    assert faded.rows == whole.rows == [3, 1]  # class a grew twice
+    diff = faded.weights - whole.weights
+    for row in diff[:3]:  # every row of a: 5 examples
+        np.testing.assert_allclose(row, (g / (g + 5) - 1) * scale * e[0], atol=1e-4)
+    np.testing.assert_allclose(diff[3], (g / (g + 1) - 1) * scale * e[1], atol=1e-4)

@@ -120,9 +120,31 @@ def test_a_write_of_a_deleted_classifier_after_its_tombstone_does_not_bring_it_b
     got = replica.get("c1")
     assert got is not None
     assert got.version == 1
-    assert not replica.was_deleted("c1")
+    assert not replica.was_deleted("c1", got.lineage[0])
+    replica.apply("c1", record(7), partition=3)  # the old one's stale write, even now
+    got = replica.get("c1")
+    assert got is not None
+    assert (got.created_at, got.version) == (9.0, 1)
+    assert stale == [("c1", 3), ("c1", 3)]
     monkeypatch.setattr(replica_module, "DELETED_MEMORY_S", 0.0)  # memories end
     replica.apply("c1", None, partition=3)
     assert not replica.was_deleted("c1")
     replica.apply("c2", None)  # any tombstone sweeps the expired ones
     assert not replica._deleted
+
+
+def test_a_local_delete_knows_its_classifier_before_the_replica_read_it() -> None:
+    """Created and deleted here before this worker's replica read the creation: the
+    deleting worker names the classifier from its table, so a stale write of it after the
+    tombstone is still known (it was accepted, and never deleted again)."""
+    stale: list[tuple[str, int]] = []
+    replica = ClassifierReplica("127.0.0.1:1", "changelog")
+    replica.on_stale = lambda key, partition: stale.append((key, partition))
+    identity = ("alice", 0.0)  # record()'s owner and creation time
+    replica.forget("c1", identity)
+    replica.apply("c1", record(1), partition=2)  # the creation, read late: hidden
+    replica.apply("c1", None, partition=2)  # the delete's tombstone
+    replica.apply("c1", record(2), partition=2)  # a stale write after it
+    assert replica.get("c1") is None
+    assert replica.was_deleted("c1", identity)
+    assert stale == [("c1", 2)]

@@ -421,6 +421,10 @@ def test_restate_deletes_again_a_classifier_deleted_here() -> None:
     sent: list[tuple[int, bytes, bytes | None]] = []
 
     class Table(dict[bytes, bytes]):
+        @property
+        def data(self) -> dict[bytes, bytes]:
+            return self
+
         def send_changelog(self, partition: int, key: bytes, value: bytes | None) -> None:
             sent.append((partition, key, value))
 
@@ -434,6 +438,17 @@ def test_restate_deletes_again_a_classifier_deleted_here() -> None:
     assert sent == []
     train.restate("c", 0)
     assert sent == [(0, b"c", None)]
+    # a table restored with the stale write over the delete (a standby's, say) drops it
+    made.version = 2
+    train.table[b"c"] = encode_record(made)
+    train.restate("c", 0)
+    assert b"c" not in train.table
+    assert sent == [(0, b"c", None)] * 2
+    again = ClassifierRecord.new("c", model="m", owner="o", access="private", dim=2, now=5.0)
+    train.table[b"c"] = encode_record(again)  # made again: another classifier, kept
+    train.restate("c", 0)
+    assert b"c" in train.table
+    assert len(sent) == 2
 
 
 def test_a_changelog_record_the_broker_did_not_take_is_written_again_before_the_answer(
