@@ -145,6 +145,13 @@ class PrometheusObserver(Observer):
         self.train_requests = Counter(
             "shotstream_train_requests", "Train requests applied", registry=r
         )
+        self.rewrites = Counter(
+            "shotstream_classifier_rewrites",
+            "Classifier states (stale_write) or deletes (after_delete) written again after "
+            "a stale changelog write from a worker that had lost the partition",
+            ["reason"],
+            registry=r,
+        )
         self.prequential = Gauge(
             "shotstream_fewshot_prequential_accuracy",
             "Accuracy on recent examples, each predicted before it was learned",
@@ -226,6 +233,9 @@ class PrometheusObserver(Observer):
         self._learned_on.move_to_end(classifier_id)
         while len(self._learned_on) > self.classifier_series:
             self._forget(next(iter(self._learned_on)))
+
+    def on_rewrite(self, reason: str) -> None:
+        self.rewrites.labels(reason).inc()
 
     def on_delete(self, classifier_id: str) -> None:
         # created-and-deleted ids would otherwise be exported for good, one series each

@@ -50,6 +50,11 @@ class Observer:
     def on_delete(self, classifier_id: str) -> None:
         """A classifier was deleted (its per-classifier series end)."""
 
+    def on_rewrite(self, reason: str) -> None:
+        """This worker, the classifier's owner, wrote its state (``reason`` stale_write)
+        or its delete (after_delete) to the changelog again, after a stale write of it
+        from a worker that had lost the partition (paused past the session timeout)."""
+
     def on_train_partitions(self, partitions: set[int]) -> None:
         """A rebalance left this worker these train-topic partitions; classifiers learned
         on others are another worker's to report now (their series here end)."""

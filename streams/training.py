@@ -467,6 +467,7 @@ class TrainHandler:
             if raw is not None:
                 del self.table.data[key]
             self.table.send_changelog(partition, key, None)
+            self.observer.on_rewrite("after_delete")
             return
         if raw is None or seen is None:
             return
@@ -478,6 +479,7 @@ class TrainHandler:
             return  # another classifier under the id, or an older copy: not this worker's
         log.warning("classifier %s: writing its version %d again", classifier_id, mine.version)
         self.table.send_changelog(partition, key, raw)
+        self.observer.on_rewrite("stale_write")
 
     def _created_unseen(self, owner: str) -> set[str]:
         """Classifiers this worker created for ``owner`` that the replica has not read back

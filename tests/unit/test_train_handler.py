@@ -389,6 +389,8 @@ def test_restate_writes_again_only_this_workers_copy_of_the_same_classifier() ->
     again), or a partition it does not own."""
     train, _table, _output = handler({})
     sent: list[tuple[int, bytes, bytes]] = []
+    rewrites: list[str] = []
+    train.observer.on_rewrite = rewrites.append  # type: ignore[method-assign]
 
     class Table(dict[bytes, bytes]):
         def send_changelog(self, partition: int, key: bytes, value: bytes) -> None:
@@ -412,6 +414,7 @@ def test_restate_writes_again_only_this_workers_copy_of_the_same_classifier() ->
     assert sent == []
     train.restate("c", 0)
     assert sent == [(0, b"c", encode_record(record(3)))]
+    assert rewrites == ["stale_write"]
 
 
 def test_restate_deletes_again_a_classifier_deleted_here() -> None:
@@ -419,6 +422,8 @@ def test_restate_deletes_again_a_classifier_deleted_here() -> None:
     the delete, so the delete goes to the changelog again (a tombstone)."""
     train, _table, _output = handler({})
     sent: list[tuple[int, bytes, bytes | None]] = []
+    rewrites: list[str] = []
+    train.observer.on_rewrite = rewrites.append  # type: ignore[method-assign]
 
     class Table(dict[bytes, bytes]):
         @property
@@ -438,6 +443,7 @@ def test_restate_deletes_again_a_classifier_deleted_here() -> None:
     assert sent == []
     train.restate("c", 0)
     assert sent == [(0, b"c", None)]
+    assert rewrites == ["after_delete"]  # operators see it (shotstream_classifier_rewrites)
     # a table restored with the stale write over the delete (a standby's, say) drops it
     made.version = 2
     train.table[b"c"] = encode_record(made)
