@@ -434,6 +434,10 @@ def test_a_stale_write_after_a_delete_brings_no_classifier_back(
         answer = asyncio.run(classified())  # the worker's own replica
         assert answer["error"]["code"] == "CLASSIFIER_NOT_FOUND", answer
         assert "after its delete" in w.log_text()
+        url = f"http://127.0.0.1:{metrics_port(w)}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            exported = response.read().decode()
+        assert 'shotstream_classifier_rewrites_total{reason="after_delete"} 1.0' in exported
     # a new worker restores the table from the changelog: no classifier to update
     env_b = {**env, "SHOTSTREAM_DATA_DIR": str(tmp_path / "b")}
     with WorkerProcess(env_b, tmp_path / "b.log") as w:
