@@ -357,6 +357,7 @@ def test_a_listing_that_cannot_reach_kafka_is_503_or_504(
         raise error or KafkaConnectionError()
 
     http.app.state.gateway.replica.caught_up = caught_up
+    http.app.state.gateway.limits.clock = lambda: 0.0  # no refill between the two: exact
     assert_error(http.get("/v1/classifiers", headers=auth()), status, code)
     response = http.get("/v1/classifiers", headers=auth())
     # admitted (one request taken) before Kafka failed: what is left is in the headers
