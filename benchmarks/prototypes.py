@@ -66,17 +66,31 @@ FADE_SETTINGS: tuple[dict[str, Any], ...] = tuple(
 examples of a class its warm start weighs ``g / (g + n)`` of itself; the first, 0, never
 fades."""
 
-BEFORE_WHITENING = {"whiten": 0.0, "warm_start_fade": 0.0}
-BEFORE_FADING = {"warm_start_fade": 0.0}
 
-STAGES: dict[str, tuple[tuple[dict[str, Any], ...], tuple[str, ...], dict[str, Any], str]] = {
-    "prototypes": (SETTINGS, ("text", "image"), BEFORE_WHITENING, "prototypes-validation.json"),
-    "whiten": (WHITEN_SETTINGS, ("text", "image"), BEFORE_FADING, "whitening-validation.json"),
-    "fade": (FADE_SETTINGS, ("text",), {}, "fading-validation.json"),
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One tuning stage: the settings it sweeps (the first is the baseline), the groups it
+    tunes, what the shipped settings had not chosen yet when it ran (undone, so a re-run
+    reproduces its recorded results), and the file it writes."""
+
+    settings: tuple[dict[str, Any], ...]
+    tuned: tuple[str, ...]
+    before: dict[str, Any]
+    filename: str
+
+
+STAGES = {
+    "prototypes": Stage(
+        SETTINGS,
+        ("text", "image"),
+        {"whiten": 0.0, "warm_start_fade": 0.0},
+        "prototypes-validation.json",
+    ),
+    "whiten": Stage(
+        WHITEN_SETTINGS, ("text", "image"), {"warm_start_fade": 0.0}, "whitening-validation.json"
+    ),
+    "fade": Stage(FADE_SETTINGS, ("text",), {}, "fading-validation.json"),
 }
-"""Each stage: its settings, the groups it tunes, what the shipped settings it sweeps on
-had not chosen yet when it ran (undone, so a re-run reproduces its recorded results), and
-the file it writes."""
 
 
 def sweep(
@@ -133,23 +147,17 @@ def sweep(
 
 
 def run(
-    study: Study,
-    *,
-    stage: Sequence[dict[str, Any]] = SETTINGS,
-    before: dict[str, Any] = BEFORE_WHITENING,
-    tuned: Sequence[str] = ("text", "image"),
-    progress: bool = True,
+    study: Study, *, stage: Stage = STAGES["prototypes"], progress: bool = True
 ) -> dict[str, Any]:
-    """``stage`` on the shipped settings of the ``tuned`` groups, with ``before``: the
-    settings chosen after the stage was (a stage chosen before whitening, the prototypes,
-    runs without it)."""
+    """``stage`` on the shipped settings of the groups it tunes, less the settings chosen
+    after it (``Stage.before``: the prototypes stage runs without whitening and fading)."""
     cells, datasets, items = validation_cells(study)
     shipped = {"text": TEXT_LEARNER, "image": IMAGE_LEARNER}
-    groups = {g: dataclasses.replace(shipped[g], **before) for g in tuned}
-    fits = sum(len(cells[g]) * (len(stage) + 2) for g in groups)
+    groups = {g: dataclasses.replace(shipped[g], **stage.before) for g in stage.tuned}
+    fits = sum(len(cells[g]) * (len(stage.settings) + 2) for g in groups)
     bar = tqdm(total=fits, desc="validation sweep", unit="fit", disable=not progress)
     out = {
-        g: sweep(cells[g], base, bar, stage) | {"datasets": datasets[g]}
+        g: sweep(cells[g], base, bar, stage.settings) | {"datasets": datasets[g]}
         for g, base in groups.items()
         if cells[g]
     }
@@ -206,10 +214,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     study = Study(datasets=args.datasets, models=args.models, sizes=args.sizes, seeds=args.seeds)
     name = "whiten" if args.whiten else "fade" if args.fade else "prototypes"
-    settings, tuned, before, filename = STAGES[name]
-    results = run(study, stage=settings, before=before, tuned=tuned)
+    results = run(study, stage=STAGES[name])
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / filename
+    path = args.out / STAGES[name].filename
     path.write_text(json.dumps(results, indent=1) + "\n")
     print("\n".join(summary(results)))
     print(f"wrote {path}")

@@ -232,9 +232,9 @@ def apply_examples(
     scale = float(record.hyper.get("warm_start_scale", 20.0))
     if warm:
         assert label_vectors is not None  # noqa: S101 - narrowed above
-        for label in new:
-            clf.add_class(label, init=scale * label_vectors[label])
         clf.priors = {label: scale * label_vectors[label] for label in dict.fromkeys(labels)}
+        for label in new:
+            clf.add_class(label, init=clf.priors[label])
     prior = clf.learn_many(vectors, labels, num_iters=num_iters)
     record.labels = list(clf.labels)
     record.weights = clf.weights

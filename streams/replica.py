@@ -25,7 +25,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from state.records import ClassifierRecord, decode_record, is_older
+from state.records import ClassifierRecord, Lineage, decode_record, is_older
 from streams.broker import follow, request_timeout, stop_consumer
 from streams.lenient_records import install as read_undecodable_header_keys
 
@@ -66,7 +66,7 @@ class ClassifierReplica:
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
-        self._deleted: dict[str, tuple[dict[Any, None], float]] = {}
+        self._deleted: dict[str, tuple[set[Any], float]] = {}
         """Ids whose classifier was deleted, oldest first: the identities (owner,
         created_at; one made again has another) of the classifiers deleted under it, and
         when the last delete was read."""
@@ -185,7 +185,7 @@ class ClassifierReplica:
                     )
                     self._stale(key, partition)
                     return
-                if self.was_deleted(key, record.lineage[0]):
+                if self.was_deleted(key, record.lineage):
                     # the same: a write of it after its delete, which would bring it back
                     log.warning(
                         "skipped a stale write of classifier %s at offset %d (version %d, "
@@ -214,20 +214,18 @@ class ClassifierReplica:
             except Exception:  # never the replica's end
                 log.exception("could not restate classifier %s", key)
 
-    def _remember_deleted(self, key: str, identity: Any = None) -> None:
-        """``key``'s classifier (``identity``, else the one read) is deleted: drop it, and
-        know it again if a stale write of it comes (for :data:`DELETED_MEMORY_S`; older
-        memories go as new ones come)."""
+    def _remember_deleted(self, key: str, lineage: Lineage | None = None) -> None:
+        """``key``'s classifier (the one of ``lineage``, and the one read) is deleted: drop
+        it, and know it again if a stale write of it comes (for :data:`DELETED_MEMORY_S`;
+        older memories go as new ones come)."""
         gone = self.records.pop(key, None)
         self.partitions.pop(key, None)
         now = time.monotonic()
-        identities = {} if self._expired(key) else self._deleted.pop(key, ({}, 0.0))[0]
-        for known in (identity, None if gone is None else gone.lineage[0]):
-            if known is not None:
-                identities[known] = None
-        if identities:
-            self._deleted.pop(key, None)
-            self._deleted[key] = (identities, now)  # at the end: the dict stays oldest first
+        before = self._deleted.pop(key, None)  # back at the end: the dict stays oldest first
+        known = before[0] if before is not None and now - before[1] < DELETED_MEMORY_S else set()
+        known.update(x[0] for x in (lineage, None if gone is None else gone.lineage) if x)
+        if known:
+            self._deleted[key] = (known, now)
         while self._deleted and self._expired(next(iter(self._deleted))):
             del self._deleted[next(iter(self._deleted))]
 
@@ -235,19 +233,19 @@ class ClassifierReplica:
         deleted = self._deleted.get(key)
         return deleted is None or time.monotonic() - deleted[1] >= DELETED_MEMORY_S
 
-    def was_deleted(self, classifier_id: str, identity: Any = None) -> bool:
-        """Whether a classifier under ``classifier_id`` (the one of ``identity``, the
-        ``(owner, created_at)`` of a record's lineage, if given) was deleted within
-        :data:`DELETED_MEMORY_S`. One made again under the id has another identity."""
+    def was_deleted(self, classifier_id: str, lineage: Lineage | None = None) -> bool:
+        """Whether a classifier under ``classifier_id`` (the one of ``lineage``, if given)
+        was deleted within :data:`DELETED_MEMORY_S`. One made again under the id is
+        another classifier (its owner and creation time differ)."""
         if self._expired(classifier_id):
             return False
-        return identity is None or identity in self._deleted[classifier_id][0]
+        return lineage is None or lineage[0] in self._deleted[classifier_id][0]
 
-    def forget(self, classifier_id: str, identity: Any = None) -> None:
-        """This process just deleted ``classifier_id`` (the classifier of ``identity``,
+    def forget(self, classifier_id: str, lineage: Lineage | None = None) -> None:
+        """This process just deleted ``classifier_id`` (the classifier of ``lineage``,
         from its own table: the replica may not have read it yet): read it as gone from
         now on."""
-        self._remember_deleted(classifier_id, identity)
+        self._remember_deleted(classifier_id, lineage)
         pending = self._forgotten.get(classifier_id, (0, 0.0))[0]
         self._forgotten[classifier_id] = (pending + 1, time.monotonic())
         self._notify()

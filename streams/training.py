@@ -456,10 +456,7 @@ class TrainHandler:
         key = classifier_id.encode()
         raw = self.table.get(key)
         seen = self.replica.get(classifier_id)
-        lineage = record_lineage(raw)
-        if seen is None and self.replica.was_deleted(
-            classifier_id, None if lineage is None else lineage[0]
-        ):
+        if seen is None and self.replica.was_deleted(classifier_id, record_lineage(raw)):
             # a stale write of a classifier deleted here: the delete goes again, or
             # compaction would keep the write and a restore bring the classifier back. A
             # table restored (as a standby) with the write over the delete drops it too
@@ -516,10 +513,9 @@ class TrainHandler:
             self._refuse_other(request.classifier_id, access)
         del self.table[request.classifier_id.encode()]
         self._created.get(owner, {}).pop(request.classifier_id, None)
-        lineage = record_lineage(raw)
         # this worker reads its delete at once, and knows the classifier if a stale write
         # of it comes later (also when its replica had not read the classifier yet)
-        self.replica.forget(request.classifier_id, None if lineage is None else lineage[0])
+        self.replica.forget(request.classifier_id, record_lineage(raw))
         self.observer.on_delete(request.classifier_id)
         return {
             "request_id": request.request_id,

@@ -115,8 +115,7 @@ def test_each_stage_sweeps_on_the_settings_it_was_chosen_on(
     )
     study = stages.Study(datasets=[], models=[])
     for name in ("prototypes", "whiten", "fade"):
-        settings, tuned, before, _file = stages.STAGES[name]
-        stages.run(study, stage=settings, before=before, tuned=tuned, progress=False)
+        stages.run(study, stage=stages.STAGES[name], progress=False)
     (early, prototypes), (late, whitening) = bases["image"]
     assert prototypes == stages.SETTINGS
     assert early.whiten == 0.0

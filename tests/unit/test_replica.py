@@ -120,7 +120,7 @@ def test_a_write_of_a_deleted_classifier_after_its_tombstone_does_not_bring_it_b
     got = replica.get("c1")
     assert got is not None
     assert got.version == 1
-    assert not replica.was_deleted("c1", got.lineage[0])
+    assert not replica.was_deleted("c1", got.lineage)
     replica.apply("c1", record(7), partition=3)  # the old one's stale write, even now
     got = replica.get("c1")
     assert got is not None
@@ -140,11 +140,11 @@ def test_a_local_delete_knows_its_classifier_before_the_replica_read_it() -> Non
     stale: list[tuple[str, int]] = []
     replica = ClassifierReplica("127.0.0.1:1", "changelog")
     replica.on_stale = lambda key, partition: stale.append((key, partition))
-    identity = ("alice", 0.0)  # record()'s owner and creation time
-    replica.forget("c1", identity)
+    lineage = (("alice", 0.0), 1)  # record()'s owner and creation time, version 1
+    replica.forget("c1", lineage)
     replica.apply("c1", record(1), partition=2)  # the creation, read late: hidden
     replica.apply("c1", None, partition=2)  # the delete's tombstone
     replica.apply("c1", record(2), partition=2)  # a stale write after it
     assert replica.get("c1") is None
-    assert replica.was_deleted("c1", identity)
+    assert replica.was_deleted("c1", lineage)
     assert stale == [("c1", 2)]
