@@ -3,6 +3,7 @@
     .venv/bin/python -m benchmarks.prototypes            # 20 seeds, ~1.2 min, cache warm
     .venv/bin/python -m benchmarks.prototypes --whiten   # the third stage: whitening
     .venv/bin/python -m benchmarks.prototypes --fade     # the fourth: the warm start fades
+    .venv/bin/python -m benchmarks.prototypes --misses   # the fifth: grow on misses
 
 The shipped learner (``models.fewshot``) may keep up to ``prototypes`` weight vectors per
 class, scoring a class by the largest; a class gains one each ``grow`` examples. This is
@@ -66,6 +67,13 @@ FADE_SETTINGS: tuple[dict[str, Any], ...] = tuple(
 examples of a class its warm start weighs ``g / (g + n)`` of itself; the first, 0, never
 fades."""
 
+MISSES_SETTINGS: tuple[dict[str, Any], ...] = tuple(
+    {"grow_misses": m} for m in (0, 3, 5, 8, 10, 20)
+)
+"""``--misses``, the fifth stage: a class gains a prototype each ``m`` misses (examples of
+it predicted wrong before they were learned) instead of each ``grow`` examples; the first,
+0, grows on examples."""
+
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
@@ -83,13 +91,17 @@ STAGES = {
     "prototypes": Stage(
         SETTINGS,
         ("text", "image"),
-        {"whiten": 0.0, "warm_start_fade": 0.0},
+        {"whiten": 0.0, "warm_start_fade": 0.0, "grow_misses": 0},
         "prototypes-validation.json",
     ),
     "whiten": Stage(
-        WHITEN_SETTINGS, ("text", "image"), {"warm_start_fade": 0.0}, "whitening-validation.json"
+        WHITEN_SETTINGS,
+        ("text", "image"),
+        {"warm_start_fade": 0.0, "grow_misses": 0},
+        "whitening-validation.json",
     ),
-    "fade": Stage(FADE_SETTINGS, ("text",), {}, "fading-validation.json"),
+    "fade": Stage(FADE_SETTINGS, ("text",), {"grow_misses": 0}, "fading-validation.json"),
+    "misses": Stage(MISSES_SETTINGS, ("text", "image"), {}, "misses-validation.json"),
 }
 
 
@@ -211,9 +223,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     chosen.add_argument(
         "--fade", action="store_true", help="the fourth stage: how fast the warm start fades"
     )
+    chosen.add_argument(
+        "--misses",
+        action="store_true",
+        help="the fifth stage: grow prototypes on a class's misses instead of its examples",
+    )
     args = parser.parse_args(argv)
     study = Study(datasets=args.datasets, models=args.models, sizes=args.sizes, seeds=args.seeds)
-    name = "whiten" if args.whiten else "fade" if args.fade else "prototypes"
+    stages = {"whiten": args.whiten, "fade": args.fade, "misses": args.misses}
+    name = next((stage for stage, asked in stages.items() if asked), "prototypes")
     results = run(study, stage=STAGES[name])
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / STAGES[name].filename

@@ -65,8 +65,10 @@ sentence embeddings it ties none, so text learners do not whiten.
 With ``prototypes`` above 1 a class may keep up to that many weight vectors and scores as
 the largest of them, ``s_k = max_j w_kj · x``: a piecewise-linear, non-linear classifier
 that still stores no examples. A class starts with one prototype and gains the next each
-time it has learned ``grow`` more examples (counted on first passes), as a copy of its
-first prototype plus noise of RMS ``PROTOTYPE_NOISE`` (seeded by the class and prototype
+time it has learned ``grow`` more examples (counted on first passes), or with
+``grow_misses`` above 0 each time it has been missed that many more times (an example of
+the class that the state just before it did not predict, on first passes), as a copy of
+its first prototype plus noise of RMS ``PROTOTYPE_NOISE`` (seeded by the class and prototype
 index, so replaying the same requests gives the same weights). A step then moves the
 best prototype of the true class and of the best rival (as in Aiolli & Sperduti,
 *Multiclass Classification with Multi-Prototype Support Vector Machines*, JMLR 6, 2005).
@@ -74,7 +76,10 @@ Growing late keeps small training sets linear, where one prototype per class is 
 better model; on tweet sentiment at 400 examples up to four prototypes add 2 to 3
 macro-F1 points and put the learner ahead of the offline SVMs
 (``benchmarks/prototypes.py`` chooses them on validation; ``benchmarks/accuracy.py``
-measures them on the test split).
+measures them on the test split). Growing on misses lets a class that one linear
+score already fits stay linear and gives prototypes to the classes that keep being
+missed; on the validation cells it ties growing on examples at most sizes and adds about
+1 point on tweet sentiment at 32 and 64 examples (``benchmarks/prototypes.py --misses``).
 
 >>> import numpy as np
 >>> clf = PassiveAggressiveClassifier(dim=2, C=1.0)
@@ -152,15 +157,21 @@ class PassiveAggressiveClassifier:
         Most weight vectors per class (1: a linear classifier).
     grow
         With ``prototypes`` above 1, a class gains a prototype each ``grow`` examples.
+    grow_misses
+        Above 0 (with ``prototypes`` above 1): a class gains a prototype each
+        ``grow_misses`` misses instead (examples of it predicted wrong before they were
+        learned, first passes); ``grow`` is then unused.
     fade
         Above 0: a class's warm start weighs ``fade / (fade + n)`` of itself after ``n``
         examples of it (needs ``priors``). 0: it never fades.
-    labels, weights, mean, mean_count, sq_mean, sq_dims, rows, seen
+    labels, weights, mean, mean_count, sq_mean, sq_dims, rows, seen, misses
         Existing state (from a codec); empty for a new classifier. ``sq_mean`` is the
         running mean of ``‖x‖²`` (kept only when scaling), ``sq_dims`` that of each
         ``x_d²`` (kept only when whitening); ``rows`` the prototypes each
         class has (its rows are consecutive in ``weights``, classes in label order; empty
-        means one each) and ``seen`` the examples each class has learned.
+        means one each), ``seen`` the examples each class has learned and ``misses``
+        how many of them it missed (a record keeps them only when growing on misses;
+        empty means none).
     """
 
     dim: int
@@ -182,6 +193,8 @@ class PassiveAggressiveClassifier:
     rows: list[int] = field(default_factory=list)
     seen: list[int] = field(default_factory=list)
     fade: float = 0.0
+    grow_misses: int = 0
+    misses: list[int] = field(default_factory=list)
     priors: dict[str, Vector] = field(default_factory=dict, repr=False, compare=False)
     """Each class's warm start (its scaled label embedding) where known, for ``fade``:
     given for the call (a train request embeds its labels), never stored."""
@@ -189,12 +202,16 @@ class PassiveAggressiveClassifier:
     def __post_init__(self) -> None:
         self.rows = list(self.rows) or [1] * len(self.labels)
         self.seen = list(self.seen) or [0] * len(self.labels)
-        if min(self.rows, default=1) < 1 or min(self.seen, default=0) < 0:
-            raise ValueError(f"every class needs a prototype: rows {self.rows}, seen {self.seen}")
-        if len(self.rows) != len(self.labels) or len(self.seen) != len(self.labels):
+        self.misses = list(self.misses) or [0] * len(self.labels)
+        if min(self.rows, default=1) < 1 or min(self.seen + self.misses, default=0) < 0:
             raise ValueError(
-                f"{len(self.rows)} row counts and {len(self.seen)} example counts for "
-                f"{len(self.labels)} labels"
+                f"every class needs a prototype and counts >= 0: rows {self.rows}, "
+                f"seen {self.seen}, misses {self.misses}"
+            )
+        if {len(self.rows), len(self.seen), len(self.misses)} != {len(self.labels)}:
+            raise ValueError(
+                f"{len(self.rows)} row counts, {len(self.seen)} example counts and "
+                f"{len(self.misses)} miss counts for {len(self.labels)} labels"
             )
         if self.weights.size == 0:
             self.weights = np.zeros((sum(self.rows), self.dim), dtype=np.float32)
@@ -206,15 +223,18 @@ class PassiveAggressiveClassifier:
             )
         if self.C <= 0:
             raise ValueError("C must be > 0")
-        if self.prototypes < 1 or self.grow < 0 or (self.prototypes > 1 and self.grow < 1):
-            raise ValueError("prototypes must be >= 1, and grow >= 1 when prototypes > 1")
+        step = max(self.grow, self.grow_misses)
+        if self.prototypes < 1 or self.grow < 0 or (self.prototypes > 1 and step < 1):
+            raise ValueError(
+                "prototypes must be >= 1, and grow (or grow_misses) >= 1 when prototypes > 1"
+            )
         if self.mean.size == 0:
             self.mean = np.zeros(self.dim, dtype=np.float32)
         self.mean = np.ascontiguousarray(self.mean, dtype=np.float32)
         if self.mean.shape != (self.dim,):
             raise ValueError(f"mean {self.mean.shape} does not match dim {self.dim}")
-        if self.fade < 0:
-            raise ValueError("fade must be >= 0")
+        if self.fade < 0 or self.grow_misses < 0:
+            raise ValueError("fade and grow_misses must be >= 0")
         if self.whiten < 0 or (self.whiten > 0 and not self.center):
             raise ValueError("whiten must be >= 0, and needs center")
         if self.whiten > 0 and self.sq_dims.size == 0:
@@ -257,13 +277,14 @@ class PassiveAggressiveClassifier:
         self.labels.append(label)
         self.rows.append(1)
         self.seen.append(0)
+        self.misses.append(0)
         self._starts = np.append(self._starts, self.weights.shape[0] - 1)
         self._index[label] = len(self.labels) - 1
         return len(self.labels) - 1
 
     def _count(self, y: int) -> None:
         """Count an example of class ``y`` (first pass), fade its warm start, and grow the
-        class when it is due."""
+        class when it is due (growing on examples)."""
         prior = self.priors.get(self.labels[y]) if self.fade > 0 else None
         if prior is not None:
             # the warm start weighs fade / (fade + n) of itself after n examples
@@ -272,14 +293,28 @@ class PassiveAggressiveClassifier:
             step = g / (g + n + 1) - g / (g + n)
             self.weights[first : first + self.rows[y]] += (step * prior).astype(np.float32)
         self.seen[y] += 1
+        if self.grow_misses == 0 and self.seen[y] >= self.grow * self.rows[y]:
+            self._grow(y)
+
+    def _missed(self, y: int) -> None:
+        """Count a miss of class ``y`` (first pass, after its step) and grow the class when
+        it is due (growing on misses)."""
+        self.misses[y] += 1
+        if self.grow_misses > 0 and self.misses[y] >= self.grow_misses * self.rows[y]:
+            self._grow(y)
+
+    def _grow(self, y: int) -> None:
+        """Give class ``y`` another prototype (up to ``prototypes``): a copy of its first
+        plus seeded noise."""
         have = self.rows[y]
-        if have < self.prototypes and self.seen[y] >= self.grow * have:
-            first = int(self._starts[y])
-            noise = np.random.default_rng((y, have)).standard_normal(self.dim)
-            row = self.weights[first] + (PROTOTYPE_NOISE / np.sqrt(self.dim)) * noise
-            self.weights = np.insert(self.weights, first + have, row.astype(np.float32), axis=0)
-            self.rows[y] += 1
-            self._starts = self._first_rows()
+        if have >= self.prototypes:
+            return
+        first = int(self._starts[y])
+        noise = np.random.default_rng((y, have)).standard_normal(self.dim)
+        row = self.weights[first] + (PROTOTYPE_NOISE / np.sqrt(self.dim)) * noise
+        self.weights = np.insert(self.weights, first + have, row.astype(np.float32), axis=0)
+        self.rows[y] += 1
+        self._starts = self._first_rows()
 
     # -- learning ---------------------------------------------------------------------
 
@@ -408,11 +443,15 @@ class PassiveAggressiveClassifier:
         vec = np.ascontiguousarray(x, dtype=np.float32)
         if self.center:
             vec = self._centred(vec[None, :], learn=True)[0]
+        known = label in self._index
         y = self.add_class(label)
         self._count(y)
         sq_norm = float(vec @ vec)
-        for _ in range(num_iters):
-            if self._update(vec, y, sq_norm)[0] == 0.0:
+        for k in range(num_iters):
+            loss, correct = self._update(vec, y, sq_norm)
+            if k == 0 and known and not correct:
+                self._missed(y)
+            if loss == 0.0:
                 break  # passive from here on: later passes would not move either
 
     def check_examples(self, M: npt.NDArray[np.float32], labels: Sequence[str]) -> None:
@@ -448,6 +487,8 @@ class PassiveAggressiveClassifier:
             self._count(y)
             loss, correct = self._update(row, y, sq)
             prior_correct.append(known and correct)
+            if known and not correct:
+                self._missed(y)
             moved = moved or loss > 0.0
         ys = [self._index[label] for label in labels]
         for _ in range(num_iters - 1):

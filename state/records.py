@@ -184,6 +184,19 @@ def _running_mean(hyper: dict[str, Any], dim: int) -> dict[str, Any]:
     return {**hyper, "_mean": {**state, **arrays}}
 
 
+def _checked_misses(hyper: dict[str, Any], n: int) -> dict[str, Any]:
+    """``hyper`` after checking its miss counts (``_misses``, one per class, kept by a
+    learner that grows on misses)."""
+    misses = hyper.get("_misses")
+    if misses is None:
+        return hyper
+    if not isinstance(misses, list) or len(misses) != n:
+        raise RecordFormatError(f"corrupt record header: misses {misses!r} for {n} classes")
+    for value in misses:
+        _int(value, "misses")
+    return hyper
+
+
 def decode_record(data: bytes) -> ClassifierRecord:
     version, header, body = _split(data)
     if version not in READABLE_VERSIONS:
@@ -307,7 +320,7 @@ def _from_header(header: Any, body: bytes) -> ClassifierRecord:
         samples_seen=_int(header["samples_seen"], "samples_seen"),
         applied={str(k): _int(v, "an applied offset") for k, v in header["applied"].items()},
         recent=recent,
-        hyper=_running_mean(dict(header["hyper"]), dim),
+        hyper=_checked_misses(_running_mean(dict(header["hyper"]), dim), n),
         rows=rows,
         seen=seen,
     )

@@ -61,17 +61,23 @@ def train_stream(
     seed: int, classifiers: int = 4, per: int = 10, size: int = 20
 ) -> list[tuple[str, dict]]:
     """(classifier_id, body) pairs in production order; ids are fixed per seed. A
-    classifier gets ``per * size`` examples over 4 labels: about 50 a label, so most
-    labels grow a second prototype (every 40 examples) somewhere mid-stream."""
+    classifier gets ``per * size`` examples over 4 labels: about 50 a label, each text 4
+    words of its label's own 5 and 2 of any, so labels are missed early and grow prototypes
+    (every 5 misses) mid-stream, and are then learned with clear margins. (Labels drawn at
+    random, unlearnable, leave so many near ties that the last-bit differences between two
+    runs' embeddings, batched differently, flip some predictions, and with them which
+    prototypes learn.)"""
     rng = random.Random(seed)
     ids = [str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(classifiers)]
     stream = []
     for step in range(per):
         for cid in ids:
-            examples = [
-                {"text": " ".join(rng.choices(WORDS, k=6)), "label": f"team{rng.randint(1, 4)}"}
-                for _ in range(size)
-            ]
+            examples = []
+            for _ in range(size):
+                team = rng.randint(1, 4)
+                words = rng.choices(WORDS[5 * (team - 1) : 5 * team], k=4) + rng.choices(WORDS, k=2)
+                rng.shuffle(words)
+                examples.append({"text": " ".join(words), "label": f"team{team}"})
             body: dict = {"input": examples, "num_iters": 5}
             if step == 0:
                 body["model"] = "jina-embeddings-v3"
@@ -160,6 +166,8 @@ def assert_same(
         assert got.samples_seen == ref.samples_seen
         assert got.labels == ref.labels
         assert (got.rows, got.seen) == (ref.rows, ref.seen)  # prototypes grew alike
+        assert got.hyper.get("_misses") == ref.hyper.get("_misses")
+        assert got.recent == ref.recent  # every example predicted alike before learning it
         np.testing.assert_allclose(got.weights, ref.weights, atol=2e-3, rtol=1e-3)
     assert any(r > 1 for ref in reference.values() for r in ref.rows)  # growth was tested
 

@@ -1,7 +1,8 @@
 """Prototypes per class (models.fewshot) and their validation sweep (benchmarks/prototypes.py).
 
-More prototypes appear only after ``grow`` examples of a class and can then fit what one
-linear score per class cannot; with growth never reached the classifier is the linear one.
+More prototypes appear only after ``grow`` examples of a class (or ``grow_misses`` misses)
+and can then fit what one linear score per class cannot; with growth never reached the
+classifier is the linear one.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ def xor_task(n: int = 240, dim: int = 8, seed: int = 1) -> Task:
 
 
 def accuracy(task: Task, prototypes: int, grow: int) -> tuple[float, list[int]]:
-    """Test accuracy on the XOR layout, and the prototypes each class ended with."""
-    settings = dataclasses.replace(TEXT_LEARNER, prototypes=prototypes, grow=grow)
+    """Test accuracy on the XOR layout, and the prototypes each class ended with (growing
+    on examples)."""
+    settings = dataclasses.replace(TEXT_LEARNER, prototypes=prototypes, grow=grow, grow_misses=0)
     clf = train_shipped(task, settings)
     truth = (task.X_test[:, 0] * task.X_test[:, 1] < 0).astype(np.int64)
     return float(np.mean(class_indices(clf, task.classes, task.X_test) == truth)), clf.rows
@@ -50,10 +52,46 @@ def test_prototypes_grow_and_fit_a_non_linear_split() -> None:
     assert one < 0.75  # one linear score per class cannot
     assert two > 0.95
     # never grown (each class sees fewer than `grow` examples): exactly the linear answer
-    never = train_shipped(task, dataclasses.replace(TEXT_LEARNER, prototypes=4, grow=10_000))
-    linear = train_shipped(task, dataclasses.replace(TEXT_LEARNER, prototypes=1, grow=0))
+    on_examples = dataclasses.replace(TEXT_LEARNER, grow_misses=0)
+    never = train_shipped(task, dataclasses.replace(on_examples, prototypes=4, grow=10_000))
+    linear = train_shipped(task, dataclasses.replace(on_examples, prototypes=1, grow=0))
     assert never.rows == [1, 1]
     np.testing.assert_array_equal(never.weights, linear.weights)
+
+
+def test_growing_on_misses_leaves_a_class_linear_until_it_is_missed() -> None:
+    # two classes one linear score separates: nothing is ever missed after the first
+    # example of each, so neither class grows however many examples it learns
+    clf = PassiveAggressiveClassifier(dim=2, C=1.0, prototypes=3, grow=1, grow_misses=2)
+    for x, label in [([1, 0.1], "a"), ([-1, 0.1], "b")] * 20:
+        clf.learn_one(x, label)
+    assert (clf.rows, clf.misses, clf.seen) == ([1, 1], [0, 0], [20, 20])
+    # the XOR layout keeps missing: classes grow, every second miss, up to 3 prototypes
+    task = xor_task()
+    xor = dataclasses.replace(TEXT_LEARNER, prototypes=3, grow=10_000, grow_misses=2)
+    grown = train_shipped(task, xor)
+    assert grown.rows == [3, 3]
+    assert min(grown.misses) >= 4  # the third prototype came at the fourth miss
+    truth = (task.X_test[:, 0] * task.X_test[:, 1] < 0).astype(np.int64)
+    assert np.mean(class_indices(grown, task.classes, task.X_test) == truth) > 0.95
+    # ``grow`` counts nothing when growing on misses: 10,000 examples were never reached
+    never = dataclasses.replace(xor, grow_misses=0)
+    assert train_shipped(task, never).rows == [1, 1]
+
+
+def test_misses_are_counted_on_first_passes_only() -> None:
+    # an "a" deep in b's half stays missed through all three small steps: one miss, as
+    # its prequential outcome is one, by either way in
+    for one_by_one in (False, True):
+        clf = PassiveAggressiveClassifier(dim=2, C=0.01, prototypes=2, grow_misses=5)
+        clf.learn_many([[1.0, 0.0], [-1.0, 0.0]] * 10, ["a", "b"] * 10, num_iters=10)
+        assert clf.misses == [0, 0]
+        if one_by_one:
+            clf.learn_one([-1.0, 0.0], "a", num_iters=3)
+        else:
+            assert clf.learn_many([[-1.0, 0.0]], ["a"], num_iters=3) == [False]
+        assert clf.predict_one([-1.0, 0.0]) == "b"  # still missed after the three passes
+        assert clf.misses == [1, 0]
 
 
 def test_scores_are_each_class_best_prototype() -> None:
@@ -95,9 +133,10 @@ def test_the_sweep_chooses_prototypes_where_they_help() -> None:
 def test_each_stage_sweeps_on_the_settings_it_was_chosen_on(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The prototypes were chosen before whitening and fading, so their stage runs without
-    them (and reproduces its recorded results); the whitening stage runs without fading,
-    the fading stage (text only) on the shipped settings."""
+    """The prototypes were chosen before whitening, fading and growing on misses, so their
+    stage runs without them (and reproduces its recorded results); the whitening stage
+    runs without fading or misses, the fading stage (text only) without misses, and the
+    misses stage on the shipped settings."""
     import benchmarks.prototypes as stages
     from state.classifiers import IMAGE_LEARNER
 
@@ -114,15 +153,20 @@ def test_each_stage_sweeps_on_the_settings_it_was_chosen_on(
         lambda study: ({"text": "text", "image": "image"}, {"text": [], "image": []}, {}),
     )
     study = stages.Study(datasets=[], models=[])
-    for name in ("prototypes", "whiten", "fade"):
+    for name in ("prototypes", "whiten", "fade", "misses"):
         stages.run(study, stage=stages.STAGES[name], progress=False)
-    (early, prototypes), (late, whitening) = bases["image"]
+    (early, prototypes), (late, whitening), (image_shipped, misses) = bases["image"]
     assert prototypes == stages.SETTINGS
     assert early.whiten == 0.0
     assert whitening == stages.WHITEN_SETTINGS
-    assert late == IMAGE_LEARNER
+    assert late == dataclasses.replace(IMAGE_LEARNER, grow_misses=0)
     assert late.whiten > 0
-    (text_early, _), (text_late, _), (shipped, fading) = bases["text"]
+    assert misses == stages.MISSES_SETTINGS
+    assert image_shipped == IMAGE_LEARNER
+    (text_early, _), (text_late, _), (before_misses, fading), (shipped, _) = bases["text"]
     assert fading == stages.FADE_SETTINGS
+    assert before_misses == dataclasses.replace(TEXT_LEARNER, grow_misses=0)
     assert shipped == TEXT_LEARNER
+    assert shipped.grow_misses > 0
     assert text_early.warm_start_fade == text_late.warm_start_fade == 0.0
+    assert text_early.grow_misses == text_late.grow_misses == 0

@@ -311,6 +311,42 @@ def test_growth_is_deterministic_so_a_replay_gives_the_same_state() -> None:
     assert encode_record(kept) == encode_record(restarted)
 
 
+def test_miss_counts_live_in_the_record_so_growth_survives_a_restart() -> None:
+    # classes that keep being missed (random labels): they grow on misses, and the counts
+    # that decide it are read back from the record after every request
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((60, DIM)).astype(np.float32)
+    y = [str(v) for v in rng.choice(["a", "b", "c"], 60)]
+    hyper: dict[str, object] = {
+        "prototypes": 3, "grow": 1_000, "grow_misses": 3, "center": True, "scale": True,
+    }  # fmt: skip
+    requests = [(0, 9), (9, 31), (31, 60)]
+    kept = trained(hyper, X, y, requests, restart=False)
+    restarted = trained(hyper, X, y, requests, restart=True)
+    assert encode_record(kept) == encode_record(restarted)
+    misses = restarted.hyper["_misses"]
+    assert len(misses) == 3
+    assert min(misses) >= 6  # so each class reached its third row
+    assert restarted.rows == [3, 3, 3]
+    # a record that grows on examples keeps no miss counts
+    on_examples = trained({"prototypes": 2, "grow": 4}, X, y, requests, restart=True)
+    assert "_misses" not in on_examples.hyper
+
+
+def test_corrupt_miss_counts_are_refused() -> None:
+    rec = fresh()
+    rec.hyper.update({"prototypes": 2, "grow": 1, "grow_misses": 2})
+    apply_examples(
+        rec, np.eye(2, DIM, dtype=np.float32), ["a", "b"], num_iters=1, label_vectors=None,
+        source="t:0", offset=0, now=1.0,
+    )  # fmt: skip
+    assert rec.hyper["_misses"] == [0, 0]
+    for bad in ([0], [0, -1], [0, "x"], "00"):
+        rec.hyper["_misses"] = bad
+        with pytest.raises(RecordFormatError, match="corrupt record header"):
+            decode_record(encode_record(rec))
+
+
 @pytest.mark.parametrize(
     ("old", "new"),
     [
