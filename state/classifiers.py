@@ -139,6 +139,7 @@ def learner(record: ClassifierRecord) -> PassiveAggressiveClassifier:
     """The record's classifier (weights copied: the record is only changed on success)."""
     h = record.hyper
     mean = h.get("_mean")  # learning state of a centring classifier, kept beside _replay
+    misses = list(h.get("_misses", []))  # fewer than classes if an older worker added some
     return PassiveAggressiveClassifier(
         dim=record.dim,
         C=float(h.get("C", 1.0)),
@@ -164,7 +165,7 @@ def learner(record: ClassifierRecord) -> PassiveAggressiveClassifier:
         # records from before grow on examples (and a worker from before grows a record
         # that grows on misses by its ``grow`` examples, the setting before)
         grow_misses=int(h.get("grow_misses", 0)),
-        misses=list(h.get("_misses", [])),
+        misses=misses + [0] * (len(record.labels) - len(misses)),
     )
 
 

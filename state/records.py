@@ -186,11 +186,13 @@ def _running_mean(hyper: dict[str, Any], dim: int) -> dict[str, Any]:
 
 def _checked_misses(hyper: dict[str, Any], n: int) -> dict[str, Any]:
     """``hyper`` after checking its miss counts (``_misses``, one per class, kept by a
-    learner that grows on misses)."""
+    learner that grows on misses). Fewer counts than classes are fine: a worker from
+    before growing on misses adds classes and keeps the counts it does not know as they
+    were (classes are only ever appended; the new ones start at none)."""
     misses = hyper.get("_misses")
     if misses is None:
         return hyper
-    if not isinstance(misses, list) or len(misses) != n:
+    if not isinstance(misses, list) or len(misses) > n:
         raise RecordFormatError(f"corrupt record header: misses {misses!r} for {n} classes")
     for value in misses:
         _int(value, "misses")

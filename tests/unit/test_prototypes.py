@@ -79,6 +79,35 @@ def test_growing_on_misses_leaves_a_class_linear_until_it_is_missed() -> None:
     assert train_shipped(task, never).rows == [1, 1]
 
 
+def test_a_class_grows_at_each_multiple_of_grow_misses_after_its_step() -> None:
+    # "a" learns at (1, 0) and "b" at (-1, 0); then each "a" at (-1, 0), deep in b's
+    # half, is a miss that a small step (C 0.01) cannot undo
+    clf = PassiveAggressiveClassifier(dim=2, C=0.01, prototypes=3, grow_misses=2)
+    clf.learn_many([[1.0, 0.0], [-1.0, 0.0]] * 10, ["a", "b"] * 10, num_iters=10)
+    rows = []
+    for _ in range(5):
+        first = clf.weights[0].copy()
+        clf.learn_one([-1.0, 0.0], "a")
+        rows.append(clf.rows[0])
+        if rows == [1, 2]:
+            # the new prototype: the first one after the step of the miss that grew it,
+            # plus noise
+            stepped = first + np.float32(0.01) * np.array([-1.0, 0.0], np.float32)
+            np.testing.assert_allclose(clf.weights[0], stepped, rtol=1e-6)
+            assert 0 < np.linalg.norm(clf.weights[1] - stepped) < 0.5
+    assert clf.predict_one([-1.0, 0.0]) == "b"  # every one of the five was a miss
+    assert clf.misses[0] == 5
+    assert rows == [1, 2, 2, 3, 3]  # at 2 misses, then at 2 x 2 (the cap: 3)
+
+
+def test_the_settings_that_grow_on_misses_are_checked() -> None:
+    PassiveAggressiveClassifier(dim=2, prototypes=2, grow=0, grow_misses=3)  # grow unused
+    for bad in ({"grow_misses": -1}, {"misses": [0]}, {"misses": [0, -2]}):
+        kwargs: dict[str, Any] = {"labels": ["a", "b"], "prototypes": 2, "grow_misses": 3}
+        with pytest.raises(ValueError, match="miss"):
+            PassiveAggressiveClassifier(dim=2, **(kwargs | bad))
+
+
 def test_misses_are_counted_on_first_passes_only() -> None:
     # an "a" deep in b's half stays missed through all three small steps: one miss, as
     # its prequential outcome is one, by either way in

@@ -333,6 +333,30 @@ def test_miss_counts_live_in_the_record_so_growth_survives_a_restart() -> None:
     assert "_misses" not in on_examples.hyper
 
 
+def test_a_class_an_older_worker_added_starts_with_no_misses() -> None:
+    # a worker from before growing on misses keeps ``_misses`` as it found it while it
+    # appends classes: the next worker reads the shorter list, the new classes at none
+    rec = fresh()
+    rec.hyper.update({"prototypes": 2, "grow": 40, "grow_misses": 2})
+    X = np.eye(3, DIM, dtype=np.float32)
+    apply_examples(
+        rec, X[:2], ["a", "b"], num_iters=1, label_vectors=None, source="t:0", offset=0,
+        now=1.0,
+    )  # fmt: skip
+    rec.hyper["_misses"] = [3, 1]  # what the newer worker kept
+    rec.labels.append("c")  # what the older worker added (one zero prototype)
+    rec.rows.append(1)
+    rec.seen.append(1)
+    rec.weights = np.concatenate([rec.weights, np.zeros((1, DIM), np.float32)])
+    back = decode_record(encode_record(rec))
+    assert learner(back).misses == [3, 1, 0]
+    apply_examples(
+        back, X[2:], ["c"], num_iters=1, label_vectors=None, source="t:0", offset=1, now=2.0,
+    )  # fmt: skip
+    assert back.hyper["_misses"][:2] == [3, 1]
+    assert len(back.hyper["_misses"]) == 3
+
+
 def test_corrupt_miss_counts_are_refused() -> None:
     rec = fresh()
     rec.hyper.update({"prototypes": 2, "grow": 1, "grow_misses": 2})
@@ -341,7 +365,7 @@ def test_corrupt_miss_counts_are_refused() -> None:
         source="t:0", offset=0, now=1.0,
     )  # fmt: skip
     assert rec.hyper["_misses"] == [0, 0]
-    for bad in ([0], [0, -1], [0, "x"], "00"):
+    for bad in ([0, 0, 0], [0, -1], [0, "x"], "00"):  # more counts than classes, ...
         rec.hyper["_misses"] = bad
         with pytest.raises(RecordFormatError, match="corrupt record header"):
             decode_record(encode_record(rec))
