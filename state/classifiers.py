@@ -162,8 +162,7 @@ def learner(record: ClassifierRecord) -> PassiveAggressiveClassifier:
         rows=list(record.rows),
         seen=list(record.seen),
         fade=float(h.get("warm_start_fade", 0.0)),  # records from before fading: none
-        # records from before grow on examples (and a worker from before grows a record
-        # that grows on misses by its ``grow`` examples, the setting before)
+        # records from before grow on examples (as does an older worker: it ignores the key)
         grow_misses=int(h.get("grow_misses", 0)),
         misses=misses + [0] * (len(record.labels) - len(misses)),
     )
