@@ -84,6 +84,10 @@ class ClassifierRecord:
     """Weight rows (prototypes) per label; empty means one each."""
     seen: list[int] = field(default_factory=list)
     """Examples learned per label (first passes); empty means none yet."""
+    used_number: int = 0
+    """Few-shot classify requests answered with it (as workers report them: ``streams.usage``)."""
+    used_at: float | None = None
+    """When the last of them was answered (epoch seconds); None before the first."""
 
     @classmethod
     def new(
@@ -136,6 +140,12 @@ def encode_record(record: ClassifierRecord) -> bytes:
         "applied": record.applied,
         "recent": record.recent,
         "hyper": record.hyper,
+        # only once used: records never classified with encode as before
+        **(
+            {"used_number": record.used_number, "used_at": record.used_at}
+            if record.used_number
+            else {}
+        ),
     }
     head = json.dumps(header, ensure_ascii=False, separators=(",", ":"), default=_listed).encode()
     whitens = float(record.hyper.get("whiten", 0.0) or 0.0) > 0
@@ -325,4 +335,14 @@ def _from_header(header: Any, body: bytes) -> ClassifierRecord:
         hyper=_checked_misses(_running_mean(dict(header["hyper"]), dim), n),
         rows=rows,
         seen=seen,
+        used_number=_int(header.get("used_number", 0), "used_number"),
+        used_at=_used_at(header.get("used_at")),
     )
+
+
+def _used_at(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise RecordFormatError(f"corrupt record header: used_at is {value!r}")
+    return float(value)

@@ -26,6 +26,7 @@ from streams.producer import OutputProducer
 from streams.records import dead_letter, decode_json_object, parse_classify, request_id_of
 from streams.service import ClassifyService
 from streams.settings import Settings
+from streams.usage import UsageCounter
 
 log = logging.getLogger(__name__)
 
@@ -245,11 +246,13 @@ class ClassifyHandler:
         keys: KeyRing,
         output: OutputProducer,
         observer: Observer,
+        usage: UsageCounter | None = None,
     ) -> None:
         self.settings = settings
         self.service = service
         self.keys = keys
         self.output = output
+        self.usage = usage
         self.predictions = settings.topic("predictions")
         self.errors = settings.topic("errors")
         self.observer = observer
@@ -271,6 +274,8 @@ class ClassifyHandler:
                 )
             response = await self.service.classify(request, owner)
             await self.output.send(self.predictions, request_id, encode(response))
+            if request.classifier_id is not None and self.usage is not None:
+                self.usage.count(request.classifier_id)
         except Exception as exc:  # every failure becomes a dead letter
             await send_dead_letter(self.output, self.errors, self.observer, event, request_id, exc)
             return

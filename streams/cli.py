@@ -435,7 +435,7 @@ def classifiers_list(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the listing")] = 60.0,
 ) -> None:
-    """Your classifiers: id, model, labels, access, version, samples, times."""
+    """Your classifiers: id, model, labels, access, version, samples, uses, times."""
     from streams.app import classifier_changelog_topic
     from streams.auth import hash_key
     from streams.replica import ClassifierReplica
@@ -499,6 +499,7 @@ def _print_listing(rows: list[dict[str, Any]]) -> None:
         "access",
         "version",
         "samples",
+        "used",
         "updated",
         "accuracy",
     )
@@ -511,6 +512,7 @@ def _print_listing(rows: list[dict[str, Any]]) -> None:
             r["access"],
             str(r["version"]),
             str(r["samples_seen"]),
+            str(r["used_number"]),
             r["updated_at"],
             "-" if acc is None else f"{acc:.2f}",
         )
@@ -528,8 +530,10 @@ def summary(record: Any) -> dict[str, Any]:
         "access": record.access,
         "version": record.version,
         "samples_seen": record.samples_seen,
+        "used_number": record.used_number,
         "created_at": iso(record.created_at),
         "updated_at": iso(record.updated_at),
+        "used_at": None if record.used_at is None else iso(record.used_at),
         "prequential_accuracy": record.prequential_accuracy,
     }
 

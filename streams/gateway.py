@@ -647,9 +647,11 @@ def summary(record: ClassifierRecord) -> ClassifierSummary:
         labels=list(record.labels),
         access=record.access,
         updated_number=record.version,
+        used_number=record.used_number,
         num_samples=record.samples_seen,
         created_at=iso_time(record.created_at),
         updated_at=iso_time(record.updated_at),
+        used_at=None if record.used_at is None else iso_time(record.used_at),
         prequential_accuracy=record.prequential_accuracy,
     )
 

@@ -143,9 +143,14 @@ class ClassifierSummary(BaseModel):
     labels: list[str]
     access: str
     updated_number: int = Field(description="Train requests applied (the version).")
+    used_number: int = Field(
+        description="Few-shot classify requests answered with it (reported by workers every "
+        "SHOTSTREAM_USAGE_FLUSH_S, 10 s)."
+    )
     num_samples: int = Field(description="Examples learned.")
     created_at: str
     updated_at: str
+    used_at: str | None = None
     is_active: bool = True
     is_latest: bool = True
     prequential_accuracy: float | None = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -258,6 +259,18 @@ class DeleteRequest:
     classifier_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class UsageRequest:
+    """``{"action": "usage", "count": n, "used_at": t}`` on the train topic: a worker reports
+    how many few-shot classify requests it answered with a classifier since its last report
+    (``streams.usage``), for the owner of the classifier's partition to add to the record."""
+
+    request_id: str
+    classifier_id: str
+    count: int
+    used_at: float
+
+
 ACCESS_LEVELS = ("private", "public")
 MAX_NUM_ITERS = 1000
 MAX_CLASSIFIER_ID_CHARS = 256
@@ -278,8 +291,9 @@ def _checked_id(value: str | None, name: str) -> str | None:
 
 def parse_train(
     body: Mapping[str, Any], limits: LimitSettings, *, request_id: str, key: bytes | None
-) -> TrainRequest | DeleteRequest:
-    """Validate a train body (Jina's ``/v1/train`` plus ``request_id``, or a delete)."""
+) -> TrainRequest | DeleteRequest | UsageRequest:
+    """Validate a train body (Jina's ``/v1/train`` plus ``request_id``, a delete, or a
+    worker's usage report)."""
     classifier_id = _checked_id(_optional_str(body, "classifier_id"), "classifier_id")
     keyed = None
     if key is not None:
@@ -309,8 +323,21 @@ def parse_train(
         action = "train"
     if action == "delete":
         return DeleteRequest(request_id, classifier_id)
+    if action == "usage":
+        count, used_at = body.get("count"), body.get("used_at")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise RequestError(ErrorCode.INPUT_INVALID, "a usage report's count must be >= 1")
+        if (
+            isinstance(used_at, bool)
+            or not isinstance(used_at, int | float)
+            or not 0 <= used_at < math.inf
+        ):
+            raise RequestError(ErrorCode.INPUT_INVALID, "a usage report needs a time 'used_at'")
+        return UsageRequest(request_id, classifier_id, count, float(used_at))
     if action != "train":
-        raise RequestError(ErrorCode.INPUT_INVALID, "action must be 'train' or 'delete'")
+        raise RequestError(
+            ErrorCode.INPUT_INVALID, "action must be 'train' or 'delete' (or a worker's 'usage')"
+        )
     examples = []
     for index, item in enumerate(_input_list(body.get("input"), limits)):
         label = item.get("label") if isinstance(item, Mapping) else None

@@ -47,6 +47,7 @@ from streams.producer import OutputProducer
 from streams.records import (
     DeleteRequest,
     TrainRequest,
+    UsageRequest,
     decode_json_object,
     parse_train,
     request_id_of,
@@ -259,6 +260,12 @@ class TrainHandler:
                 # a delete finds nothing off its key's partition but what was put there
                 # before this check (by a librdkafka client, say): the owner may remove it
                 self._check_partition(message, request.classifier_id)
+            if isinstance(request, UsageRequest):
+                # a worker's report, not a caller's request: no key, and no answer
+                async with turn:
+                    sent = self._use(request, message)
+                await delivered(sent, functools.partial(self._write_again, request.classifier_id))
+                return
             owner = owner_or_refusal(
                 self.keys, header_value(message.headers, "authorization"), "few-shot training"
             )
@@ -505,6 +512,25 @@ class TrainHandler:
             check_embedded(label_vectors.vectors, spec.name, "label", labels)
             by_label = dict(zip(labels, label_vectors.vectors, strict=True))
         return embedded.vectors, by_label, embedded.tokens * request.num_iters, spec.name
+
+    def _use(self, request: UsageRequest, message: Message) -> Awaitable[Any] | None:
+        """Add a worker's usage report to its classifier (once: a redelivered report is at
+        or behind the source offset the record holds); nothing for one deleted since, or
+        one this worker cannot read. Neither the version nor ``updated_at`` change."""
+        raw = self.table.get(request.classifier_id.encode())
+        if raw is None:
+            return None
+        try:
+            record = decode_record(raw)
+        except RecordFormatError:
+            return None  # its owner learns of that from its next train request
+        source, offset = f"{message.topic}:{message.partition}", message.offset
+        if record.applied.get(source, -1) >= offset:
+            return None
+        record.used_number += request.count
+        record.used_at = max(record.used_at or 0.0, request.used_at)
+        record.applied[source] = offset
+        return self._write(record)
 
     def _delete(self, request: DeleteRequest, owner: str) -> dict[str, Any]:
         raw = self.table.get(request.classifier_id.encode())

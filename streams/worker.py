@@ -35,8 +35,12 @@ from streams.replica import ClassifierReplica
 from streams.service import ClassifyService
 from streams.settings import EMBEDDED_FETCH_MAX_WAIT_MS, TOPICS, Settings
 from streams.training import TrainHandler
+from streams.usage import UsageCounter
 
 log = logging.getLogger("shotstream.worker")
+
+USAGE_LAST_S = 5.0
+"""How long a stopping worker tries to report its last few-shot uses."""
 
 
 def plan_compute(settings: Settings, device: str) -> int:
@@ -93,7 +97,8 @@ def build_worker(settings: Settings) -> tuple[ShotstreamApp, ClassifyService, Pr
     if not len(keys):
         log.warning("%s: every few-shot classify and train record is refused", NO_KEYS)
     output = OutputProducer(settings, observer)
-    classify = ClassifyHandler(settings, service, keys, output, observer)
+    usage = UsageCounter()
+    classify = ClassifyHandler(settings, service, keys, output, observer, usage=usage)
     train = TrainHandler(
         settings,
         service,
@@ -122,6 +127,10 @@ def build_worker(settings: Settings) -> tuple[ShotstreamApp, ClassifyService, Pr
     @app.timer(1.0)  # type: ignore[untyped-decorator]  # faust types it loosely
     async def _heartbeat() -> None:
         observer.on_heartbeat()
+
+    @app.timer(settings.usage_flush_s)  # type: ignore[untyped-decorator]  # faust types it loosely
+    async def _report_usage() -> None:
+        await usage.report(output, settings.topic("train"))
 
     @app.task  # type: ignore[untyped-decorator]  # faust types it loosely
     async def _follow_classifiers() -> None:
@@ -161,6 +170,10 @@ def build_worker(settings: Settings) -> tuple[ShotstreamApp, ClassifyService, Pr
     @app.on_before_shutdown.connect  # type: ignore[arg-type]  # faust types receivers as sync
     async def _close(sender: faust.App, **_: object) -> None:
         observer.on_state("stopping")
+        try:  # the uses not reported yet; a broker away must not hold the shutdown
+            await asyncio.wait_for(usage.report(output, settings.topic("train")), USAGE_LAST_S)
+        except TimeoutError:
+            log.warning("could not report the last uses of few-shot classifiers in time")
         await service.aclose()
         await replica.stop()
         await output.stop()

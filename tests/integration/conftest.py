@@ -75,6 +75,7 @@ def worker(
         model_cache,
         SHOTSTREAM_IMAGES__CLIP_MODEL=str(tiny_clip),
         SHOTSTREAM_IMAGES__ALLOW_LIST='["127.0.0.1/32"]',  # the tests' local image server
+        SHOTSTREAM_USAGE_FLUSH_S="1",  # few-shot uses reach the listing within a second
     )
     proc = WorkerProcess(env, data / "worker.log").start()
     try:

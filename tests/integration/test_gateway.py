@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -338,6 +339,32 @@ def test_listing_reads_its_own_writes(gateway: str) -> None:
     httpx.delete(f"{gateway}/v1/classifiers/{cid}", headers=bearer(erin))
     rows = httpx.get(f"{gateway}/v1/classifiers", headers=bearer(erin)).json()
     assert all(r["classifier_id"] != cid for r in rows)
+
+
+def test_the_listing_counts_few_shot_uses(gateway: str) -> None:
+    """Workers report their few-shot answers per classifier (every second here, 10 s by
+    default) to its owner, who adds them to the record the listing reads."""
+    erin = API_KEYS["erin"]
+    train = [{"text": "the soup was cold", "label": "food"}, {"text": "slow", "label": "service"}]
+    created = post(f"{gateway}/v1/train", {"model": "jina-embeddings-v3", "input": train}, erin)
+    cid = created.json()["classifier_id"]
+
+    def row() -> dict[str, Any]:
+        rows = httpx.get(f"{gateway}/v1/classifiers", headers=bearer(erin)).json()
+        return next(r for r in rows if r["classifier_id"] == cid)
+
+    assert (row()["used_number"], row()["used_at"]) == (0, None)
+    for _ in range(3):
+        answer = post(f"{gateway}/v1/classify", {"classifier_id": cid, "input": ["hm"]}, erin)
+        assert answer.status_code == 200, answer.text
+    deadline = time.monotonic() + 60
+    while row()["used_number"] < 3 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    used = row()
+    assert used["used_number"] == 3
+    assert used["used_at"] >= used["created_at"]
+    assert used["updated_number"] == 1  # a use is not an update
+    httpx.delete(f"{gateway}/v1/classifiers/{cid}", headers=bearer(erin))
 
 
 def test_rate_limits_per_key(gateway: str) -> None:

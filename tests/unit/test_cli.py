@@ -310,12 +310,14 @@ def test_a_piped_listing_keeps_every_column_whole(capsys: pytest.CaptureFixture[
         "access": "private",
         "version": 12,
         "samples_seen": 345,
+        "used_number": 6789,
         "updated_at": "2026-11-24T04:30:00Z",
         "prequential_accuracy": 0.875,
     }
     _print_listing([row])
     out = capsys.readouterr().out
-    for shown in ("multilingual-e5-small", "samples", "updated", "accuracy", "0.88", "345"):
+    shown_all = ("multilingual-e5-small", "samples", "used", "updated", "accuracy", "0.88", "345")
+    for shown in (*shown_all, "6789"):
         assert shown in out
     assert "2026-11-24T04:30:00Z" in out
     assert "account access" in out

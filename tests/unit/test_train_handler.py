@@ -22,6 +22,7 @@ from streams.agents import RequestAgent
 from streams.auth import KeyRing, hash_key
 from streams.errors import ErrorCode, RequestError
 from streams.observer import Observer
+from streams.records import parse_train
 from streams.replica import ClassifierReplica
 from streams.settings import Settings
 from streams.training import TrainHandler, key_partition
@@ -526,3 +527,62 @@ def test_an_update_only_request_never_creates_the_classifier_it_names() -> None:
     }
     assert b"typo" not in table
     assert stored(table).labels == ["a", "b"]
+
+
+def usage(count: int, at: float, cid: str = "x") -> dict[str, Any]:
+    return {"action": "usage", "request_id": f"u{at}", "classifier_id": cid, "count": count,
+            "used_at": at}  # fmt: skip
+
+
+def test_usage_reports_add_up_once_each_without_an_answer_or_a_new_version() -> None:
+    train_handler, table, output = handler({})
+    run(train_handler, [event(0, train("r0", "a"), "x")])
+    before = stored(table)
+    run(
+        train_handler,
+        [
+            event(1, usage(3, 5000.0), "x", api_key=""),  # a worker's report carries no key
+            event(2, usage(2, 4000.0), "x", api_key=""),  # an older last use keeps the newer
+            event(2, usage(2, 4000.0), "x", api_key=""),  # redelivered: not added again
+            event(3, usage(7, 6000.0, cid="gone"), "gone", api_key=""),  # unknown: nothing
+        ],
+    )
+    record = stored(table)
+    assert (record.used_number, record.used_at) == (5, 5000.0)
+    assert (record.version, record.updated_at) == (before.version, before.updated_at)
+    assert record.weights.tobytes() == before.weights.tobytes()
+    assert output.answers() == {"r0": 1}  # neither an answer nor a dead letter for a report
+    assert b"gone" not in table
+    again = decode_record(encode_record(record))
+    assert (again.used_number, again.used_at) == (5, 5000.0)
+    # a train request after the reports keeps the counts, and they keep nothing else
+    run(train_handler, [event(4, train("r4", "b"), "x")])
+    assert (stored(table).version, stored(table).used_number) == (2, 5)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"count": 0},
+        {"count": 1.5},
+        {"count": True},
+        {"used_at": None},
+        {"used_at": "now"},
+        {"used_at": -1},
+    ],
+)
+def test_a_malformed_usage_report_is_a_dead_letter(bad: dict[str, Any]) -> None:
+    train_handler, table, output = handler({})
+    raw = orjson.dumps({**usage(3, 5000.0), **bad})
+    run(train_handler, [event(0, train("r0", "a"), "x"), event(1, raw, "x", api_key="")])
+    assert output.answers()["u5000.0"] == "INPUT_INVALID", output.answers()
+    assert stored(table).used_number == 0
+
+
+@pytest.mark.parametrize("used_at", [float("nan"), float("inf")])
+def test_a_usage_report_at_no_real_time_is_refused(used_at: float) -> None:
+    # a JSON decoder that reads NaN or Infinity would hand it on; a record holding one
+    # could not be read back
+    with pytest.raises(RequestError, match="used_at"):
+        parse_train({**usage(1, 0.0), "used_at": used_at}, Settings().limits, request_id="u",
+                    key=b"x")  # fmt: skip
