@@ -325,8 +325,10 @@ def parse_train(
         return DeleteRequest(request_id, classifier_id)
     if action == "usage":
         count, used_at = body.get("count"), body.get("used_at")
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise RequestError(ErrorCode.INPUT_INVALID, "a usage report's count must be >= 1")
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 2**31:
+            raise RequestError(
+                ErrorCode.INPUT_INVALID, "a usage report's count must be 1 to 2,147,483,648"
+            )
         if (
             isinstance(used_at, bool)
             or not isinstance(used_at, int | float)

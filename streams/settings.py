@@ -289,9 +289,9 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] | None = None
     """Shortcut for ``models.device``."""
     log_level: str = "info"
-    usage_flush_s: float = Field(10.0, gt=0)
+    usage_flush_s: float = Field(10.0, ge=0)
     """How often a worker reports its few-shot classify counts per classifier (the listing's
-    ``used_number`` and ``used_at``) to the classifiers' owners."""
+    ``used_number`` and ``used_at``) to the classifiers' owners; 0: never (no counts)."""
 
     batching: BatchingSettings = BatchingSettings()
     limits: LimitSettings = LimitSettings()

@@ -514,9 +514,12 @@ class TrainHandler:
         return embedded.vectors, by_label, embedded.tokens * request.num_iters, spec.name
 
     def _use(self, request: UsageRequest, message: Message) -> Awaitable[Any] | None:
-        """Add a worker's usage report to its classifier (once: a redelivered report is at
-        or behind the source offset the record holds); nothing for one deleted since, or
-        one this worker cannot read. Neither the version nor ``updated_at`` change."""
+        """Add a worker's usage report to its classifier, once; nothing for one deleted
+        since, or one this worker cannot read. Neither the version, ``updated_at`` nor the
+        train requests' applied offsets change: the last report added per source is kept
+        apart (``hyper["_used"]``, offset and timestamp), and a report at or behind it in
+        both is a redelivery (on a train topic made anew, offsets start again but times go
+        on). A report's time is at most now, so no clock error lists a year 33658."""
         raw = self.table.get(request.classifier_id.encode())
         if raw is None:
             return None
@@ -525,11 +528,13 @@ class TrainHandler:
         except RecordFormatError:
             return None  # its owner learns of that from its next train request
         source, offset = f"{message.topic}:{message.partition}", message.offset
-        if record.applied.get(source, -1) >= offset:
+        stamp = float(message.timestamp or 0.0)
+        last = record.hyper.setdefault("_used", {}).get(source)
+        if isinstance(last, list) and len(last) == 2 and offset <= last[0] and stamp <= last[1]:
             return None
+        record.hyper["_used"][source] = [offset, stamp]
         record.used_number += request.count
-        record.used_at = max(record.used_at or 0.0, request.used_at)
-        record.applied[source] = offset
+        record.used_at = max(record.used_at or 0.0, min(request.used_at, time.time()))
         return self._write(record)
 
     def _delete(self, request: DeleteRequest, owner: str) -> dict[str, Any]:

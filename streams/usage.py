@@ -11,10 +11,12 @@ answers nothing; the version and ``updated_at`` stay as they are.
 
 Counts are at most once: a worker that dies loses the uses it had not reported yet (at most
 the last ``usage_flush_s``), and a report for a classifier deleted since is dropped.
+``SHOTSTREAM_USAGE_FLUSH_S=0`` turns counting and reports off.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -50,7 +52,8 @@ class UsageCounter:
     async def report(self, output: OutputProducer, train_topic: str) -> int:
         """Send the counts since the last report to ``train_topic``; how many classifiers."""
         counts = self.take()
-        for classifier_id, (uses, at) in counts.items():
+
+        async def send(classifier_id: str, uses: int, at: float) -> None:
             body = {
                 "action": "usage",
                 "request_id": f"usage-{uuid.uuid4()}",
@@ -62,4 +65,8 @@ class UsageCounter:
                 await output.send(train_topic, classifier_id, orjson.dumps(body))
             except Exception:  # counts are at most once: never a worker's end
                 log.exception("could not report the uses of classifier %s", classifier_id)
+
+        # all at once: one at a time, each waiting for its ack, thousands of classifiers
+        # would take seconds (and a stopping worker gives its report 5 s)
+        await asyncio.gather(*(send(cid, uses, at) for cid, (uses, at) in counts.items()))
         return len(counts)

@@ -97,7 +97,7 @@ def build_worker(settings: Settings) -> tuple[ShotstreamApp, ClassifyService, Pr
     if not len(keys):
         log.warning("%s: every few-shot classify and train record is refused", NO_KEYS)
     output = OutputProducer(settings, observer)
-    usage = UsageCounter()
+    usage = UsageCounter() if settings.usage_flush_s > 0 else None
     classify = ClassifyHandler(settings, service, keys, output, observer, usage=usage)
     train = TrainHandler(
         settings,
@@ -128,9 +128,11 @@ def build_worker(settings: Settings) -> tuple[ShotstreamApp, ClassifyService, Pr
     async def _heartbeat() -> None:
         observer.on_heartbeat()
 
-    @app.timer(settings.usage_flush_s)  # type: ignore[untyped-decorator]  # faust types it loosely
-    async def _report_usage() -> None:
-        await usage.report(output, settings.topic("train"))
+    if usage is not None:
+
+        @app.timer(settings.usage_flush_s)  # type: ignore[untyped-decorator]  # faust types it loosely
+        async def _report_usage() -> None:
+            await usage.report(output, settings.topic("train"))
 
     @app.task  # type: ignore[untyped-decorator]  # faust types it loosely
     async def _follow_classifiers() -> None:
@@ -171,7 +173,8 @@ def build_worker(settings: Settings) -> tuple[ShotstreamApp, ClassifyService, Pr
     async def _close(sender: faust.App, **_: object) -> None:
         observer.on_state("stopping")
         try:  # the uses not reported yet; a broker away must not hold the shutdown
-            await asyncio.wait_for(usage.report(output, settings.topic("train")), USAGE_LAST_S)
+            if usage is not None:
+                await asyncio.wait_for(usage.report(output, settings.topic("train")), USAGE_LAST_S)
         except TimeoutError:
             log.warning("could not report the last uses of few-shot classifiers in time")
         await service.aclose()

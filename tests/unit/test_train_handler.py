@@ -8,6 +8,7 @@ requests finish out of order), and the output producer records what it is given.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any, cast
@@ -586,3 +587,26 @@ def test_a_usage_report_at_no_real_time_is_refused(used_at: float) -> None:
     with pytest.raises(RequestError, match="used_at"):
         parse_train({**usage(1, 0.0), "used_at": used_at}, Settings().limits, request_id="u",
                     key=b"x")  # fmt: skip
+
+
+def test_usage_reports_on_a_train_topic_made_anew_are_added_and_never_move_train_offsets() -> None:
+    train_handler, table, output = handler({})
+    run(train_handler, [event(40, train("r0", "a"), "x"), event(41, usage(2, 5000.0), "x", "")])
+    # the topic made anew: offsets start again, times go on (event's timestamp: 1000 + offset,
+    # so these come later only by the offset; give them later times explicitly)
+    again = [event(0, usage(3, 6000.0), "x", ""), event(1, train("r1", "b"), "x")]
+    for e in again:
+        e.message.timestamp += 100.0
+    run(train_handler, again)
+    record = stored(table)
+    assert record.used_number == 5  # the report at offset 0 is not taken for a redelivery
+    assert output.answers()["r1"] == 2  # nor did the reports make r1 look applied
+    assert record.applied["train:0"] == 1
+
+
+def test_a_usage_report_from_a_clock_ahead_lists_no_time_in_the_future() -> None:
+    train_handler, table, _output = handler({})
+    far = 1e12  # milliseconds taken for seconds: year 33658
+    run(train_handler, [event(0, train("r0", "a"), "x"), event(1, usage(1, far), "x", "")])
+    assert stored(table).used_at is not None
+    assert stored(table).used_at <= time.time()
