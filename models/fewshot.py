@@ -443,16 +443,24 @@ class PassiveAggressiveClassifier:
         vec = np.ascontiguousarray(x, dtype=np.float32)
         if self.center:
             vec = self._centred(vec[None, :], learn=True)[0]
+        sq_norm = float(vec @ vec)
+        y, loss, _ = self._first_pass(vec, label, sq_norm)
+        for _ in range(num_iters - 1):
+            if loss == 0.0:
+                break  # passive from here on: later passes would not move either
+            loss = self._update(vec, y, sq_norm)[0]
+
+    def _first_pass(self, x: Vector, label: str, sq_norm: float) -> tuple[int, float, bool]:
+        """An example's first pass: its class (added if new), counted, a step, and a miss
+        counted when the state just before predicted another class. Returns the class,
+        the loss before the step, and whether the prediction before it was right."""
         known = label in self._index
         y = self.add_class(label)
         self._count(y)
-        sq_norm = float(vec @ vec)
-        for k in range(num_iters):
-            loss, correct = self._update(vec, y, sq_norm)
-            if k == 0 and known and not correct:
-                self._missed(y)
-            if loss == 0.0:
-                break  # passive from here on: later passes would not move either
+        loss, correct = self._update(x, y, sq_norm)
+        if known and not correct:
+            self._missed(y)
+        return y, loss, known and correct
 
     def check_examples(self, M: npt.NDArray[np.float32], labels: Sequence[str]) -> None:
         """Refuse, before anything changes, examples that are not finite
@@ -482,13 +490,8 @@ class PassiveAggressiveClassifier:
         # is predicted by the state just before it is learned (prequential)
         moved = False
         for row, label, sq in zip(M, labels, sq_norms, strict=True):
-            known = label in self._index
-            y = self.add_class(label)
-            self._count(y)
-            loss, correct = self._update(row, y, sq)
-            prior_correct.append(known and correct)
-            if known and not correct:
-                self._missed(y)
+            _y, loss, correct = self._first_pass(row, label, sq)
+            prior_correct.append(correct)
             moved = moved or loss > 0.0
         ys = [self._index[label] for label in labels]
         for _ in range(num_iters - 1):

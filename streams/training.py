@@ -107,6 +107,11 @@ def key_partition(key: bytes, partitions: int) -> int:
     return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
+def source_of(message: Message) -> str:
+    """The ``"topic:partition"`` a record's applied offsets are kept under."""
+    return f"{message.topic}:{message.partition}"
+
+
 INLINE_UPDATES = 4096
 """A train request with at most this many example passes (examples x ``num_iters``,
 ~25 ms) is learned on the event loop; a larger one in a thread, so that it does not stall
@@ -291,7 +296,7 @@ class TrainHandler:
         message: Message,
         turn: Turn,
     ) -> dict[str, Any]:
-        source, offset = f"{message.topic}:{message.partition}", message.offset
+        source, offset = source_of(message), message.offset
         partition, timestamp = message.partition, message.timestamp
         await self.replica.loaded.wait()  # the per-key limit counts what the replica holds
         existing = self.replica.get(request.classifier_id) or self._read(
@@ -527,7 +532,7 @@ class TrainHandler:
             record = decode_record(raw)
         except RecordFormatError:
             return None  # its owner learns of that from its next train request
-        source, offset = f"{message.topic}:{message.partition}", message.offset
+        source, offset = source_of(message), message.offset
         stamp = float(message.timestamp or 0.0)
         last = record.hyper.setdefault("_used", {}).get(source)
         if isinstance(last, list) and len(last) == 2 and offset <= last[0] and stamp <= last[1]:

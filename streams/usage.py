@@ -32,22 +32,17 @@ class UsageCounter:
     """Few-shot uses per classifier since the last report."""
 
     def __init__(self) -> None:
-        self._counts: dict[str, list[float]] = {}
+        self._counts: dict[str, tuple[int, float]] = {}
 
     def count(self, classifier_id: str, now: float | None = None) -> None:
         """One answered few-shot request of ``classifier_id``."""
-        at = time.time() if now is None else now
-        entry = self._counts.get(classifier_id)
-        if entry is None:
-            self._counts[classifier_id] = [1, at]
-        else:
-            entry[0] += 1
-            entry[1] = max(entry[1], at)
+        uses, last = self._counts.get(classifier_id, (0, 0.0))
+        self._counts[classifier_id] = (uses + 1, max(last, time.time() if now is None else now))
 
     def take(self) -> dict[str, tuple[int, float]]:
         """The counts since the last call, ``{classifier_id: (uses, last used)}``; reset."""
         counts, self._counts = self._counts, {}
-        return {cid: (int(n), at) for cid, (n, at) in counts.items()}
+        return counts
 
     async def report(self, output: OutputProducer, train_topic: str) -> int:
         """Send the counts since the last report to ``train_topic``; how many classifiers."""

@@ -172,11 +172,11 @@ def build_worker(settings: Settings) -> tuple[ShotstreamApp, ClassifyService, Pr
     @app.on_before_shutdown.connect  # type: ignore[arg-type]  # faust types receivers as sync
     async def _close(sender: faust.App, **_: object) -> None:
         observer.on_state("stopping")
-        try:  # the uses not reported yet; a broker away must not hold the shutdown
-            if usage is not None:
+        if usage is not None:  # the uses not reported yet; a broker away must not hold this
+            try:
                 await asyncio.wait_for(usage.report(output, settings.topic("train")), USAGE_LAST_S)
-        except TimeoutError:
-            log.warning("could not report the last uses of few-shot classifiers in time")
+            except TimeoutError:
+                log.warning("could not report the last uses of few-shot classifiers in time")
         await service.aclose()
         await replica.stop()
         await output.stop()
