@@ -297,7 +297,7 @@ def _dev(port: int, brokers: str, settings: Settings, http: bool) -> None:
             env = {**os.environ, "SHOTSTREAM_BROKERS": brokers}
             gateway = subprocess.Popen([sys.executable, "-m", "streams", "gateway"], env=env)
         try:
-            run_worker(settings)
+            run_worker(settings, reseed=True)  # its broker is new: keep the classifiers
         finally:
             # faust's worker set its own handlers and closing its loop reset them to the
             # default action: a second SIGTERM now would leave the broker running; and the

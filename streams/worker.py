@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -303,7 +304,8 @@ def set_aside_stale_tables(
     created the changelog, or when they hold an offset the changelog (``ends``: its end
     offsets) has not reached, which also catches a worker that lost the race to create
     it. They are renamed, not deleted (on Kafka they may be the last copy); the worker
-    starts empty, consistent with its topics.
+    starts empty, consistent with its topics. (``shotstream dev`` writes them into its new
+    changelog instead: :func:`reseed_changelog`.)
     """
     tables = settings.data_dir / "faust"
     if not tables.is_dir() or not any(path.is_file() for path in tables.rglob("*")):
@@ -329,9 +331,145 @@ def set_aside_stale_tables(
     return stale
 
 
-async def prepare_tables(settings: Settings) -> Path | None:
-    """Make the topics, then move the local tables aside if they are older than them."""
+TABLES_SUBDIR = Path("v1") / "tables"
+"""Where faust keeps the tables under its data directory (``v{version}``: the app sets no
+version, so faust's default 1; a unit test holds this to the app's ``tabledir``)."""
+
+Send = Callable[[str, bytes, bytes, int], Awaitable[int]]
+"""Produce ``(topic, key, value, partition)`` and return the record's offset."""
+
+
+class ReseedRefused(Exception):
+    """The local tables cannot be written into the new changelog as they are."""
+
+
+def read_tables(tables: Path, partitions: int) -> dict[int, list[tuple[bytes, bytes]]]:
+    """Per partition, the classifier records a stopped worker's tables hold (faust's own
+    offset key left out); :class:`ReseedRefused` when a record sits in a partition its key
+    no longer maps to (the partition count changed)."""
+    from rocksdict import AccessType, Options, Rdict
+
+    from streams.training import key_partition
+
+    found: dict[int, list[tuple[bytes, bytes]]] = {}
+    for path in sorted(tables.glob("classifiers-*.db")):
+        partition = path.name.removeprefix("classifiers-").removesuffix(".db")
+        if not partition.isdigit():
+            continue
+        p = int(partition)
+        try:
+            db = Rdict(
+                str(path), options=Options(raw_mode=True), access_type=AccessType.read_only()
+            )
+        except Exception as exc:
+            raise ReseedRefused(f"{path} cannot be opened ({exc})") from exc
+        try:
+            records = [
+                (bytes(k), bytes(v))  # type: ignore[arg-type]  # raw mode: bytes only
+                for k, v in db.items()
+                if k != FAUST_OFFSET_KEY
+            ]
+        finally:
+            db.close()
+        for key, _ in records:
+            if key_partition(key, partitions) != p:
+                raise ReseedRefused(
+                    f"classifier {key.decode('utf-8', 'replace')!r} is stored in partition "
+                    f"{p}, but with {partitions} partitions its id maps to "
+                    f"{key_partition(key, partitions)} (SHOTSTREAM_PARTITIONS changed)"
+                )
+        found[p] = records
+    return found
+
+
+def mark_tables_read(tables: Path, last: dict[int, int]) -> None:
+    """Record in each partition's table the changelog offset it has read up to (``last``;
+    none where nothing was written), as faust does after a restore: faust then reads
+    nothing back, and its next write follows on."""
+    from rocksdict import AccessType, Options, Rdict
+
+    for path in sorted(tables.glob("classifiers-*.db")):
+        partition = path.name.removeprefix("classifiers-").removesuffix(".db")
+        if not partition.isdigit():
+            continue
+        db = Rdict(str(path), options=Options(raw_mode=True), access_type=AccessType.read_write())
+        try:
+            if int(partition) in last:
+                db[FAUST_OFFSET_KEY] = str(last[int(partition)]).encode()
+            elif FAUST_OFFSET_KEY in db:
+                del db[FAUST_OFFSET_KEY]
+        finally:
+            db.close()
+
+
+async def reseed_changelog(settings: Settings, send: Send) -> int | None:
+    """Write the local tables' classifiers into a changelog topic made anew (``shotstream
+    dev`` restarted: its in-memory broker kept nothing), so they survive the restart.
+
+    The tables are the state a single worker left: every classifier, at the version it
+    answered last. Each record goes to the partition its table holds it in, one at a time
+    (the embedded broker reads multi-record batches' offsets wrong), then each table is
+    marked read up to its last record, so faust neither restores them again nor sees a
+    gap. Stamped train offsets belong to the old topics; train records that reuse them
+    are told apart by their timestamps (:func:`state.classifiers.already_applied`).
+    Returns how many were written; ``None`` when there were no tables, or when they cannot
+    be reseeded (said in the log; the caller then sets them aside)."""
+    tables = settings.data_dir / "faust" / TABLES_SUBDIR
+    if not tables.is_dir() or not any(tables.glob("classifiers-*.db")):
+        return None
+    try:
+        found = read_tables(tables, settings.partitions)
+    except ReseedRefused as exc:
+        log.warning("cannot restore the classifiers of %s into the new changelog: %s", tables, exc)
+        return None
+    changelog = classifier_changelog_topic(settings)
+    total = sum(len(records) for records in found.values())
+    if total:
+        log.info("restoring %d classifier(s) from %s into %s", total, tables, changelog)
+    last: dict[int, int] = {}
+    for partition, records in found.items():
+        for key, value in records:
+            last[partition] = await send(changelog, key, value, partition)
+    mark_tables_read(tables, last)
+    log.info(
+        "the broker is new: restored %d classifier(s) from the tables in %s into its changelog %s",
+        total,
+        tables,
+        changelog,
+    )
+    return total
+
+
+async def reseed_with_producer(settings: Settings) -> int | None:
+    """:func:`reseed_changelog` through an aiokafka producer (acks from all replicas)."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(
+        bootstrap_servers=",".join(settings.brokers),
+        acks="all",
+        max_request_size=settings.kafka.max_message_bytes,
+        request_timeout_ms=int(settings.kafka.request_timeout_s * 1000),
+    )
+    await producer.start()
+    try:
+
+        async def send(topic: str, key: bytes, value: bytes, partition: int) -> int:
+            sent = await producer.send_and_wait(topic, value, key=key, partition=partition)
+            return int(sent.offset)
+
+        return await reseed_changelog(settings, send)
+    finally:
+        await producer.stop()
+
+
+async def prepare_tables(settings: Settings, *, reseed: bool = False) -> Path | None:
+    """Make the topics, then move the local tables aside if they are older than them;
+    with ``reseed`` (``shotstream dev``: one worker, the tables hold every classifier),
+    a changelog this worker just made is filled from the tables instead."""
     created = await prepare_broker(settings)
+    new_changelog = classifier_changelog_topic(settings) in created
+    if reseed and new_changelog and await reseed_with_producer(settings) is not None:
+        return None
     return set_aside_stale_tables(settings, created, await changelog_end_offsets(settings))
 
 
@@ -377,20 +515,21 @@ def lock_data_dir(data_dir: Path) -> IO[str]:
     return lock
 
 
-def run_worker(settings: Settings) -> None:
-    """Run until SIGINT/SIGTERM. Loads the default model first so traffic never waits."""
+def run_worker(settings: Settings, *, reseed: bool = False) -> None:
+    """Run until SIGINT/SIGTERM. Loads the default model first so traffic never waits.
+    ``reseed``: fill a changelog made anew from the local tables (:func:`prepare_tables`)."""
     try:
         held = lock_data_dir(settings.data_dir)  # held while it runs
     except DataDirInUseError as exc:
         log.error("not starting: %s", exc)
         raise SystemExit(2) from None
     try:
-        _run_worker(settings)
+        _run_worker(settings, reseed=reseed)
     finally:
         held.close()
 
 
-def _run_worker(settings: Settings) -> None:
+def _run_worker(settings: Settings, *, reseed: bool) -> None:
     (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
     app, service, observer = build_worker(settings)
     spec = service.registry.resolve(None)  # an unknown default fails before any topic is made
@@ -401,7 +540,7 @@ def _run_worker(settings: Settings) -> None:
             log, settings.log_level, "metrics port %d", port
         )  # port 0 picks one: said at any log level
     try:
-        asyncio.run(prepare_tables(settings))
+        asyncio.run(prepare_tables(settings, reseed=reseed))
     except (TopicLayoutError, TopicCreationError) as exc:
         log.error("not starting: %s", exc)
         raise SystemExit(2) from None

@@ -1,4 +1,5 @@
-"""``shotstream dev``: broker + worker + gateway in one command, and Ctrl-C stops all."""
+"""``shotstream dev``: broker + worker + gateway in one command, Ctrl-C stops all, and a
+restart keeps the classifiers."""
 
 from __future__ import annotations
 
@@ -8,13 +9,20 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 import pytest
 
 from streams.cli import free_port
-from tests.integration.conftest import API_KEYS
+from streams.client import ShotstreamClient
+from streams.processes import WorkerProcess
+from streams.settings import Settings
+from tests.integration.conftest import API_KEYS, with_client
+
+T = TypeVar("T")
 
 pytestmark = pytest.mark.integration
 
@@ -69,3 +77,79 @@ def test_dev_serves_http_through_kafka_and_stops_on_ctrl_c(
             proc.kill()
             proc.wait()
         log.close()
+
+
+class DevProcess(WorkerProcess):
+    """``shotstream dev --no-http`` on ``port``, in a child process."""
+
+    command = "dev"
+
+    def __init__(self, env: dict[str, str], log_path: Path, port: int) -> None:
+        super().__init__(env, log_path)
+        self.port = port
+
+    def argv(self) -> list[str]:
+        return [*super().argv(), "--port", str(self.port), "--no-http"]
+
+
+TEXT = "The striker scored twice in the final."
+EXAMPLES = [
+    {"text": TEXT, "label": "sports"},
+    {"text": "Parliament passed the budget after a long debate.", "label": "politics"},
+]
+
+
+async def train(c: ShotstreamClient, classifier_id: str) -> int:
+    answer = await c.train(
+        EXAMPLES, classifier_id=classifier_id, api_key=API_KEYS["alice"], model="jina-embeddings-v3"
+    )
+    assert not answer.is_error, answer
+    return int(answer["version"])
+
+
+def test_dev_restarted_keeps_its_classifiers(tmp_path: Path, model_cache: Path) -> None:
+    """The embedded broker keeps nothing across restarts; `shotstream dev` writes the
+    classifiers its tables hold into the new changelog, so a restart just works: the same
+    scores, training goes on from the version it reached (not a new classifier, and not
+    answered as a replay of the old topic's offsets), a deleted classifier stays deleted,
+    and a second restart carries the new version too (before, dev set the tables aside
+    and started empty)."""
+    env = {
+        **os.environ,
+        "SHOTSTREAM_DATA_DIR": str(tmp_path / "data"),
+        "SHOTSTREAM_MODEL_CACHE_DIR": str(model_cache),
+        "SHOTSTREAM_API_KEYS": ",".join(API_KEYS.values()),
+    }
+    key = API_KEYS["alice"]
+
+    def run(log: str, fn: Callable[[ShotstreamClient], Awaitable[T]]) -> tuple[T, str]:
+        port = free_port()
+        with DevProcess(env, tmp_path / log, port) as dev:
+            dev.wait_ready(600)
+            return with_client(Settings(brokers=f"127.0.0.1:{port}"), fn), dev.log_text()
+
+    async def first(c: ShotstreamClient) -> dict[str, Any]:
+        versions = [await train(c, "kept") for _ in range(2)]
+        assert versions == [1, 2]
+        assert await train(c, "gone") == 1
+        assert not (await c.delete("gone", api_key=key)).is_error
+        return dict(await c.classify([TEXT], classifier_id="kept", api_key=key))
+
+    async def second(c: ShotstreamClient) -> tuple[dict[str, Any], int, dict[str, Any]]:
+        scores = dict(await c.classify([TEXT], classifier_id="kept", api_key=key))
+        gone = dict(await c.classify([TEXT], classifier_id="gone", api_key=key))
+        return scores, await train(c, "kept"), gone
+
+    async def third(c: ShotstreamClient) -> int:
+        return await train(c, "kept")
+
+    before, _ = run("first.log", first)
+    (after, version, gone), log = run("second.log", second)
+    assert after["data"] == before["data"], (before, after)
+    assert version == 3, log[-3000:]
+    assert gone["error"]["code"] == "CLASSIFIER_NOT_FOUND", gone
+    assert "restored 1 classifier(s)" in log
+    assert not list((tmp_path / "data").glob("faust.stale-*"))
+    version, log = run("third.log", third)
+    assert version == 4, log[-3000:]
+    assert "this worker's write is at offset" not in log  # no gap after the restored offset

@@ -1,14 +1,25 @@
-"""Local tables older than their changelog topic are moved aside before faust opens them."""
+"""Local tables older than their changelog topic are moved aside before faust opens them,
+or, in ``shotstream dev``, written into it."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 from rocksdict import AccessType, Options, Rdict
 
 from streams.settings import Settings
-from streams.worker import FAUST_OFFSET_KEY, local_changelog_offsets, set_aside_stale_tables
+from streams.training import key_partition
+from streams.worker import (
+    FAUST_OFFSET_KEY,
+    TABLES_SUBDIR,
+    ReseedRefused,
+    local_changelog_offsets,
+    read_tables,
+    reseed_changelog,
+    set_aside_stale_tables,
+)
 
 CHANGELOG = "shotstream-classifiers-changelog"
 
@@ -56,3 +67,86 @@ def test_no_tables_nothing_to_move(tmp_path: Path) -> None:
     (tmp_path / "faust").mkdir()
     assert set_aside_stale_tables(Settings(data_dir=tmp_path), [CHANGELOG], {}) is None
     assert (tmp_path / "faust").is_dir()
+
+
+def write_records(
+    data_dir: Path, partition: int, records: dict[bytes, bytes], offset: int | None
+) -> None:
+    path = data_dir / "faust" / "v1" / "tables" / f"classifiers-{partition}.db"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = Rdict(str(path), options=Options(raw_mode=True), access_type=AccessType.read_write())
+    for key, value in records.items():
+        db[key] = value
+    if offset is not None:
+        db[FAUST_OFFSET_KEY] = str(offset).encode()
+    db.close()
+
+
+def ids_in(partition: int, partitions: int, n: int) -> list[bytes]:
+    """``n`` classifier ids the default partitioner puts in ``partition``."""
+    found = (f"clf-{i}".encode() for i in range(10_000))
+    return [k for k in found if key_partition(k, partitions) == partition][:n]
+
+
+class FakeChangelog:
+    """A topic in memory: each send appends to its partition and returns the offset."""
+
+    def __init__(self) -> None:
+        self.partitions: dict[int, list[tuple[str, bytes, bytes]]] = {}
+
+    async def send(self, topic: str, key: bytes, value: bytes, partition: int) -> int:
+        log = self.partitions.setdefault(partition, [])
+        log.append((topic, key, value))
+        return len(log) - 1
+
+
+def test_a_new_changelog_is_filled_from_the_tables_and_they_are_marked_read(
+    tmp_path: Path,
+) -> None:
+    """`shotstream dev` restarted: every classifier goes back into the changelog partition
+    its table holds it in, and each table's faust offset becomes its last record's offset
+    (faust then restores nothing and its next write follows on); a partition left with no
+    classifier (all deleted) loses its offset, which the new topic has not reached."""
+    p0, p2 = ids_in(0, 4, 3), ids_in(2, 4, 1)
+    write_records(tmp_path, 0, {k: b"record " + k for k in p0}, offset=41)
+    write_records(tmp_path, 2, {k: b"record " + k for k in p2}, offset=7)
+    write_records(tmp_path, 3, {}, offset=12)
+    settings = Settings(data_dir=tmp_path, partitions=4)
+    topic = FakeChangelog()
+    assert asyncio.run(reseed_changelog(settings, topic.send)) == 4
+    assert topic.partitions == {
+        0: [(CHANGELOG, k, b"record " + k) for k in sorted(p0)],
+        2: [(CHANGELOG, p2[0], b"record " + p2[0])],
+    }
+    tables = tmp_path / "faust" / TABLES_SUBDIR
+    assert local_changelog_offsets(tmp_path / "faust") == {0: 2, 2: 0}
+    assert read_tables(tables, 4)[0] == [(k, b"record " + k) for k in sorted(p0)]  # kept
+    assert read_tables(tables, 4)[3] == []
+
+
+def test_tables_of_another_partition_count_are_not_reseeded(tmp_path: Path) -> None:
+    """A record in a partition its id no longer maps to would never meet its train
+    requests: such tables are set aside as before, and nothing is sent."""
+    moved = next(k for k in ids_in(1, 2, 50) if key_partition(k, 4) != 1)  # 2 → 4 partitions
+    write_records(tmp_path, 1, {moved: b"x"}, offset=3)
+    topic = FakeChangelog()
+    settings = Settings(data_dir=tmp_path, partitions=4)
+    with pytest.raises(ReseedRefused, match="SHOTSTREAM_PARTITIONS changed"):
+        read_tables(tmp_path / "faust" / TABLES_SUBDIR, 4)
+    assert asyncio.run(reseed_changelog(settings, topic.send)) is None
+    assert topic.partitions == {}
+    assert local_changelog_offsets(tmp_path / "faust") == {1: 3}  # untouched
+
+
+def test_no_tables_nothing_to_reseed(tmp_path: Path) -> None:
+    topic = FakeChangelog()
+    assert asyncio.run(reseed_changelog(Settings(data_dir=tmp_path), topic.send)) is None
+    assert topic.partitions == {}
+
+
+def test_the_tables_subdirectory_is_fausts() -> None:
+    from streams.app import create_app
+
+    settings = Settings()
+    app, _ = create_app(settings)
+    assert Path(app.conf.tabledir) == settings.data_dir / "faust" / TABLES_SUBDIR
