@@ -168,6 +168,33 @@ def _split(data: bytes) -> tuple[int, Any, bytes]:
     return version, header, data[start + head_len :]
 
 
+SOURCE_FIELDS = ("_replay", "_used")
+"""``hyper`` entries keyed by source (``"topic:partition"``), beside ``applied``."""
+
+
+def without_sources(data: bytes) -> bytes:
+    """``data`` with what it remembers of its source topics forgotten (``applied`` and the
+    ``hyper`` entries of :data:`SOURCE_FIELDS`), all else byte for byte: for a record
+    written into a changelog on new topics, whose offsets start again at 0. Any format
+    version; :class:`RecordFormatError` when it is not a record.
+
+    >>> rec = ClassifierRecord.new("c", model="m", owner="o", access="private", dim=1, now=0.0)
+    >>> rec.applied["train:0"] = 70
+    >>> rec.hyper.update({"C": 0.03, "_replay": {"train:0": [[70, 9, 5.0]]}})
+    >>> again = decode_record(without_sources(encode_record(rec)))
+    >>> again.applied, again.hyper
+    ({}, {'C': 0.03})
+    """
+    version, header, body = _split(data)
+    header["applied"] = {}
+    hyper = header.get("hyper")
+    if isinstance(hyper, dict):
+        for name in SOURCE_FIELDS:
+            hyper.pop(name, None)
+    head = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode()
+    return _HEAD.pack(MAGIC, version, len(head)) + head + body
+
+
 def _listed(value: object) -> object:
     """JSON for what a header holds beside plain values: the running mean, an array."""
     if isinstance(value, np.ndarray):

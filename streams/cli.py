@@ -239,14 +239,23 @@ def broker(port: Annotated[int, typer.Option(help="TCP port on 127.0.0.1")] = 90
 
 
 @app.command()
-def worker() -> None:
+def worker(
+    reseed: Annotated[
+        bool,
+        typer.Option(
+            help="when this worker makes the classifier changelog (a new broker), write the "
+            "classifiers its tables hold into it instead of setting them aside: for one "
+            "worker alone on the embedded broker, as dev and demo run it"
+        ),
+    ] = False,
+) -> None:
     """Run one worker against SHOTSTREAM_BROKERS (several form one consumer group)."""
     from streams.worker import run_worker
 
     settings = _settings(serving=True)
     _logging(settings)
     with _startup_errors(_kafka_at(settings)):
-        run_worker(settings)
+        run_worker(settings, reseed=reseed)
 
 
 @app.command()
@@ -292,12 +301,15 @@ def _dev(port: int, brokers: str, settings: Settings, http: bool) -> None:
     from streams.worker import run_worker
 
     with EmbeddedBroker(port):
-        gateway = None
-        if http:  # its own process: its event loop never waits for the worker's
+        gateway: subprocess.Popen[bytes] | None = None
+
+        def start_gateway() -> None:  # its own process: its loop never waits for the worker's
+            nonlocal gateway
             env = {**os.environ, "SHOTSTREAM_BROKERS": brokers}
             gateway = subprocess.Popen([sys.executable, "-m", "streams", "gateway"], env=env)
-        try:
-            run_worker(settings, reseed=True)  # its broker is new: keep the classifiers
+
+        try:  # its broker is new: the worker writes its classifiers back (reseed)
+            run_worker(settings, reseed=True, on_prepared=start_gateway if http else None)
         finally:
             # faust's worker set its own handlers and closing its loop reset them to the
             # default action: a second SIGTERM now would leave the broker running; and the
@@ -586,7 +598,8 @@ def demo(
             f"starting a worker (log: {log_path}; the first run converts the packaged "
             "model, ~15 s) ..."
         )
-        with WorkerProcess({"SHOTSTREAM_BROKERS": embedded.address}, log_path) as worker_proc:
+        alone = WorkerProcess({"SHOTSTREAM_BROKERS": embedded.address}, log_path, ["--reseed"])
+        with alone as worker_proc:  # reseed: keeps what dev trained on this data directory
             try:
                 worker_proc.wait_ready(timeout)
             except RuntimeError as exc:  # its log's end says why (a data dir in use, ...)

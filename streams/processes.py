@@ -20,9 +20,11 @@ class WorkerProcess:
     command = "worker"
     ready_mark = READY_MARK
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, args: list[str] | None = None) -> None:
         self.env = {**os.environ, **env}
         self.log_path = log_path
+        self.args = args or []
+        """Arguments after the command."""
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self._log_start = 0
@@ -41,7 +43,7 @@ class WorkerProcess:
         return self
 
     def argv(self) -> list[str]:
-        return [sys.executable, "-m", "streams", self.command]
+        return [sys.executable, "-m", "streams", self.command, *self.args]
 
     def log_text(self) -> str:
         """What this start of the process has written (the log file may hold earlier runs:

@@ -19,6 +19,7 @@ from faust.types import TP, TableT
 
 from models.embedders import resolve_device
 from models.registry import ModelRegistry
+from state.records import RecordFormatError, without_sources
 from streams.agents import ClassifyHandler, RequestAgent
 from streams.app import EXIT_MARGIN_S, ShotstreamApp, classifier_changelog_topic, create_app
 from streams.auth import NO_KEYS, KeyRing
@@ -382,24 +383,45 @@ def read_tables(tables: Path, partitions: int) -> dict[int, list[tuple[bytes, by
     return found
 
 
-def mark_tables_read(tables: Path, last: dict[int, int]) -> None:
-    """Record in each partition's table the changelog offset it has read up to (``last``;
-    none where nothing was written), as faust does after a restore: faust then reads
-    nothing back, and its next write follows on."""
+def write_tables(
+    tables: Path, found: dict[int, list[tuple[bytes, bytes]]], last: dict[int, int]
+) -> None:
+    """Store ``found`` (the records as reseeded) in each partition's table, and the
+    changelog offset it has read up to (``last``; none where nothing was written), as
+    faust does after a restore: faust then reads nothing back, and its next write follows
+    on."""
     from rocksdict import AccessType, Options, Rdict
 
-    for path in sorted(tables.glob("classifiers-*.db")):
-        partition = path.name.removeprefix("classifiers-").removesuffix(".db")
-        if not partition.isdigit():
-            continue
+    for partition, records in found.items():
+        path = tables / f"classifiers-{partition}.db"
         db = Rdict(str(path), options=Options(raw_mode=True), access_type=AccessType.read_write())
         try:
-            if int(partition) in last:
-                db[FAUST_OFFSET_KEY] = str(last[int(partition)]).encode()
+            for key, value in records:
+                db[key] = value
+            if partition in last:
+                db[FAUST_OFFSET_KEY] = str(last[partition]).encode()
             elif FAUST_OFFSET_KEY in db:
                 del db[FAUST_OFFSET_KEY]
         finally:
             db.close()
+
+
+GROUP_MARK = "written-by-shotstream-worker"
+"""A file in the faust data directory, left by ``shotstream worker`` (not ``dev``): its
+tables may hold partitions a group took from it, at versions long overtaken, which
+``dev`` must not write back as current."""
+
+
+def forget_sources(key: bytes, value: bytes) -> bytes:
+    """The record with its old topics' offsets forgotten (:func:`without_sources`): the
+    new train topic's offsets start again at 0, and a record remembering offsets past them
+    would take new requests for replays. A record this worker cannot read is kept as it
+    is (its owner can still delete it)."""
+    try:
+        return without_sources(value)
+    except RecordFormatError as exc:
+        log.warning("classifier %r kept as it is: %s", key.decode("utf-8", "replace"), exc)
+        return value
 
 
 async def reseed_changelog(settings: Settings, send: Send) -> int | None:
@@ -407,21 +429,28 @@ async def reseed_changelog(settings: Settings, send: Send) -> int | None:
     dev`` restarted: its in-memory broker kept nothing), so they survive the restart.
 
     The tables are the state a single worker left: every classifier, at the version it
-    answered last. Each record goes to the partition its table holds it in, one at a time
-    (the embedded broker reads multi-record batches' offsets wrong), then each table is
-    marked read up to its last record, so faust neither restores them again nor sees a
-    gap. Stamped train offsets belong to the old topics; train records that reuse them
-    are told apart by their timestamps (:func:`state.classifiers.already_applied`).
-    Returns how many were written; ``None`` when there were no tables, or when they cannot
-    be reseeded (said in the log; the caller then sets them aside)."""
-    tables = settings.data_dir / "faust" / TABLES_SUBDIR
+    wrote last. Each record, its old topics' offsets forgotten (:func:`forget_sources`),
+    goes to the partition its table holds it in, one at a time (the embedded broker reads
+    multi-record batches' offsets wrong); then the tables store the records as sent and
+    are marked read up to their last one, so faust neither restores them again nor sees
+    a gap. Returns how many were written; ``None`` when there were no tables, or when they
+    cannot be reseeded (said in the log; the caller then sets them aside). Each step can
+    be repeated: a start cut off midway reseeds from the tables again."""
+    faust_dir = settings.data_dir / "faust"
+    tables = faust_dir / TABLES_SUBDIR
     if not tables.is_dir() or not any(tables.glob("classifiers-*.db")):
         return None
     try:
+        if (faust_dir / GROUP_MARK).exists():
+            raise ReseedRefused(
+                "a `shotstream worker` wrote them, and its tables may hold partitions its "
+                "group took from it"
+            )
         found = read_tables(tables, settings.partitions)
     except ReseedRefused as exc:
         log.warning("cannot restore the classifiers of %s into the new changelog: %s", tables, exc)
         return None
+    found = {p: [(k, forget_sources(k, v)) for k, v in records] for p, records in found.items()}
     changelog = classifier_changelog_topic(settings)
     total = sum(len(records) for records in found.values())
     if total:
@@ -430,7 +459,7 @@ async def reseed_changelog(settings: Settings, send: Send) -> int | None:
     for partition, records in found.items():
         for key, value in records:
             last[partition] = await send(changelog, key, value, partition)
-    mark_tables_read(tables, last)
+    write_tables(tables, found, last)
     log.info(
         "the broker is new: restored %d classifier(s) from the tables in %s into its changelog %s",
         total,
@@ -515,21 +544,27 @@ def lock_data_dir(data_dir: Path) -> IO[str]:
     return lock
 
 
-def run_worker(settings: Settings, *, reseed: bool = False) -> None:
+def run_worker(
+    settings: Settings, *, reseed: bool = False, on_prepared: Callable[[], None] | None = None
+) -> None:
     """Run until SIGINT/SIGTERM. Loads the default model first so traffic never waits.
-    ``reseed``: fill a changelog made anew from the local tables (:func:`prepare_tables`)."""
+    ``reseed``: fill a changelog made anew from the local tables (:func:`prepare_tables`);
+    ``on_prepared`` is called once the topics and tables are ready (``dev`` starts its
+    gateway there, so that it never lists the classifiers half reseeded)."""
     try:
         held = lock_data_dir(settings.data_dir)  # held while it runs
     except DataDirInUseError as exc:
         log.error("not starting: %s", exc)
         raise SystemExit(2) from None
     try:
-        _run_worker(settings, reseed=reseed)
+        _run_worker(settings, reseed=reseed, on_prepared=on_prepared)
     finally:
         held.close()
 
 
-def _run_worker(settings: Settings, *, reseed: bool) -> None:
+def _run_worker(
+    settings: Settings, *, reseed: bool, on_prepared: Callable[[], None] | None
+) -> None:
     (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
     app, service, observer = build_worker(settings)
     spec = service.registry.resolve(None)  # an unknown default fails before any topic is made
@@ -545,6 +580,10 @@ def _run_worker(settings: Settings, *, reseed: bool) -> None:
         log.error("not starting: %s", exc)
         raise SystemExit(2) from None
     (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
+    if not reseed:
+        (settings.data_dir / "faust" / GROUP_MARK).touch()
+    if on_prepared is not None:
+        on_prepared()
     log.info("loading default model %s (%s)", spec.name, spec.source)
     service.registry.load(spec)
     # bounded however faust's shutdown goes: the process ends on its own, logged

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
+from state.classifiers import REPLAY_MEMORY
 from streams.cli import free_port
 from streams.client import ShotstreamClient
 from streams.processes import WorkerProcess
@@ -80,19 +81,14 @@ def test_dev_serves_http_through_kafka_and_stops_on_ctrl_c(
 
 
 class DevProcess(WorkerProcess):
-    """``shotstream dev --no-http`` on ``port``, in a child process."""
+    """``shotstream dev`` in a child process."""
 
     command = "dev"
 
-    def __init__(self, env: dict[str, str], log_path: Path, port: int) -> None:
-        super().__init__(env, log_path)
-        self.port = port
-
-    def argv(self) -> list[str]:
-        return [*super().argv(), "--port", str(self.port), "--no-http"]
-
 
 TEXT = "The striker scored twice in the final."
+TRAINED = REPLAY_MEMORY + 2
+"""Train requests before the first restart: more than the replay memory holds."""
 EXAMPLES = [
     {"text": TEXT, "label": "sports"},
     {"text": "Parliament passed the budget after a long debate.", "label": "politics"},
@@ -110,10 +106,12 @@ async def train(c: ShotstreamClient, classifier_id: str) -> int:
 def test_dev_restarted_keeps_its_classifiers(tmp_path: Path, model_cache: Path) -> None:
     """The embedded broker keeps nothing across restarts; `shotstream dev` writes the
     classifiers its tables hold into the new changelog, so a restart just works: the same
-    scores, training goes on from the version it reached (not a new classifier, and not
-    answered as a replay of the old topic's offsets), a deleted classifier stays deleted,
-    and a second restart carries the new version too (before, dev set the tables aside
-    and started empty)."""
+    scores, training goes on from the version it reached, a deleted classifier stays
+    deleted, and a second restart carries the new version too (before, dev set the tables
+    aside and started empty). The classifier is trained more times than the replay memory
+    holds, so the new topic's offsets 0, 1 ... fall below what it remembers of the old
+    one: restored as they were, a request seconds after the restart was answered as a
+    replay and not learned."""
     env = {
         **os.environ,
         "SHOTSTREAM_DATA_DIR": str(tmp_path / "data"),
@@ -124,13 +122,13 @@ def test_dev_restarted_keeps_its_classifiers(tmp_path: Path, model_cache: Path) 
 
     def run(log: str, fn: Callable[[ShotstreamClient], Awaitable[T]]) -> tuple[T, str]:
         port = free_port()
-        with DevProcess(env, tmp_path / log, port) as dev:
+        with DevProcess(env, tmp_path / log, ["--port", str(port), "--no-http"]) as dev:
             dev.wait_ready(600)
             return with_client(Settings(brokers=f"127.0.0.1:{port}"), fn), dev.log_text()
 
     async def first(c: ShotstreamClient) -> dict[str, Any]:
-        versions = [await train(c, "kept") for _ in range(2)]
-        assert versions == [1, 2]
+        versions = [await train(c, "kept") for _ in range(TRAINED)]
+        assert versions == list(range(1, TRAINED + 1))
         assert await train(c, "gone") == 1
         assert not (await c.delete("gone", api_key=key)).is_error
         return dict(await c.classify([TEXT], classifier_id="kept", api_key=key))
@@ -146,10 +144,10 @@ def test_dev_restarted_keeps_its_classifiers(tmp_path: Path, model_cache: Path) 
     before, _ = run("first.log", first)
     (after, version, gone), log = run("second.log", second)
     assert after["data"] == before["data"], (before, after)
-    assert version == 3, log[-3000:]
+    assert version == TRAINED + 1, log[-3000:]
     assert gone["error"]["code"] == "CLASSIFIER_NOT_FOUND", gone
     assert "restored 1 classifier(s)" in log
     assert not list((tmp_path / "data").glob("faust.stale-*"))
     version, log = run("third.log", third)
-    assert version == 4, log[-3000:]
+    assert version == TRAINED + 2, log[-3000:]
     assert "this worker's write is at offset" not in log  # no gap after the restored offset

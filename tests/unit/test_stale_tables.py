@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import numpy as np
 import pytest
 from rocksdict import AccessType, Options, Rdict
 
+from state.records import ClassifierRecord, decode_record, encode_record
 from streams.settings import Settings
 from streams.training import key_partition
 from streams.worker import (
     FAUST_OFFSET_KEY,
+    GROUP_MARK,
     TABLES_SUBDIR,
     ReseedRefused,
     local_changelog_offsets,
@@ -100,28 +103,61 @@ class FakeChangelog:
         return len(log) - 1
 
 
+def trained(classifier_id: bytes) -> bytes:
+    """An encoded record that remembers offsets of the old train topic."""
+    rec = ClassifierRecord.new(
+        classifier_id.decode(), model="m", owner="o", access="private", dim=2, now=0.0
+    )
+    rec.labels, rec.weights, rec.version = ["a"], np.ones((1, 2), np.float32), 70
+    rec.applied["shotstream-train:0"] = 169
+    rec.hyper.update(
+        {"C": 0.03, "_replay": {"shotstream-train:0": [[169, 70, 5.0]]}, "_used": {"x:0": [3, 1.0]}}
+    )
+    return encode_record(rec)
+
+
 def test_a_new_changelog_is_filled_from_the_tables_and_they_are_marked_read(
     tmp_path: Path,
 ) -> None:
     """`shotstream dev` restarted: every classifier goes back into the changelog partition
-    its table holds it in, and each table's faust offset becomes its last record's offset
-    (faust then restores nothing and its next write follows on); a partition left with no
-    classifier (all deleted) loses its offset, which the new topic has not reached."""
+    its table holds it in, having forgotten the old topics' offsets (new train records at
+    offsets 0, 1 ... must not pass for replays), and each table stores it as sent, marked
+    read up to its last record (faust then restores nothing and its next write follows
+    on); a partition left with no classifier (all deleted) loses its offset, which the new
+    topic has not reached; a record that cannot be read is kept as it is."""
     p0, p2 = ids_in(0, 4, 3), ids_in(2, 4, 1)
-    write_records(tmp_path, 0, {k: b"record " + k for k in p0}, offset=41)
-    write_records(tmp_path, 2, {k: b"record " + k for k in p2}, offset=7)
+    write_records(tmp_path, 0, {k: trained(k) for k in p0}, offset=41)
+    write_records(tmp_path, 2, {p2[0]: b"not a record"}, offset=7)
     write_records(tmp_path, 3, {}, offset=12)
     settings = Settings(data_dir=tmp_path, partitions=4)
     topic = FakeChangelog()
     assert asyncio.run(reseed_changelog(settings, topic.send)) == 4
-    assert topic.partitions == {
-        0: [(CHANGELOG, k, b"record " + k) for k in sorted(p0)],
-        2: [(CHANGELOG, p2[0], b"record " + p2[0])],
-    }
+    sent = {p: [(t, k, v) for t, k, v in log] for p, log in topic.partitions.items()}
+    assert [(t, k) for t, k, _ in sent[0]] == [(CHANGELOG, k) for k in sorted(p0)]
+    assert sent[2] == [(CHANGELOG, p2[0], b"not a record")]
+    for _, key, value in sent[0]:
+        again = decode_record(value)
+        assert (again.applied, again.hyper, again.version) == ({}, {"C": 0.03}, 70)
+        assert again.weights.tolist() == [[1.0, 1.0]]
+        assert value != trained(key)
     tables = tmp_path / "faust" / TABLES_SUBDIR
     assert local_changelog_offsets(tmp_path / "faust") == {0: 2, 2: 0}
-    assert read_tables(tables, 4)[0] == [(k, b"record " + k) for k in sorted(p0)]  # kept
+    assert read_tables(tables, 4)[0] == [(k, v) for _, k, v in sent[0]]  # stored as sent
     assert read_tables(tables, 4)[3] == []
+    again = FakeChangelog()  # a start cut off after this one reseeds the same
+    assert asyncio.run(reseed_changelog(settings, again.send)) == 4
+    assert again.partitions == topic.partitions
+
+
+def test_tables_a_group_worker_wrote_are_not_reseeded(tmp_path: Path) -> None:
+    """`shotstream worker` marks its data directory: in a group its tables may hold
+    partitions taken from it, at overtaken versions, which dev must not bring back."""
+    write_records(tmp_path, 0, {k: trained(k) for k in ids_in(0, 4, 1)}, offset=3)
+    (tmp_path / "faust" / GROUP_MARK).touch()
+    topic = FakeChangelog()
+    assert asyncio.run(reseed_changelog(Settings(data_dir=tmp_path), topic.send)) is None
+    assert topic.partitions == {}
+    assert local_changelog_offsets(tmp_path / "faust") == {0: 3}  # untouched
 
 
 def test_tables_of_another_partition_count_are_not_reseeded(tmp_path: Path) -> None:
