@@ -17,8 +17,9 @@ from typing import Any, Protocol
 
 import faust
 
+from streams.broker import ssl_context
 from streams.lenient_records import install as read_undecodable_header_keys
-from streams.settings import EMBEDDED_FETCH_MAX_WAIT_MS, Settings
+from streams.settings import EMBEDDED_FETCH_MAX_WAIT_MS, KafkaSettings, Settings
 from streams.table import ClassifierTable
 
 log = logging.getLogger(__name__)
@@ -50,9 +51,44 @@ def app_config(settings: Settings) -> dict[str, Any]:
         "producer_request_timeout": settings.kafka.request_timeout_s,
         "producer_max_request_size": settings.kafka.max_message_bytes,
     }
+    credentials = faust_credentials(settings.kafka)
+    if credentials is not None:
+        config["broker_credentials"] = credentials
     if settings.embedded_broker:
         config.update(EMBEDDED_BROKER_OVERRIDES)
     return config
+
+
+def faust_credentials(kafka: KafkaSettings) -> Any:
+    """faust's ``broker_credentials`` for the settings' TLS and SASL (``None``: plaintext),
+    so the worker's own consumers, producer and admin reach the brokers as
+    :func:`streams.broker.kafka_security`'s clients do.
+
+    >>> from streams.settings import KafkaSettings
+    >>> faust_credentials(KafkaSettings()) is None
+    True
+    >>> sasl = KafkaSettings(
+    ...     security_protocol="SASL_PLAINTEXT", sasl_username="u", sasl_password="p"
+    ... )
+    >>> from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
+    >>> sorted(credentials_to_aiokafka_auth(faust_credentials(sasl)).items())
+    ... # doctest: +NORMALIZE_WHITESPACE
+    [('sasl_mechanism', 'PLAIN'), ('sasl_plain_password', 'p'),
+     ('sasl_plain_username', 'u'), ('security_protocol', 'SASL_PLAINTEXT'),
+     ('ssl_context', None)]
+    """
+    if kafka.security_protocol == "PLAINTEXT":
+        return None
+    context = ssl_context(kafka) if kafka.security_protocol.endswith("SSL") else None
+    if kafka.security_protocol == "SSL":
+        return faust.SSLCredentials(context)
+    password = kafka.sasl_password
+    return faust.SASLCredentials(
+        username=kafka.sasl_username,
+        password=password.get_secret_value() if password else None,
+        ssl_context=context,
+        mechanism=kafka.sasl_mechanism,
+    )
 
 
 def shorten_fetch_wait(max_wait_ms: int = EMBEDDED_FETCH_MAX_WAIT_MS) -> None:

@@ -16,12 +16,19 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import ssl
+
     from aiokafka import AIOKafkaConsumer
+
+    from streams.settings import KafkaSettings
+
+Security = Mapping[str, Any]
+"""aiokafka keywords saying how to reach the brokers (:func:`kafka_security`)."""
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +150,7 @@ async def wait_for_broker(
     timeout_s: float = 30.0,
     process: subprocess.Popen[bytes] | None = None,
     process_log: IO[bytes] | None = None,
+    security: Security | None = None,
 ) -> None:
     """Retry an admin connection + ``list_topics`` until the broker answers."""
 
@@ -151,7 +159,7 @@ async def wait_for_broker(
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)  # "Unable connect" is expected while it starts
     try:
-        await _wait(brokers, deadline, process, process_log)
+        await _wait(brokers, deadline, process, process_log, security or {})
     finally:
         quiet.setLevel(level)
 
@@ -161,6 +169,7 @@ async def _wait(
     deadline: float,
     process: subprocess.Popen[bytes] | None,
     process_log: IO[bytes] | None,
+    security: Security,
 ) -> None:
     from aiokafka.admin import AIOKafkaAdminClient
 
@@ -172,7 +181,9 @@ async def _wait(
                 process_log.seek(0)
                 err = process_log.read().decode(errors="replace")
             raise BrokerExitedError(f"broker exited with {process.returncode}: {err[-2000:]}")
-        admin = AIOKafkaAdminClient(bootstrap_servers=list(brokers), request_timeout_ms=2000)
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=list(brokers), request_timeout_ms=2000, **security
+        )
         try:
             await admin.start()
             await admin.list_topics()
@@ -193,6 +204,7 @@ async def ensure_topics(
     replication_factor: int = 1,
     compacted: Iterable[str] = (),
     max_message_bytes: int | None = None,
+    security: Security | None = None,
 ) -> list[str]:
     """Create the topics that do not exist yet (``compacted`` ones with
     ``cleanup.policy=compact``, all with ``max.message.bytes`` when given); return the
@@ -201,7 +213,7 @@ async def ensure_topics(
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=list(brokers))
+    admin = AIOKafkaAdminClient(bootstrap_servers=list(brokers), **(security or {}))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -265,12 +277,14 @@ def topic_created(response: Any, name: str) -> bool:
     return True
 
 
-async def partition_counts(brokers: Iterable[str], topics: Iterable[str]) -> dict[str, int]:
+async def partition_counts(
+    brokers: Iterable[str], topics: Iterable[str], security: Security | None = None
+) -> dict[str, int]:
     """Partitions of each existing topic (ask only for topics that exist: a broker with
     ``auto.create.topics.enable``, Tansu among them, creates one it is asked about)."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=list(brokers))
+    admin = AIOKafkaAdminClient(bootstrap_servers=list(brokers), **(security or {}))
     await admin.start()
     try:
         # only those listed: aiokafka asks for the others with auto-creation allowed
@@ -289,6 +303,62 @@ def running_broker(port: int) -> Iterator[EmbeddedBroker]:
         yield broker
     finally:
         broker.stop()
+
+
+class KafkaSecurityError(ValueError):
+    """A TLS file of the Kafka settings cannot be used."""
+
+
+def ssl_context(kafka: KafkaSettings) -> ssl.SSLContext:
+    """A TLS client context: the brokers verified against ``ssl_cafile`` (or the system's
+    CAs), with this client's certificate when one is set; :class:`KafkaSecurityError`,
+    naming the setting, when a file cannot be read."""
+    import ssl
+
+    try:
+        context = ssl.create_default_context(
+            cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile is not None else None
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise KafkaSecurityError(
+            f"SHOTSTREAM_KAFKA__SSL_CAFILE={kafka.ssl_cafile}: not a readable PEM file of "
+            f"certificates ({exc})"
+        ) from exc
+    if kafka.ssl_certfile is not None:
+        keyfile = str(kafka.ssl_keyfile) if kafka.ssl_keyfile is not None else None
+        try:
+            context.load_cert_chain(str(kafka.ssl_certfile), keyfile)
+        except (OSError, ssl.SSLError) as exc:
+            raise KafkaSecurityError(
+                f"SHOTSTREAM_KAFKA__SSL_CERTFILE={kafka.ssl_certfile} (SSL_KEYFILE="
+                f"{kafka.ssl_keyfile}): not a readable certificate and key ({exc})"
+            ) from exc
+    context.check_hostname = kafka.ssl_check_hostname
+    return context
+
+
+def kafka_security(kafka: KafkaSettings) -> dict[str, Any]:
+    """The keywords every aiokafka client of shotstream takes to reach the brokers.
+
+    >>> from streams.settings import KafkaSettings
+    >>> kafka_security(KafkaSettings())
+    {'security_protocol': 'PLAINTEXT'}
+    >>> sasl = KafkaSettings(
+    ...     security_protocol="SASL_PLAINTEXT", sasl_username="u", sasl_password="p"
+    ... )
+    >>> sorted(kafka_security(sasl).items())  # doctest: +NORMALIZE_WHITESPACE
+    [('sasl_mechanism', 'PLAIN'), ('sasl_plain_password', 'p'),
+     ('sasl_plain_username', 'u'), ('security_protocol', 'SASL_PLAINTEXT')]
+    """
+    out: dict[str, Any] = {"security_protocol": kafka.security_protocol}
+    if kafka.security_protocol.endswith("SSL"):
+        out["ssl_context"] = ssl_context(kafka)
+    if kafka.security_protocol.startswith("SASL_"):
+        password = kafka.sasl_password
+        out["sasl_mechanism"] = kafka.sasl_mechanism
+        out["sasl_plain_username"] = kafka.sasl_username
+        out["sasl_plain_password"] = password.get_secret_value() if password else None
+    return out
 
 
 def request_timeout(seconds: float | None) -> dict[str, int]:

@@ -58,10 +58,17 @@ def _settings(*, serving: bool = False, **overrides: Any) -> Settings:
     from pydantic import ValidationError
     from pydantic_settings import SettingsError
 
+    from streams.broker import KafkaSecurityError, kafka_security
+
     try:
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     except (ValidationError, SettingsError) as exc:
         typer.echo(f"invalid settings: {settings_problem(exc)}", err=True)
+        raise typer.Exit(2) from None
+    try:  # the TLS files are read now, not when the first client connects
+        kafka_security(settings.kafka)
+    except KafkaSecurityError as exc:
+        typer.echo(f"invalid settings: {exc}", err=True)
         raise typer.Exit(2) from None
     for variable, close in Settings.unknown_variables(os.environ).items():
         hint = f" (did you mean {close}?)" if close else ""
@@ -450,6 +457,7 @@ def classifiers_list(
     """Your classifiers: id, model, labels, access, version, samples, uses, times."""
     from streams.app import classifier_changelog_topic
     from streams.auth import hash_key
+    from streams.broker import kafka_security
     from streams.replica import ClassifierReplica
 
     owner = hash_key(_need_key(api_key))
@@ -457,7 +465,9 @@ def classifiers_list(
 
     async def go() -> list[dict[str, Any]]:
         replica = ClassifierReplica(
-            ",".join(settings.brokers), classifier_changelog_topic(settings)
+            ",".join(settings.brokers),
+            classifier_changelog_topic(settings),
+            security=kafka_security(settings.kafka),
         )
         await replica.start()
         try:

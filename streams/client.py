@@ -14,7 +14,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streams.broker import follow, request_timeout, stop_consumer
+from streams.broker import follow, kafka_security, request_timeout, stop_consumer
 from streams.errors import OversizeRecordError
 from streams.lenient_records import install as read_undecodable_header_keys
 from streams.producer import TOO_LARGE, record_size
@@ -70,11 +70,13 @@ class ShotstreamClient:
 
     async def _start(self) -> ShotstreamClient:
         brokers = ",".join(self.settings.brokers)
+        security = kafka_security(self.settings.kafka)
         self._producer = AIOKafkaProducer(
             bootstrap_servers=brokers,
             acks="all",
             max_request_size=self.settings.kafka.max_message_bytes,
             **request_timeout(self.produce_timeout_s),
+            **security,
         )
         await self._producer.start()
         # No group: assign every partition and start at the end. The embedded broker's
@@ -84,7 +86,10 @@ class ShotstreamClient:
         # arrive meanwhile: keep the wait short there (streams/app.py)
         wait_ms = EMBEDDED_FETCH_MAX_WAIT_MS if self.settings.embedded_broker else 500
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=brokers, enable_auto_commit=False, fetch_max_wait_ms=wait_ms
+            bootstrap_servers=brokers,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=wait_ms,
+            **security,
         )
         await self._consumer.start()
         partitions = [

@@ -43,6 +43,7 @@ from starlette.types import Scope
 from state.records import ClassifierRecord, iso_time
 from streams.app import classifier_changelog_topic
 from streams.auth import NO_KEYS, KeyRing, owner_or_refusal
+from streams.broker import kafka_security
 from streams.client import Answer, ShotstreamClient
 from streams.errors import ErrorCode, OversizeRecordError, RequestError
 from streams.http_models import (
@@ -159,6 +160,7 @@ class Gateway:
             classifier_changelog_topic(settings),
             fetch_max_wait_ms=EMBEDDED_FETCH_MAX_WAIT_MS if settings.embedded_broker else 500,
             request_timeout_s=gw.kafka_timeout_s,
+            security=kafka_security(settings.kafka),
         )
         self.late_answer_window_s = LATE_ANSWER_WINDOW_S
         self.max_late_answers = MAX_LATE_ANSWERS

@@ -15,6 +15,7 @@ import time
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 
+from streams.broker import kafka_security
 from streams.errors import OversizeRecordError
 from streams.observer import Observer
 from streams.settings import Settings
@@ -70,6 +71,7 @@ class OutputProducer:
                         max_request_size=self.settings.kafka.max_message_bytes,
                         linger_ms=self.settings.kafka.output_linger_ms,
                         request_timeout_ms=int(self.settings.kafka.request_timeout_s * 1000),
+                        **kafka_security(self.settings.kafka),
                     )
                     try:
                         await producer.start()

@@ -26,7 +26,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from state.records import ClassifierRecord, Lineage, decode_record, is_older
-from streams.broker import follow, request_timeout, stop_consumer
+from streams.broker import Security, follow, request_timeout, stop_consumer
 from streams.lenient_records import install as read_undecodable_header_keys
 
 log = logging.getLogger(__name__)
@@ -52,9 +52,12 @@ class ClassifierReplica:
         *,
         fetch_max_wait_ms: int = 25,
         request_timeout_s: float | None = None,
+        security: Security | None = None,
     ) -> None:
         self.brokers = brokers
         self.topic = topic
+        self.security = security or {}
+        """How to reach the brokers (:func:`streams.broker.kafka_security`)."""
         self.fetch_max_wait_ms = fetch_max_wait_ms
         self.request_timeout_s = request_timeout_s
         """How long a request to Kafka may take (``caught_up``'s offset query among them)
@@ -94,6 +97,7 @@ class ClassifierReplica:
             fetch_max_wait_ms=self.fetch_max_wait_ms,
             auto_offset_reset="earliest",
             **request_timeout(self.request_timeout_s),
+            **self.security,
         )
         try:
             await self._assign(consumer, timeout_s)

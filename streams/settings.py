@@ -137,6 +137,42 @@ class KafkaSettings(BaseModel):
     ``max.message.bytes`` of the topics it creates. A 1,024-input, 256-label answer is
     about 15 MB; Kafka's own default is 1 MB. An answer over it (or over a lower limit of
     the broker) is a ``RESPONSE_TOO_LARGE`` dead letter; a gateway request over it, 413."""
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """How every client of a worker, gateway or CLI talks to the brokers (Kafka's
+    ``security.protocol``): ``SSL`` encrypts (and, with a client certificate, authenticates),
+    ``SASL_*`` authenticates with a user name and password."""
+    ssl_cafile: Path | None = None
+    """CA certificates (PEM) that sign the brokers' certificates; the system's when unset."""
+    ssl_certfile: Path | None = None
+    """This client's certificate (PEM), for brokers that ask for one (mutual TLS)."""
+    ssl_keyfile: Path | None = None
+    """Its private key (PEM), when not in ``ssl_certfile``."""
+    ssl_check_hostname: bool = True
+    """Whether a broker's certificate must name the host it was reached at."""
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    """Never logged or shown (``SHOTSTREAM_KAFKA__SASL_PASSWORD``)."""
+
+    @model_validator(mode="after")
+    def _security_complete(self) -> KafkaSettings:
+        sasl = self.security_protocol.startswith("SASL_")
+        if sasl and (not self.sasl_username or self.sasl_password is None):
+            raise ValueError(
+                f"security_protocol {self.security_protocol} needs sasl_username and "
+                "sasl_password (SHOTSTREAM_KAFKA__SASL_USERNAME, SHOTSTREAM_KAFKA__SASL_PASSWORD)"
+            )
+        files = {"ssl_cafile": self.ssl_cafile, "ssl_certfile": self.ssl_certfile}
+        files["ssl_keyfile"] = self.ssl_keyfile
+        named = {name: path for name, path in files.items() if path is not None}
+        if named and not self.security_protocol.endswith("SSL"):
+            raise ValueError(
+                f"{', '.join(named)} set, but security_protocol {self.security_protocol} "
+                "does not use TLS (SSL or SASL_SSL)"
+            )
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise ValueError("ssl_keyfile without ssl_certfile")
+        return self
 
 
 class ImageSettings(BaseModel):

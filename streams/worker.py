@@ -27,6 +27,7 @@ from streams.broker import (
     TopicCreationError,
     check_port_free,
     ensure_topics,
+    kafka_security,
     partition_counts,
     wait_for_broker,
 )
@@ -93,6 +94,7 @@ def build_worker(settings: Settings) -> tuple[ShotstreamApp, ClassifyService, Pr
         ",".join(settings.brokers),
         classifier_changelog_topic(settings),
         fetch_max_wait_ms=EMBEDDED_FETCH_MAX_WAIT_MS if settings.embedded_broker else 500,
+        security=kafka_security(settings.kafka),
     )
     service = ClassifyService(settings, make_registry(settings, device, dtype), observer, replica)
     keys = KeyRing(settings.all_api_keys())
@@ -197,7 +199,10 @@ def subscribed_partitions(app: ShotstreamApp, topic: str) -> int | None:
 
 async def prepare_broker(settings: Settings) -> list[str]:
     """Wait for the brokers and create shotstream's topics where missing; the ones created."""
-    await wait_for_broker(settings.brokers, timeout_s=settings.kafka.request_timeout_s)
+    security = kafka_security(settings.kafka)
+    await wait_for_broker(
+        settings.brokers, timeout_s=settings.kafka.request_timeout_s, security=security
+    )
     changelog = classifier_changelog_topic(settings)
     created = await ensure_topics(
         settings.brokers,
@@ -206,13 +211,14 @@ async def prepare_broker(settings: Settings) -> list[str]:
         settings.kafka.replication_factor,
         compacted=[changelog],
         max_message_bytes=settings.kafka.max_message_bytes,
+        security=security,
     )
     if created:
         log.info("created topics %s (%d partitions)", ", ".join(created), settings.partitions)
     train = settings.topic("train")
     deadline = time.monotonic() + settings.kafka.request_timeout_s
     while True:  # on a cluster, a broker learns of a topic created a moment ago shortly after
-        counts = await partition_counts(settings.brokers, [train, changelog])
+        counts = await partition_counts(settings.brokers, [train, changelog], security)
         missing = [t for t in (train, changelog) if t not in counts]
         if not missing:
             break
@@ -270,7 +276,9 @@ async def changelog_end_offsets(settings: Settings) -> dict[int, int]:
 
     topic = classifier_changelog_topic(settings)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=",".join(settings.brokers), enable_auto_commit=False
+        bootstrap_servers=",".join(settings.brokers),
+        enable_auto_commit=False,
+        **kafka_security(settings.kafka),
     )
     await consumer.start()
     try:
@@ -478,6 +486,7 @@ async def reseed_with_producer(settings: Settings) -> int | None:
         acks="all",
         max_request_size=settings.kafka.max_message_bytes,
         request_timeout_ms=int(settings.kafka.request_timeout_s * 1000),
+        **kafka_security(settings.kafka),
     )
     await producer.start()
     try:

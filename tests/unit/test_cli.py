@@ -31,6 +31,22 @@ def test_a_bad_setting_is_named_not_a_traceback(env: dict[str, str], named: str)
     assert "Traceback" not in output
 
 
+@pytest.mark.parametrize("command", [["classify", "-l", "a", "-l", "b", "x"], ["worker"]])
+def test_an_unreadable_tls_file_is_named_before_kafka_is_tried(
+    command: list[str], tmp_path: Path
+) -> None:
+    env = {
+        "SHOTSTREAM_BROKERS": "127.0.0.1:1",
+        "SHOTSTREAM_DATA_DIR": str(tmp_path),
+        "SHOTSTREAM_KAFKA__SECURITY_PROTOCOL": "SSL",
+        "SHOTSTREAM_KAFKA__SSL_CAFILE": str(tmp_path / "missing.pem"),
+    }
+    code, output = run(command, env)
+    assert code == 2, output
+    assert f"invalid settings: SHOTSTREAM_KAFKA__SSL_CAFILE={tmp_path / 'missing.pem'}" in output
+    assert "Traceback" not in output
+
+
 def test_kafka_out_of_reach_is_one_line_and_exit_4() -> None:
     """A port nothing listens on (refused at once): the classify, train, delete and list
     commands say where they looked for Kafka."""

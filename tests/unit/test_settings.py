@@ -104,6 +104,18 @@ def _env_names(model: type[BaseModel], prefix: str = "SHOTSTREAM_") -> set[str]:
     return names
 
 
+NEEDS = {
+    f"SHOTSTREAM_KAFKA__{name}": {"SHOTSTREAM_KAFKA__SECURITY_PROTOCOL": "SSL"}
+    for name in ("SSL_CAFILE", "SSL_CERTFILE")
+} | {
+    "SHOTSTREAM_KAFKA__SSL_KEYFILE": {
+        "SHOTSTREAM_KAFKA__SECURITY_PROTOCOL": "SSL",
+        "SHOTSTREAM_KAFKA__SSL_CERTFILE": "/etc/shotstream/worker.pem",
+    }
+}
+"""Commented examples that only validate beside another setting (TLS files need TLS)."""
+
+
 def _example() -> tuple[dict[str, str], dict[str, str]]:
     """``deploy/worker.env.example``: its settings, and its commented examples."""
     path = Path(__file__).parents[2] / "deploy" / "worker.env.example"
@@ -145,6 +157,8 @@ def test_the_example_env_file_names_every_setting_and_shows_the_defaults(
         if name in client:
             continue
         with monkeypatch.context() as patch:
+            for needed, needed_value in NEEDS.get(name, {}).items():
+                patch.setenv(needed, needed_value)
             patch.setenv(name, value)
             assert Settings().model_dump() != defaults, name
 
@@ -161,3 +175,29 @@ def test_gpu_batching_defaults_apply_only_to_knobs_left_unset(
     assert gpu.chunk_overhead_tokens == GPU_BATCHING["chunk_overhead_tokens"]
     assert gpu.max_in_flight == GPU_BATCHING["max_in_flight"]
     assert gpu.max_wait_ms == batching.max_wait_ms  # no GPU default
+
+
+@pytest.mark.parametrize(
+    ("kafka", "problem"),
+    [
+        ({"security_protocol": "SASL_SSL"}, "needs sasl_username and sasl_password"),
+        ({"security_protocol": "SASL_PLAINTEXT", "sasl_username": "u"}, "sasl_password"),
+        ({"ssl_cafile": "/ca.pem"}, "security_protocol PLAINTEXT does not use TLS"),
+        ({"security_protocol": "SSL", "ssl_keyfile": "/k.pem"}, "ssl_keyfile without"),
+    ],
+)
+def test_kafka_security_settings_are_complete(kafka: dict[str, str], problem: str) -> None:
+    with pytest.raises(ValidationError, match=problem):
+        Settings(kafka=kafka)
+
+
+def test_the_sasl_password_is_never_shown(tmp_path: Path) -> None:
+    from streams.broker import kafka_security
+
+    settings = Settings(
+        kafka={"security_protocol": "SASL_SSL", "sasl_username": "u", "sasl_password": "s3cret"}
+    )
+    assert "s3cret" not in repr(settings) + settings.model_dump_json()
+    security = kafka_security(settings.kafka)
+    assert security["sasl_plain_password"] == "s3cret"  # noqa: S105 - a test value
+    assert security["ssl_context"].verify_mode.name == "CERT_REQUIRED"
