@@ -56,6 +56,13 @@ def app_config(settings: Settings) -> dict[str, Any]:
         config["broker_credentials"] = credentials
     if settings.embedded_broker:
         config.update(EMBEDDED_BROKER_OVERRIDES)
+    for name, value in (
+        ("broker_session_timeout", settings.kafka.session_timeout_s),
+        ("broker_heartbeat_interval", settings.kafka.heartbeat_interval_s),
+        ("broker_rebalance_timeout", settings.kafka.rebalance_timeout_s),
+    ):
+        if value is not None:  # set: over the embedded broker's and faust's defaults
+            config[name] = value
     return config
 
 

@@ -137,6 +137,18 @@ class KafkaSettings(BaseModel):
     ``max.message.bytes`` of the topics it creates. A 1,024-input, 256-label answer is
     about 15 MB; Kafka's own default is 1 MB. An answer over it (or over a lower limit of
     the broker) is a ``RESPONSE_TOO_LARGE`` dead letter; a gateway request over it, 413."""
+    session_timeout_s: float | None = Field(None, gt=0)
+    """How long the group waits for a silent worker (a crash, a cut network) before giving
+    its partitions to the others: their requests wait that long. Unset: 6 s on the
+    embedded broker, faust's 60 s on Kafka (whose brokers accept 6 s to 30 min by
+    default). Shorter fails over sooner; too short takes a worker paused that long (a
+    stalled host, a long GC) for dead, and the group rebalances."""
+    heartbeat_interval_s: float | None = Field(None, gt=0)
+    """How often a worker tells the group it is alive; at most a third of the session
+    timeout. Unset: 1 s on the embedded broker, faust's 3 s on Kafka."""
+    rebalance_timeout_s: float | None = Field(None, gt=0)
+    """How long a rebalance waits for members to rejoin. Unset: 6 s on the embedded
+    broker, faust's 60 s on Kafka."""
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     """How every client of a worker, gateway or CLI talks to the brokers (Kafka's
     ``security.protocol``): ``SSL`` encrypts (and, with a client certificate, authenticates),
@@ -153,6 +165,16 @@ class KafkaSettings(BaseModel):
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     """Never logged or shown (``SHOTSTREAM_KAFKA__SASL_PASSWORD``)."""
+
+    @model_validator(mode="after")
+    def _heartbeat_within_session(self) -> KafkaSettings:
+        session, beat = self.session_timeout_s, self.heartbeat_interval_s
+        if session is not None and beat is not None and beat * 3 > session:
+            raise ValueError(
+                f"heartbeat_interval_s {beat:g} is over a third of session_timeout_s "
+                f"{session:g}: one late heartbeat would end the session"
+            )
+        return self
 
     @model_validator(mode="after")
     def _security_complete(self) -> KafkaSettings:

@@ -201,3 +201,25 @@ def test_the_sasl_password_is_never_shown(tmp_path: Path) -> None:
     security = kafka_security(settings.kafka)
     assert security["sasl_plain_password"] == "s3cret"  # noqa: S105 - a test value
     assert security["ssl_context"].verify_mode.name == "CERT_REQUIRED"
+
+
+def test_group_timeouts_default_per_broker_and_can_be_set() -> None:
+    """The embedded broker needs short group timeouts (it holds joins for half the
+    session); Kafka keeps faust's unless set, and a set value wins on either."""
+    from streams.app import app_config
+
+    def timeouts(**kafka: object) -> tuple[object, object, object]:
+        config = app_config(Settings(kafka=kafka))
+        names = ("broker_session_timeout", "broker_heartbeat_interval", "broker_rebalance_timeout")
+        return tuple(config.get(name) for name in names)  # type: ignore[return-value]
+
+    assert timeouts(embedded="yes") == (6.0, 1.0, 6.0)
+    assert timeouts(embedded="no") == (None, None, None)  # faust's 60 / 3 / 60
+    assert timeouts(embedded="no", session_timeout_s=15, rebalance_timeout_s=30) == (
+        15.0,
+        None,
+        30.0,
+    )
+    assert timeouts(embedded="yes", heartbeat_interval_s=2) == (6.0, 2.0, 6.0)
+    with pytest.raises(ValidationError, match="over a third of session_timeout_s"):
+        Settings(kafka={"session_timeout_s": 6, "heartbeat_interval_s": 3})
