@@ -15,7 +15,8 @@ class Observer:
     """No-op hooks; subclass and override what you need."""
 
     def on_request(self, topic: str, kind: str, inputs: int) -> None:
-        """A valid request is being served (``kind``: zero-shot / few-shot)."""
+        """A valid request is being served (``kind``: zero-shot / few-shot on the classify
+        topic, train / delete on the train topic; ``inputs``: its inputs or examples)."""
 
     def on_response(self, topic: str, kind: str, inputs: int, latency_s: float | None) -> None:
         """A response was produced; ``latency_s`` from the request record's timestamp."""

@@ -271,6 +271,14 @@ class TrainHandler:
                     sent = self._use(request, message)
                 await delivered(sent, functools.partial(self._write_again, request.classifier_id))
                 return
+            # counted as classify requests are, so an alert on requests without answers
+            # covers training too (usage reports are workers' own, and get no answer)
+            kind, examples = (
+                ("delete", 0)
+                if isinstance(request, DeleteRequest)
+                else ("train", len(request.examples))
+            )
+            self.observer.on_request(message.topic, kind, examples)
             owner = owner_or_refusal(
                 self.keys, header_value(message.headers, "authorization"), "few-shot training"
             )
@@ -288,6 +296,9 @@ class TrainHandler:
             await send_dead_letter(
                 self.output, self.errors_topic, self.observer, event, request_id, exc
             )
+            return
+        latency = time.time() - message.timestamp if message.timestamp else None
+        self.observer.on_response(message.topic, kind, 0, latency)  # no predictions
 
     async def _train(
         self,

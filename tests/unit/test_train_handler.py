@@ -610,3 +610,38 @@ def test_a_usage_report_from_a_clock_ahead_lists_no_time_in_the_future() -> None
     run(train_handler, [event(0, train("r0", "a"), "x"), event(1, usage(1, far), "x", "")])
     assert stored(table).used_at is not None
     assert stored(table).used_at <= time.time()
+
+
+def test_train_and_delete_requests_are_counted_as_requests_and_answers() -> None:
+    """As classify requests are, so that the alert on requests without answers covers
+    training; dead letters are answers of their own, usage reports are not requests."""
+    seen: list[tuple[str, str, str, int]] = []
+    train_handler, _table, _output = handler({})
+    observer = train_handler.observer
+    observer.on_request = lambda t, k, n: seen.append(("request", t, k, n))  # type: ignore[method-assign]
+    observer.on_response = lambda t, k, n, _s: seen.append(("response", t, k, n))  # type: ignore[method-assign]
+    body = train("r1", "a")
+    body["input"] = [{"text": "t", "label": "a"}, {"text": "u", "label": "b"}]
+    run(
+        train_handler,
+        [
+            event(0, body, "x"),
+            event(1, {"request_id": "r2", "classifier_id": "x", "action": "delete"}, "x"),
+            event(2, train("r3", "a", model=None, cid="y"), "y", api_key="nobody"),
+            event(3, {"action": "usage", "count": 1, "used_at": 5.0, "classifier_id": "x"}, "x"),
+        ],
+    )
+    assert sorted(seen) == sorted(
+        [
+            ("request", "train", "train", 2),
+            ("response", "train", "train", 0),
+            ("request", "train", "delete", 0),
+            ("response", "train", "delete", 0),
+            (
+                "request",
+                "train",
+                "train",
+                1,
+            ),  # refused (no such key): a dead letter, not a response
+        ]
+    )
