@@ -205,10 +205,12 @@ async def ensure_topics(
     compacted: Iterable[str] = (),
     max_message_bytes: int | None = None,
     security: Security | None = None,
+    retention_ms: int | None = None,
 ) -> list[str]:
     """Create the topics that do not exist yet (``compacted`` ones with
-    ``cleanup.policy=compact``, all with ``max.message.bytes`` when given); return the
-    ones created. Existing topics keep their configuration."""
+    ``cleanup.policy=compact``, the others with ``retention.ms`` when given, all with
+    ``max.message.bytes`` when given); return the ones created. Existing topics keep
+    their configuration."""
     compact = set(compacted)
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
@@ -221,6 +223,8 @@ async def ensure_topics(
         created = []
         for name in wanted:
             configs = {"cleanup.policy": "compact"} if name in compact else {}
+            if retention_ms is not None and name not in compact:
+                configs["retention.ms"] = str(retention_ms)
             if max_message_bytes is not None:
                 configs["max.message.bytes"] = str(max_message_bytes)
             try:

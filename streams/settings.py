@@ -137,6 +137,12 @@ class KafkaSettings(BaseModel):
     ``max.message.bytes`` of the topics it creates. A 1,024-input, 256-label answer is
     about 15 MB; Kafka's own default is 1 MB. An answer over it (or over a lower limit of
     the broker) is a ``RESPONSE_TOO_LARGE`` dead letter; a gateway request over it, 413."""
+    retention_ms: int | None = Field(None, ge=-1)
+    """``retention.ms`` of the request and answer topics shotstream creates (classify,
+    predictions, train, train-results, errors; not the compacted classifier changelog,
+    and not topics that exist already). Unset: the broker's default (7 days on Kafka).
+    Request records hold callers' texts and, in a header, their API keys: a shorter
+    retention keeps them for less long. -1 keeps them for good."""
     session_timeout_s: float | None = Field(None, gt=0)
     """How long the group waits for a silent worker (a crash, a cut network) before giving
     its partitions to the others: their requests wait that long. Unset: 6 s on the

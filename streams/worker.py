@@ -212,6 +212,7 @@ async def prepare_broker(settings: Settings) -> list[str]:
         compacted=[changelog],
         max_message_bytes=settings.kafka.max_message_bytes,
         security=security,
+        retention_ms=settings.kafka.retention_ms,
     )
     if created:
         log.info("created topics %s (%d partitions)", ", ".join(created), settings.partitions)
