@@ -5,8 +5,9 @@ Classifiers are *written* by the worker that owns their partition of the train t
 request_id, so they land on any worker: each worker therefore follows the table's
 changelog topic from the beginning (all partitions, no consumer group) and keeps the
 latest record per classifier in memory. Reads are local and cheap; they lag the writer
-by the replication delay (milliseconds), and an unknown id is waited for briefly before
-it is called unknown, so a classifier is usable as soon as its creation is answered.
+by the replication delay (milliseconds), and an unknown id is called unknown only once
+the changelog has been read to where it ended when asked (:meth:`ClassifierReplica.wait_for`),
+so a classifier is usable as soon as its creation is answered.
 
 A delete is read at once on the worker that made it (:meth:`ClassifierReplica.forget`):
 the record goes, and its older changelog records still on the way cannot bring it back
@@ -84,6 +85,13 @@ class ClassifierReplica:
         (a replica fed by hand sets it itself): before that, an unknown id may be one
         still to be read, and ``owned_by`` may count too few."""
         self._loader: asyncio.Task[None] | None = None
+        self._read: dict[int, int] = {}
+        """Per partition, the offset after the last record read."""
+        self._next_ends: asyncio.Future[dict[int, int]] | None = None
+        """The changelog's end offsets from the next query (one that starts after its
+        callers asked): see :meth:`_ends_from_now`."""
+        self._ends_lock = asyncio.Lock()
+        self._queries: set[asyncio.Task[None]] = set()
 
     @property
     def following(self) -> bool:
@@ -154,6 +162,8 @@ class ClassifierReplica:
         if message.key:
             key = message.key.decode("utf-8", "replace")
             self.apply(key, message.value, offset=message.offset, partition=message.partition)
+        self._read[message.partition] = message.offset + 1
+        self._notify()  # a waiter for the changelog's end may be done
 
     def apply(
         self, key: str, value: bytes | None, *, offset: int = -1, partition: int = -1
@@ -280,14 +290,65 @@ class ClassifierReplica:
     async def wait_for(
         self, classifier_id: str, timeout_s: float, min_version: int = 0
     ) -> ClassifierRecord | None:
-        """The record once it exists (and has ``min_version``), or None after the timeout."""
+        """The record once it exists (and has ``min_version``); None once the changelog
+        has been read to where it ended when asked without it, or after the timeout.
+
+        Whatever was written before this call (a train request answered before the
+        classify request that asks was produced: an answer waits for its changelog write)
+        is then read, so an unknown id is called unknown after one end-offset query and
+        the reading up to it, not after the whole timeout (which bounds the wait when
+        Kafka is slow or away, or the replica is not reading)."""
 
         def there() -> bool:
             record = self.records.get(classifier_id)
             return record is not None and record.version >= min_version
 
-        await self._until(there, timeout_s)
-        return self.records.get(classifier_id)
+        if there():
+            return self.records.get(classifier_id)
+        deadline = time.monotonic() + timeout_s
+        ends: dict[int, int] | None = None
+        if self.following:
+            try:
+                ends = await asyncio.wait_for(self._ends_from_now(), timeout_s)
+            except Exception as exc:  # TimeoutError, KafkaError: the timeout alone decides
+                log.debug("no changelog end offsets (%r): waiting out the timeout", exc)
+
+        def done() -> bool:
+            return there() or (
+                ends is not None and all(self._read.get(p, 0) >= e for p, e in ends.items())
+            )
+
+        await self._until(done, deadline - time.monotonic())
+        return self.records.get(classifier_id) if there() else None
+
+    async def _ends_from_now(self) -> dict[int, int]:
+        """The changelog's end offsets, from a query that starts after this call: one
+        already under way may have been answered before a write this caller must see.
+        Callers that ask while a query runs share the next one (one at a time)."""
+        if self._next_ends is None:
+            self._next_ends = asyncio.get_running_loop().create_future()
+            task = asyncio.create_task(self._query_ends())
+            self._queries.add(task)
+            task.add_done_callback(self._queries.discard)
+        return await asyncio.shield(self._next_ends)
+
+    async def _query_ends(self) -> None:
+        async with self._ends_lock:
+            future, self._next_ends = self._next_ends, None
+            if future is None:
+                return
+            try:
+                consumer = self._consumer
+                if consumer is None:
+                    raise RuntimeError("replica not started")
+                ends = await consumer.end_offsets(list(consumer.assignment()))
+                future.set_result({tp.partition: offset for tp, offset in ends.items()})
+            except asyncio.CancelledError:
+                future.cancel()
+                raise
+            except Exception as exc:
+                future.set_exception(exc)
+                future.exception()  # retrieved: no "never retrieved" warning without waiters
 
     async def wait_gone(self, classifier_id: str, timeout_s: float) -> bool:
         """Whether the record is gone (deleted) within the timeout."""
@@ -308,6 +369,8 @@ class ClassifierReplica:
         return [r for r in self.records.values() if r.owner == owner]
 
     async def stop(self) -> None:
+        for query in list(self._queries):
+            query.cancel()
         if self._loader is not None:
             self._loader.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -81,7 +81,9 @@ class LimitSettings(BaseModel):
     max_classifiers_per_key: int = Field(16, ge=1)
     max_request_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     visibility_wait_s: float = Field(2.0, ge=0)
-    """How long a few-shot classify waits for an unknown classifier id to replicate."""
+    """Longest a few-shot classify waits for an unknown classifier id to replicate: it
+    reads the changelog to where it ended when asked, then answers; this bounds that
+    when Kafka is slow or away."""
 
 
 class ModelSettings(BaseModel):

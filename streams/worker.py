@@ -204,9 +204,10 @@ async def prepare_broker(settings: Settings) -> list[str]:
         settings.brokers, timeout_s=settings.kafka.request_timeout_s, security=security
     )
     changelog = classifier_changelog_topic(settings)
+    topics = [*(settings.topic(t) for t in TOPICS), changelog]
     created = await ensure_topics(
         settings.brokers,
-        [*(settings.topic(t) for t in TOPICS), changelog],
+        topics,
         settings.partitions,
         settings.kafka.replication_factor,
         compacted=[changelog],
@@ -219,7 +220,7 @@ async def prepare_broker(settings: Settings) -> list[str]:
     train = settings.topic("train")
     deadline = time.monotonic() + settings.kafka.request_timeout_s
     while True:  # on a cluster, a broker learns of a topic created a moment ago shortly after
-        counts = await partition_counts(settings.brokers, [train, changelog], security)
+        counts = await partition_counts(settings.brokers, topics, security)
         missing = [t for t in (train, changelog) if t not in counts]
         if not missing:
             break
@@ -234,6 +235,17 @@ async def prepare_broker(settings: Settings) -> list[str]:
             "train topic's partition count is fixed once classifiers exist (to scale "
             "few-shot training beyond it, use a new SHOTSTREAM_TOPIC_PREFIX and group)"
         )
+    for topic, count in sorted(counts.items()):
+        if count != settings.partitions:
+            log.warning(
+                "topic %s has %d partitions, SHOTSTREAM_PARTITIONS says %d: it applies only "
+                "to topics shotstream creates (existing ones keep theirs, so at most %d "
+                "workers share this one)",
+                topic,
+                count,
+                settings.partitions,
+                count,
+            )
     return created
 
 

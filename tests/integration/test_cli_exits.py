@@ -131,3 +131,26 @@ def test_topics_are_created_with_the_configured_retention_and_size(
             "max.message.bytes": size,
         }
     assert found[changelog] == {"cleanup.policy": "compact", "max.message.bytes": size}
+
+
+def test_a_partition_count_the_topics_do_not_have_is_warned_about(
+    broker: EmbeddedBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SHOTSTREAM_PARTITIONS applies to the topics a worker creates: one raised later
+    would otherwise leave the added workers idle without a word."""
+    from streams.broker import ensure_topics
+
+    settings = Settings(
+        brokers=broker.address, topic_prefix="narrow.", partitions=4, kafka={"group_id": "narrow"}
+    )
+    asyncio.run(ensure_topics([broker.address], [settings.topic("classify")], 2))
+    with caplog.at_level("WARNING", logger="shotstream.worker"):
+        asyncio.run(prepare_broker(settings))
+    warned = [
+        r.getMessage() for r in caplog.records if "SHOTSTREAM_PARTITIONS says" in r.getMessage()
+    ]
+    assert warned == [
+        "topic narrow.classify has 2 partitions, SHOTSTREAM_PARTITIONS says 4: it applies only "
+        "to topics shotstream creates (existing ones keep theirs, so at most 2 workers share "
+        "this one)"
+    ]

@@ -330,3 +330,44 @@ def test_cli_lists_and_deletes_your_classifiers(
     assert json.loads(deleted.stdout)["deleted"] is True
     after = json.loads(cli("classifiers", "list", "--json").stdout)
     assert cid not in {row["classifier_id"] for row in after}
+
+
+def test_an_unknown_id_is_answered_without_sitting_out_the_visibility_wait(
+    broker: EmbeddedBroker, model_cache: Path, tmp_path: Path
+) -> None:
+    """A worker whose visibility wait is 10 minutes still answers an unknown id, someone
+    else's private classifier and a deleted one at once (within the client's 60 s): it
+    reads the changelog to its end instead. A classifier is found right after its
+    creation, and right after it is made public, every time."""
+    env = worker_env(
+        broker,
+        tmp_path / "data",
+        model_cache,
+        SHOTSTREAM_TOPIC_PREFIX="visible.",
+        SHOTSTREAM_KAFKA__GROUP_ID="visible",
+        SHOTSTREAM_LIMITS__VISIBILITY_WAIT_S="600",
+    )
+    settings = client_settings(broker, topic_prefix="visible.", kafka={"group_id": "visible"})
+
+    async def go(c: ShotstreamClient) -> list[str | None]:
+        codes = [code(await c.classify(TICKETS, classifier_id=new_id(), api_key=ALICE))]
+        for _ in range(3):
+            cid = new_id()
+            made = await c.train(
+                FIRST, classifier_id=cid, api_key=ALICE, model="jina-embeddings-v3"
+            )
+            assert code(made) is None, made
+            codes.append(code(await c.classify(TICKETS, classifier_id=cid, api_key=ALICE)))
+            codes.append(code(await c.classify(TICKETS, classifier_id=cid, api_key=BOB)))
+            public = await c.train(SECOND, classifier_id=cid, api_key=ALICE, access="public")
+            assert code(public) is None, public
+            codes.append(code(await c.classify(TICKETS, classifier_id=cid, api_key=BOB)))
+            assert code(await c.delete(cid, api_key=ALICE)) is None
+            codes.append(code(await c.classify(TICKETS, classifier_id=cid, api_key=ALICE)))
+        return codes
+
+    with WorkerProcess(env, tmp_path / "worker.log") as worker:
+        worker.wait_ready(600)
+        codes = with_client(settings, go)
+    found, missing = None, "CLASSIFIER_NOT_FOUND"
+    assert codes == [missing, *[found, missing, found, missing] * 3], codes

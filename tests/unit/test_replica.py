@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaConnectionError
 
 from state.records import ClassifierRecord, encode_record
 from streams import replica as replica_module
@@ -148,3 +153,109 @@ def test_a_local_delete_knows_its_classifier_before_the_replica_read_it() -> Non
     assert replica.get("c1") is None
     assert replica.was_deleted("c1", lineage)
     assert stale == [("c1", 2)]
+
+
+class Changelog:
+    """A consumer's view of the changelog for :meth:`ClassifierReplica.wait_for`: each
+    end-offset query answers the next of ``ends`` once released."""
+
+    def __init__(self, *ends: dict[int, int]) -> None:
+        self.ends = list(ends)
+        self.queries = 0
+        self.release = asyncio.Event()
+        self.release.set()
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TopicPartition("changelog", 0)}
+
+    async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        self.queries += 1
+        answer = self.ends.pop(0)
+        await self.release.wait()
+        if not answer:
+            raise KafkaConnectionError("away")
+        return {TopicPartition("changelog", p): e for p, e in answer.items()}
+
+
+def following(changelog: Changelog) -> ClassifierReplica:
+    replica = ClassifierReplica("127.0.0.1:1", "changelog")
+    replica._consumer = changelog  # type: ignore[assignment]
+    replica._task = asyncio.get_running_loop().create_future()  # type: ignore[assignment]
+    return replica
+
+
+def read(replica: ClassifierReplica, offset: int, cid: str | None, value: bytes | None) -> None:
+    key = cid.encode() if cid else None
+    replica._on_record(SimpleNamespace(key=key, value=value, offset=offset, partition=0))
+
+
+WAIT = 600.0
+"""A visibility wait no test may sit out: answering within GUARD means it did not."""
+GUARD = 30.0
+
+
+def test_an_unknown_id_is_unknown_once_the_changelog_is_read_to_its_end() -> None:
+    """Not after the whole visibility wait: every write made before the request asked is
+    in the changelog by then (an answer waits for its write), so it would have been read."""
+
+    async def go() -> None:
+        replica = following(Changelog({0: 5}))
+        for offset in range(5):
+            read(replica, offset, f"other-{offset}", record(1, f"other-{offset}"))
+        assert await asyncio.wait_for(replica.wait_for("c1", WAIT), GUARD) is None
+
+    asyncio.run(go())
+
+
+def test_a_record_written_before_the_request_is_waited_for_and_found() -> None:
+    """Up to the changelog's end when asked: here a newer version (made public, say) that
+    the request needs, two records on."""
+
+    async def go() -> None:
+        replica = following(Changelog({0: 3}))
+        read(replica, 0, "other", record(1, "other"))
+        waiting = asyncio.create_task(replica.wait_for("c1", WAIT, min_version=2))
+        await asyncio.sleep(0.01)
+        read(replica, 1, "c1", record(1))  # an older version: not yet
+        await asyncio.sleep(0.01)
+        assert not waiting.done()
+        read(replica, 2, "c1", record(2))
+        found = await asyncio.wait_for(waiting, GUARD)
+        assert found is not None
+        assert found.version == 2
+
+    asyncio.run(go())
+
+
+def test_a_query_under_way_when_asked_is_not_trusted_with_its_end() -> None:
+    """A query the broker may have answered before a write the caller must see: the
+    caller waits for the next one (shared by all who asked meanwhile)."""
+
+    async def go() -> None:
+        changelog = Changelog({0: 0}, {0: 1})
+        replica = following(changelog)
+        changelog.release.clear()
+        first = asyncio.create_task(replica.wait_for("a", WAIT))
+        await asyncio.sleep(0.01)  # its query is under way
+        later = [asyncio.create_task(replica.wait_for(c, WAIT)) for c in ("c1", "b")]
+        await asyncio.sleep(0.01)
+        changelog.release.set()
+        assert await asyncio.wait_for(first, GUARD) is None  # the end was 0: read
+        await asyncio.sleep(0.05)
+        assert not any(t.done() for t in later)  # their end is 1: offset 0 not read yet
+        read(replica, 0, "c1", record(1))
+        assert [await asyncio.wait_for(t, GUARD) for t in later][1] is None
+        assert later[0].result() is not None
+        assert changelog.queries == 2
+
+    asyncio.run(go())
+
+
+def test_without_end_offsets_the_visibility_wait_alone_decides() -> None:
+    async def go() -> None:
+        replica = following(Changelog({}))  # Kafka away
+        started = asyncio.get_running_loop().time()
+        assert await replica.wait_for("c1", 0.2) is None
+        assert asyncio.get_running_loop().time() - started >= 0.2  # waited it out
+
+    asyncio.run(go())
