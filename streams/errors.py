@@ -45,6 +45,10 @@ class ErrorCode(StrEnum):
     EMBEDDING_NOT_FINITE = "EMBEDDING_NOT_FINITE"
     """The model embedded an input or label to NaN or infinity (e.g. float16 overflow on
     a GPU): nothing is answered or learned from it."""
+    SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
+    """The worker had no room for the request in time (its images among other requests'):
+    the same request may succeed later. HTTP 503, as the gateway answers when Kafka is
+    away."""
     INTERNAL_ERROR = "INTERNAL_ERROR"
 
 

@@ -77,6 +77,7 @@ STATUS_OF: Mapping[str, int] = {
     ErrorCode.AUTHZ_RESOURCE_LIMIT_EXCEEDED: 403,
     ErrorCode.CLASSIFIER_NOT_FOUND: 404,
     ErrorCode.RESPONSE_TOO_LARGE: 413,
+    ErrorCode.SERVICE_UNAVAILABLE: 503,  # a busy worker: the same request may pass later
     ErrorCode.EMBEDDING_NOT_FINITE: 500,
     ErrorCode.INTERNAL_ERROR: 500,
 }

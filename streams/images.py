@@ -125,7 +125,7 @@ class ImageLoader:
                     await stack.enter_async_context(self.room.hold(n))
             except TimeoutError as exc:
                 raise RequestError(
-                    ErrorCode.IMAGE_FETCH_FAILED,
+                    ErrorCode.SERVICE_UNAVAILABLE,
                     f"waited {self.settings.request_timeout_s:g} s for room for the request's "
                     f"{n} images among other requests' on this worker "
                     "(SHOTSTREAM_IMAGES__MAX_WAITING_IMAGES, SHOTSTREAM_IMAGES__REQUEST_TIMEOUT_S)",

@@ -444,3 +444,16 @@ def test_a_gateway_without_keys_says_what_to_set() -> None:
         keyless.post("/v1/classify", json=ZERO_SHOT, headers=auth()), 401, "AUTH_INVALID_API_KEY"
     )
     assert "SHOTSTREAM_API_KEYS" in body["detail"]
+
+
+def test_a_busy_worker_is_a_503_and_the_callers_input_a_400() -> None:
+    """A dead letter the same request may not get later (the worker had no room in time)
+    is the service's state: 503, which clients retry and the 5xx alert counts."""
+    from streams.errors import ErrorCode, RequestError
+    from streams.gateway import GatewayError
+
+    def status(code: ErrorCode) -> int:
+        return GatewayError.from_request_error(RequestError(code, "x")).status
+
+    assert status(ErrorCode.SERVICE_UNAVAILABLE) == 503
+    assert status(ErrorCode.IMAGE_FETCH_FAILED) == 400
