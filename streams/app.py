@@ -63,7 +63,16 @@ def app_config(settings: Settings) -> dict[str, Any]:
     ):
         if value is not None:  # set: over the embedded broker's and faust's defaults
             config[name] = value
+    session = settings.kafka.session_timeout_s
+    if session is not None and settings.kafka.heartbeat_interval_s is None:
+        # faust's 3 s heartbeat against a 6 s session would end it at one late heartbeat
+        heartbeat = config.get("broker_heartbeat_interval", FAUST_HEARTBEAT_S)
+        config["broker_heartbeat_interval"] = min(heartbeat, session / 3)
     return config
+
+
+FAUST_HEARTBEAT_S = 3.0
+"""faust's ``broker_heartbeat_interval`` default."""
 
 
 def faust_credentials(kafka: KafkaSettings) -> Any:

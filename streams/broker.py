@@ -330,12 +330,15 @@ def ssl_context(kafka: KafkaSettings) -> ssl.SSLContext:
         ) from exc
     if kafka.ssl_certfile is not None:
         keyfile = str(kafka.ssl_keyfile) if kafka.ssl_keyfile is not None else None
-        try:
-            context.load_cert_chain(str(kafka.ssl_certfile), keyfile)
+        secret = kafka.ssl_password
+        passphrase = secret.get_secret_value().encode() if secret is not None else b""
+        try:  # a callable: never OpenSSL's prompt on the terminal for an encrypted key
+            context.load_cert_chain(str(kafka.ssl_certfile), keyfile, lambda: passphrase)
         except (OSError, ssl.SSLError) as exc:
             raise KafkaSecurityError(
                 f"SHOTSTREAM_KAFKA__SSL_CERTFILE={kafka.ssl_certfile} (SSL_KEYFILE="
-                f"{kafka.ssl_keyfile}): not a readable certificate and key ({exc})"
+                f"{kafka.ssl_keyfile}): not a readable certificate and key ({exc}; an "
+                "encrypted key needs its passphrase in SHOTSTREAM_KAFKA__SSL_PASSWORD)"
             ) from exc
     context.check_hostname = kafka.ssl_check_hostname
     return context

@@ -212,6 +212,20 @@ def _startup_errors(kafka: str) -> Iterator[None]:
         raise typer.Exit(EXIT_NO_KAFKA) from None
 
 
+def _plaintext(settings: Settings) -> Settings:
+    """``settings``, for a command that runs the embedded broker, which speaks plaintext
+    only: TLS or SASL settings are refused (exit 2) rather than tried on it."""
+    if settings.kafka.security_protocol != "PLAINTEXT":
+        typer.echo(
+            f"invalid settings: SHOTSTREAM_KAFKA__SECURITY_PROTOCOL="
+            f"{settings.kafka.security_protocol}: the embedded broker speaks plaintext only "
+            "(unset it, with its SSL_/SASL_ companions, for dev and demo)",
+            err=True,
+        )
+        raise typer.Exit(2)
+    return settings
+
+
 def _kafka_at(settings: Settings) -> str:
     return f"Kafka at {','.join(settings.brokers)} (SHOTSTREAM_BROKERS)"
 
@@ -290,7 +304,7 @@ def dev(
     from streams.broker import check_port_free
 
     brokers = f"127.0.0.1:{port}"
-    settings = _settings(serving=True, brokers=brokers)
+    settings = _plaintext(_settings(serving=True, brokers=brokers))
     _logging(settings)
     _exit_on_sigterm()
     with _startup_errors(_embedded_at(port)):
@@ -598,11 +612,11 @@ def demo(
     from streams.processes import WorkerProcess
 
     port = port or free_port()
+    settings = _plaintext(_settings(brokers=f"127.0.0.1:{port}"))  # the broker's address
     logging.basicConfig(level=logging.WARNING)
     _exit_on_sigterm()
     typer.echo(f"starting the embedded broker on 127.0.0.1:{port} ...")
     with _startup_errors(_embedded_at(port)), EmbeddedBroker(port) as embedded:
-        settings = _settings(brokers=embedded.address)
         log_path = settings.data_dir / "demo-worker.log"
         typer.echo(
             f"starting a worker (log: {log_path}; the first run converts the packaged "

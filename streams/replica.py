@@ -325,30 +325,35 @@ class ClassifierReplica:
         """The changelog's end offsets, from a query that starts after this call: one
         already under way may have been answered before a write this caller must see.
         Callers that ask while a query runs share the next one (one at a time)."""
-        if self._next_ends is None:
-            self._next_ends = asyncio.get_running_loop().create_future()
-            task = asyncio.create_task(self._query_ends())
+        future = self._next_ends
+        if future is None:
+            future = self._next_ends = asyncio.get_running_loop().create_future()
+            task = asyncio.create_task(self._query_ends(future))
             self._queries.add(task)
             task.add_done_callback(self._queries.discard)
-        return await asyncio.shield(self._next_ends)
+        return await asyncio.shield(future)
 
-    async def _query_ends(self) -> None:
-        async with self._ends_lock:
-            future, self._next_ends = self._next_ends, None
-            if future is None:
-                return
-            try:
+    async def _query_ends(self, future: asyncio.Future[dict[int, int]]) -> None:
+        """Answer ``future`` with the end offsets, or with the error that stopped the
+        query (a stop cancelling it too: its callers then wait as without offsets)."""
+        try:
+            async with self._ends_lock:
+                if self._next_ends is future:
+                    self._next_ends = None  # callers from now on need a later query
                 consumer = self._consumer
                 if consumer is None:
                     raise RuntimeError("replica not started")
                 ends = await consumer.end_offsets(list(consumer.assignment()))
                 future.set_result({tp.partition: offset for tp, offset in ends.items()})
-            except asyncio.CancelledError:
-                future.cancel()
-                raise
-            except Exception as exc:
-                future.set_exception(exc)
+        except BaseException as exc:
+            if self._next_ends is future:
+                self._next_ends = None
+            if not future.done():
+                stopped = not isinstance(exc, Exception)  # cancelled: the replica stops
+                future.set_exception(RuntimeError("the replica stopped") if stopped else exc)
                 future.exception()  # retrieved: no "never retrieved" warning without waiters
+            if not isinstance(exc, Exception):
+                raise
 
     async def wait_gone(self, classifier_id: str, timeout_s: float) -> bool:
         """Whether the record is gone (deleted) within the timeout."""

@@ -167,6 +167,8 @@ class KafkaSettings(BaseModel):
     """This client's certificate (PEM), for brokers that ask for one (mutual TLS)."""
     ssl_keyfile: Path | None = None
     """Its private key (PEM), when not in ``ssl_certfile``."""
+    ssl_password: SecretStr | None = None
+    """The passphrase of an encrypted private key (never logged or shown)."""
     ssl_check_hostname: bool = True
     """Whether a broker's certificate must name the host it was reached at."""
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"

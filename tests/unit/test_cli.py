@@ -337,3 +337,15 @@ def test_a_piped_listing_keeps_every_column_whole(capsys: pytest.CaptureFixture[
         assert shown in out
     assert "2026-11-24T04:30:00Z" in out
     assert "account access" in out
+
+
+@pytest.mark.parametrize("command", [["dev", "--no-http"], ["demo"]])
+def test_the_embedded_broker_commands_refuse_tls_and_sasl(command: list[str]) -> None:
+    env = {
+        "SHOTSTREAM_KAFKA__SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "SHOTSTREAM_KAFKA__SASL_USERNAME": "u",
+        "SHOTSTREAM_KAFKA__SASL_PASSWORD": "p",
+    }
+    code, output = run(command, env)
+    assert code == 2, output
+    assert "the embedded broker speaks plaintext only" in output

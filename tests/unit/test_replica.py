@@ -259,3 +259,25 @@ def test_without_end_offsets_the_visibility_wait_alone_decides() -> None:
         assert asyncio.get_running_loop().time() - started >= 0.2  # waited it out
 
     asyncio.run(go())
+
+
+def test_a_stop_during_a_query_leaves_its_callers_waiting_as_without_offsets() -> None:
+    """They are not cancelled with it (nobody cancelled them), and the next caller gets
+    a query of its own, not the dead one's."""
+
+    async def go() -> None:
+        changelog = Changelog({0: 1}, {0: 1})
+        replica = following(changelog)
+        changelog.release.clear()  # the query hangs
+        callers = [asyncio.create_task(replica.wait_for(c, 0.3)) for c in ("a", "b")]
+        await asyncio.sleep(0.01)
+        for query in list(replica._queries):
+            query.cancel()  # as stop() does
+        assert await asyncio.gather(*callers) == [None, None]
+        assert not any(c.cancelled() for c in callers)
+        changelog.release.set()
+        read(replica, 0, "c1", record(1))
+        assert await asyncio.wait_for(replica.wait_for("c2", WAIT), GUARD) is None
+        assert changelog.queries == 2
+
+    asyncio.run(go())

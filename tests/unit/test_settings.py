@@ -213,13 +213,46 @@ def test_group_timeouts_default_per_broker_and_can_be_set() -> None:
         names = ("broker_session_timeout", "broker_heartbeat_interval", "broker_rebalance_timeout")
         return tuple(config.get(name) for name in names)  # type: ignore[return-value]
 
+    import faust.types.settings
+
+    from streams.app import FAUST_HEARTBEAT_S
+
+    assert faust.types.settings.Settings("x").broker_heartbeat_interval == FAUST_HEARTBEAT_S
+
     assert timeouts(embedded="yes") == (6.0, 1.0, 6.0)
     assert timeouts(embedded="no") == (None, None, None)  # faust's 60 / 3 / 60
     assert timeouts(embedded="no", session_timeout_s=15, rebalance_timeout_s=30) == (
         15.0,
-        None,
+        3.0,  # faust's, set since the session is
         30.0,
     )
     assert timeouts(embedded="yes", heartbeat_interval_s=2) == (6.0, 2.0, 6.0)
+    # a session set alone brings the heartbeat within a third of it
+    assert timeouts(embedded="no", session_timeout_s=6) == (6.0, 2.0, None)
+    assert timeouts(embedded="no", session_timeout_s=30) == (30.0, 3.0, None)
     with pytest.raises(ValidationError, match="over a third of session_timeout_s"):
         Settings(kafka={"session_timeout_s": 6, "heartbeat_interval_s": 3})
+
+
+def test_an_encrypted_client_key_needs_its_passphrase_and_never_prompts(tmp_path: Path) -> None:
+    """OpenSSL asks on the terminal for a passphrase it was not given: a worker would
+    block there, or fail with a misleading error without one."""
+    import trustme
+    from cryptography.hazmat.primitives import serialization
+
+    from streams.broker import KafkaSecurityError, ssl_context
+
+    issued = trustme.CA().issue_cert("worker")
+    key = serialization.load_pem_private_key(issued.private_key_pem.bytes(), password=None)
+    encrypted = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"s3cret"),
+    )
+    cert, keyfile = tmp_path / "worker.pem", tmp_path / "worker.key"
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    keyfile.write_bytes(encrypted)
+    tls = {"security_protocol": "SSL", "ssl_certfile": cert, "ssl_keyfile": keyfile}
+    with pytest.raises(KafkaSecurityError, match="SHOTSTREAM_KAFKA__SSL_PASSWORD"):
+        ssl_context(Settings(kafka=tls).kafka)
+    assert ssl_context(Settings(kafka={**tls, "ssl_password": "s3cret"}).kafka)
