@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import faust
 
-from streams.broker import ssl_context
+from streams.broker import kafka_security
 from streams.lenient_records import install as read_undecodable_header_keys
 from streams.settings import EMBEDDED_FETCH_MAX_WAIT_MS, KafkaSettings, Settings
 from streams.table import ClassifierTable
@@ -95,15 +95,14 @@ def faust_credentials(kafka: KafkaSettings) -> Any:
     """
     if kafka.security_protocol == "PLAINTEXT":
         return None
-    context = ssl_context(kafka) if kafka.security_protocol.endswith("SSL") else None
+    security = kafka_security(kafka)  # the keywords every other client takes, as faust's
     if kafka.security_protocol == "SSL":
-        return faust.SSLCredentials(context)
-    password = kafka.sasl_password
+        return faust.SSLCredentials(security["ssl_context"])
     return faust.SASLCredentials(
-        username=kafka.sasl_username,
-        password=password.get_secret_value() if password else None,
-        ssl_context=context,
-        mechanism=kafka.sasl_mechanism,
+        username=security["sasl_plain_username"],
+        password=security["sasl_plain_password"],
+        ssl_context=security.get("ssl_context"),
+        mechanism=security["sasl_mechanism"],
     )
 
 

@@ -159,16 +159,24 @@ class ClassifierReplica:
         )
 
     def _on_record(self, message: Any) -> None:
+        self._read[message.partition] = message.offset + 1  # waiters run after this returns
         if message.key:
             key = message.key.decode("utf-8", "replace")
             self.apply(key, message.value, offset=message.offset, partition=message.partition)
-        self._read[message.partition] = message.offset + 1
-        self._notify()  # a waiter for the changelog's end may be done
+        else:
+            self._notify()  # a waiter for the changelog's end may be done
 
     def apply(
         self, key: str, value: bytes | None, *, offset: int = -1, partition: int = -1
     ) -> None:
-        """One changelog record: the classifier's latest state, or a tombstone (``None``)."""
+        """One changelog record: the classifier's latest state, or a tombstone (``None``);
+        waiters are told either way (one for the changelog's end may be done)."""
+        try:
+            self._apply(key, value, offset, partition)
+        finally:
+            self._notify()
+
+    def _apply(self, key: str, value: bytes | None, offset: int, partition: int) -> None:
         forgotten = self._forgotten.get(key)
         if forgotten is not None and time.monotonic() - forgotten[1] >= FORGET_S:
             del self._forgotten[key]  # its tombstones never came
@@ -219,7 +227,6 @@ class ClassifierReplica:
                 log.exception("unreadable classifier record %s at offset %d", key, offset)
                 self.records.pop(key, None)
                 self.partitions.pop(key, None)
-        self._notify()
 
     def _stale(self, key: str, partition: int) -> None:
         if self.on_stale is not None and partition >= 0:

@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -257,19 +257,29 @@ class TopicLayoutError(RuntimeError):
 FAUST_OFFSET_KEY = b"__faust\0offset__"
 
 
-def local_changelog_offsets(tables: Path) -> dict[int, int]:
-    """Per partition, the last changelog offset the local ``classifiers`` tables hold."""
+def partition_tables(tables: Path, pattern: str = "classifiers-*.db") -> Iterator[tuple[int, Path]]:
+    """``(partition, path)`` of each ``classifiers`` table file under ``tables`` matching
+    ``pattern``, in path order."""
+    for path in sorted(tables.glob(pattern)):
+        partition = path.name.removeprefix("classifiers-").removesuffix(".db")
+        if partition.isdigit():
+            yield int(partition), path
+
+
+def open_table(path: Path, *, write: bool = False) -> Any:
+    """One partition's RocksDB table as faust's store keeps it (raw bytes)."""
     from rocksdict import AccessType, Options, Rdict
 
+    access = AccessType.read_write() if write else AccessType.read_only()
+    return Rdict(str(path), options=Options(raw_mode=True), access_type=access)
+
+
+def local_changelog_offsets(tables: Path) -> dict[int, int]:
+    """Per partition, the last changelog offset the local ``classifiers`` tables hold."""
     offsets: dict[int, int] = {}
-    for path in sorted(tables.glob("v*/tables/classifiers-*.db")):
-        partition = path.name.removeprefix("classifiers-").removesuffix(".db")
-        if not partition.isdigit():
-            continue
+    for partition, path in partition_tables(tables, "v*/tables/classifiers-*.db"):
         try:
-            db = Rdict(
-                str(path), options=Options(raw_mode=True), access_type=AccessType.read_only()
-            )
+            db = open_table(path)
         except Exception:  # faust reports an unusable table itself when it opens it
             log.warning("could not open %s to compare it with its changelog", path, exc_info=True)
             continue
@@ -279,7 +289,7 @@ def local_changelog_offsets(tables: Path) -> dict[int, int]:
             db.close()
         if value is not None:
             offset = int(value)
-            offsets[int(partition)] = max(offset, offsets.get(int(partition), offset))
+            offsets[partition] = max(offset, offsets.get(partition, offset))
     return offsets
 
 
@@ -369,36 +379,24 @@ def read_tables(tables: Path, partitions: int) -> dict[int, list[tuple[bytes, by
     """Per partition, the classifier records a stopped worker's tables hold (faust's own
     offset key left out); :class:`ReseedRefused` when a record sits in a partition its key
     no longer maps to (the partition count changed)."""
-    from rocksdict import AccessType, Options, Rdict
-
     from streams.training import key_partition
 
     found: dict[int, list[tuple[bytes, bytes]]] = {}
-    for path in sorted(tables.glob("classifiers-*.db")):
-        partition = path.name.removeprefix("classifiers-").removesuffix(".db")
-        if not partition.isdigit():
-            continue
-        p = int(partition)
+    for p, path in partition_tables(tables):
         try:
-            db = Rdict(
-                str(path), options=Options(raw_mode=True), access_type=AccessType.read_only()
-            )
+            db = open_table(path)
         except Exception as exc:
             raise ReseedRefused(f"{path} cannot be opened ({exc})") from exc
         try:
-            records = [
-                (bytes(k), bytes(v))  # type: ignore[arg-type]  # raw mode: bytes only
-                for k, v in db.items()
-                if k != FAUST_OFFSET_KEY
-            ]
+            records = [(bytes(k), bytes(v)) for k, v in db.items() if k != FAUST_OFFSET_KEY]
         finally:
             db.close()
         for key, _ in records:
-            if key_partition(key, partitions) != p:
+            if (mapped := key_partition(key, partitions)) != p:
                 raise ReseedRefused(
                     f"classifier {key.decode('utf-8', 'replace')!r} is stored in partition "
-                    f"{p}, but with {partitions} partitions its id maps to "
-                    f"{key_partition(key, partitions)} (SHOTSTREAM_PARTITIONS changed)"
+                    f"{p}, but with {partitions} partitions its id maps to {mapped} "
+                    "(SHOTSTREAM_PARTITIONS changed)"
                 )
         found[p] = records
     return found
@@ -411,11 +409,8 @@ def write_tables(
     changelog offset it has read up to (``last``; none where nothing was written), as
     faust does after a restore: faust then reads nothing back, and its next write follows
     on."""
-    from rocksdict import AccessType, Options, Rdict
-
     for partition, records in found.items():
-        path = tables / f"classifiers-{partition}.db"
-        db = Rdict(str(path), options=Options(raw_mode=True), access_type=AccessType.read_write())
+        db = open_table(tables / f"classifiers-{partition}.db", write=True)
         try:
             for key, value in records:
                 db[key] = value
@@ -459,7 +454,7 @@ async def reseed_changelog(settings: Settings, send: Send) -> int | None:
     be repeated: a start cut off midway reseeds from the tables again."""
     faust_dir = settings.data_dir / "faust"
     tables = faust_dir / TABLES_SUBDIR
-    if not tables.is_dir() or not any(tables.glob("classifiers-*.db")):
+    if not any(partition_tables(tables)):
         return None
     try:
         if (faust_dir / GROUP_MARK).exists():
