@@ -673,7 +673,8 @@ def _path(request: Request) -> str:
 def _error(request: Request, status: int, code: str, detail: str, **extra: Any) -> JSONResponse:
     rid = getattr(request.state, "request_id", None) or str(uuid.uuid4())
     body = {"detail": detail, "code": code, "request_id": rid, **extra}
-    rate = _rate_left(request) if status != 401 else {}  # a 401: no caller to show
+    # a 401 has no caller to show the budget of, and names the scheme it needs (RFC 9110)
+    rate = _rate_left(request) if status != 401 else {"WWW-Authenticate": "Bearer"}
     return JSONResponse(body, status_code=status, headers={"X-Request-Id": rid, **rate})
 
 
@@ -823,7 +824,7 @@ def _parser_detail(request: Request, body: Any) -> str | None:
             parse_classify(body, _gateway(request).settings.limits, request_id="-")
         elif _path(request) == "/v1/train":
             # the gateway makes an id for a new classifier: only the rest is checked here
-            named = {"classifier_id": "-", **body} if body.get("classifier_id") is None else body
+            named = {**body, "classifier_id": "-"} if body.get("classifier_id") is None else body
             parse_train(named, _gateway(request).settings.limits, request_id="-", key=None)
     except RequestError as exc:
         return exc.detail

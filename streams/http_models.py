@@ -93,8 +93,12 @@ class TrainBody(_Body):
     access: Literal["private", "public"] | None = Field(
         None, description="private (default): owner only; public: anyone may classify."
     )
-    num_iters: int = Field(
-        10, ge=1, le=1000, strict=True, description="Passes per example (an integer)."
+    num_iters: int | None = Field(
+        10,
+        ge=1,
+        le=1000,
+        strict=True,
+        description="Passes per example (an integer; null: 10, as on the train topic).",
     )
 
 

@@ -98,7 +98,9 @@ def test_every_route_needs_a_valid_key(
     http: Http, headers: dict[str, str], code: str, method: str, path: str
 ) -> None:
     # 401 comes before the body is even looked at (an empty body would be a 422)
-    assert_error(http.request(method, path, headers=headers), 401, code)
+    response = http.request(method, path, headers=headers)
+    assert_error(response, 401, code)
+    assert response.headers["www-authenticate"] == "Bearer"
 
 
 def test_anonymous_zero_shot_may_be_allowed_but_few_shot_never() -> None:
@@ -271,6 +273,31 @@ def test_a_422_names_the_field_at_fault_as_the_topics_do(http: Http) -> None:
     )
     assert body["detail"] == "input[0] needs a non-empty string 'label'"
     assert "body.input.0.label" in [e["field"] for e in body["errors"]]
+
+
+def test_a_null_classifier_id_does_not_hide_the_field_at_fault() -> None:
+    """A new classifier's body with ``"classifier_id": null`` (clients that write every
+    optional field): the 422's detail named the id as missing instead of the example."""
+    http = client_for()
+    train = {"classifier_id": None, "model": "m", "input": [{"text": "t"}]}
+    body = assert_error(
+        http.post("/v1/train", json=train, headers=auth()), 422, "INPUT_VALIDATION_FAILED"
+    )
+    assert body["detail"] == "input[0] needs a non-empty string 'label'"
+
+
+def test_a_null_num_iters_means_the_default_as_on_kafka() -> None:
+    """The train topic reads ``"num_iters": null`` as 10; the gateway refused it (422)."""
+    from streams.http_models import TrainBody
+    from streams.records import TrainRequest, parse_train
+
+    body = {"model": "m", "num_iters": None, "input": [{"text": "t", "label": "l"}]}
+    sent = TrainBody.model_validate(body).model_dump(mode="json", exclude_none=True)
+    assert "num_iters" not in sent
+    limits = Settings().limits
+    parsed = parse_train({**sent, "classifier_id": "c"}, limits, request_id="r", key=b"c")
+    assert isinstance(parsed, TrainRequest)
+    assert parsed.num_iters == 10
 
 
 @pytest.mark.parametrize("num_iters", [True, "10", 10.0])
