@@ -54,7 +54,7 @@ class InOrderAcks:
         hole = self._holes.get(message.tp)
         if hole is not None and message.offset <= hole:
             del self._holes[message.tp]  # delivered again from the hole on
-        entry = [event, False]
+        entry = [event, False, time.monotonic()]  # the event, answered, when taken
         self._pending.setdefault(message.tp, deque()).append(entry)
         return entry
 
@@ -71,7 +71,15 @@ class InOrderAcks:
 
     @property
     def in_flight(self) -> int:
+        """Events taken and not acknowledged yet (answered ones waiting for an earlier one
+        of their partition among them)."""
         return sum(len(q) for q in self._pending.values())
+
+    def oldest_s(self) -> float:
+        """How long the oldest event not acknowledged yet has been pending (0 when none):
+        each partition's first is its oldest."""
+        taken = [queue[0][2] for queue in self._pending.values() if queue]
+        return time.monotonic() - min(taken) if taken else 0.0
 
     def reassigned(self, assigned: set[Any]) -> None:
         """A rebalance gave this worker ``assigned``: the holes of partitions it no longer
@@ -223,6 +231,14 @@ class RequestAgent:
             self._slots.release()
         self._acks.done(entry)
 
+    def in_flight(self) -> int:
+        """Records taken and not acknowledged yet."""
+        return self._acks.in_flight
+
+    def oldest_s(self) -> float:
+        """Seconds the oldest record not acknowledged yet has been pending (0 when none)."""
+        return self._acks.oldest_s()
+
     def reassigned(self, assigned: set[Any]) -> None:
         """Partitions were assigned (see :meth:`InOrderAcks.reassigned`)."""
         self._acks.reassigned(assigned)
@@ -341,7 +357,7 @@ async def send_dead_letter(
             break
         except OversizeRecordError as too_large:  # the broker's own limit is lower
             last = too_large
-    else:
+    else:  # not even without its payload (a broker limit under ~60 kB): counted apart
         log.error(
             "dead letter for %s@%d:%d (%s) not delivered: %s",
             message.topic,
@@ -350,6 +366,8 @@ async def send_dead_letter(
             error.code,
             last,
         )
+        observer.on_unanswered(message.topic)
+        return
     observer.on_dead_letter(message.topic, str(error.code))
 
 

@@ -76,8 +76,9 @@ class PrometheusObserver(Observer):
         )
         self.unanswered = Counter(
             "shotstream_unanswered",
-            "Records left with neither an answer nor a dead letter (a bug: see the log); "
-            "their partition's commits stay before them until they are delivered again",
+            "Records left with neither an answer nor a dead letter (see the log): a bug "
+            "(their partition's commits stay before them until they are delivered again), "
+            "or a dead letter the broker refused even without its payload",
             ["topic"],
             registry=r,
         )
@@ -152,12 +153,48 @@ class PrometheusObserver(Observer):
             ["reason"],
             registry=r,
         )
+        for reason in ("stale_write", "after_delete"):
+            # at 0 from the start: a series born at 1 is no increase(), and a rewrite is
+            # often the only one of its incident
+            self.rewrites.labels(reason)
         self.prequential = Gauge(
             "shotstream_fewshot_prequential_accuracy",
             "Accuracy on recent examples, each predicted before it was learned",
             ["classifier_id"],
             registry=r,
         )
+        self.queue_capacity = Gauge(
+            "shotstream_batcher_queue_capacity",
+            "Inputs a model's batcher queue holds before requests wait for room "
+            "(SHOTSTREAM_BATCHING__MAX_QUEUE)",
+            ["model"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "shotstream_requests_in_flight",
+            "Records taken from a topic and not answered yet",
+            ["topic"],
+            registry=r,
+        )
+        self.oldest_request = Gauge(
+            "shotstream_oldest_request_age_seconds",
+            "How long the oldest record taken from a topic and not answered yet has waited "
+            "(0 when none): it grows without bound when a worker stops answering",
+            ["topic"],
+            registry=r,
+        )
+        self.classifiers = Gauge(
+            "shotstream_classifiers",
+            "Few-shot classifiers this worker holds (read from the classifier changelog)",
+            registry=r,
+        )
+        self.classifiers_loaded = Gauge(
+            "shotstream_classifiers_loaded",
+            "1 once the worker has read the classifier changelog to where it ended at "
+            "start (before, few-shot and train requests wait and /readyz fails)",
+            registry=r,
+        )
+        self._classifiers_loaded: Callable[[], bool] = lambda: True
         self.model_info = Info("shotstream_model", "Loaded models", ["model"], registry=r)
         self.compute_streams = Gauge(
             "shotstream_compute_streams",
@@ -269,12 +306,26 @@ class PrometheusObserver(Observer):
         queue_depth: Callable[[], int],
         streams: int = 1,
         image_streams: int = 0,
+        queue_capacity: int = 0,
     ) -> None:
         self.model_info.labels(model).info({"source": source, "device": device, "dim": str(dim)})
         self.queue_depth.labels(model).set_function(queue_depth)
+        if queue_capacity:
+            self.queue_capacity.labels(model).set(queue_capacity)
         self.compute_streams.labels(model).set(streams)
         if image_streams:  # image batches are timed as <model>/image: their own denominator
             self.compute_streams.labels(f"{model}/image").set(image_streams)
+
+    def on_agent(
+        self, topic: str, in_flight: Callable[[], int], oldest_s: Callable[[], float]
+    ) -> None:
+        self.in_flight.labels(topic).set_function(in_flight)
+        self.oldest_request.labels(topic).set_function(oldest_s)
+
+    def on_classifiers(self, count: Callable[[], int], loaded: Callable[[], bool]) -> None:
+        self.classifiers.set_function(count)
+        self.classifiers_loaded.set_function(lambda: float(loaded()))
+        self._classifiers_loaded = loaded
 
     def on_state(self, state: str) -> None:
         self.state = state
@@ -297,11 +348,13 @@ class PrometheusObserver(Observer):
         return True, self.state
 
     def readiness(self) -> tuple[bool, str]:
-        """Ready once the model is loaded and the worker has joined its group, until it
-        stops; never while its event loop is stuck."""
+        """Ready once the model is loaded, the worker has joined its group and read the
+        classifier changelog, until it stops; never while its event loop is stuck."""
         alive, why = self.liveness()
         if not alive:
             return False, why
+        if self.state == "ready" and not self._classifiers_loaded():
+            return False, "reading the classifier changelog"
         return self.state == "ready", self.state
 
     # -- serving ----------------------------------------------------------------------

@@ -25,8 +25,9 @@ class Observer:
         """A record was answered with a dead letter."""
 
     def on_unanswered(self, topic: str) -> None:
-        """A record got neither an answer nor a dead letter (a bug, logged): it stays
-        unacknowledged until Kafka delivers it again."""
+        """A record got neither an answer nor a dead letter (logged): a bug, and it stays
+        unacknowledged until Kafka delivers it again; or its dead letter was refused by
+        the broker even without its payload."""
 
     def on_produce_retry(self, topic: str, error: str) -> None:
         """Producing an answer to ``topic`` failed with ``error`` and will be tried again."""
@@ -72,10 +73,24 @@ class Observer:
         queue_depth: Callable[[], int],
         streams: int = 1,
         image_streams: int = 0,
+        queue_capacity: int = 0,
     ) -> None:
-        """A model became ready; ``queue_depth`` reads its batchers' queues; it computes
-        ``streams`` batches at once, and ``image_streams`` image batches (its image lane,
-        whose batches are reported as ``<model>/image``)."""
+        """A model became ready; ``queue_depth`` reads its batchers' queues, each of which
+        holds ``queue_capacity`` inputs; it computes ``streams`` batches at once, and
+        ``image_streams`` image batches (its image lane, whose batches are reported as
+        ``<model>/image``)."""
+
+    def on_agent(
+        self, topic: str, in_flight: Callable[[], int], oldest_s: Callable[[], float]
+    ) -> None:
+        """The agent consuming ``topic`` started: ``in_flight`` reads how many of its
+        records are taken and not yet answered, ``oldest_s`` how long the oldest of them
+        has waited (0 when none)."""
+
+    def on_classifiers(self, count: Callable[[], int], loaded: Callable[[], bool]) -> None:
+        """The worker follows the classifier changelog: ``count`` reads how many classifiers
+        it holds, ``loaded`` whether it has read the changelog to where it ended at start
+        (until then few-shot and train requests wait)."""
 
     def on_state(self, state: str) -> None:
         """The worker is ``starting`` (topics, model), ``ready`` (it joined its group and

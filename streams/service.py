@@ -85,6 +85,7 @@ class ClassifyService:
                     lambda: runtime.queue_depth if runtime else 0,
                     streams=self.registry.streams,
                     image_streams=self.registry.streams if runtime.image_batcher else 0,
+                    queue_capacity=b.max_queue,
                 )
         return runtime
 
@@ -146,7 +147,7 @@ class ClassifyService:
             )
         record = None
         if self.classifiers is not None:
-            await self.classifiers.loaded.wait()  # a worker just started: read them all first
+            await classifiers_loaded(self.classifiers, self.settings.limits.changelog_wait_s)
             record = self.classifiers.get(request.classifier_id) or (
                 await self.classifiers.wait_for(
                     request.classifier_id, self.settings.limits.visibility_wait_s
@@ -399,3 +400,20 @@ def _grouped_data(
             item["predictions"][name] = single["predictions"]
         data.append(item)
     return data
+
+
+async def classifiers_loaded(replica: ClassifierReplica, wait_s: float) -> None:
+    """Wait until ``replica`` has read the classifier changelog to where it ended at start
+    (a worker just started knows none of them before), for at most ``wait_s``: a worker
+    that cannot read it must not hold its requests (and the zero-shot ones behind them)
+    for good."""
+    if replica.loaded.is_set():
+        return
+    try:
+        await asyncio.wait_for(replica.loaded.wait(), wait_s)
+    except TimeoutError:
+        raise RequestError(
+            ErrorCode.SERVICE_UNAVAILABLE,
+            f"this worker has not read the classifier changelog yet ({wait_s:g} s; it has "
+            "just started, or cannot reach the changelog): try again later",
+        ) from None

@@ -84,6 +84,11 @@ class LimitSettings(BaseModel):
     """Longest a few-shot classify waits for an unknown classifier id to replicate: it
     reads the changelog to where it ended when asked, then answers; this bounds that
     when Kafka is slow or away."""
+    changelog_wait_s: float = Field(20.0, gt=0)
+    """Longest a few-shot classify or train request waits for a starting worker to read
+    the classifier changelog (to where it ended at start); then ``SERVICE_UNAVAILABLE``,
+    which a retry gets past. Unbounded, such requests held every in-flight slot while a
+    worker could not read it, and zero-shot requests behind them waited too."""
 
 
 class ModelSettings(BaseModel):

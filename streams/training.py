@@ -53,7 +53,12 @@ from streams.records import (
     request_id_of,
 )
 from streams.replica import ClassifierReplica
-from streams.service import ClassifyService, check_embedded, check_modalities
+from streams.service import (
+    ClassifyService,
+    check_embedded,
+    check_modalities,
+    classifiers_loaded,
+)
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -239,6 +244,18 @@ class TrainHandler:
         self.table[key] = raw
         return self._last_sent()
 
+    def _delete_again(self, classifier_id: str, partition: int) -> Awaitable[Any] | None:
+        """Send the tombstone of a delete once more; its delivery. ``None`` when the id was
+        made again since (that classifier's own writes follow). Without it, a tombstone
+        the broker did not take was an ``INTERNAL_ERROR`` while this worker's table had
+        dropped the classifier: other workers kept serving it, a failover brought it
+        back, and the client's retry was answered not found."""
+        key = classifier_id.encode()
+        if key in self.table:
+            return None
+        self.table.send_changelog(partition, key, None)
+        return self._last_sent()
+
     def _last_sent(self) -> Awaitable[Any] | None:
         """The delivery of the changelog record the table write just made."""
         return getattr(self.table, "last_sent", None)
@@ -286,7 +303,10 @@ class TrainHandler:
                 async with turn:
                     response = self._delete(request, owner)
                     sent = self._last_sent()
-                await delivered(sent)
+                again = functools.partial(
+                    self._delete_again, request.classifier_id, message.partition
+                )
+                await delivered(sent, again)
             else:
                 response = await self._train(request, owner, message, turn)
             # inside the try: an answer over the size limit gets its dead letter (the
@@ -309,7 +329,8 @@ class TrainHandler:
     ) -> dict[str, Any]:
         source, offset = source_of(message), message.offset
         partition, timestamp = message.partition, message.timestamp
-        await self.replica.loaded.wait()  # the per-key limit counts what the replica holds
+        # the per-key limit counts what the replica holds
+        await classifiers_loaded(self.replica, self.settings.limits.changelog_wait_s)
         existing = self.replica.get(request.classifier_id) or self._read(
             request.classifier_id, owner
         )

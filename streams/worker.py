@@ -118,6 +118,11 @@ def build_worker(settings: Settings) -> tuple[ShotstreamApp, ClassifyService, Pr
     classify_runner = RequestAgent(classify, max_in_flight=in_flight, observer=observer)
     train_runner = RequestAgent(train, max_in_flight=in_flight, observer=observer)
     app.runners += [classify_runner, train_runner]
+    observer.on_agent(
+        settings.topic("classify"), classify_runner.in_flight, classify_runner.oldest_s
+    )
+    observer.on_agent(settings.topic("train"), train_runner.in_flight, train_runner.oldest_s)
+    observer.on_classifiers(lambda: len(replica.records), replica.loaded.is_set)
 
     async def classify_agent(stream: faust.StreamT[Any]) -> None:
         await classify_runner(stream)

@@ -116,6 +116,12 @@ def test_metrics_are_served(broker: EmbeddedBroker, worker: WorkerProcess) -> No
     ):
         assert name in text, name
     assert 'dim="384",model="multilingual-e5-small"' in text
+    # the worker's own agents and replica, read on each scrape
+    assert 'shotstream_batcher_queue_capacity{model="multilingual-e5-small"} 8192.0' in text
+    assert "shotstream_classifiers_loaded 1.0" in text
+    for topic in ("shotstream.classify", "shotstream.train"):
+        assert f'shotstream_requests_in_flight{{topic="{topic}"}} ' in text
+        assert f'shotstream_oldest_request_age_seconds{{topic="{topic}"}} ' in text
     for probe in ("livez", "readyz"):  # a worker that answers is alive and ready
         probe_url = f"http://127.0.0.1:{metrics_port(worker)}/{probe}"
         with urllib.request.urlopen(probe_url, timeout=10) as response:

@@ -304,3 +304,38 @@ def test_a_handler_closed_unfinished_is_not_counted_as_a_bug() -> None:
 
     asyncio.run(go())
     assert observer.unanswered == []
+
+
+def test_the_agent_tells_how_many_records_wait_and_for_how_long() -> None:
+    """``shotstream_requests_in_flight`` and ``shotstream_oldest_request_age_seconds``: a
+    worker that stopped answering (a stuck model thread, an unread changelog) shows an
+    age that only grows, while its request and response counts both stand still."""
+    acked: list[int] = []
+    release = asyncio.Event()
+
+    async def handle(ev: Any, turn: Any) -> None:
+        if ev.message.offset == 0:
+            await release.wait()
+
+    async def go() -> tuple[list[tuple[int, float]], int, float]:
+        agent = RequestAgent(handle, max_in_flight=8)
+        stream = Stream()
+        runner = asyncio.create_task(agent(cast(Any, stream)))
+        seen = [(agent.in_flight(), agent.oldest_s())]  # nothing taken yet
+        for k in range(3):
+            stream.queue.put_nowait(event(k, acked))
+        await asyncio.sleep(0.05)
+        seen.append((agent.in_flight(), agent.oldest_s()))  # 1 and 2 wait behind 0
+        await asyncio.sleep(0.05)
+        seen.append((agent.in_flight(), agent.oldest_s()))
+        release.set()
+        await asyncio.sleep(0.01)
+        runner.cancel()
+        return seen, agent.in_flight(), agent.oldest_s()
+
+    seen, in_flight, oldest = asyncio.run(go())
+    assert seen[0] == (0, 0.0)
+    assert seen[1][0] == seen[2][0] == 3
+    assert 0.04 <= seen[1][1] < seen[2][1]  # grows while the oldest is unanswered
+    assert (in_flight, oldest) == (0, 0.0)
+    assert acked == [0, 1, 2]

@@ -39,6 +39,31 @@ def test_probes_tell_starting_ready_stalled_and_stopping_apart() -> None:
     )
     assert float(stall.split()[-1]) > STALLED_AFTER_S
     observer.on_heartbeat()
+    loaded = False  # the classifier changelog read to its end
+    observer.on_classifiers(lambda: 3, lambda: loaded)
+    assert get(port, "/readyz") == (503, "reading the classifier changelog\n")
+    loaded = True
+    assert get(port, "/readyz") == (200, "ready\n")
+    metrics = get(port, "/metrics")[1]
+    assert "shotstream_classifiers 3.0" in metrics
+    assert "shotstream_classifiers_loaded 1.0" in metrics
     observer.on_state("stopping")
     assert get(port, "/readyz") == (503, "stopping\n")
     assert get(port, "/livez") == (200, "stopping\n")
+
+
+def test_alerted_series_exist_at_zero_before_their_first_event() -> None:
+    """A series born at 1 is no ``increase()`` to Prometheus: the stale-write alert missed
+    a worker's first rewrite (often the only one of its incident). The queue alert reads
+    the configured capacity instead of assuming the default."""
+    from prometheus_client import generate_latest
+
+    observer = PrometheusObserver(CollectorRegistry())
+    observer.on_model_loaded("m", "pkg", "cpu", 4, lambda: 10, queue_capacity=100)
+    observer.on_agent("t", lambda: 2, lambda: 7.5)
+    text = generate_latest(observer.registry).decode()
+    assert 'shotstream_classifier_rewrites_total{reason="stale_write"} 0.0' in text
+    assert 'shotstream_classifier_rewrites_total{reason="after_delete"} 0.0' in text
+    assert 'shotstream_batcher_queue_capacity{model="m"} 100.0' in text
+    assert 'shotstream_requests_in_flight{topic="t"} 2.0' in text
+    assert 'shotstream_oldest_request_age_seconds{topic="t"} 7.5' in text

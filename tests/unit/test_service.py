@@ -272,6 +272,25 @@ def test_few_shot_waits_for_an_access_change_still_replicating(
     assert denied.code == ErrorCode.CLASSIFIER_NOT_FOUND
 
 
+def test_few_shot_waits_for_an_unread_changelog_a_bounded_time(tmp_path: Path) -> None:
+    """A worker that has not read the classifier changelog (just started, or it cannot
+    reach it) held few-shot requests until it had, and with them every in-flight slot:
+    zero-shot requests behind them waited too. Now few-shot answers SERVICE_UNAVAILABLE
+    after ``limits.changelog_wait_s``; zero-shot never waits for the changelog."""
+    from streams.replica import ClassifierReplica
+
+    replica = ClassifierReplica("127.0.0.1:1", "changelog")  # never started: never loaded
+    fast = Settings(data_dir=tmp_path, limits={"changelog_wait_s": 0.05})
+    service = ClassifyService(fast, hash_registry(tmp_path), Observer(), replica)
+    few = ClassifyRequest("r1", (TextInput("x"),), classifier_id="c1")
+    zero = req(["x"], ["a", "b"], rid="r2")
+    unavailable, answered = classify(service, few, zero, owner="bob")
+    assert isinstance(unavailable, RequestError)
+    assert unavailable.code == ErrorCode.SERVICE_UNAVAILABLE
+    assert "classifier changelog" in unavailable.detail
+    assert answered["request_id"] == "r2"
+
+
 class OverflowingEncoder(HashTextEncoder):
     """Embeds any text holding the word "overflow" to NaN, as float16 arithmetic can."""
 

@@ -502,6 +502,75 @@ def test_a_changelog_record_the_broker_did_not_take_is_written_again_before_the_
             assert len(set(writes)) == 1
 
 
+def test_a_tombstone_the_broker_did_not_take_is_sent_again_before_the_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A delete whose changelog tombstone timed out was an INTERNAL_ERROR dead letter,
+    although this worker's table had dropped the classifier: the other workers kept
+    serving it and a client retry was answered not found. The tombstone now goes again
+    until one lands, as a train update's record does; not once the id is made again."""
+    from aiokafka.errors import KafkaTimeoutError
+
+    import streams.training as training
+
+    monkeypatch.setattr(training, "REDELIVERY_BACKOFF_S", (0.0,))
+    outcomes: list[BaseException | None] = []
+    tombstones: list[tuple[int, bytes]] = []
+
+    class Table(dict[bytes, bytes]):
+        last_sent: asyncio.Future[None] | None = None
+
+        def _sent(self) -> None:
+            self.last_sent = asyncio.get_running_loop().create_future()
+            failure = outcomes.pop(0) if outcomes else None
+            if failure is None:
+                self.last_sent.set_result(None)
+            else:
+                self.last_sent.set_exception(failure)
+
+        def __setitem__(self, key: bytes, value: bytes) -> None:
+            super().__setitem__(key, value)
+            self._sent()
+
+        def __delitem__(self, key: bytes) -> None:  # faust's table sends the tombstone
+            super().__delitem__(key)
+            self.send_changelog(0, key, None)
+
+        def send_changelog(self, partition: int, key: bytes, value: None) -> None:
+            tombstones.append((partition, key))
+            self._sent()
+
+    trainer, _table, output = handler({})
+    trainer.table = cast(Any, Table())
+    run(trainer, [event(0, train("r0", "a"), "x")])
+    outcomes[:] = [KafkaTimeoutError(), KafkaTimeoutError()]
+    run(trainer, [event(1, {"action": "delete", "request_id": "d1", "classifier_id": "x"}, "x")])
+    assert output.answers() == {"r0": 1, "d1": "deleted"}
+    assert tombstones == [(0, b"x")] * 3  # the delete's, then twice again
+    assert b"x" not in trainer.table
+    # made again while the tombstone was retried: that classifier is not deleted again
+    dict.__setitem__(trainer.table, b"x", b"another classifier")
+    tombstones.clear()
+    assert trainer._delete_again("x", 0) is None
+    assert tombstones == []
+
+
+def test_few_shot_requests_wait_for_the_changelog_a_bounded_time() -> None:
+    """A worker that has not read the classifier changelog (just started, or it cannot
+    reach it) held every train request until it had: with all its in-flight slots taken,
+    nothing behind them was consumed either. They now answer SERVICE_UNAVAILABLE after
+    ``limits.changelog_wait_s`` (a retry gets past it), and are served once it is read."""
+    trainer, table, output = handler({})
+    trainer.settings = Settings(limits={"changelog_wait_s": 0.05})
+    trainer.replica.loaded.clear()
+    run(trainer, [event(0, train("r0", "a"), "x")])
+    assert output.answers() == {"r0": "SERVICE_UNAVAILABLE"}
+    assert table == {}
+    trainer.replica.loaded.set()
+    run(trainer, [event(1, train("r1", "a"), "x")])
+    assert output.answers()["r1"] == 1
+
+
 def test_an_update_only_request_never_creates_the_classifier_it_names() -> None:
     """The gateway's updates say ``create: false``: a mistyped id must answer not found,
     with or without a model, and one that exists is updated as ever."""
