@@ -23,7 +23,14 @@ from streams.auth import KeyRing, header_value, owner_or_refusal
 from streams.errors import ErrorCode, OversizeRecordError, RequestError, to_request_error
 from streams.observer import Observer
 from streams.producer import OutputProducer
-from streams.records import dead_letter, decode_json_object, parse_classify, request_id_of
+from streams.records import (
+    dead_letter,
+    deadline_of,
+    decode_json_object,
+    parse_classify,
+    refuse_late,
+    request_id_of,
+)
 from streams.service import ClassifyService
 from streams.settings import Settings
 from streams.usage import UsageCounter
@@ -283,6 +290,7 @@ class ClassifyHandler:
             request = parse_classify(body, self.settings.limits, request_id=request_id)
             kind = self.kind_few_shot if request.classifier_id else self.kind_zero_shot
             self.observer.on_request(message.topic, kind, len(request.inputs))
+            refuse_late(deadline_of(message.headers))  # a backlog is shed, not computed
             owner = None
             if request.classifier_id is not None:
                 owner = owner_or_refusal(

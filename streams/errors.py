@@ -49,6 +49,10 @@ class ErrorCode(StrEnum):
     """The worker had no room for the request in time (its images among other requests'):
     the same request may succeed later. HTTP 503, as the gateway answers when Kafka is
     away."""
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    """The record's ``shotstream-deadline`` header (the gateway's reply timeout) passed
+    before the worker got to it: nothing was learned or computed, since the caller has
+    stopped waiting (its retry must not learn the examples twice). HTTP 504."""
     INTERNAL_ERROR = "INTERNAL_ERROR"
 
 

@@ -62,7 +62,7 @@ from streams.logs import announce
 from streams.metrics import HttpMetrics
 from streams.middleware import BodyLimit, HeadersFirst, RequestIds
 from streams.ratelimit import Decision, Limit, RateLimiter
-from streams.records import parse_classify, parse_inputs, parse_train
+from streams.records import DEADLINE_HEADER, parse_classify, parse_inputs, parse_train
 from streams.replica import ClassifierReplica
 from streams.settings import EMBEDDED_FETCH_MAX_WAIT_MS, Settings
 
@@ -78,6 +78,7 @@ STATUS_OF: Mapping[str, int] = {
     ErrorCode.CLASSIFIER_NOT_FOUND: 404,
     ErrorCode.RESPONSE_TOO_LARGE: 413,
     ErrorCode.SERVICE_UNAVAILABLE: 503,  # a busy worker: the same request may pass later
+    ErrorCode.DEADLINE_EXCEEDED: 504,  # a worker got to it after the reply timeout
     ErrorCode.EMBEDDING_NOT_FINITE: 500,
     ErrorCode.INTERNAL_ERROR: 500,
 }
@@ -91,6 +92,11 @@ what it sent for ever (uvicorn has no body timeout)."""
 LATE_ANSWER_WINDOW_S = 600.0
 """How long an answer to a request that timed out (a 504) is still awaited, to charge its
 tokens: the workers did the work, however late."""
+REPLY_GRACE_S = 2.0
+"""How long past a request's deadline (the reply timeout) the gateway still waits for its
+answer (a tenth of the timeout when that is shorter): a worker checks the deadline before
+it learns, so one learned just in time is answered, not a 504 that would make its retry
+learn it twice."""
 MAX_LATE_ANSWERS = 10_000
 """Most such answers awaited at once (the oldest is given up first): memory stays bounded
 while answers do not come at all."""
@@ -164,6 +170,7 @@ class Gateway:
             security=kafka_security(settings.kafka),
         )
         self.late_answer_window_s = LATE_ANSWER_WINDOW_S
+        self.reply_grace_s = min(REPLY_GRACE_S, settings.gateway.reply_timeout_s / 10)
         self.max_late_answers = MAX_LATE_ANSWERS
         self._late: dict[asyncio.Future[Answer], None] = {}
         """Requests that timed out, awaited still to charge their answers (oldest first)."""
@@ -259,10 +266,12 @@ class Gateway:
         Unicode, over the record limit) gives back the request it took. One answered too
         late (a 504) is still charged when its answer comes (the workers did the work).
         """
-        headers = []
+        timeout = self.settings.gateway.reply_timeout_s
+        # workers serve nothing after it (DEADLINE_EXCEEDED): a request answered 504 is
+        # not learned later, and a backlog of abandoned requests is shed, not computed
+        headers = [(DEADLINE_HEADER, f"{time.time() + timeout:.3f}".encode())]
         if caller.authorization is not None:
             headers.append(("authorization", caller.authorization.encode()))
-        timeout = self.settings.gateway.reply_timeout_s
         try:
             future = await self.client.send(topic, body, key=key, headers=headers)
         except UnicodeEncodeError as exc:
@@ -282,7 +291,7 @@ class Gateway:
             ) from exc
         try:
             # shielded: a timeout (or a caller gone) leaves the answer awaited, to charge it
-            answer = await asyncio.wait_for(asyncio.shield(future), timeout)
+            answer = await asyncio.wait_for(asyncio.shield(future), timeout + self.reply_grace_s)
         except TimeoutError as exc:
             self._charge_when_answered(future, caller.bucket)
             raise GatewayError(

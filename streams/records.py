@@ -10,12 +10,14 @@ from __future__ import annotations
 import base64
 import json
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from streams.auth import header_value
 from streams.errors import ErrorCode, RequestError
 from streams.settings import LimitSettings
 
@@ -427,3 +429,46 @@ def _is_utf8(data: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+DEADLINE_HEADER = "shotstream-deadline"
+"""A request record's optional header: when its caller stops waiting, in seconds since
+the epoch (ASCII digits, e.g. ``1795000000.250``). The gateway sets it to its reply
+timeout; a worker that gets to the record later answers ``DEADLINE_EXCEEDED`` instead of
+doing the work. Producers' and workers' clocks must agree (NTP)."""
+
+
+def deadline_of(headers: Any) -> float | None:
+    """The record's deadline (:data:`DEADLINE_HEADER`), ``None`` without one.
+
+    >>> deadline_of([("shotstream-deadline", b"1795000000.25")]), deadline_of([])
+    (1795000000.25, None)
+    """
+    raw = header_value(headers, DEADLINE_HEADER)
+    if raw is None:
+        return None
+    try:
+        deadline = float(bytes(raw).decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        deadline = math.nan
+    if not math.isfinite(deadline):
+        raise RequestError(
+            ErrorCode.INPUT_INVALID,
+            f"header {DEADLINE_HEADER} must be a time in seconds since the epoch, "
+            f"not {bytes(raw)[:64]!r}",
+        )
+    return deadline
+
+
+def refuse_late(deadline: float | None) -> None:
+    """Refuse a request whose caller has stopped waiting (``DEADLINE_EXCEEDED``)."""
+    if deadline is None:
+        return
+    late = time.time() - deadline
+    if late > 0:
+        raise RequestError(
+            ErrorCode.DEADLINE_EXCEEDED,
+            f"the request's deadline ({DEADLINE_HEADER}) passed {late:.1f} s before a "
+            "worker got to it, so it was not served (nothing was learned): its caller had "
+            "stopped waiting",
+        )

@@ -48,8 +48,10 @@ from streams.records import (
     DeleteRequest,
     TrainRequest,
     UsageRequest,
+    deadline_of,
     decode_json_object,
     parse_train,
+    refuse_late,
     request_id_of,
 )
 from streams.replica import ClassifierReplica
@@ -299,8 +301,10 @@ class TrainHandler:
             owner = owner_or_refusal(
                 self.keys, header_value(message.headers, "authorization"), "few-shot training"
             )
+            deadline = deadline_of(message.headers)
             if isinstance(request, DeleteRequest):
                 async with turn:
+                    refuse_late(deadline)  # its caller was told it timed out: not done
                     response = self._delete(request, owner)
                     sent = self._last_sent()
                 again = functools.partial(
@@ -308,7 +312,7 @@ class TrainHandler:
                 )
                 await delivered(sent, again)
             else:
-                response = await self._train(request, owner, message, turn)
+                response = await self._train(request, owner, message, turn, deadline)
             # inside the try: an answer over the size limit gets its dead letter (the
             # examples were learned all the same) instead of holding the partition
             await self.output.send(self.results_topic, request.classifier_id, encode(response))
@@ -326,6 +330,7 @@ class TrainHandler:
         owner: str,
         message: Message,
         turn: Turn,
+        deadline: float | None = None,
     ) -> dict[str, Any]:
         source, offset = source_of(message), message.offset
         partition, timestamp = message.partition, message.timestamp
@@ -347,6 +352,8 @@ class TrainHandler:
         # an update only of an id not seen: most likely not found in turn either, so
         # nothing is embedded ahead (a record before it may still create it: then in turn)
         refused = refused or (existing is None and not request.create)
+        # its caller has stopped waiting: answered in turn, unembedded (unless a replay)
+        refused = refused or (deadline is not None and time.time() > deadline)
         model = request.model or (existing.model if existing else None)
         embedded = None
         if model and not refused:
@@ -391,6 +398,9 @@ class TrainHandler:
                     record.classifier_id,
                     record.applied[source],
                 )
+            # not learned once its caller was told it timed out (a 504): a retry must not
+            # learn the examples twice
+            refuse_late(deadline)
             created = record is None
             record = self._authorize(request, record, owner)
             # the operator's limit now, not the one when the classifier was made (raising

@@ -555,6 +555,48 @@ def test_a_tombstone_the_broker_did_not_take_is_sent_again_before_the_answer(
     assert tombstones == []
 
 
+def late(ev: Any, deadline: float | bytes) -> Any:
+    """``ev`` with a ``shotstream-deadline`` header (as the gateway sets)."""
+    value = deadline if isinstance(deadline, bytes) else f"{deadline:.3f}".encode()
+    ev.message.headers = [*ev.message.headers, ("shotstream-deadline", value)]
+    return ev
+
+
+def test_a_request_past_its_deadline_is_not_learned_but_a_replay_is_answered() -> None:
+    """The gateway answers 504 at its reply timeout; a worker getting to the request later
+    learned it anyway, and the client's retry learned the examples twice. Past its
+    deadline it is now DEADLINE_EXCEEDED and nothing is embedded or learned, also when the
+    deadline passes while it is embedded; a replay of one learned in time is still
+    answered (it was learned); a malformed deadline is INPUT_INVALID."""
+    trainer, table, output = handler({"r2": 0.3})
+    embedded: list[str] = []
+    embed = trainer._embed
+
+    async def counting(request: Any, model: str) -> Any:
+        embedded.append(request.request_id)
+        return await embed(request, model)
+
+    trainer._embed = counting  # type: ignore[method-assign]
+    now = time.time()
+    first = late(event(0, train("r0", "a"), "x"), now + 60)
+    run(trainer, [first, late(event(1, train("r1", "b"), "x"), now - 1)])
+    assert output.answers() == {"r0": 1, "r1": "DEADLINE_EXCEEDED"}
+    assert embedded == ["r0"]
+    assert stored(table).labels == ["a"]
+    # passes while its examples are embedded (0.3 s): refused in turn, before learning
+    run(trainer, [late(event(2, train("r2", "b"), "x"), time.time() + 0.1)])
+    assert output.answers()["r2"] == "DEADLINE_EXCEEDED"
+    assert stored(table).labels == ["a"]
+    run(trainer, [first])  # offset 0 redelivered long after its deadline: learned, answered
+    assert output.answers()["r0"] == 1
+    run(trainer, [late(event(3, train("r3", "b"), "x"), b"soon")])
+    assert output.answers()["r3"] == "INPUT_INVALID"
+    delete = {"action": "delete", "request_id": "d4", "classifier_id": "x"}
+    run(trainer, [late(event(4, delete, "x"), time.time() - 1)])
+    assert output.answers()["d4"] == "DEADLINE_EXCEEDED"
+    assert stored(table).version == 1
+
+
 def test_few_shot_requests_wait_for_the_changelog_a_bounded_time() -> None:
     """A worker that has not read the classifier changelog (just started, or it cannot
     reach it) held every train request until it had: with all its in-flight slots taken,

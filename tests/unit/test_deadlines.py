@@ -1,0 +1,108 @@
+"""A request's deadline (the ``shotstream-deadline`` header the gateway sets to its reply
+timeout): a worker that gets to it later answers DEADLINE_EXCEEDED instead of serving it
+(training: test_train_handler.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from types import SimpleNamespace
+from typing import Any, cast
+
+import orjson
+import pytest
+
+from streams.agents import ClassifyHandler
+from streams.auth import KeyRing
+from streams.client import Answer
+from streams.errors import ErrorCode, RequestError
+from streams.gateway import Caller, Gateway, GatewayError
+from streams.observer import Observer
+from streams.settings import Settings
+
+
+class Output:
+    settings = Settings()
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    async def send(self, topic: str, key: str | None, value: bytes) -> None:
+        self.sent.append(orjson.loads(value))
+
+
+class Service:
+    def __init__(self) -> None:
+        self.served: list[str] = []
+
+    async def classify(self, request: Any, owner: str | None) -> dict[str, Any]:
+        self.served.append(request.request_id)
+        return {"request_id": request.request_id, "data": []}
+
+
+def classify_event(rid: str, deadline: bytes | None) -> Any:
+    body = {"request_id": rid, "model": "m", "input": ["x"], "labels": ["a", "b"]}
+    headers = [] if deadline is None else [("shotstream-deadline", deadline)]
+    message = SimpleNamespace(
+        topic="classify", partition=0, tp=("classify", 0), offset=0, key=rid.encode(),
+        value=orjson.dumps(body), headers=headers, timestamp=None,
+    )  # fmt: skip
+    return SimpleNamespace(message=message, ack=lambda: None)
+
+
+@pytest.mark.parametrize(
+    ("deadline", "answer"),
+    [
+        (None, "served"),  # Kafka clients need not set one
+        (lambda: f"{time.time() + 60:.3f}".encode(), "served"),
+        (lambda: f"{time.time() - 1:.3f}".encode(), ErrorCode.DEADLINE_EXCEEDED),
+        (lambda: b"tomorrow", ErrorCode.INPUT_INVALID),
+        (lambda: b"nan", ErrorCode.INPUT_INVALID),
+    ],
+)
+def test_a_classify_request_past_its_deadline_is_shed_not_computed(
+    deadline: Any, answer: str
+) -> None:
+    service, output = Service(), Output()
+    handler = ClassifyHandler(
+        Settings(), cast(Any, service), KeyRing(["k"]), cast(Any, output), Observer()
+    )
+    asyncio.run(handler(classify_event("r", deadline() if deadline else None)))
+    [sent] = output.sent
+    if answer == "served":
+        assert service.served == ["r"]
+        assert "error" not in sent
+    else:
+        assert service.served == []
+        assert sent["error"]["code"] == answer
+        assert "shotstream-deadline" in sent["error"]["detail"]
+
+
+def test_the_gateway_sets_the_deadline_and_a_late_worker_is_a_504() -> None:
+    """The record carries the reply timeout as a deadline; the gateway waits a little past
+    it, so a request a worker learned just in time is answered, not a 504."""
+    settings = Settings(api_keys="k", gateway={"reply_timeout_s": 0.2})
+    gateway = Gateway(settings)
+    assert gateway.reply_grace_s == pytest.approx(0.02)  # a tenth of a short timeout
+    gateway.reply_grace_s = 1.0  # (2 s at most, for the default 30 s)
+    sent: list[list[tuple[str, bytes]]] = []
+    answer: dict[str, Any] = {"request_id": "r", "usage": {"total_tokens": 1}, "data": []}
+
+    async def send(topic: str, body: dict[str, Any], **kw: Any) -> asyncio.Future[Answer]:
+        sent.append(list(kw["headers"]))
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        # answered after the deadline but within the grace: not a 504
+        asyncio.get_running_loop().call_later(0.2 + 0.5, future.set_result,
+                                              Answer("predictions", answer))  # fmt: skip
+        return future
+
+    gateway.client.send = send  # type: ignore[method-assign]
+    caller = Caller(owner="o", authorization="Bearer k", bucket="b")
+    before = time.time()
+    got, _ = asyncio.run(gateway.ask("t", {}, key="r", caller=caller))
+    assert got == answer
+    headers = dict(sent[0])
+    assert before + 0.2 - 0.001 <= float(headers["shotstream-deadline"]) <= time.time()  # ms
+    assert headers["authorization"] == b"Bearer k"
+    late = RequestError(ErrorCode.DEADLINE_EXCEEDED, "x")
+    assert GatewayError.from_request_error(late).status == 504
