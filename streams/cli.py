@@ -197,6 +197,7 @@ def _startup_errors(kafka: str) -> Iterator[None]:
     instead of a traceback."""
     from models.registry import ModelNotAvailableError
     from streams.broker import BrokerExitedError, PortInUseError
+    from streams.client import GatewayStartError
     from streams.settings import KeyFileError
 
     try:
@@ -209,6 +210,9 @@ def _startup_errors(kafka: str) -> Iterator[None]:
         raise typer.Exit(2) from None
     except (TimeoutError, BrokerExitedError) as exc:
         typer.echo(f"cannot reach {kafka}: {exc}", err=True)
+        raise typer.Exit(EXIT_NO_KAFKA) from None
+    except GatewayStartError as exc:
+        typer.echo(f"cannot start: {exc}", err=True)
         raise typer.Exit(EXIT_NO_KAFKA) from None
 
 
@@ -283,13 +287,14 @@ def worker(
 def gateway() -> None:
     """Serve Jina's Classifier API over HTTP on SHOTSTREAM_HTTP_PORT, backed by the topics."""
     from streams.broker import check_port_free
-    from streams.gateway import run_gateway
+    from streams.gateway import check_kafka, run_gateway
 
     settings = _settings(serving=True)
     _logging(settings)
     with _startup_errors(_kafka_at(settings)):
         check_port_free(settings.gateway.host, settings.http_port, "SHOTSTREAM_HTTP_PORT")
         settings.all_api_keys()  # readable, before uvicorn turns a failure into a traceback
+        asyncio.run(check_kafka(settings))  # so is Kafka, and the topics
         run_gateway(settings)
 
 

@@ -23,6 +23,11 @@ from streams.settings import EMBEDDED_FETCH_MAX_WAIT_MS, Settings
 read_undecodable_header_keys()  # a record from a foreign client must not end the reader
 
 
+class GatewayStartError(Exception):
+    """Kafka did not answer, or no worker had made the topics, within
+    ``gateway.startup_timeout_s``: said in one line (the CLI exits 4)."""
+
+
 class Answer(dict[str, Any]):
     """A response body; ``topic`` says whether it was a prediction or a dead letter."""
 

@@ -44,7 +44,7 @@ from state.records import ClassifierRecord, iso_time
 from streams.app import classifier_changelog_topic
 from streams.auth import NO_KEYS, KeyRing, owner_or_refusal
 from streams.broker import kafka_security
-from streams.client import Answer, ShotstreamClient
+from streams.client import Answer, GatewayStartError, ShotstreamClient
 from streams.errors import ErrorCode, OversizeRecordError, RequestError
 from streams.http_models import (
     ClassificationResponse,
@@ -186,16 +186,7 @@ class Gateway:
                 "but anonymous zero-shot " if self.settings.gateway.anonymous_zero_shot else "",
             )
         deadline = time.monotonic() + self.settings.gateway.startup_timeout_s
-        while True:
-            try:
-                await self.client.__aenter__()
-                break
-            except (RuntimeError, KafkaError) as exc:
-                await self.client.__aexit__(None, None, None)
-                if time.monotonic() > deadline:
-                    raise
-                log.info("waiting for the shotstream topics (start a worker): %s", exc)
-                await asyncio.sleep(1.0)
+        await join_kafka(self.client, self.settings, deadline)
         remaining = max(1.0, deadline - time.monotonic())
         await self.replica.start(timeout_s=remaining)
 
@@ -950,6 +941,43 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(HttpMetrics, registry=registry)
     app.add_middleware(RequestIds)
     return app
+
+
+async def join_kafka(client: ShotstreamClient, settings: Settings, deadline: float) -> None:
+    """Start ``client`` (it needs the answer topics, which workers create), trying each
+    second until ``deadline`` (``time.monotonic()``), saying what it waits for."""
+    brokers = ",".join(settings.brokers)
+    said = None
+    while True:
+        try:
+            await client.__aenter__()
+            return
+        except (RuntimeError, KafkaError) as exc:
+            await client.__aexit__(None, None, None)
+            if isinstance(exc, KafkaError):
+                why = (
+                    f"no answer from Kafka at {brokers} (SHOTSTREAM_BROKERS; TLS and SASL: "
+                    f"SHOTSTREAM_KAFKA__SECURITY_PROTOCOL): {type(exc).__name__}"
+                )
+            else:
+                why = f"{exc}: a worker creates the topics, start one first"
+            if time.monotonic() > deadline:
+                limit = settings.gateway.startup_timeout_s
+                raise GatewayStartError(
+                    f"{why} (waited {limit:g} s, SHOTSTREAM_GATEWAY__STARTUP_TIMEOUT_S)"
+                ) from None
+            if why != said:  # once per cause, not each second
+                log.info("waiting: %s", why)
+                said = why
+            await asyncio.sleep(1.0)
+
+
+async def check_kafka(settings: Settings) -> None:
+    """What the gateway needs before it serves (Kafka, the topics), checked before uvicorn
+    starts: its lifespan would turn a failure into a traceback and exit 3."""
+    client = ShotstreamClient(settings, produce_timeout_s=settings.gateway.kafka_timeout_s)
+    await join_kafka(client, settings, time.monotonic() + settings.gateway.startup_timeout_s)
+    await client.__aexit__(None, None, None)
 
 
 def run_gateway(settings: Settings) -> None:

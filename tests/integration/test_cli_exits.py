@@ -154,3 +154,25 @@ def test_a_partition_count_the_topics_do_not_have_is_warned_about(
         "to topics shotstream creates (existing ones keep theirs, so at most 2 workers share "
         "this one)"
     ]
+
+
+def test_a_gateway_that_cannot_start_says_why_in_one_line(broker: EmbeddedBroker) -> None:
+    """Kafka away, or up with no worker yet to create the topics: the gateway waited its
+    startup timeout, then printed uvicorn's traceback blaming the topics in both cases
+    and exited 3 (the clients' 'no answer in time'). Now one line each, exit 4."""
+    from streams.cli import EXIT_NO_KAFKA
+
+    env = {
+        "SHOTSTREAM_API_KEYS": "k",
+        "SHOTSTREAM_GATEWAY__STARTUP_TIMEOUT_S": "2",
+        "SHOTSTREAM_TOPIC_PREFIX": "no-worker-yet.",
+    }
+    for brokers, cause in (
+        ("127.0.0.1:1", "no answer from Kafka at 127.0.0.1:1"),
+        (broker.address, "a worker creates the topics, start one first"),
+    ):
+        result = CliRunner().invoke(app, ["gateway"], env={**env, "SHOTSTREAM_BROKERS": brokers})
+        assert result.exit_code == EXIT_NO_KAFKA, result.output
+        assert cause in result.output
+        assert "waited 2 s, SHOTSTREAM_GATEWAY__STARTUP_TIMEOUT_S" in result.output
+        assert "Traceback" not in result.output
