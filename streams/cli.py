@@ -175,7 +175,13 @@ def _need_key(api_key: str | None) -> str:
 
 
 def _echo_json(answer: dict[str, Any]) -> None:
-    """Print an answer as JSON; exit 2 if it is a dead letter."""
+    """Print an answer as JSON; exit 2 if it is a dead letter, saying its code and detail
+    on standard error. A letter is printed without its payload, which is the request just
+    sent (a train request's every example: tens of kB on one line)."""
+    if "error" in answer:
+        err = answer["error"]
+        typer.echo(f"error {err.get('code')}: {err.get('detail')}", err=True)
+        answer = {k: v for k, v in answer.items() if k != "payload"}
     typer.echo(json.dumps(answer, ensure_ascii=False, indent=2))
     if "error" in answer:
         raise typer.Exit(EXIT_DEAD_LETTER)
@@ -433,7 +439,10 @@ def train(
     api_key: APIKey = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the answer")] = 120.0,
 ) -> None:
-    """Send labelled examples to the train topic; print the train response."""
+    """Send labelled examples to the train topic; print the train response.
+
+    More examples than a request may carry (SHOTSTREAM_LIMITS__MAX_INPUTS, 1,024) go as
+    several requests, one after another, each answered before the next is sent."""
     import uuid
 
     _need_key(api_key)
@@ -442,22 +451,39 @@ def train(
     cid = classifier_id or str(uuid.uuid4())
     if classifier_id is None and model is None:
         model = settings.default_model_name
+    size = settings.limits.max_inputs
+    chunks = [body[i : i + size] for i in range(0, len(body), size)]
 
-    _echo_json(
-        _ask(
-            settings,
-            lambda client: client.train(
-                body,
+    async def send_all(client: Any) -> dict[str, Any]:
+        answer: dict[str, Any] = {}
+        learned = tokens = 0
+        for n, chunk in enumerate(chunks, 1):
+            answer = await client.train(
+                chunk,
                 classifier_id=cid,
                 api_key=api_key,
                 model=model,
                 access=access,
                 num_iters=num_iters,
                 timeout_s=timeout,
-            ),
-            timeout,
-        )
-    )
+            )
+            if "error" in answer:
+                if n > 1:
+                    typer.echo(
+                        f"request {n} of {len(chunks)} failed; the {learned} examples before "
+                        "it were learned",
+                        err=True,
+                    )
+                return answer
+            learned += len(chunk)
+            tokens += answer.get("usage", {}).get("total_tokens", 0)
+            if len(chunks) > 1:
+                typer.echo(f"sent {learned} of {len(body)} examples", err=True)
+        if len(chunks) > 1:  # one answer for all of them, as one request would give
+            answer = {**answer, "num_samples": learned, "usage": {"total_tokens": tokens}}
+        return answer
+
+    _echo_json(_ask(settings, send_all, timeout * len(chunks)))
 
 
 classifiers_app = typer.Typer(
@@ -475,12 +501,20 @@ def classifiers_list(
 ) -> None:
     """Your classifiers: id, model, labels, access, version, samples, uses, times."""
     from streams.app import classifier_changelog_topic
-    from streams.auth import hash_key
+    from streams.auth import KeyRing, hash_key
     from streams.broker import kafka_security
     from streams.replica import ClassifierReplica
 
     owner = hash_key(_need_key(api_key))
     settings = _settings(serving=True)
+    known = KeyRing(settings.all_api_keys())
+    if len(known) and known.authenticate(f"Bearer {api_key}") is None:
+        typer.echo(
+            "error AUTH_INVALID_API_KEY: this key is not one of SHOTSTREAM_API_KEYS "
+            "(SHOTSTREAM_API_KEY_FILE), the keys the workers accept",
+            err=True,
+        )
+        raise typer.Exit(EXIT_DEAD_LETTER)
 
     async def go() -> list[dict[str, Any]]:
         replica = ClassifierReplica(
@@ -500,6 +534,12 @@ def classifiers_list(
         typer.echo(json.dumps(rows, ensure_ascii=False, indent=2))
         return
     _print_listing(rows)
+    if not rows:  # a mistyped key looks like classifiers gone: say which key was asked
+        typer.echo(
+            f"no classifiers belong to the key ending {str(api_key)[-4:]!r} (a classifier "
+            "belongs to the key that created it)",
+            err=True,
+        )
 
 
 @classifiers_app.command("delete")

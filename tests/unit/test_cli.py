@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -349,3 +351,56 @@ def test_the_embedded_broker_commands_refuse_tls_and_sasl(command: list[str]) ->
     code, output = run(command, env)
     assert code == 2, output
     assert "the embedded broker speaks plaintext only" in output
+
+
+def test_a_large_training_set_goes_as_several_requests_and_a_letter_prints_no_payload(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """1,500 examples were one request over the 1,024-input limit: an INPUT_LIMIT_EXCEEDED
+    dead letter printed whole on stdout (every example, ~80 kB on one line). They now go
+    as requests of at most 1,024 to the same classifier, answered as one; a letter is
+    printed without its payload, its code and detail on stderr."""
+    import orjson
+
+    from streams import client
+
+    sent: list[dict[str, Any]] = []
+
+    async def started(self: client.ShotstreamClient) -> client.ShotstreamClient:
+        return self
+
+    async def train(self: Any, examples: list[Any], **kw: Any) -> dict[str, Any]:
+        sent.append({"n": len(examples), **kw})
+        if examples[0]["label"] == "bad":
+            return {"request_id": "r", "error": {"code": "INPUT_INVALID", "detail": "no"},
+                    "payload": orjson.dumps(examples).decode()}  # fmt: skip
+        return {"classifier_id": kw["classifier_id"], "num_samples": len(examples),
+                "version": len(sent), "usage": {"total_tokens": 10 * len(examples)}}  # fmt: skip
+
+    monkeypatch.setattr(client.ShotstreamClient, "_start", started)
+    monkeypatch.setattr(client.ShotstreamClient, "train", train)
+    examples = "\n".join(json.dumps({"text": f"t{i}", "label": "a"}) for i in range(1500))
+    code, output = run(["train", "-", "--classifier-id", "c-1"], {"SHOTSTREAM_API_KEY": "k"},
+                       examples)  # fmt: skip
+    assert code == 0, output
+    assert [(s["n"], s["classifier_id"]) for s in sent] == [(1024, "c-1"), (476, "c-1")]
+    assert "sent 1024 of 1500 examples" in output
+    answer = json.loads(output[output.index("{") :])
+    assert (answer["num_samples"], answer["version"]) == (1500, 2)
+    assert answer["usage"] == {"total_tokens": 15000}
+
+    sent.clear()
+    bad = "\n".join(json.dumps({"text": "x" * 100, "label": "bad"}) for _ in range(10))
+    code, output = run(["train", "-"], {"SHOTSTREAM_API_KEY": "k"}, bad)
+    assert code == 2, output
+    assert "error INPUT_INVALID: no" in output
+    assert "x" * 100 not in output  # the examples are not printed back
+
+
+def test_listing_with_a_key_the_workers_do_not_know_is_refused_not_empty() -> None:
+    """A mistyped key listed nothing and exited 0, as if its classifiers were gone."""
+    env = {"SHOTSTREAM_BROKERS": "127.0.0.1:1", "SHOTSTREAM_API_KEYS": "key-a,key-b"}
+    code, output = run(["classifiers", "list", "--api-key", "key-c"], env)
+    assert code == 2, output
+    assert "AUTH_INVALID_API_KEY" in output
+    assert "SHOTSTREAM_API_KEYS" in output
