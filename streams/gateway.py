@@ -241,7 +241,9 @@ class Gateway:
             raise GatewayError(
                 429,
                 code,
-                detail,
+                # the defaults are Jina's free tier: an operator load-testing needs the knob
+                f"{detail} (this gateway's tiers: SHOTSTREAM_GATEWAY__DEFAULT_TIER, "
+                "__TIERS, __KEY_TIERS)",
                 {"Retry-After": str(decision.retry_after_s), **rate_headers(decision)},
             )
         return decision

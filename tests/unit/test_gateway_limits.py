@@ -377,7 +377,10 @@ def test_a_key_has_at_most_its_tier_s_concurrency_in_flight() -> None:
         await produced(kafka, 5)
         sixth = await c.post("/v1/classify", json=ZERO_SHOT, headers=auth())
         body = assert_error(sixth, 429, "RATE_CONCURRENCY_LIMIT_EXCEEDED")
-        assert body["detail"] == "Concurrency limit exceeded: 5/5 concurrent requests"
+        assert body["detail"] == (
+            "Concurrency limit exceeded: 5/5 concurrent requests (this gateway's tiers: "
+            "SHOTSTREAM_GATEWAY__DEFAULT_TIER, __TIERS, __KEY_TIERS)"
+        )
         assert sixth.headers["retry-after"] == "1"
         assert sixth.headers["x-ratelimit-remaining-requests"] == "495"  # took none
         listing = await c.get("/v1/classifiers", headers=auth())  # counts too
