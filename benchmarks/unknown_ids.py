@@ -75,7 +75,6 @@ def main(argv: Sequence[str] | None = None) -> None:
             "SHOTSTREAM_BROKERS": broker.address,
             "SHOTSTREAM_DATA_DIR": tmp,
             "SHOTSTREAM_API_KEYS": KEY,
-            **{k: v for k, v in os.environ.items() if k == "SHOTSTREAM_MODEL_CACHE_DIR"},
         }
         with WorkerProcess(env, Path(tmp) / "worker.log") as worker:
             worker.wait_ready(600)

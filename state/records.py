@@ -147,10 +147,15 @@ def encode_record(record: ClassifierRecord) -> bytes:
             else {}
         ),
     }
-    head = json.dumps(header, ensure_ascii=False, separators=(",", ":"), default=_listed).encode()
     whitens = float(record.hyper.get("whiten", 0.0) or 0.0) > 0
     version = WHITENING_FORMAT_VERSION if whitens else FORMAT_VERSION
-    return _HEAD.pack(MAGIC, version, len(head)) + head + weights.tobytes()
+    return _join(version, header, weights.tobytes())
+
+
+def _join(version: int, header: Any, body: bytes) -> bytes:
+    """A record's bytes from its parts (what :func:`_split` takes apart)."""
+    head = json.dumps(header, ensure_ascii=False, separators=(",", ":"), default=_listed).encode()
+    return _HEAD.pack(MAGIC, version, len(head)) + head + body
 
 
 def _split(data: bytes) -> tuple[int, Any, bytes]:
@@ -191,8 +196,7 @@ def without_sources(data: bytes) -> bytes:
     if isinstance(hyper, dict):
         for name in SOURCE_FIELDS:
             hyper.pop(name, None)
-    head = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode()
-    return _HEAD.pack(MAGIC, version, len(head)) + head + body
+    return _join(version, header, body)
 
 
 def _listed(value: object) -> object:

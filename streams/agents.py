@@ -38,6 +38,11 @@ from streams.usage import UsageCounter
 log = logging.getLogger(__name__)
 
 
+def latency_of(message: Any) -> float | None:
+    """Seconds from a request record's timestamp to now (``None``: it has none)."""
+    return time.time() - message.timestamp if message.timestamp else None
+
+
 def encode(value: dict[str, Any]) -> bytes:
     """Compact UTF-8 JSON (orjson: a 256-label answer in 10 µs instead of 240 µs)."""
     return orjson.dumps(value)
@@ -303,8 +308,7 @@ class ClassifyHandler:
         except Exception as exc:  # every failure becomes a dead letter
             await send_dead_letter(self.output, self.errors, self.observer, event, request_id, exc)
             return
-        latency = time.time() - message.timestamp if message.timestamp else None
-        self.observer.on_response(message.topic, kind, len(request.inputs), latency)
+        self.observer.on_response(message.topic, kind, len(request.inputs), latency_of(message))
 
 
 async def send_dead_letter(

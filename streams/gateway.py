@@ -186,7 +186,7 @@ class Gateway:
                 "but anonymous zero-shot " if self.settings.gateway.anonymous_zero_shot else "",
             )
         deadline = time.monotonic() + self.settings.gateway.startup_timeout_s
-        await join_kafka(self.client, self.settings, deadline)
+        await join_kafka(self.client, deadline)
         remaining = max(1.0, deadline - time.monotonic())
         await self.replica.start(timeout_s=remaining)
 
@@ -945,9 +945,10 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-async def join_kafka(client: ShotstreamClient, settings: Settings, deadline: float) -> None:
+async def join_kafka(client: ShotstreamClient, deadline: float) -> None:
     """Start ``client`` (it needs the answer topics, which workers create), trying each
     second until ``deadline`` (``time.monotonic()``), saying what it waits for."""
+    settings = client.settings
     brokers = ",".join(settings.brokers)
     said = None
     while True:
@@ -978,7 +979,7 @@ async def check_kafka(settings: Settings) -> None:
     """What the gateway needs before it serves (Kafka, the topics), checked before uvicorn
     starts: its lifespan would turn a failure into a traceback and exit 3."""
     client = ShotstreamClient(settings, produce_timeout_s=settings.gateway.kafka_timeout_s)
-    await join_kafka(client, settings, time.monotonic() + settings.gateway.startup_timeout_s)
+    await join_kafka(client, time.monotonic() + settings.gateway.startup_timeout_s)
     await client.__aexit__(None, None, None)
 
 

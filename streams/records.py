@@ -460,6 +460,11 @@ def deadline_of(headers: Any) -> float | None:
     return deadline
 
 
+def is_late(deadline: float | None) -> bool:
+    """Whether ``deadline`` (:func:`deadline_of`) has passed; never without one."""
+    return deadline is not None and time.time() > deadline
+
+
 def refuse_late(deadline: float | None) -> None:
     """Refuse a request whose caller has stopped waiting (``DEADLINE_EXCEEDED``)."""
     if deadline is None:

@@ -199,8 +199,11 @@ class KafkaSettings(BaseModel):
                 f"security_protocol {self.security_protocol} needs sasl_username and "
                 "sasl_password (SHOTSTREAM_KAFKA__SASL_USERNAME, SHOTSTREAM_KAFKA__SASL_PASSWORD)"
             )
-        files = {"ssl_cafile": self.ssl_cafile, "ssl_certfile": self.ssl_certfile}
-        files["ssl_keyfile"] = self.ssl_keyfile
+        files = {
+            "ssl_cafile": self.ssl_cafile,
+            "ssl_certfile": self.ssl_certfile,
+            "ssl_keyfile": self.ssl_keyfile,
+        }
         named = {name: path for name, path in files.items() if path is not None}
         if named and not self.security_protocol.endswith("SSL"):
             raise ValueError(

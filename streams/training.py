@@ -39,7 +39,7 @@ from state.records import (
     read_ownership,
     record_lineage,
 )
-from streams.agents import Turn, encode, send_dead_letter
+from streams.agents import Turn, encode, latency_of, send_dead_letter
 from streams.auth import KeyRing, header_value, owner_or_refusal
 from streams.errors import ErrorCode, RequestError, to_request_error
 from streams.observer import Observer
@@ -50,6 +50,7 @@ from streams.records import (
     UsageRequest,
     deadline_of,
     decode_json_object,
+    is_late,
     parse_train,
     refuse_late,
     request_id_of,
@@ -321,8 +322,7 @@ class TrainHandler:
                 self.output, self.errors_topic, self.observer, event, request_id, exc
             )
             return
-        latency = time.time() - message.timestamp if message.timestamp else None
-        self.observer.on_response(message.topic, kind, 0, latency)  # no predictions
+        self.observer.on_response(message.topic, kind, 0, latency_of(message))  # no predictions
 
     async def _train(
         self,
@@ -330,7 +330,7 @@ class TrainHandler:
         owner: str,
         message: Message,
         turn: Turn,
-        deadline: float | None = None,
+        deadline: float | None,
     ) -> dict[str, Any]:
         source, offset = source_of(message), message.offset
         partition, timestamp = message.partition, message.timestamp
@@ -353,7 +353,7 @@ class TrainHandler:
         # nothing is embedded ahead (a record before it may still create it: then in turn)
         refused = refused or (existing is None and not request.create)
         # its caller has stopped waiting: answered in turn, unembedded (unless a replay)
-        refused = refused or (deadline is not None and time.time() > deadline)
+        refused = refused or is_late(deadline)
         model = request.model or (existing.model if existing else None)
         embedded = None
         if model and not refused:

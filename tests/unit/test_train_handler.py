@@ -459,6 +459,40 @@ def test_restate_deletes_again_a_classifier_deleted_here() -> None:
     assert len(sent) == 2
 
 
+class DeliveringTable(dict[bytes, bytes]):
+    """A table whose changelog records (writes and tombstones) are delivered or fail as
+    ``outcomes`` say, in order (``None``: delivered; delivered when none is left)."""
+
+    last_sent: asyncio.Future[None] | None = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.outcomes: list[BaseException | None] = []
+        self.writes: list[bytes] = []
+        self.tombstones: list[tuple[int, bytes]] = []
+
+    def _sent(self) -> None:
+        self.last_sent = asyncio.get_running_loop().create_future()
+        failure = self.outcomes.pop(0) if self.outcomes else None
+        if failure is None:
+            self.last_sent.set_result(None)
+        else:
+            self.last_sent.set_exception(failure)
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        super().__setitem__(key, value)
+        self.writes.append(value)
+        self._sent()
+
+    def __delitem__(self, key: bytes) -> None:  # faust's table sends the tombstone
+        super().__delitem__(key)
+        self.send_changelog(0, key, None)
+
+    def send_changelog(self, partition: int, key: bytes, value: None) -> None:
+        self.tombstones.append((partition, key))
+        self._sent()
+
+
 def test_a_changelog_record_the_broker_did_not_take_is_written_again_before_the_answer(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -471,35 +505,19 @@ def test_a_changelog_record_the_broker_did_not_take_is_written_again_before_the_
     import streams.training as training
 
     monkeypatch.setattr(training, "REDELIVERY_BACKOFF_S", (0.0,))
-    outcomes: list[BaseException | None] = []
-    writes: list[bytes] = []
-
-    class Table(dict[bytes, bytes]):
-        last_sent: asyncio.Future[None] | None = None
-
-        def __setitem__(self, key: bytes, value: bytes) -> None:
-            super().__setitem__(key, value)
-            writes.append(value)
-            self.last_sent = asyncio.get_running_loop().create_future()
-            failure = outcomes.pop(0) if outcomes else None
-            if failure is None:
-                self.last_sent.set_result(None)
-            else:
-                self.last_sent.set_exception(failure)
-
     for first, expected in (
         ([KafkaTimeoutError(), KafkaTimeoutError()], 1),  # answered once the third lands
         ([MessageSizeTooLargeError()], "INTERNAL_ERROR"),  # not worth retrying
     ):
         trainer, _table, output = handler({})
-        trainer.table = cast(Any, Table())
-        writes.clear()
-        outcomes[:] = first
+        table = DeliveringTable()
+        trainer.table = cast(Any, table)
+        table.outcomes[:] = first
         run(trainer, [event(0, train("r0", "a"), "x")])
         assert output.answers() == {"r0": expected}
         if expected == 1:
-            assert len(writes) == 3  # the update, then the same state twice again
-            assert len(set(writes)) == 1
+            assert len(table.writes) == 3  # the update, then the same state twice again
+            assert len(set(table.writes)) == 1
 
 
 def test_a_tombstone_the_broker_did_not_take_is_sent_again_before_the_answer(
@@ -514,45 +532,20 @@ def test_a_tombstone_the_broker_did_not_take_is_sent_again_before_the_answer(
     import streams.training as training
 
     monkeypatch.setattr(training, "REDELIVERY_BACKOFF_S", (0.0,))
-    outcomes: list[BaseException | None] = []
-    tombstones: list[tuple[int, bytes]] = []
-
-    class Table(dict[bytes, bytes]):
-        last_sent: asyncio.Future[None] | None = None
-
-        def _sent(self) -> None:
-            self.last_sent = asyncio.get_running_loop().create_future()
-            failure = outcomes.pop(0) if outcomes else None
-            if failure is None:
-                self.last_sent.set_result(None)
-            else:
-                self.last_sent.set_exception(failure)
-
-        def __setitem__(self, key: bytes, value: bytes) -> None:
-            super().__setitem__(key, value)
-            self._sent()
-
-        def __delitem__(self, key: bytes) -> None:  # faust's table sends the tombstone
-            super().__delitem__(key)
-            self.send_changelog(0, key, None)
-
-        def send_changelog(self, partition: int, key: bytes, value: None) -> None:
-            tombstones.append((partition, key))
-            self._sent()
-
     trainer, _table, output = handler({})
-    trainer.table = cast(Any, Table())
+    table = DeliveringTable()
+    trainer.table = cast(Any, table)
     run(trainer, [event(0, train("r0", "a"), "x")])
-    outcomes[:] = [KafkaTimeoutError(), KafkaTimeoutError()]
+    table.outcomes[:] = [KafkaTimeoutError(), KafkaTimeoutError()]
     run(trainer, [event(1, {"action": "delete", "request_id": "d1", "classifier_id": "x"}, "x")])
     assert output.answers() == {"r0": 1, "d1": "deleted"}
-    assert tombstones == [(0, b"x")] * 3  # the delete's, then twice again
-    assert b"x" not in trainer.table
+    assert table.tombstones == [(0, b"x")] * 3  # the delete's, then twice again
+    assert b"x" not in table
     # made again while the tombstone was retried: that classifier is not deleted again
-    dict.__setitem__(trainer.table, b"x", b"another classifier")
-    tombstones.clear()
+    dict.__setitem__(table, b"x", b"another classifier")
+    table.tombstones.clear()
     assert trainer._delete_again("x", 0) is None
-    assert tombstones == []
+    assert table.tombstones == []
 
 
 def late(ev: Any, deadline: float | bytes) -> Any:
