@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from streams.processes import dies_with_this_process
+
 if TYPE_CHECKING:
     import ssl
 
@@ -105,7 +107,8 @@ class EmbeddedBroker:
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True,  # Ctrl-C reaches it through stop(), after the worker
+            preexec_fn=dies_with_this_process(),  # and a SIGKILL of ours too
         )
         try:
             asyncio.run(wait_for_broker([self.address], timeout_s, self.process, self._log))

@@ -330,6 +330,7 @@ def _dev(port: int, brokers: str, settings: Settings, http: bool) -> None:
 
     from streams.app import cancel_exit_deadline
     from streams.broker import EmbeddedBroker
+    from streams.processes import dies_with_this_process
     from streams.worker import run_worker
 
     with EmbeddedBroker(port):
@@ -338,7 +339,11 @@ def _dev(port: int, brokers: str, settings: Settings, http: bool) -> None:
         def start_gateway() -> None:  # its own process: its loop never waits for the worker's
             nonlocal gateway
             env = {**os.environ, "SHOTSTREAM_BROKERS": brokers}
-            gateway = subprocess.Popen([sys.executable, "-m", "streams", "gateway"], env=env)
+            gateway = subprocess.Popen(
+                [sys.executable, "-m", "streams", "gateway"],
+                env=env,
+                preexec_fn=dies_with_this_process(),  # a SIGKILLed dev stops it too
+            )
 
         try:  # its broker is new: the worker writes its classifiers back (reseed)
             run_worker(settings, reseed=True, on_prepared=start_gateway if http else None)

@@ -2,16 +2,46 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
 READY_MARK = "shotstream worker ready"
 GATEWAY_READY_MARK = "shotstream gateway ready"
+
+PR_SET_PDEATHSIG = 1
+"""``prctl`` option (linux/prctl.h): the signal a child gets when its parent thread ends."""
+
+
+def dies_with_this_process() -> Callable[[], None] | None:
+    """A ``preexec_fn`` for :class:`subprocess.Popen`: on Linux the child gets SIGTERM when
+    this process ends, however it ends (SIGKILL and OOM kills included), so that a child
+    in its own session (Tansu) or a gateway is not left running, holding its port, after
+    ``shotstream dev`` or ``demo`` is killed. Linux sends it when the thread that started
+    the child ends, so this is ``None`` off the main thread (a pool thread's end would stop
+    the child early), and off Linux. The function is looked up here, in the parent: the
+    forked child only calls it."""
+    if sys.platform != "linux" or threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the line above: no signal comes
+            os._exit(1)
+
+    return preexec
 
 
 class WorkerProcess:
@@ -39,6 +69,7 @@ class WorkerProcess:
             env=self.env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            preexec_fn=dies_with_this_process(),  # SIGTERM when we end, even SIGKILLed
         )
         return self
 

@@ -80,6 +80,42 @@ def test_dev_serves_http_through_kafka_and_stops_on_ctrl_c(
         log.close()
 
 
+def test_a_killed_dev_takes_its_broker_and_gateway_with_it(
+    tmp_path: Path, model_cache: Path
+) -> None:
+    """`kill -9` of dev (or the OOM killer) left its gateway and Tansu running, holding
+    their ports, so the next `dev` said its port was in use: they now get SIGTERM when
+    dev ends, however it ends."""
+    kafka, http = free_port(), free_port()
+    env = {
+        **os.environ,
+        "SHOTSTREAM_DATA_DIR": str(tmp_path / "data"),
+        "SHOTSTREAM_MODEL_CACHE_DIR": str(model_cache),
+        "SHOTSTREAM_HTTP_PORT": str(http),
+    }
+    with (tmp_path / "dev.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streams", "dev", "--port", str(kafka)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 300
+            while not port_open(http) and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert port_open(http), (tmp_path / "dev.log").read_text()
+            assert port_open(kafka)
+        finally:
+            proc.kill()
+            proc.wait()
+    deadline = time.monotonic() + 30
+    while (port_open(http) or port_open(kafka)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not port_open(http), "the gateway outlived a SIGKILLed dev"
+    assert not port_open(kafka), "the broker outlived a SIGKILLed dev"
+
+
 class DevProcess(WorkerProcess):
     """``shotstream dev`` in a child process."""
 

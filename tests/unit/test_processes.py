@@ -1,14 +1,19 @@
-"""Child processes: this start's ready line, not an earlier run's in the same log."""
+"""Child processes: this start's ready line, not an earlier run's in the same log; children
+that end with their parent."""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from streams.processes import READY_MARK, WorkerProcess
+from streams.processes import READY_MARK, WorkerProcess, dies_with_this_process
 
 
 class Child(WorkerProcess):
@@ -140,3 +145,51 @@ def test_a_worker_stops_on_a_hangup_as_on_sigterm() -> None:
         ):
             loop.remove_signal_handler(signum)
         loop.close()
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie nobody reaped yet is not: PID 1 in a container may never reap)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_child_ends_when_the_process_that_started_it_is_killed(tmp_path: Path) -> None:
+    """`kill -9` of `shotstream dev` left its gateway and Tansu running, holding their ports
+    (Tansu is in its own session, so not even the terminal's Ctrl-C reached it): the next
+    `dev` said the port was in use. Children started through ``dies_with_this_process``
+    get SIGTERM when their parent ends, however it ends."""
+    script = (
+        "import subprocess, sys, time\n"
+        "from streams.processes import dies_with_this_process\n"
+        "child = subprocess.Popen(['sleep', '300'], start_new_session=True,\n"
+        "                         preexec_fn=dies_with_this_process())\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(300)\n"
+    )
+    with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE) as parent:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        try:
+            assert alive(child)
+            parent.kill()
+            parent.wait()
+            deadline = time.monotonic() + 10
+            while alive(child) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not alive(child), "the child outlived its SIGKILLed parent"
+        finally:
+            if alive(child):
+                os.kill(child, signal.SIGKILL)
+
+
+def test_only_the_main_thread_s_children_are_tied_to_it() -> None:
+    """Linux signals the child when the thread that started it ends: a child started from a
+    pool thread (the tests' ``asyncio.to_thread(worker.start)``) would be stopped when the
+    pool closes, so none is tied there."""
+    assert (dies_with_this_process() is not None) == (sys.platform == "linux")
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(dies_with_this_process).result() is None
