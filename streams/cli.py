@@ -27,6 +27,25 @@ app = typer.Typer(
     add_completion=False,
 )
 
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import version
+
+        typer.echo(f"shotstream {version('shotstream')}")
+        raise typer.Exit
+
+
+@app.callback()
+def _options(
+    _version: Annotated[
+        bool,
+        typer.Option("--version", is_eager=True, callback=_print_version, help="print the version"),
+    ] = False,
+) -> None:
+    """Kafka-native zero-shot and few-shot classification."""
+
+
 ROUTING_LABELS = ["Simple task", "Complex reasoning", "Creative writing"]
 ROUTING_INPUTS = [
     "Calculate the compound interest on a principal of $10,000 invested for 5 years at an "
@@ -376,7 +395,7 @@ def classify(
     ] = None,
     model: Annotated[str | None, typer.Option(help="model name")] = None,
     classifier_id: Annotated[str | None, typer.Option(help="few-shot classifier id")] = None,
-    timeout: Annotated[float, typer.Option(help="seconds to wait for the answer")] = 60.0,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the answer", min=0.1)] = 60.0,
     as_json: Annotated[bool, typer.Option("--json", help="print the raw response")] = False,
     api_key: APIKey = None,
 ) -> None:
@@ -442,7 +461,7 @@ def train(
     access: Annotated[str | None, typer.Option(help="private or public")] = None,
     num_iters: Annotated[int | None, typer.Option(help="passes per example (10)")] = None,
     api_key: APIKey = None,
-    timeout: Annotated[float, typer.Option(help="seconds to wait for the answer")] = 120.0,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the answer", min=0.1)] = 120.0,
 ) -> None:
     """Send labelled examples to the train topic; print the train response.
 
@@ -502,7 +521,7 @@ app.add_typer(bench_app, name="bench")
 def classifiers_list(
     api_key: APIKey = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
-    timeout: Annotated[float, typer.Option(help="seconds to wait for the listing")] = 60.0,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the listing", min=0.1)] = 60.0,
 ) -> None:
     """Your classifiers: id, model, labels, access, version, samples, uses, times."""
     from streams.app import classifier_changelog_topic
@@ -551,7 +570,7 @@ def classifiers_list(
 def classifiers_delete(
     classifier_id: Annotated[str, typer.Argument(help="the classifier to delete")],
     api_key: APIKey = None,
-    timeout: Annotated[float, typer.Option(help="seconds to wait for the answer")] = 60.0,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the answer", min=0.1)] = 60.0,
 ) -> None:
     """Delete one of your classifiers (only its owner may)."""
     _need_key(api_key)
@@ -655,7 +674,7 @@ def _print_answer(answer: dict[str, Any], texts: list[str], as_json: bool) -> No
 @app.command()
 def demo(
     port: Annotated[int | None, typer.Option(help="broker port (default: a free one)")] = None,
-    timeout: Annotated[float, typer.Option(help="seconds to wait for readiness")] = 300.0,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for readiness", min=0.1)] = 300.0,
 ) -> None:
     """Quick start: embedded broker + worker, send the LLM-routing example, print answers."""
     from streams.broker import EmbeddedBroker

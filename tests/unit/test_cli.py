@@ -404,3 +404,27 @@ def test_listing_with_a_key_the_workers_do_not_know_is_refused_not_empty() -> No
     assert code == 2, output
     assert "AUTH_INVALID_API_KEY" in output
     assert "SHOTSTREAM_API_KEYS" in output
+
+
+def test_version_is_the_installed_package_s() -> None:
+    from importlib.metadata import version
+
+    assert run(["--version"]) == (0, f"shotstream {version('shotstream')}\n")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["classify", "-l", "a", "x"],
+        ["train", "--classifier-id", "c", "-"],
+        ["classifiers", "list"],
+        ["classifiers", "delete", "c"],
+        ["demo"],
+    ],
+)
+def test_a_timeout_that_is_not_positive_is_refused(command: list[str]) -> None:
+    """`--timeout -1` was taken, and reported as "no answer" (exit 3) before anything was
+    sent."""
+    code, output = run([*command, "--timeout", "-1"])
+    assert code == 2
+    assert "--timeout" in output
