@@ -136,16 +136,27 @@ def _ask(
     ``timeout_s`` bounds the whole of it, connecting included (``_run``)."""
     from streams.client import ShotstreamClient
 
+    connected = _Connected()
+
     async def go() -> dict[str, Any]:
         async with ShotstreamClient(settings) as client:
+            connected.yes = True
             return await call(client)
 
-    return _run(go(), settings, timeout_s)
+    return _run(go(), settings, timeout_s, connected)
 
 
-def _run(work: Coroutine[Any, Any, T], settings: Settings, timeout_s: float) -> T:
-    """Run ``work`` within ``timeout_s``; Kafka out of reach and no answer in time end
-    the command with a message and exit codes 4 and 3."""
+class _Connected:
+    """Whether a command's Kafka clients have started: a timeout before is Kafka's."""
+
+    yes = False
+
+
+def _run(
+    work: Coroutine[Any, Any, T], settings: Settings, timeout_s: float, connected: _Connected
+) -> T:
+    """Run ``work`` within ``timeout_s``; Kafka out of reach (or not connected to in time)
+    and no answer in time end the command with a message and exit codes 4 and 3."""
     from aiokafka.errors import KafkaError
 
     from streams.errors import OversizeRecordError
@@ -158,6 +169,9 @@ def _run(work: Coroutine[Any, Any, T], settings: Settings, timeout_s: float) -> 
     try:
         return asyncio.run(bounded())
     except TimeoutError:
+        if not connected.yes:
+            typer.echo(f"cannot connect to {_kafka_at(settings)} within {timeout_s:g} s", err=True)
+            raise typer.Exit(EXIT_NO_KAFKA) from None
         typer.echo(
             f"no answer within {timeout_s:g} s: is a worker running, and Kafka answering at "
             f"{brokers}?",
@@ -179,7 +193,7 @@ def _run(work: Coroutine[Any, Any, T], settings: Settings, timeout_s: float) -> 
         reason = (
             str(exc) if str(exc).startswith(type(exc).__name__) else f"{type(exc).__name__}: {exc}"
         )
-        typer.echo(f"cannot reach Kafka at {brokers} (SHOTSTREAM_BROKERS): {reason}", err=True)
+        typer.echo(f"cannot reach {_kafka_at(settings)}: {reason}", err=True)
         raise typer.Exit(EXIT_NO_KAFKA) from None
     except RuntimeError as exc:  # the replica's "changelog topic ... does not exist"
         typer.echo(f"Kafka at {brokers}: {exc} (has a worker run against it?)", err=True)
@@ -256,7 +270,16 @@ def _plaintext(settings: Settings) -> Settings:
 
 
 def _kafka_at(settings: Settings) -> str:
-    return f"Kafka at {','.join(settings.brokers)} (SHOTSTREAM_BROKERS)"
+    return f"Kafka at {','.join(settings.brokers)} (SHOTSTREAM_BROKERS{_over(settings)})"
+
+
+def _over(settings: Settings) -> str:
+    """The protocol spoken, when it is not plaintext: TLS against a plaintext listener (or
+    the reverse) looks like a broker that never answers, so the setting is named."""
+    protocol = settings.kafka.security_protocol
+    return (
+        "" if protocol == "PLAINTEXT" else f", over {protocol}: SHOTSTREAM_KAFKA__SECURITY_PROTOCOL"
+    )
 
 
 def _embedded_at(port: int) -> str:
@@ -540,6 +563,8 @@ def classifiers_list(
         )
         raise typer.Exit(EXIT_DEAD_LETTER)
 
+    connected = _Connected()
+
     async def go() -> list[dict[str, Any]]:
         replica = ClassifierReplica(
             ",".join(settings.brokers),
@@ -547,13 +572,14 @@ def classifiers_list(
             security=kafka_security(settings.kafka),
         )
         await replica.start()
+        connected.yes = True
         try:
             await replica.caught_up(timeout_s=settings.kafka.request_timeout_s)
             return [summary(r) for r in replica.owned_by(owner)]
         finally:
             await replica.stop()
 
-    rows = _run(go(), settings, timeout)
+    rows = _run(go(), settings, timeout, connected)
     if as_json:
         typer.echo(json.dumps(rows, ensure_ascii=False, indent=2))
         return

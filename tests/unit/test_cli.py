@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,33 @@ def test_kafka_out_of_reach_is_one_line_and_exit_4() -> None:
         assert code == EXIT_NO_KAFKA, (args, output)
         assert "cannot reach Kafka at 127.0.0.1:1 (SHOTSTREAM_BROKERS)" in output
         assert "Traceback" not in output
+
+
+@pytest.mark.parametrize(
+    ("protocol", "named"),
+    [
+        ("PLAINTEXT", "(SHOTSTREAM_BROKERS)"),
+        ("SSL", "(SHOTSTREAM_BROKERS, over SSL: SHOTSTREAM_KAFKA__SECURITY_PROTOCOL)"),
+    ],
+)
+def test_a_broker_that_never_answers_is_kafka_s_fault_not_the_workers(
+    protocol: str, named: str
+) -> None:
+    """A listener that takes the connection and says nothing (what TLS against a plaintext
+    listener looks like): the commands said "no answer: is a worker running?" (exit 3),
+    pointing at the workers; it is Kafka that was never reached, and when TLS is on, the
+    protocol setting is named."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        env = {
+            "SHOTSTREAM_BROKERS": f"127.0.0.1:{port}",
+            "SHOTSTREAM_API_KEY": "k",
+            "SHOTSTREAM_KAFKA__SECURITY_PROTOCOL": protocol,
+        }
+        for args in (["classify", "-l", "a", "x"], ["classifiers", "list"]):
+            code, output = run([*args, "--timeout", "1"], env)
+            assert code == EXIT_NO_KAFKA, (args, output)
+            assert f"cannot connect to Kafka at 127.0.0.1:{port} {named} within 1 s" in output
 
 
 @pytest.mark.parametrize(
