@@ -266,6 +266,16 @@ def _plaintext(settings: Settings) -> Settings:
             err=True,
         )
         raise typer.Exit(2)
+    import os
+
+    exported = os.environ.get("SHOTSTREAM_BROKERS")
+    if exported and tuple(exported.split(",")) != settings.brokers:  # pointing dev at Kafka
+        typer.echo(
+            f"warning: SHOTSTREAM_BROKERS={exported} is not used: this command runs its own "
+            f"embedded broker on {','.join(settings.brokers)}; against your Kafka, run "
+            "`shotstream worker` (and `shotstream gateway`)",
+            err=True,
+        )
     return settings
 
 

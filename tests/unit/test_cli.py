@@ -381,6 +381,24 @@ def test_the_embedded_broker_commands_refuse_tls_and_sasl(command: list[str]) ->
     assert "the embedded broker speaks plaintext only" in output
 
 
+def test_the_embedded_broker_commands_say_an_exported_broker_list_is_not_used(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`dev` with SHOTSTREAM_BROKERS exported ran on its embedded broker without a word, and
+    the user's Kafka never saw a request."""
+    from streams.cli import _plaintext
+    from streams.settings import Settings
+
+    monkeypatch.setenv("SHOTSTREAM_BROKERS", "kafka-1:9092,kafka-2:9092")
+    _plaintext(Settings(brokers="127.0.0.1:9092"))
+    err = capsys.readouterr().err
+    assert "SHOTSTREAM_BROKERS=kafka-1:9092,kafka-2:9092 is not used" in err
+    assert "embedded broker on 127.0.0.1:9092" in err
+    monkeypatch.setenv("SHOTSTREAM_BROKERS", "127.0.0.1:9092")  # dev's own: nothing to say
+    _plaintext(Settings(brokers="127.0.0.1:9092"))
+    assert capsys.readouterr().err == ""
+
+
 def test_a_large_training_set_goes_as_several_requests_and_a_letter_prints_no_payload(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
