@@ -183,11 +183,7 @@ def _run(
         raise typer.Exit(EXIT_DEAD_LETTER) from None
     except UnicodeEncodeError as exc:
         bad = exc.object[exc.start : exc.end] if isinstance(exc.object, str) else ""
-        typer.echo(
-            f"cannot send the request: it holds {bad.encode('unicode_escape').decode()!s}, "
-            "a lone surrogate, which is not Unicode text",
-            err=True,
-        )
+        typer.echo(f"cannot send the request: it holds {_not_unicode(bad)}", err=True)
         raise typer.Exit(EXIT_DEAD_LETTER) from None
     except (KafkaError, OSError) as exc:
         reason = (
@@ -198,6 +194,18 @@ def _run(
     except RuntimeError as exc:  # the replica's "changelog topic ... does not exist"
         typer.echo(f"Kafka at {brokers}: {exc} (has a worker run against it?)", err=True)
         raise typer.Exit(EXIT_NO_KAFKA) from None
+
+
+def _not_unicode(bad: str) -> str:
+    """What a string that cannot be UTF-8 holds. Python reads an argument's bytes that are
+    not UTF-8 as U+DC80..U+DCFF ("surrogateescape"): those are named as the bytes typed."""
+    if bad and all("\udc80" <= c <= "\udcff" for c in bad):
+        raw = " ".join(f"0x{ord(c) - 0xDC00:02x}" for c in bad)
+        return (
+            f"the byte {raw}, which is not UTF-8: an argument in another encoding "
+            "(a Latin-1 terminal?); shotstream reads UTF-8"
+        )
+    return f"{bad.encode('unicode_escape').decode()}, a lone surrogate, which is not Unicode text"
 
 
 def _need_key(api_key: str | None) -> str:

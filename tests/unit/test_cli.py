@@ -265,15 +265,20 @@ def test_the_port_check_knows_ipv6_and_only_calls_a_taken_port_taken() -> None:
     check_port_free("::1", 0, "x")
 
 
+TRAIN = ["train", "-"]
+
+
 @pytest.mark.parametrize(
-    ("stdin", "message"),
+    ("args", "stdin", "message"),
     [
-        ('[{"text": "' + "word " * 3_500_000 + '", "label": "a"}]', "over the 16,777,216-byte"),
-        ('[{"text": "ok \\ud800", "label": "a"}]', "\\ud800, a lone surrogate"),
+        (TRAIN, '[{"text": "' + "word " * 3_500_000 + '", "label": "a"}]', "over the 16,777,"),
+        (TRAIN, '[{"text": "ok \\ud800", "label": "a"}]', "\\ud800, a lone surrogate"),
+        # what Python makes of a Latin-1 "café" typed in a UTF-8 locale
+        (["classify", "-l", "a", "caf\udce9"], None, "the byte 0xe9, which is not UTF-8"),
     ],
 )
 def test_a_request_the_client_cannot_send_is_one_line_and_exit_2(
-    monkeypatch: pytest.MonkeyPatch, stdin: str, message: str
+    monkeypatch: pytest.MonkeyPatch, args: list[str], stdin: str | None, message: str
 ) -> None:
     """Over the message limit, or not Unicode: refused while encoding, before Kafka (a
     traceback and exit 1 before). No broker needed: the client never gets to send."""
@@ -283,7 +288,7 @@ def test_a_request_the_client_cannot_send_is_one_line_and_exit_2(
         return self
 
     monkeypatch.setattr(client.ShotstreamClient, "_start", started)
-    code, output = run(["train", "-"], {"SHOTSTREAM_API_KEY": "k"}, stdin)
+    code, output = run(args, {"SHOTSTREAM_API_KEY": "k"}, stdin)
     assert code == 2, output
     assert "cannot send the request" in output
     assert message in output
