@@ -479,3 +479,40 @@ def test_a_timeout_that_is_not_positive_is_refused(command: list[str]) -> None:
     code, output = run([*command, "--timeout", "-1"])
     assert code == 2
     assert "--timeout" in output
+
+
+def test_classify_sends_image_files_urls_and_base64_beside_texts(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The CLI could classify texts only: an image needed a hand-written Kafka record."""
+    import base64
+
+    from streams import client
+
+    sent: list[list[Any]] = []
+
+    async def started(self: client.ShotstreamClient) -> client.ShotstreamClient:
+        return self
+
+    async def classify(self: Any, inputs: list[Any], **kw: Any) -> dict[str, Any]:
+        sent.append(inputs)
+        data = [{"index": i, "prediction": "cat", "score": 0.9} for i in range(len(inputs))]
+        return {"request_id": "r", "data": data, "usage": {"total_tokens": 3}}
+
+    monkeypatch.setattr(client.ShotstreamClient, "_start", started)
+    monkeypatch.setattr(client.ShotstreamClient, "classify", classify)
+    photo = tmp_path / "cat.png"
+    photo.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    url = "https://example.com/cat.jpg"
+    code, output = run(["classify", "-l", "cat", "a cat", "-i", str(photo), "--image", url])
+    assert code == 0, output
+    encoded = base64.b64encode(photo.read_bytes()).decode()
+    assert sent == [["a cat", {"image": encoded}, {"image": url}]]
+    assert "image https://example.com/cat.jpg" in output
+
+    code, output = run(["classify", "-l", "cat"])
+    assert code == 2
+    assert "give texts to classify, or --image" in output
+    code, output = run(["classify", "-l", "cat", "-i", str(tmp_path / "dog.png")])
+    assert code == 2
+    assert "no such file" in output
