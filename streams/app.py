@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -50,6 +51,12 @@ def app_config(settings: Settings) -> dict[str, Any]:
         "broker_commit_interval": settings.kafka.commit_interval_s,
         "producer_request_timeout": settings.kafka.request_timeout_s,
         "producer_max_request_size": settings.kafka.max_message_bytes,
+        # the workers make their topics themselves, only those missing (prepare_broker);
+        # faust sends CreateTopics for every topic it uses, existing or not, which Kafka
+        # refuses without the CREATE permission even for a topic that exists: so topics
+        # created beforehand by an admin did not let a worker without CREATE start
+        "topic_allow_declare": False,
+        "topic_disable_leader": True,  # its leader election is unused: one topic fewer
     }
     credentials = faust_credentials(settings.kafka)
     if credentials is not None:
@@ -197,10 +204,15 @@ class ShotstreamApp(faust.App):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.runners = []
+        self.stopping_hooks: list[Callable[[], None]] = []
+        """Called when the app starts stopping, before the drain (faust's own
+        ``on_before_shutdown`` comes after it)."""
         self._stopping = False
 
     async def on_stop(self) -> None:
         self._stopping = True
+        for hook in self.stopping_hooks:
+            hook()
         if self.exit_after_s is not None:
             threading.Thread(
                 target=_exit_after, args=(self.exit_after_s,), name="exit-deadline", daemon=True

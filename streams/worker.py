@@ -178,9 +178,11 @@ def build_worker(settings: Settings) -> tuple[ShotstreamApp, ClassifyService, Pr
         train.owned = {tp.partition for tp in assigned if tp.topic == train_topic}
         observer.on_train_partitions(train.owned)
 
+    # /readyz says so from the start of the drain, not from its end (on_before_shutdown)
+    app.stopping_hooks.append(lambda: observer.on_state("stopping"))
+
     @app.on_before_shutdown.connect  # type: ignore[arg-type]  # faust types receivers as sync
     async def _close(sender: faust.App, **_: object) -> None:
-        observer.on_state("stopping")
         if usage is not None:  # the uses not reported yet; a broker away must not hold this
             try:
                 await asyncio.wait_for(usage.report(output, settings.topic("train")), USAGE_LAST_S)

@@ -339,3 +339,23 @@ def test_the_agent_tells_how_many_records_wait_and_for_how_long() -> None:
     assert 0.04 <= seen[1][1] < seen[2][1]  # grows while the oldest is unanswered
     assert (in_flight, oldest) == (0, 0.0)
     assert acked == [0, 1, 2]
+
+
+def test_readiness_says_stopping_during_the_drain(monkeypatch: pytest.MonkeyPatch) -> None:
+    """/readyz said 200 "ready" through the whole drain: the worker set "stopping" in
+    faust's on_before_shutdown, which faust sends after the drain."""
+    import faust
+
+    from streams.settings import Settings
+    from streams.worker import build_worker
+
+    app, _, observer = build_worker(Settings())
+    observer.on_state("ready")
+    during: list[tuple[bool, str]] = []
+
+    async def drain_and_stop(self: Any) -> None:  # faust's on_stop: the drain comes first
+        during.append(observer.readiness())
+
+    monkeypatch.setattr(faust.App, "on_stop", drain_and_stop)
+    asyncio.run(app.on_stop())
+    assert during == [(False, "stopping")]

@@ -256,3 +256,16 @@ def test_an_encrypted_client_key_needs_its_passphrase_and_never_prompts(tmp_path
     with pytest.raises(KafkaSecurityError, match="SHOTSTREAM_KAFKA__SSL_PASSWORD"):
         ssl_context(Settings(kafka=tls).kafka)
     assert ssl_context(Settings(kafka={**tls, "ssl_password": "s3cret"}).kafka)
+
+
+def test_workers_create_no_topic_that_exists() -> None:
+    """faust declares every topic it uses with a CreateTopics request, even one that exists,
+    and Kafka answers TOPIC_AUTHORIZATION_FAILED to a client without the CREATE permission
+    whether or not the topic exists: topics an admin made beforehand did not let such a
+    worker start. The workers make only the missing ones (``ensure_topics`` lists first),
+    and faust's leader topic, unused, is not made at all."""
+    from streams.app import app_config
+
+    config = app_config(Settings())
+    assert config["topic_allow_declare"] is False
+    assert config["topic_disable_leader"] is True
