@@ -13,6 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -182,11 +183,14 @@ class EmbeddingRuntime:
             raise TypeError(f"model {self.name!r} embeds images only")
         return self._batcher
 
-    @property
-    def queue_depth(self) -> int:
-        """Items waiting in this model's batchers."""
-        depth = self._batcher.queue_depth if self._batcher is not None else 0
-        return depth + (self.image_batcher.queue_depth if self.image_batcher else 0)
+    def lanes(self) -> dict[str, MicroBatcher[Any]]:
+        """This model's batchers by lane (``text``, ``image``), each with its own queue."""
+        lanes: dict[str, MicroBatcher[Any]] = {}
+        if self._batcher is not None:
+            lanes["text"] = self._batcher
+        if self.image_batcher is not None:
+            lanes["image"] = self.image_batcher
+        return lanes
 
     def _text(self) -> TextEncoder:
         if self.text is None:

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
@@ -303,15 +303,17 @@ class PrometheusObserver(Observer):
         source: str,
         device: str,
         dim: int,
-        queue_depth: Callable[[], int],
+        queue_depths: Mapping[str, Callable[[], int]],
         streams: int = 1,
         image_streams: int = 0,
         queue_capacity: int = 0,
     ) -> None:
         self.model_info.labels(model).info({"source": source, "device": device, "dim": str(dim)})
-        self.queue_depth.labels(model).set_function(queue_depth)
-        if queue_capacity:
-            self.queue_capacity.labels(model).set(queue_capacity)
+        for lane, depth in queue_depths.items():  # each lane its own queue, full on its own
+            label = model if lane == "text" else f"{model}/{lane}"
+            self.queue_depth.labels(label).set_function(depth)
+            if queue_capacity:
+                self.queue_capacity.labels(label).set(queue_capacity)
         self.compute_streams.labels(model).set(streams)
         if image_streams:  # image batches are timed as <model>/image: their own denominator
             self.compute_streams.labels(f"{model}/image").set(image_streams)

@@ -6,7 +6,7 @@ do; ``streams/metrics.py`` implements them for Prometheus. The base class does n
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from models.batching import BatchStats
 
@@ -70,15 +70,15 @@ class Observer:
         source: str,
         device: str,
         dim: int,
-        queue_depth: Callable[[], int],
+        queue_depths: Mapping[str, Callable[[], int]],
         streams: int = 1,
         image_streams: int = 0,
         queue_capacity: int = 0,
     ) -> None:
-        """A model became ready; ``queue_depth`` reads its batchers' queues, each of which
-        holds ``queue_capacity`` inputs; it computes ``streams`` batches at once, and
-        ``image_streams`` image batches (its image lane, whose batches are reported as
-        ``<model>/image``)."""
+        """A model became ready; ``queue_depths`` reads its batchers' queues by lane
+        (``text``, ``image``), each of which holds ``queue_capacity`` inputs; it computes
+        ``streams`` batches at once, and ``image_streams`` image batches (its image lane,
+        reported as ``<model>/image``)."""
 
     def on_agent(
         self, topic: str, in_flight: Callable[[], int], oldest_s: Callable[[], float]

@@ -82,7 +82,10 @@ class ClassifyService:
                     spec.source,
                     str(getattr(encoder, "device", "cpu")),
                     encoder.dim,
-                    lambda: runtime.queue_depth if runtime else 0,
+                    {
+                        lane: functools.partial(getattr, batcher, "queue_depth")
+                        for lane, batcher in runtime.lanes().items()
+                    },
                     streams=self.registry.streams,
                     image_streams=self.registry.streams if runtime.image_batcher else 0,
                     queue_capacity=b.max_queue,

@@ -231,3 +231,28 @@ def test_the_image_lane_has_its_own_busy_fraction_denominator(
 
     assert streams(spec.name) == service.registry.streams
     assert streams(f"{spec.name}/image") == service.registry.streams
+
+
+def test_each_lane_s_queue_is_measured_against_its_own_capacity(
+    settings: Settings, tiny_clip: Path
+) -> None:
+    """A model with a text and an image lane has two queues of SHOTSTREAM_BATCHING__MAX_QUEUE
+    each; their depths were summed and divided by one queue's capacity, so the queue alert
+    fired at 80 % with both lanes 41 % full. Each lane is now its own series."""
+    from streams.metrics import PrometheusObserver
+
+    observer = PrometheusObserver()
+    service = make_service(settings, tiny_clip, observer)
+    spec = service.registry.resolve("jina-clip-v1")
+    runtime = run(service, lambda: service.runtime(spec))
+    runtime.lanes()["image"]._queue._size = 3  # as if 3 images waited, no text
+
+    def sample(metric: str, model: str) -> float | None:
+        return observer.registry.get_sample_value(metric, {"model": model})
+
+    capacity = settings.batching.max_queue
+    assert sample("shotstream_batcher_queue_capacity", spec.name) == capacity
+    assert sample("shotstream_batcher_queue_capacity", f"{spec.name}/image") == capacity
+    assert sample("shotstream_batcher_queue_depth", spec.name) == 0
+    assert sample("shotstream_batcher_queue_depth", f"{spec.name}/image") == 3
+    runtime.lanes()["image"]._queue._size = 0

@@ -59,7 +59,7 @@ def test_alerted_series_exist_at_zero_before_their_first_event() -> None:
     from prometheus_client import generate_latest
 
     observer = PrometheusObserver(CollectorRegistry())
-    observer.on_model_loaded("m", "pkg", "cpu", 4, lambda: 10, queue_capacity=100)
+    observer.on_model_loaded("m", "pkg", "cpu", 4, {"text": lambda: 10}, queue_capacity=100)
     observer.on_agent("t", lambda: 2, lambda: 7.5)
     text = generate_latest(observer.registry).decode()
     assert 'shotstream_classifier_rewrites_total{reason="stale_write"} 0.0' in text
