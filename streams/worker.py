@@ -46,16 +46,47 @@ USAGE_LAST_S = 5.0
 """How long a stopping worker tries to report its last few-shot uses."""
 
 
+def cpu_limit(cgroup: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """The CPUs this process's cgroup may use (a container's CPU limit, rounded up), or
+    ``None`` without a limit. torch counts the host's cores: a worker limited to 2 CPUs
+    on a 64-core node ran 64 threads, throttled by the kernel most of each period."""
+    quota_period: list[str] = []
+    try:  # cgroup v2: "max 100000" or "200000 100000"
+        quota_period = (cgroup / "cpu.max").read_text().split()
+    except OSError:
+        try:  # cgroup v1: -1 when unlimited
+            quota_period = [
+                (cgroup / "cpu" / name).read_text().strip()
+                for name in ("cpu.cfs_quota_us", "cpu.cfs_period_us")
+            ]
+        except OSError:
+            return None
+    try:
+        quota, period = int(quota_period[0]), int(quota_period[1])
+    except (ValueError, IndexError):  # "max", or unreadable
+        return None
+    if quota <= 0 or period <= 0:
+        return None
+    return max(1, -(-quota // period))
+
+
 def plan_compute(settings: Settings, device: str) -> int:
     """Set torch's threads per compute stream; return the streams (see the settings)."""
     import torch
 
     threads = settings.models.torch_threads
     streams = settings.batching.compute_streams
+    cores = torch.get_num_threads()
+    limit = cpu_limit()
+    if limit is not None and limit < cores and device == "cpu" and not threads:
+        log.info(
+            "a CPU limit of %d (torch counts %d cores): threads planned for %d", limit, cores, limit
+        )
+        cores = limit
     if not streams:
-        streams = 2 if device == "cpu" and not threads and torch.get_num_threads() >= 2 else 1
+        streams = 2 if device == "cpu" and not threads and cores >= 2 else 1
     if not threads and device == "cpu":
-        threads = max(1, torch.get_num_threads() // streams)
+        threads = max(1, cores // streams)
     if threads:
         torch.set_num_threads(threads)
     log.info("%d compute stream(s) of %d torch thread(s)", streams, torch.get_num_threads())

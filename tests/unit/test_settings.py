@@ -74,11 +74,18 @@ def test_settings_are_frozen_and_validated() -> None:
     ],
 )
 def test_plan_compute_splits_cores_among_streams(
-    env: dict[str, dict[str, int]], device: str, cores: int, expected: tuple[int, int]
+    env: dict[str, dict[str, int]],
+    device: str,
+    cores: int,
+    expected: tuple[int, int],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import torch
 
+    from streams import worker
     from streams.worker import plan_compute
+
+    monkeypatch.setattr(worker, "cpu_limit", lambda: None)  # this machine's own is not asked
 
     before = torch.get_num_threads()
     try:
@@ -269,3 +276,46 @@ def test_workers_create_no_topic_that_exists() -> None:
     config = app_config(Settings())
     assert config["topic_allow_declare"] is False
     assert config["topic_disable_leader"] is True
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"cpu.max": "200000 100000\n"}, 2),
+        ({"cpu.max": "150000 100000\n"}, 2),  # 1.5 CPUs: rounded up
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu/cpu.cfs_quota_us": "300000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 3),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),
+    ],
+)
+def test_a_container_s_cpu_limit_is_read_from_its_cgroup(
+    tmp_path: Path, files: dict[str, str], expected: int | None
+) -> None:
+    from streams.worker import cpu_limit
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cpu_limit(tmp_path) == expected
+
+
+def test_torch_threads_follow_a_container_s_cpu_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch counts the host's cores: limited to 2 CPUs on a 64-core node, a worker ran two
+    streams of 32 threads, throttled most of each period. A limit below the count plans
+    for the limit; set threads are left alone."""
+    import torch
+
+    from streams import worker
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(worker, "cpu_limit", lambda: 2)
+    try:
+        torch.set_num_threads(8)
+        assert worker.plan_compute(Settings(), "cpu") == 2
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(8)
+        assert worker.plan_compute(Settings(models={"torch_threads": 6}), "cpu") == 1
+        assert torch.get_num_threads() == 6
+    finally:
+        torch.set_num_threads(before)
