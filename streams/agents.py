@@ -290,7 +290,7 @@ class ClassifyHandler:
         raw = message.value
         request_id: str | None = None
         try:
-            body = decode_json_object(raw)
+            body = decode_json_object(raw, message.headers)
             request_id = request_id_of(body, message.key)
             request = parse_classify(body, self.settings.limits, request_id=request_id)
             kind = self.kind_few_shot if request.classifier_id else self.kind_zero_shot

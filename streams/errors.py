@@ -25,6 +25,9 @@ class ErrorCode(StrEnum):
     INPUT_LIMIT_EXCEEDED = "INPUT_LIMIT_EXCEEDED"
     """More inputs than a request may carry."""
     INPUT_TOO_LONG = "INPUT_TOO_LONG"
+    RECORD_UNREADABLE = "RECORD_UNREADABLE"
+    """The record's batch could not be read: compressed with a codec the worker cannot
+    decode, corrupt, or inflating past the batch limit. The detail says which."""
     AUTH_MISSING_API_KEY = "AUTH_MISSING_API_KEY"
     """Few-shot needs an ``authorization: Bearer <key>`` header; the record has none."""
     AUTH_INVALID_FORMAT = "AUTH_INVALID_FORMAT"

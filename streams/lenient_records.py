@@ -1,4 +1,5 @@
-"""Records whose header keys are not UTF-8 are read, not fatal.
+"""Records whose header keys are not UTF-8 are read, and batches that cannot be read at
+all are answered, not fatal.
 
 Kafka header keys are bytes on the wire; the Java client writes them from strings, but
 librdkafka-based clients (confluent-kafka, kcat) write any bytes they are given, and
@@ -13,6 +14,12 @@ again by aiokafka's pure-Python reader with header keys decoded with ``surrogate
 without it); the other records of the batch are kept. The wrapping costs about 2 µs per
 batch fetched (a slice and a Python object), next to milliseconds of model time per
 request.
+
+A batch that cannot be read at all (a compression codec the worker lacks, corrupt data,
+a gzip batch that inflates past :data:`MAX_BATCH_BYTES`) crashed the fetcher the same
+way. Its offsets now come out as :class:`UnreadableRecord`: no key, no value, and a
+:data:`~streams.records.UNREADABLE_HEADER` saying why, which the handlers answer with a
+``RECORD_UNREADABLE`` dead letter each; the partition goes on after the batch.
 """
 
 from __future__ import annotations
@@ -20,11 +27,13 @@ from __future__ import annotations
 import logging
 import operator
 import struct
+import zlib
 from collections.abc import Iterator
 from typing import Any, SupportsIndex
 
-from aiokafka.errors import CorruptRecordException
 from aiokafka.record.default_records import _DefaultRecordBatchPy
+
+from streams.records import UNREADABLE_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +41,36 @@ _BATCH_HEAD = struct.Struct(">qi")
 """A record batch starts with its base offset and its length (after these 12 bytes)."""
 _MAGIC_AT = 16
 """Where a batch's format version (magic) is: after base offset, length and epoch."""
+_CODEC_AT = 22
+"""The low byte of a v2 batch's attributes: its compression codec in the low 3 bits."""
+_MAX_TIMESTAMP = struct.Struct(">q")
+_MAX_TIMESTAMP_AT = 35
+_RECORDS_AT = 61
+"""Where a v2 batch's (possibly compressed) records begin."""
+_GZIP = 1
+MAX_BATCH_BYTES = 64 << 20
+"""The most a gzip batch may inflate to (4x the default 16 MiB record limit). A 2 MB
+gzip record of zeros inflates to 2 GB: a worker under a 1.5 GB memory cap died of it, on
+every restart. (cramjam's snappy, lz4 and zstd have no bounded inflate: not checked.)"""
+
+
+class UnreadableRecord:
+    """A record of a batch that could not be read: its offset, and why in a header."""
+
+    __slots__ = ("headers", "offset", "timestamp")
+    key = None
+    value = None
+    checksum = None
+    timestamp_type = 0
+
+    def __init__(self, offset: int, timestamp: int, reason: str) -> None:
+        self.offset = offset
+        self.timestamp = timestamp
+        self.headers = [(UNREADABLE_HEADER, reason.encode("utf-8", "replace"))]
+
+
+class BatchTooLargeError(ValueError):
+    """A compressed batch inflates past :data:`MAX_BATCH_BYTES`."""
 
 
 class _LenientBytes(bytearray):
@@ -90,12 +129,14 @@ class _TolerantBatch:
     def __iter__(self) -> Iterator[Any]:
         last = -1
         try:
+            self._check_inflated_size()
             for record in self._fast:
                 last = record.offset
                 yield record
-        except (CorruptRecordException, UnicodeDecodeError) as exc:
+        except Exception as exc:  # whatever stops the reader: answered, not fatal
             if not _is_header_decoding(exc):
-                raise
+                yield from self._unreadable(exc, last)
+                return
             log.warning(
                 "a record batch from offset %d holds a header key that is not UTF-8; read "
                 "with the key's bytes escaped",
@@ -104,6 +145,33 @@ class _TolerantBatch:
             for record in self._lenient():
                 if record.offset > last:
                     yield record
+
+    def _check_inflated_size(self) -> None:
+        """Refuse a gzip batch that inflates past :data:`MAX_BATCH_BYTES`, inflating at
+        most that much (the reader would inflate all of it at once)."""
+        if self._raw[_CODEC_AT] & 0x07 != _GZIP:
+            return
+        inflated = zlib.decompressobj(wbits=47).decompress(
+            self._raw[_RECORDS_AT:], MAX_BATCH_BYTES + 1
+        )
+        if len(inflated) > MAX_BATCH_BYTES:
+            raise BatchTooLargeError(f"its gzip data inflates past {MAX_BATCH_BYTES:,} bytes")
+
+    def _unreadable(self, exc: Exception, after: int) -> Iterator[UnreadableRecord]:
+        """The batch's records not yielded yet, as :class:`UnreadableRecord`."""
+        reason = f"{type(exc).__name__}: {exc}"[:300]
+        first = max(int(self._fast.base_offset), after + 1)
+        end = int(self._fast.next_offset)
+        (timestamp,) = _MAX_TIMESTAMP.unpack_from(self._raw, _MAX_TIMESTAMP_AT)
+        log.error(
+            "the record batch at offsets %d..%d cannot be read (%s): each record is answered "
+            "with a RECORD_UNREADABLE dead letter",
+            first,
+            end - 1,
+            reason,
+        )
+        for offset in range(first, end):
+            yield UnreadableRecord(offset, timestamp, reason)
 
     def _lenient(self) -> Iterator[Any]:
         batch = _DefaultRecordBatchPy(self._raw)

@@ -55,9 +55,17 @@ class ClassifyRequest:
         return self.labels or ()
 
 
-def decode_json_object(raw: bytes | str | Mapping[str, Any] | None) -> dict[str, Any]:
+def decode_json_object(
+    raw: bytes | str | Mapping[str, Any] | None, headers: Any = ()
+) -> dict[str, Any]:
     """Bytes from a topic → a JSON object, or a precise ``RequestError``."""
     if raw is None:
+        unreadable = header_value(headers, UNREADABLE_HEADER)
+        if unreadable is not None:
+            raise RequestError(
+                ErrorCode.RECORD_UNREADABLE,
+                f"the record's batch could not be read: {bytes(unreadable).decode()}",
+            )
         raise RequestError(ErrorCode.INPUT_MISSING, "record has no value (a tombstone)")
     if isinstance(raw, Mapping):
         return dict(raw)
@@ -431,6 +439,9 @@ def _is_utf8(data: bytes) -> bool:
     return True
 
 
+UNREADABLE_HEADER = "shotstream-unreadable"
+"""Set by the worker's record reader on a record it could not read (streams.lenient_records):
+why. Such a record has no key and no value."""
 DEADLINE_HEADER = "shotstream-deadline"
 """A request record's optional header: when its caller stops waiting, in seconds since
 the epoch (ASCII digits, e.g. ``1795000000.250``). The gateway sets it to its reply

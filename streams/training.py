@@ -267,7 +267,7 @@ class TrainHandler:
         message = event.message
         request_id: str | None = None
         try:
-            body = decode_json_object(message.value)
+            body = decode_json_object(message.value, message.headers)
             request_id = request_id_of(body, message.key)
             request = parse_train(
                 body, self.settings.limits, request_id=request_id, key=message.key

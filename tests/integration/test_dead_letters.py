@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -169,3 +170,108 @@ def test_a_header_key_that_is_not_utf8_is_answered_and_the_worker_stays_up(
     assert after.topic.endswith("predictions"), after
     assert worker.proc is not None
     assert worker.proc.poll() is None
+
+
+def corrupt_gzip_batch() -> bytes:
+    """A v2 record batch with a sound CRC whose gzip data is garbage: what a broken client
+    could write (Tansu stores it; Apache Kafka checks compressed data on produce)."""
+    import struct
+    import time
+
+    from aiokafka.record.util import calc_crc32c
+
+    now = int(time.time() * 1000)
+    # attributes (gzip), last offset delta, first and max timestamp, producer id, epoch,
+    # base sequence, record count; then the "compressed" records
+    after_crc = struct.pack(">hiqqqhii", 1, 0, now, now, -1, -1, -1, 1)
+    after_crc += b"\x1f\x8b\x08\x00garbage-not-deflate"
+    head = struct.pack(">qiibI", 0, 9 + len(after_crc), -1, 2, calc_crc32c(after_crc))
+    return head + after_crc
+
+
+async def produce_raw(address: str, topic: str, partition: int, batch: bytes) -> int:
+    """Produce ``batch`` as it is; its base offset."""
+    from aiokafka.client import AIOKafkaClient
+    from aiokafka.protocol.produce import ProduceRequest
+
+    client = AIOKafkaClient(bootstrap_servers=address)
+    await client.bootstrap()
+    try:
+        await client._metadata_update(client.cluster, [topic])
+        leader = client.cluster.leader_for_partition(TopicPartition(topic, partition))
+        request = ProduceRequest(
+            transactional_id=None,
+            required_acks=-1,
+            timeout=10000,
+            topics=[(topic, [(partition, batch)])],
+        )
+        response = await client.send(leader, request)
+        _topic, partitions = response.topics[0]
+        _partition, error, offset, *_ = partitions[0]
+        assert error == 0, response
+        return int(offset)
+    finally:
+        await client.close()
+
+
+def test_compressed_records_are_answered_and_an_unreadable_batch_gets_dead_letters(
+    broker: EmbeddedBroker, worker: WorkerProcess
+) -> None:
+    """A snappy, lz4 or zstd record crashed the worker on every restart (aiokafka decodes
+    them only with cramjam, which was not installed), and so did a batch it could not
+    read: the whole group went down on one record. Each codec is now read, and a batch
+    that cannot be read gets a RECORD_UNREADABLE dead letter per record while the
+    partition goes on (the records after it, on partition 0 too, are answered)."""
+    from aiokafka import AIOKafkaProducer
+
+    async def send(topic: str, key: str, codec: str | None = None) -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=broker.address, compression_type=codec)
+        await producer.start()
+        try:
+            value = body(input=["hello there"], labels=["greeting", "complaint"])
+            await producer.send_and_wait(topic, value, key=key.encode(), partition=0)
+        finally:
+            await producer.stop()
+
+    async def go(c: ShotstreamClient) -> tuple[list[Answer], int, dict[str, Any]]:
+        topic = c.settings.topic("classify")
+        waiting = []
+        for codec in ("gzip", "snappy", "lz4", "zstd"):
+            waiting.append(c.expect(f"codec-{codec}"))
+            await send(topic, f"codec-{codec}", codec)
+        corrupt = await produce_raw(broker.address, topic, 0, corrupt_gzip_batch())
+        waiting.append(c.expect("after-corrupt"))
+        await send(topic, "after-corrupt")
+        answers = await asyncio.wait_for(asyncio.gather(*waiting), 120)
+        letter = await letter_for(broker.address, c.settings.topic("errors"), topic, corrupt)
+        return answers, corrupt, letter
+
+    answers, corrupt, letter = with_client(client_settings(broker), go)
+    for answer in answers:
+        assert "data" in answer, answer
+    assert letter["error"]["code"] == "RECORD_UNREADABLE", letter
+    assert "could not be read" in letter["error"]["detail"]
+    assert letter["source"] == {"topic": "shotstream.classify", "partition": 0, "offset": corrupt}
+    assert worker.proc is not None
+    assert worker.proc.poll() is None
+
+
+async def letter_for(address: str, errors: str, topic: str, offset: int) -> dict[str, Any]:
+    """The dead letter on ``errors`` for ``topic``'s partition 0 record at ``offset``."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=address, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()
+        partitions = [TopicPartition(errors, p) for p in consumer.partitions_for_topic(errors)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        async with asyncio.timeout(60):
+            while True:
+                for records in (await consumer.getmany(timeout_ms=1000)).values():
+                    for record in records:
+                        letter = json.loads(record.value)
+                        source = letter.get("source", {})
+                        if source == {"topic": topic, "partition": 0, "offset": offset}:
+                            return dict(letter)
+    finally:
+        await consumer.stop()

@@ -260,3 +260,15 @@ def test_a_huge_numeric_request_id_in_a_deeply_nested_body_is_input_invalid(
     with pytest.raises(RequestError) as info:
         decode_json_object(raw)
     assert info.value.code == ErrorCode.INPUT_INVALID
+
+
+def test_a_record_the_reader_could_not_read_is_answered_as_unreadable_not_as_a_tombstone() -> None:
+    from streams.records import UNREADABLE_HEADER, decode_json_object
+
+    with pytest.raises(RequestError) as unreadable:
+        decode_json_object(None, [(UNREADABLE_HEADER, b"UnsupportedCodecError: lz4")])
+    assert unreadable.value.code == ErrorCode.RECORD_UNREADABLE
+    assert "lz4" in unreadable.value.detail
+    with pytest.raises(RequestError) as tombstone:
+        decode_json_object(None, [])
+    assert tombstone.value.code == ErrorCode.INPUT_MISSING
