@@ -80,6 +80,8 @@ class ClassifierTable(faust.Table):  # type: ignore[type-arg]  # faust's generic
         for event in events:
             message = event.message
             key, value = message.key, message.value
+            if key is None:  # no classifier's: a batch the reader could not read (logged)
+                continue
             if key not in latest:
                 latest[key] = record_lineage(self._stored(key, message.partition))
             incoming = record_lineage(value)
