@@ -439,6 +439,9 @@ def _is_utf8(data: bytes) -> bool:
     return True
 
 
+MILLISECONDS_FROM = 1e11
+"""A deadline this large in seconds is in the year 5138: a time in milliseconds (2001 on),
+which read as seconds was no deadline at all."""
 UNREADABLE_HEADER = "shotstream-unreadable"
 """Set by the worker's record reader on a record it could not read (streams.lenient_records):
 why. Such a record has no key and no value."""
@@ -467,6 +470,12 @@ def deadline_of(headers: Any) -> float | None:
             ErrorCode.INPUT_INVALID,
             f"header {DEADLINE_HEADER} must be a time in seconds since the epoch, "
             f"not {bytes(raw)[:64]!r}",
+        )
+    if deadline > MILLISECONDS_FROM:  # Kafka's own timestamps are milliseconds
+        raise RequestError(
+            ErrorCode.INPUT_INVALID,
+            f"header {DEADLINE_HEADER} must be in seconds since the epoch; "
+            f"{deadline:.0f} looks like milliseconds (year 5138 and later as seconds)",
         )
     return deadline
 

@@ -106,3 +106,20 @@ def test_the_gateway_sets_the_deadline_and_a_late_worker_is_a_504() -> None:
     assert headers["authorization"] == b"Bearer k"
     late = RequestError(ErrorCode.DEADLINE_EXCEEDED, "x")
     assert GatewayError.from_request_error(late).status == 504
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [(b"soon", "seconds since the epoch"), (str(int(time.time() * 1000)).encode(), "milliseconds")],
+)
+def test_a_deadline_that_is_no_time_in_seconds_is_refused(value: bytes, problem: str) -> None:
+    """A deadline in milliseconds (Kafka's own unit) read as seconds lies in the year 50000:
+    it was taken, and the request served as if it had none."""
+    from streams.errors import ErrorCode, RequestError
+    from streams.records import DEADLINE_HEADER, deadline_of
+
+    with pytest.raises(RequestError) as refused:
+        deadline_of([(DEADLINE_HEADER, value)])
+    assert refused.value.code == ErrorCode.INPUT_INVALID
+    assert problem in refused.value.detail
+    assert deadline_of([(DEADLINE_HEADER, str(time.time() + 30).encode())]) is not None
