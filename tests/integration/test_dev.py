@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import httpx
 import pytest
@@ -34,9 +34,11 @@ def port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_dev_serves_http_through_kafka_and_stops_on_ctrl_c(
-    tmp_path: Path, model_cache: Path
-) -> None:
+def start_dev(
+    tmp_path: Path, model_cache: Path, log: IO[bytes]
+) -> tuple[subprocess.Popen[bytes], int, int]:
+    """`shotstream dev` with the HTTP gateway, its output in ``log``; its Kafka and HTTP
+    ports."""
     kafka, http = free_port(), free_port()
     env = {
         **os.environ,
@@ -45,13 +47,20 @@ def test_dev_serves_http_through_kafka_and_stops_on_ctrl_c(
         "SHOTSTREAM_HTTP_PORT": str(http),
         "SHOTSTREAM_API_KEYS": API_KEYS["alice"],
     }
-    log = (tmp_path / "dev.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "streams", "dev", "--port", str(kafka)],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
+    return proc, kafka, http
+
+
+def test_dev_serves_http_through_kafka_and_stops_on_ctrl_c(
+    tmp_path: Path, model_cache: Path
+) -> None:
+    log = (tmp_path / "dev.log").open("wb")
+    proc, kafka, http = start_dev(tmp_path, model_cache, log)
     try:
         body = {"labels": ["greeting", "complaint"], "input": ["hello there, nice to meet you"]}
         headers = {"Authorization": f"Bearer {API_KEYS['alice']}"}
@@ -86,20 +95,8 @@ def test_a_killed_dev_takes_its_broker_and_gateway_with_it(
     """`kill -9` of dev (or the OOM killer) left its gateway and Tansu running, holding
     their ports, so the next `dev` said its port was in use: they now get SIGTERM when
     dev ends, however it ends."""
-    kafka, http = free_port(), free_port()
-    env = {
-        **os.environ,
-        "SHOTSTREAM_DATA_DIR": str(tmp_path / "data"),
-        "SHOTSTREAM_MODEL_CACHE_DIR": str(model_cache),
-        "SHOTSTREAM_HTTP_PORT": str(http),
-    }
     with (tmp_path / "dev.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streams", "dev", "--port", str(kafka)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        proc, kafka, http = start_dev(tmp_path, model_cache, log)
         try:
             deadline = time.monotonic() + 300
             while not port_open(http) and proc.poll() is None and time.monotonic() < deadline:

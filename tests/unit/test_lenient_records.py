@@ -22,23 +22,27 @@ class RawKey(str):
         return b"\xff" + str.encode(self, encoding, errors)
 
 
-def batch(codec: int, base: int) -> bytes:
-    builder = _DefaultRecordBatchBuilderPy(
+def builder(codec: int) -> _DefaultRecordBatchBuilderPy:
+    return _DefaultRecordBatchBuilderPy(
         magic=2,
         compression_type=codec,
         is_transactional=False,
         producer_id=-1,
         producer_epoch=-1,
         base_sequence=-1,
-        batch_size=1 << 20,
+        batch_size=1 << 26,
     )
+
+
+def batch(codec: int, base: int) -> bytes:
+    made = builder(codec)
     headers: list[Any] = [("authorization", b"Bearer k")]
     for offset, key in enumerate(["good", "bad", "after"], start=base):
         if key == "bad" and base == 0:
             headers = [(RawKey("authorization"), b"Bearer k")]
-        builder.append(offset, timestamp=None, key=key.encode(), value=b"{}", headers=headers)
+        made.append(offset, timestamp=None, key=key.encode(), value=b"{}", headers=headers)
         headers = [("authorization", b"Bearer k")]
-    return bytes(builder.build())
+    return bytes(made.build())
 
 
 def read(data: bytes) -> list[Any]:
@@ -75,18 +79,10 @@ def test_a_batch_with_an_undecodable_header_key_is_read_whole(
 
 
 def sound_batch(codec: int, value: bytes = b"{}", count: int = 3, base: int = 0) -> bytes:
-    builder = _DefaultRecordBatchBuilderPy(
-        magic=2,
-        compression_type=codec,
-        is_transactional=False,
-        producer_id=-1,
-        producer_epoch=-1,
-        base_sequence=-1,
-        batch_size=1 << 26,
-    )
+    made = builder(codec)
     for offset in range(base, base + count):
-        builder.append(offset, timestamp=None, key=b"k%d" % offset, value=value, headers=[])
-    return bytes(builder.build())
+        made.append(offset, timestamp=None, key=b"k%d" % offset, value=value, headers=[])
+    return bytes(made.build())
 
 
 def tolerant(monkeypatch: pytest.MonkeyPatch) -> None:
