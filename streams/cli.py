@@ -265,7 +265,8 @@ def _startup_errors(kafka: str) -> Iterator[None]:
 
 def _plaintext(settings: Settings) -> Settings:
     """``settings``, for a command that runs the embedded broker, which speaks plaintext
-    only: TLS or SASL settings are refused (exit 2) rather than tried on it."""
+    only: TLS or SASL settings are refused (exit 2) rather than tried on it, and an
+    exported SHOTSTREAM_BROKERS, which it does not use, is warned about."""
     if settings.kafka.security_protocol != "PLAINTEXT":
         typer.echo(
             f"invalid settings: SHOTSTREAM_KAFKA__SECURITY_PROTOCOL="
@@ -478,9 +479,9 @@ def _image(given: str) -> str:
     checks them, and answers a dead letter naming the input)."""
     import base64
 
-    path = Path(given)
     if given.startswith(("http://", "https://", "data:")):
         return given
+    path = Path(given)
     if not path.is_file():
         if "." in given:  # never in base64: a file name, mistyped
             raise typer.BadParameter(f"no such file: {given}")

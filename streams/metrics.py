@@ -20,7 +20,7 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.batching import BatchStats
-from streams.observer import Observer
+from streams.observer import Observer, lane_label
 
 log = logging.getLogger(__name__)
 
@@ -310,13 +310,13 @@ class PrometheusObserver(Observer):
     ) -> None:
         self.model_info.labels(model).info({"source": source, "device": device, "dim": str(dim)})
         for lane, depth in queue_depths.items():  # each lane its own queue, full on its own
-            label = model if lane == "text" else f"{model}/{lane}"
+            label = lane_label(model, lane)
             self.queue_depth.labels(label).set_function(depth)
             if queue_capacity:
                 self.queue_capacity.labels(label).set(queue_capacity)
         self.compute_streams.labels(model).set(streams)
         if image_streams:  # image batches are timed as <model>/image: their own denominator
-            self.compute_streams.labels(f"{model}/image").set(image_streams)
+            self.compute_streams.labels(lane_label(model, "image")).set(image_streams)
 
     def on_agent(
         self, topic: str, in_flight: Callable[[], int], oldest_s: Callable[[], float]

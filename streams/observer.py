@@ -11,6 +11,12 @@ from collections.abc import Callable, Mapping
 from models.batching import BatchStats
 
 
+def lane_label(model: str, lane: str) -> str:
+    """The ``model`` label of a model's lane (its batches, compute streams and queue): the
+    model's name for text, ``<model>/image`` for images."""
+    return model if lane == "text" else f"{model}/{lane}"
+
+
 class Observer:
     """No-op hooks; subclass and override what you need."""
 

@@ -24,7 +24,7 @@ from models.scoring import ranked, softmax
 from state.classifiers import learner, may_read
 from streams.errors import ErrorCode, RequestError
 from streams.images import ImageLoader
-from streams.observer import Observer
+from streams.observer import Observer, lane_label
 from streams.records import ClassifyRequest, ImageInput, InputItem, TextInput
 from streams.replica import ClassifierReplica
 from streams.settings import Settings
@@ -71,7 +71,9 @@ class ClassifyService:
                     chunk_overhead=b.chunk_overhead_tokens,
                     label_cache_size=self.settings.models.label_cache_size,
                     on_batch=functools.partial(self.observer.on_batch, spec.name),
-                    on_image_batch=functools.partial(self.observer.on_batch, f"{spec.name}/image"),
+                    on_image_batch=functools.partial(
+                        self.observer.on_batch, lane_label(spec.name, "image")
+                    ),
                     image_max_batch_size=self.settings.images.max_batch_size,
                     streams=self.registry.streams,
                     max_label_tokens=self.settings.limits.max_tokens_per_input,
