@@ -113,16 +113,20 @@ def faust_credentials(kafka: KafkaSettings) -> Any:
     )
 
 
-def shorten_fetch_wait(max_wait_ms: int = EMBEDDED_FETCH_MAX_WAIT_MS) -> None:
-    """Make faust's worker consumer poll with a short fetch wait (embedded broker only).
+def tune_worker_consumer(fetch_max_wait_ms: int | None) -> None:
+    """Adjust the consumer faust builds for a worker before it starts.
 
-    faust passes ``fetch_max_wait_ms=1500`` to aiokafka with no setting to change it, so
-    the consumer it builds is adjusted before it starts. Apache Kafka answers a fetch as
-    soon as data arrives and needs none of this.
+    - It reads ``read_committed``: a request or a training example produced in a
+      transaction that its producer aborted is not answered or learned (faust reads
+      ``read_uncommitted`` unless its own ``exactly_once`` is on). Records written outside
+      transactions, as our clients write them, are read as before.
+    - With ``fetch_max_wait_ms`` (the embedded broker), a fetch waits that long at most:
+      faust passes ``fetch_max_wait_ms=1500`` to aiokafka with no setting to change it.
+      Apache Kafka answers a fetch as soon as data arrives and needs none of this.
     """
     from faust.transport.drivers import aiokafka as driver
 
-    _fetch_wait["ms"] = max_wait_ms
+    _consumer_tuning["fetch_max_wait_ms"] = fetch_max_wait_ms
     thread_cls: Any = driver.AIOKafkaConsumerThread
     if getattr(thread_cls, "_shotstream_patched", False):
         return
@@ -130,14 +134,17 @@ def shorten_fetch_wait(max_wait_ms: int = EMBEDDED_FETCH_MAX_WAIT_MS) -> None:
 
     def create(self: Any, transport: Any) -> Any:
         consumer = original(self, transport)
-        consumer._fetch_max_wait_ms = _fetch_wait["ms"]
+        consumer._isolation_level = "read_committed"  # given to its fetcher at start
+        wait_ms = _consumer_tuning["fetch_max_wait_ms"]
+        if wait_ms is not None:
+            consumer._fetch_max_wait_ms = wait_ms
         return consumer
 
     thread_cls._create_worker_consumer = create
     thread_cls._shotstream_patched = True
 
 
-_fetch_wait: dict[str, int] = {"ms": EMBEDDED_FETCH_MAX_WAIT_MS}
+_consumer_tuning: dict[str, int | None] = {"fetch_max_wait_ms": None}
 
 
 def classifier_changelog_topic(settings: Settings) -> str:
@@ -311,8 +318,7 @@ def _exit_after(seconds: float) -> None:
 
 def create_app(settings: Settings) -> tuple[ShotstreamApp, Topics]:
     """A faust app and its topics; agents are attached by ``streams.agents``."""
-    if settings.embedded_broker:
-        shorten_fetch_wait()
+    tune_worker_consumer(EMBEDDED_FETCH_MAX_WAIT_MS if settings.embedded_broker else None)
     read_undecodable_header_keys()  # a record from a foreign client must not end the worker
     app = ShotstreamApp(settings.kafka.group_id, **app_config(settings))
     app.drain_timeout_s = settings.kafka.drain_timeout_s

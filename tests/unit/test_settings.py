@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -276,6 +277,33 @@ def test_workers_create_no_topic_that_exists() -> None:
     config = app_config(Settings())
     assert config["topic_allow_declare"] is False
     assert config["topic_disable_leader"] is True
+
+
+@pytest.mark.parametrize(
+    ("broker", "fetch_wait_ms"), [("kafka-1:9092", 1500), ("127.0.0.1:9092", 25)]
+)
+def test_workers_read_only_committed_records(
+    tmp_path: Path, broker: str, fetch_wait_ms: int
+) -> None:
+    """faust reads ``read_uncommitted`` unless its ``exactly_once`` is on: a request or
+    example in a transaction its producer aborted would be answered or learned. The
+    consumer faust builds for a worker (built here as faust builds it, not started) reads
+    committed records only, and waits 25 ms per fetch on the embedded broker only. (The
+    embedded broker does not filter aborted records: not testable end to end here.)"""
+    from types import SimpleNamespace
+
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    from streams.app import create_app
+
+    async def build() -> tuple[str, int]:
+        app, _ = create_app(Settings(brokers=(broker,), data_dir=tmp_path))
+        thread = SimpleNamespace(app=app, consumer=SimpleNamespace(in_transaction=False))
+        consumer = AIOKafkaConsumerThread._create_worker_consumer(thread, app.transport)  # type: ignore[arg-type]
+        await consumer.stop()
+        return consumer._isolation_level, consumer._fetch_max_wait_ms
+
+    assert asyncio.run(build()) == ("read_committed", fetch_wait_ms)
 
 
 @pytest.mark.parametrize(
