@@ -37,13 +37,19 @@ def bearer_token(value: str | bytes | None) -> str | None:
 
 
 def header_value(
-    headers: Sequence[tuple[str, bytes]] | Mapping[str, bytes] | None, name: str
+    headers: Sequence[tuple[str, bytes | None]] | Mapping[str, bytes | None] | None,
+    name: str,
+    *,
+    null: bytes | None = None,
 ) -> bytes | None:
-    """A Kafka header's value, case-insensitively (first wins)."""
+    """A Kafka header's value, case-insensitively (first wins); ``None`` without one.
+
+    Kafka headers may have no value (null): such a header reads as ``null``, as if absent
+    unless the caller tells them apart."""
     pairs = headers.items() if isinstance(headers, Mapping) else (headers or ())
     for key, value in pairs:
         if key.lower() == name:
-            return value
+            return null if value is None else value
     return None
 
 

@@ -458,7 +458,7 @@ def deadline_of(headers: Any) -> float | None:
     >>> deadline_of([("shotstream-deadline", b"1795000000.25")]), deadline_of([])
     (1795000000.25, None)
     """
-    raw = header_value(headers, DEADLINE_HEADER)
+    raw = header_value(headers, DEADLINE_HEADER, null=b"")
     if raw is None:
         return None
     try:
@@ -466,10 +466,10 @@ def deadline_of(headers: Any) -> float | None:
     except (UnicodeDecodeError, ValueError):
         deadline = math.nan
     if not math.isfinite(deadline):
+        given = repr(bytes(raw)[:64]) if raw else "an empty or null value"
         raise RequestError(
             ErrorCode.INPUT_INVALID,
-            f"header {DEADLINE_HEADER} must be a time in seconds since the epoch, "
-            f"not {bytes(raw)[:64]!r}",
+            f"header {DEADLINE_HEADER} must be a time in seconds since the epoch, not {given}",
         )
     if deadline > MILLISECONDS_FROM:  # Kafka's own timestamps are milliseconds
         raise RequestError(

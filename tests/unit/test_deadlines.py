@@ -110,11 +110,19 @@ def test_the_gateway_sets_the_deadline_and_a_late_worker_is_a_504() -> None:
 
 @pytest.mark.parametrize(
     ("value", "problem"),
-    [(b"soon", "seconds since the epoch"), (str(int(time.time() * 1000)).encode(), "milliseconds")],
+    [
+        (b"soon", "seconds since the epoch"),
+        (str(int(time.time() * 1000)).encode(), "milliseconds"),
+        (None, "null value"),
+        (b"", "empty or null value"),
+    ],
 )
-def test_a_deadline_that_is_no_time_in_seconds_is_refused(value: bytes, problem: str) -> None:
+def test_a_deadline_that_is_no_time_in_seconds_is_refused(
+    value: bytes | None, problem: str
+) -> None:
     """A deadline in milliseconds (Kafka's own unit) read as seconds lies in the year 50000:
-    it was taken, and the request served as if it had none."""
+    it was taken, and the request served as if it had none. A header with no value (Kafka
+    allows null) was taken for no header: the request was served with no deadline."""
     from streams.errors import ErrorCode, RequestError
     from streams.records import DEADLINE_HEADER, deadline_of
 
