@@ -106,10 +106,19 @@ def decode_json_object(
 
 
 def request_id_of(body: Mapping[str, Any], key: bytes | str | None) -> str:
-    """``request_id`` from the body, else the record key."""
+    """``request_id`` from the body, else the record key (which must then be UTF-8: a key
+    with its bad bytes replaced would answer under an id its producer never sent, and
+    different keys under one id)."""
     rid = body.get("request_id")
     if (rid is None or rid == "") and key is not None:
-        rid = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
+        try:
+            rid = key.decode("utf-8") if isinstance(key, bytes) else key
+        except UnicodeDecodeError as exc:
+            raise RequestError(
+                ErrorCode.INPUT_INVALID,
+                f"the record key, the request's id without a body request_id, is not "
+                f"UTF-8 ({exc.reason}): give the body a request_id",
+            ) from exc
     if rid is None or rid == "":
         raise RequestError(ErrorCode.INPUT_MISSING, "request_id is missing (body or record key)")
     if not isinstance(rid, str | int) or isinstance(rid, bool):

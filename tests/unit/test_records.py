@@ -97,6 +97,12 @@ def test_request_id_prefers_body_and_needs_one() -> None:
     with pytest.raises(RequestError) as info:
         request_id_of({}, None)
     assert info.value.code == ErrorCode.INPUT_MISSING
+    # a binary key answered under its bytes replaced: an id the producer never sent
+    assert request_id_of({"request_id": "r-9"}, b"\x00\xe9") == "r-9"
+    with pytest.raises(RequestError) as info:
+        request_id_of({}, b"\x00\xe9\xff")
+    assert info.value.code == ErrorCode.INPUT_INVALID
+    assert "not UTF-8" in info.value.detail
 
 
 @pytest.mark.parametrize("rid", [2**64 + 1, -(2**63) - 1, 123456789012345678901234567890, 7])
