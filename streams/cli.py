@@ -354,15 +354,14 @@ def worker(
 def gateway() -> None:
     """Serve Jina's Classifier API over HTTP on SHOTSTREAM_HTTP_PORT, backed by the topics."""
     from streams.broker import check_port_free
-    from streams.gateway import check_kafka, run_gateway
+    from streams.gateway import run_gateway
 
     settings = _settings(serving=True)
     _logging(settings)
     with _startup_errors(_kafka_at(settings)):
         check_port_free(settings.gateway.host, settings.http_port, "SHOTSTREAM_HTTP_PORT")
         settings.all_api_keys()  # readable, before uvicorn turns a failure into a traceback
-        asyncio.run(check_kafka(settings))  # so is Kafka, and the topics
-        run_gateway(settings)
+        run_gateway(settings)  # Kafka and the topics are joined before it serves
 
 
 @app.command()

@@ -185,10 +185,17 @@ class Gateway:
                 NO_KEYS,
                 "but anonymous zero-shot " if self.settings.gateway.anonymous_zero_shot else "",
             )
-        deadline = time.monotonic() + self.settings.gateway.startup_timeout_s
+        limit = self.settings.gateway.startup_timeout_s
+        deadline = time.monotonic() + limit
         await join_kafka(self.client, deadline)
-        remaining = max(1.0, deadline - time.monotonic())
-        await self.replica.start(timeout_s=remaining)
+        try:
+            await self.replica.start(timeout_s=max(1.0, deadline - time.monotonic()))
+        except (RuntimeError, KafkaError) as exc:  # the changelog topic (or Kafka) is missing
+            await self.client.__aexit__(None, None, None)
+            raise GatewayStartError(
+                f"cannot read the classifier listing: {exc}; a worker creates its topics, "
+                f"start one first (waited {limit:g} s, SHOTSTREAM_GATEWAY__STARTUP_TIMEOUT_S)"
+            ) from None
 
     async def stop(self) -> None:
         await self.replica.stop()
@@ -885,19 +892,21 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
 # -- the app ------------------------------------------------------------------------------
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """The gateway app for ``settings``; Kafka connections open with its lifespan."""
+def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
+    """The gateway app for ``settings``, serving ``gateway`` once started (by its caller,
+    as :func:`run_gateway` does; without one, its lifespan makes and starts one). Its
+    lifespan stops it: before uvicorn, on SIGTERM, re-raises the signal to end."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        gateway = Gateway(settings)
-        await gateway.start()
-        app.state.gateway = gateway
-        log.info("connected to Kafka at %s", ",".join(settings.brokers))
+        served = gateway or Gateway(settings)
+        if gateway is None:
+            await served.start()
+        app.state.gateway = served
         try:
             yield
         finally:
-            await gateway.stop()
+            await served.stop()
 
     app = FastAPI(
         title="shotstream",
@@ -975,23 +984,19 @@ async def join_kafka(client: ShotstreamClient, deadline: float) -> None:
             await asyncio.sleep(1.0)
 
 
-async def check_kafka(settings: Settings) -> None:
-    """What the gateway needs before it serves (Kafka, the topics), checked before uvicorn
-    starts: its lifespan would turn a failure into a traceback and exit 3."""
-    client = ShotstreamClient(settings, produce_timeout_s=settings.gateway.kafka_timeout_s)
-    await join_kafka(client, time.monotonic() + settings.gateway.startup_timeout_s)
-    await client.__aexit__(None, None, None)
-
-
 def run_gateway(settings: Settings) -> None:
     """Serve the gateway with uvicorn on ``gateway.host:http_port`` until SIGINT/SIGTERM.
 
-    Logs ``shotstream gateway ready`` once the socket accepts connections.
+    Kafka, the topics and the classifier listing are joined first, within
+    ``gateway.startup_timeout_s`` all told; a failure raises :class:`GatewayStartError`
+    (one line, exit 4) before uvicorn starts, where its lifespan would make it a traceback
+    and exit 3. Logs ``shotstream gateway ready`` once the socket accepts connections.
     """
     import uvicorn
 
+    gateway = Gateway(settings)
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, gateway),
         host=settings.gateway.host,
         port=settings.http_port,
         log_level=settings.log_level.lower(),
@@ -1015,4 +1020,10 @@ def run_gateway(settings: Settings) -> None:
                     bound,
                 )
 
-    Server(config).run()
+    async def serve() -> None:
+        await gateway.start()
+        log.info("connected to Kafka at %s", ",".join(settings.brokers))
+        await Server(config).serve()  # its lifespan stops the gateway
+
+    with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:  # uvloop, as uvicorn
+        runner.run(serve())

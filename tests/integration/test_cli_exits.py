@@ -164,6 +164,7 @@ def test_a_gateway_that_cannot_start_says_why_in_one_line(broker: EmbeddedBroker
 
     env = {
         "SHOTSTREAM_API_KEYS": "k",
+        "SHOTSTREAM_HTTP_PORT": "0",  # any free port: it is never served
         "SHOTSTREAM_GATEWAY__STARTUP_TIMEOUT_S": "2",
         "SHOTSTREAM_TOPIC_PREFIX": "no-worker-yet.",
     }
@@ -176,3 +177,31 @@ def test_a_gateway_that_cannot_start_says_why_in_one_line(broker: EmbeddedBroker
         assert cause in result.output
         assert "waited 2 s, SHOTSTREAM_GATEWAY__STARTUP_TIMEOUT_S" in result.output
         assert "Traceback" not in result.output
+
+
+def test_a_gateway_without_the_classifier_listing_says_why_in_one_line(
+    broker: EmbeddedBroker,
+) -> None:
+    """Topics made beforehand (for workers without CREATE) but not the changelog: the
+    gateway's check passed, then its classifier listing waited a second startup timeout
+    inside uvicorn's lifespan and ended in a traceback, exit 3. Now one line, exit 4."""
+    from streams.broker import ensure_topics
+    from streams.cli import EXIT_NO_KAFKA
+    from streams.settings import TOPICS
+
+    prefix = "listing-missing."
+    topics = [f"{prefix}{t}" for t in TOPICS]
+    asyncio.run(ensure_topics([broker.address], topics, partitions=1))
+    env = {
+        "SHOTSTREAM_API_KEYS": "k",
+        "SHOTSTREAM_BROKERS": broker.address,
+        "SHOTSTREAM_HTTP_PORT": "0",
+        "SHOTSTREAM_GATEWAY__STARTUP_TIMEOUT_S": "2",
+        "SHOTSTREAM_TOPIC_PREFIX": prefix,
+        "SHOTSTREAM_KAFKA__GROUP_ID": "listing-missing",  # its changelog: never made
+    }
+    result = CliRunner().invoke(app, ["gateway"], env=env)
+    assert result.exit_code == EXIT_NO_KAFKA, result.output
+    assert "listing-missing-classifiers-changelog does not exist" in result.output
+    assert "waited 2 s, SHOTSTREAM_GATEWAY__STARTUP_TIMEOUT_S" in result.output
+    assert "Traceback" not in result.output
