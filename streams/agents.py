@@ -311,6 +311,15 @@ class ClassifyHandler:
         self.observer.on_response(message.topic, kind, len(request.inputs), latency_of(message))
 
 
+def _utf8_or_none(key: bytes | None) -> str | None:
+    """A record key as text; ``None`` if it is not UTF-8 (its letter is then keyed by its
+    topic, partition and offset, not by an id with U+FFFD its producer never sent)."""
+    try:
+        return None if key is None else bytes(key).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 async def send_dead_letter(
     output: OutputProducer,
     topic: str,
@@ -329,8 +338,8 @@ async def send_dead_letter(
     error = to_request_error(exc)
     if error.code == ErrorCode.INTERNAL_ERROR:  # a bug: its traceback
         log.exception("request %s on %s failed", request_id, message.topic, exc_info=exc)
-    if request_id is None and message.key is not None:
-        request_id = bytes(message.key).decode("utf-8", "replace")
+    if request_id is None:
+        request_id = error.request_id or _utf8_or_none(message.key)
     request_id = _capped(request_id, MAX_LETTER_ID_CHARS)
     error = RequestError(error.code, _capped(error.detail, MAX_LETTER_DETAIL_CHARS) or "")
     payload = message.value if isinstance(message.value, bytes) else None

@@ -62,10 +62,13 @@ class ErrorCode(StrEnum):
 class RequestError(Exception):
     """A request that cannot be answered, with the code and detail the caller sees."""
 
-    def __init__(self, code: ErrorCode, detail: str) -> None:
+    def __init__(self, code: ErrorCode, detail: str, *, request_id: str | None = None) -> None:
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
+        self.request_id = request_id
+        """The refused body's ``request_id``, where it could be read all the same (its dead
+        letter carries it)."""
 
 
 class OversizeRecordError(ValueError):

@@ -37,7 +37,7 @@ def record_size(value: bytes, key: bytes | None, limit: int, what: str) -> int:
     before any broker sees it."""
     size = len(value) + len(key or b"")
     if size > limit:
-        raise OversizeRecordError(size, limit, "kafka.max_message_bytes", what)
+        raise OversizeRecordError(size, limit, "SHOTSTREAM_KAFKA__MAX_MESSAGE_BYTES", what)
     return size
 
 

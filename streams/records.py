@@ -83,6 +83,7 @@ def decode_json_object(
             raise RequestError(
                 ErrorCode.INPUT_INVALID,
                 f"a string holds a lone surrogate escape, which is not Unicode text ({exc})",
+                request_id=_request_id_anyway(raw),
             ) from exc
         raise RequestError(ErrorCode.INPUT_NOT_JSON, f"value is not JSON: {exc}") from exc
     if not isinstance(body, dict):
@@ -103,6 +104,24 @@ def decode_json_object(
             ) from exc
         return exact
     return body
+
+
+def _request_id_anyway(raw: bytes | str) -> str | None:
+    """The ``request_id`` of a body refused for a lone surrogate escape elsewhere in it,
+    read by the standard parser (which takes them), so that its dead letter carries the id
+    its producer waits for; ``None`` if there is none that is Unicode text."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    rid = body.get("request_id") if isinstance(body, dict) else None
+    if isinstance(rid, bool) or not isinstance(rid, str | int) or rid == "":
+        return None
+    try:
+        str(rid).encode("utf-8")
+    except UnicodeEncodeError:  # the surrogate is in the id itself
+        return None
+    return str(rid)
 
 
 def request_id_of(body: Mapping[str, Any], key: bytes | str | None) -> str:

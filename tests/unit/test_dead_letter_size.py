@@ -126,7 +126,9 @@ def test_an_undeliverable_letter_is_logged_not_raised(caplog: pytest.LogCaptureF
     assert "dead letter for in@2:7 (INPUT_NOT_JSON) not delivered" in caplog.text
 
 
-def test_a_letter_with_no_request_id_is_keyed_by_its_source() -> None:
+def _letter_key(key: bytes | None, error: RequestError) -> tuple[str | None, Any]:
+    """The key and ``request_id`` of the letter for a record with ``key`` refused with
+    ``error`` before its body yielded a request_id."""
     keys: list[str | None] = []
 
     class Keyed(Output):
@@ -134,11 +136,35 @@ def test_a_letter_with_no_request_id_is_keyed_by_its_source() -> None:
             keys.append(key)
             await super().send(topic, key, value)
 
-    message = SimpleNamespace(topic="in", partition=2, offset=7, key=None, value=b"\xff")
+    output = Keyed()
+    message = SimpleNamespace(topic="in", partition=2, offset=7, key=key, value=b"\xff")
     event: Any = SimpleNamespace(message=message)
+    asyncio.run(send_dead_letter(output, "errors", Observer(), event, None, error))  # type: ignore[arg-type]
+    [sent] = output.sent
+    return keys[0], orjson.loads(sent)["request_id"]
+
+
+@pytest.mark.parametrize("key", [None, b"\x00\xe9\xff"])
+def test_a_letter_with_no_request_id_is_keyed_by_its_source(key: bytes | None) -> None:
+    """Also with a key that is not UTF-8: its letter had an id with U+FFFD in it, one its
+    producer never sent (and one for different keys)."""
     error = RequestError(ErrorCode.INPUT_NOT_UTF8, "not UTF-8")
-    asyncio.run(send_dead_letter(Keyed(), "errors", Observer(), event, None, error))  # type: ignore[arg-type]
-    assert keys == ["in:2:7"]
+    assert _letter_key(key, error) == ("in:2:7", None)
+
+
+def test_a_body_refused_for_a_lone_surrogate_still_has_its_request_id_answered() -> None:
+    """Python's json.dumps writes lone surrogates as \\ud800 escapes; the strict reader
+    refuses the body before its request_id is read, and its letter went out under the
+    record key, or none: a producer waiting by the body's id never saw it."""
+    from streams.records import decode_json_object
+
+    with pytest.raises(RequestError) as refused:
+        decode_json_object(b'{"request_id": "r-7", "input": ["bad \\ud800"], "labels": ["a"]}')
+    assert refused.value.code == ErrorCode.INPUT_INVALID
+    assert _letter_key(b"k", refused.value) == ("r-7", "r-7")
+    with pytest.raises(RequestError) as refused:  # the surrogate in the id itself: the key
+        decode_json_object(b'{"request_id": "r-\\ud800", "input": ["x"], "labels": ["a"]}')
+    assert _letter_key(b"k", refused.value) == ("k", "k")
 
 
 def test_a_request_the_broker_refuses_as_too_large_is_oversize_not_unavailable() -> None:
