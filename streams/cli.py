@@ -139,17 +139,24 @@ def _ask(
     connected = _Connected()
 
     async def go() -> dict[str, Any]:
-        async with ShotstreamClient(settings) as client:
+        connected.via = ShotstreamClient(settings)
+        async with connected.via as client:
             connected.yes = True
             return await call(client)
 
     return _run(go(), settings, timeout_s, connected)
 
 
+NO_TOPICS = "a worker makes them; has one run against this Kafka (SHOTSTREAM_TOPIC_PREFIX)?"
+
+
 class _Connected:
-    """Whether a command's Kafka clients have started: a timeout before is Kafka's."""
+    """Whether a command's Kafka clients have started: a timeout before is Kafka's, or,
+    once Kafka answered (``via.reached``), the missing topics'."""
 
     yes = False
+    via: Any = None
+    """The client (or listing) starting."""
 
 
 def _run(
@@ -170,7 +177,16 @@ def _run(
         return asyncio.run(bounded())
     except TimeoutError:
         if not connected.yes:
-            typer.echo(f"cannot connect to {_kafka_at(settings)} within {timeout_s:g} s", err=True)
+            if getattr(connected.via, "reached", False):
+                typer.echo(
+                    f"Kafka at {brokers} answered, but shotstream's topics were not there "
+                    f"within {timeout_s:g} s: {NO_TOPICS}",
+                    err=True,
+                )
+            else:
+                typer.echo(
+                    f"cannot connect to {_kafka_at(settings)} within {timeout_s:g} s", err=True
+                )
             raise typer.Exit(EXIT_NO_KAFKA) from None
         typer.echo(
             f"no answer within {timeout_s:g} s: is a worker running, and Kafka answering at "
@@ -191,8 +207,8 @@ def _run(
         )
         typer.echo(f"cannot reach {_kafka_at(settings)}: {reason}", err=True)
         raise typer.Exit(EXIT_NO_KAFKA) from None
-    except RuntimeError as exc:  # the replica's "changelog topic ... does not exist"
-        typer.echo(f"Kafka at {brokers}: {exc} (has a worker run against it?)", err=True)
+    except RuntimeError as exc:  # "topic ... not found", "changelog topic ... does not exist"
+        typer.echo(f"Kafka at {brokers}: {exc}: {NO_TOPICS}", err=True)
         raise typer.Exit(EXIT_NO_KAFKA) from None
 
 
@@ -617,6 +633,7 @@ def classifiers_list(
             classifier_changelog_topic(settings),
             security=kafka_security(settings.kafka),
         )
+        connected.via = replica
         await replica.start()
         connected.yes = True
         try:

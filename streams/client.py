@@ -65,6 +65,8 @@ class ShotstreamClient:
         self._consumer: AIOKafkaConsumer | None = None
         self._waiting: dict[str, asyncio.Future[Answer]] = {}
         self._reader: asyncio.Task[None] | None = None
+        self.reached = False
+        """Whether Kafka answered (the producer started); the topics may be missing still."""
 
     async def __aenter__(self) -> ShotstreamClient:
         try:
@@ -84,6 +86,7 @@ class ShotstreamClient:
             **security,
         )
         await self._producer.start()
+        self.reached = True
         # No group: assign every partition and start at the end. The embedded broker's
         # end offset can be *lower* than the real one (notes/embedded-broker.md), which
         # only replays a few old answers here: they are ignored by request_id.
@@ -254,4 +257,4 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
             return set(parts)
         await consumer._client.force_metadata_update()
         await asyncio.sleep(0.1)
-    raise RuntimeError(f"topic {topic} not found; is a worker running?")
+    raise RuntimeError(f"topic {topic} not found")

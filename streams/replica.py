@@ -68,6 +68,8 @@ class ClassifierReplica:
         """The changelog partition each record was read from (the train partition whose
         worker owns the classifier)."""
         self._consumer: AIOKafkaConsumer | None = None
+        self.reached = False
+        """Whether Kafka answered (the consumer started); the topic may be missing still."""
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         self._deleted: dict[str, tuple[set[Any], float]] = {}
@@ -121,6 +123,7 @@ class ClassifierReplica:
     async def _assign(self, consumer: AIOKafkaConsumer, timeout_s: float) -> None:
         """Start ``consumer`` on every partition of the changelog, from the beginning."""
         await consumer.start()
+        self.reached = True
         deadline = time.monotonic() + timeout_s
         partitions: set[int] | None = None
         while not partitions:

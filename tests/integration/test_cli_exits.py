@@ -205,3 +205,27 @@ def test_a_gateway_without_the_classifier_listing_says_why_in_one_line(
     assert "listing-missing-classifiers-changelog does not exist" in result.output
     assert "waited 2 s, SHOTSTREAM_GATEWAY__STARTUP_TIMEOUT_S" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_kafka_without_the_topics_is_told_apart_from_one_out_of_reach(
+    broker: EmbeddedBroker,
+) -> None:
+    """Kafka up, no worker yet (the README's own first steps): with a --timeout under the
+    client's 5 s topic lookup, the commands said "cannot connect to Kafka", which answered;
+    past it, "is a worker running? (has a worker run against it?)"."""
+    from streams.cli import EXIT_NO_KAFKA
+
+    env = {
+        "SHOTSTREAM_BROKERS": broker.address,
+        "SHOTSTREAM_API_KEY": "k",
+        "SHOTSTREAM_TOPIC_PREFIX": "no-topics-yet.",
+        "SHOTSTREAM_KAFKA__GROUP_ID": "no-topics-yet",
+    }
+    for args in (["classify", "-l", "a", "x"], ["classifiers", "list"]):
+        code, output = run([*args, "--timeout", "2"], env)
+        assert code == EXIT_NO_KAFKA, (args, output)
+        assert f"Kafka at {broker.address} answered, but shotstream's topics were not" in output
+        assert "cannot connect" not in output
+    code, output = run(["classify", "-l", "a", "x"], env)
+    assert code == EXIT_NO_KAFKA, output
+    assert "topic no-topics-yet.predictions not found: a worker makes them" in output
