@@ -589,7 +589,8 @@ def train(
             if len(chunks) > 1:
                 typer.echo(f"sent {learned} of {len(body)} examples", err=True)
         if len(chunks) > 1:  # one answer for all of them, as one request would give
-            answer = {**answer, "num_samples": learned, "usage": {"total_tokens": tokens}}
+            usage = {"total_tokens": tokens, "prompt_tokens": tokens}  # as one answer has
+            answer = {**answer, "num_samples": learned, "usage": usage}
         return answer
 
     _echo_json(_ask(settings, send_all, timeout * len(chunks)))

@@ -426,7 +426,8 @@ def test_a_large_training_set_goes_as_several_requests_and_a_letter_prints_no_pa
             return {"request_id": "r", "error": {"code": "INPUT_INVALID", "detail": "no"},
                     "payload": orjson.dumps(examples).decode()}  # fmt: skip
         return {"classifier_id": kw["classifier_id"], "num_samples": len(examples),
-                "version": len(sent), "usage": {"total_tokens": 10 * len(examples)}}  # fmt: skip
+                "version": len(sent), "usage": {"total_tokens": 10 * len(examples),
+                                                "prompt_tokens": 10 * len(examples)}}  # fmt: skip
 
     monkeypatch.setattr(client.ShotstreamClient, "_start", started)
     monkeypatch.setattr(client.ShotstreamClient, "train", train)
@@ -438,7 +439,7 @@ def test_a_large_training_set_goes_as_several_requests_and_a_letter_prints_no_pa
     assert "sent 1024 of 1500 examples" in output
     answer = json.loads(output[output.index("{") :])
     assert (answer["num_samples"], answer["version"]) == (1500, 2)
-    assert answer["usage"] == {"total_tokens": 15000}
+    assert answer["usage"] == {"total_tokens": 15000, "prompt_tokens": 15000}  # one answer's shape
 
     sent.clear()
     bad = "\n".join(json.dumps({"text": "x" * 100, "label": "bad"}) for _ in range(10))
