@@ -303,6 +303,50 @@ async def partition_counts(
     return {t["topic"]: len(t["partitions"]) for t in described if not t["error_code"]}
 
 
+async def topic_configs(
+    brokers: Iterable[str], topics: Iterable[str], security: Security | None = None
+) -> dict[str, dict[str, str] | str]:
+    """Each topic's configuration as Kafka reports it (Apache Kafka: every entry, its
+    defaults included; the embedded broker: those set), or why it could not be read (the
+    client may lack DescribeConfigs)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+    from aiokafka.errors import for_code
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=list(brokers), **(security or {}))
+    await admin.start()
+    try:
+        asked = [ConfigResource(ConfigResourceType.TOPIC, t) for t in topics]
+        answers = await admin.describe_configs(asked)
+    finally:
+        await admin.close()
+    found: dict[str, dict[str, str] | str] = {}
+    for answer in answers:
+        for code, _, _, name, entries, *_ in answer.resources:
+            found[name] = (
+                {entry[0]: entry[1] for entry in entries if entry[1] is not None}
+                if code == 0
+                else f"{for_code(code).__name__} (error {code})"
+            )
+    return found
+
+
+def loses_old_records(config: dict[str, str]) -> bool:
+    """Whether a topic with ``config`` deletes records by age or size (Kafka's default
+    ``cleanup.policy=delete``, or ``compact,delete``), unless both limits are off.
+
+    >>> loses_old_records({"cleanup.policy": "compact"})
+    False
+    >>> loses_old_records({}), loses_old_records({"cleanup.policy": "compact,delete"})
+    (True, True)
+    >>> loses_old_records({"retention.ms": "-1"})
+    False
+    """
+    if "delete" not in config.get("cleanup.policy", "delete"):
+        return False
+    return config.get("retention.ms") != "-1" or config.get("retention.bytes", "-1") != "-1"
+
+
 @contextlib.contextmanager
 def running_broker(port: int) -> Iterator[EmbeddedBroker]:
     broker = EmbeddedBroker(port).start()

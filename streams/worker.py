@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import faust
+from aiokafka.errors import KafkaError
 from faust.types import TP, TableT
 
 from models.embedders import resolve_device
@@ -28,7 +29,9 @@ from streams.broker import (
     check_port_free,
     ensure_topics,
     kafka_security,
+    loses_old_records,
     partition_counts,
+    topic_configs,
     wait_for_broker,
 )
 from streams.logs import announce
@@ -273,6 +276,11 @@ async def prepare_broker(settings: Settings) -> list[str]:
             "train topic's partition count is fixed once classifiers exist (to scale "
             "few-shot training beyond it, use a new SHOTSTREAM_TOPIC_PREFIX and group)"
         )
+    try:
+        kept = (await topic_configs(settings.brokers, [changelog], security)).get(changelog)
+    except KafkaError as exc:  # a broker without DescribeConfigs: said, not fatal
+        kept = f"{type(exc).__name__}: {exc}"
+    check_changelog_kept(changelog, "not described" if kept is None else kept)
     for topic, count in sorted(counts.items()):
         if count != settings.partitions:
             log.warning(
@@ -289,6 +297,26 @@ async def prepare_broker(settings: Settings) -> list[str]:
 
 class TopicLayoutError(RuntimeError):
     """The topics are laid out so that classifier state would be read wrong."""
+
+
+def check_changelog_kept(changelog: str, config: dict[str, str] | str) -> None:
+    """Refuse a classifier changelog that Kafka empties by age or size: the workers create
+    it compacted, but one made beforehand (by an admin, for workers without CREATE) with
+    Kafka's default ``cleanup.policy=delete`` loses every classifier not updated within
+    ``retention.ms`` (7 days by default) the next time its partition is restored."""
+    if isinstance(config, str):  # not allowed to read it: said, not fatal
+        log.warning(
+            "cannot check that the classifier changelog %s is compacted: %s", changelog, config
+        )
+        return
+    if loses_old_records(config):
+        policy = config.get("cleanup.policy", "delete (Kafka's default)")
+        raise TopicLayoutError(
+            f"the classifier changelog {changelog} has cleanup.policy={policy}: Kafka would "
+            f"delete classifiers not updated within its retention. Make it compacted only "
+            f"(kafka-configs.sh --alter --entity-type topics --entity-name {changelog} "
+            f"--add-config cleanup.policy=compact), then start the worker again"
+        )
 
 
 #: The key under which faust's RocksDB store keeps the last changelog offset it wrote.

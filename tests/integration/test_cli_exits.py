@@ -89,6 +89,48 @@ def test_a_train_topic_partitioned_unlike_its_changelog_stops_the_worker_at_star
     assert result.exit_code == 2, result.output
 
 
+@pytest.mark.parametrize(
+    ("configs", "refused"),
+    [
+        ({}, True),  # Kafka's default: cleanup.policy=delete, 7 days
+        ({"cleanup.policy": "compact,delete", "retention.ms": "86400000"}, True),
+        ({"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1"}, False),
+        ({"cleanup.policy": "compact"}, False),
+    ],
+)
+def test_a_classifier_changelog_that_kafka_empties_by_age_stops_the_worker_at_start(
+    broker: EmbeddedBroker, configs: dict[str, str], refused: bool
+) -> None:
+    """An admin who makes the topics beforehand (workers without CREATE) may make the
+    changelog with Kafka's defaults: the worker started, and every classifier not updated
+    within the retention was gone the next time its partition was restored."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    from streams.app import classifier_changelog_topic
+    from streams.worker import TopicLayoutError
+
+    name = f"kept-{len(configs)}-{refused}".lower()
+    settings = Settings(brokers=broker.address, topic_prefix=f"{name}.", kafka={"group_id": name})
+    changelog = classifier_changelog_topic(settings)
+
+    async def make() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=broker.address)
+        await admin.start()
+        try:
+            await admin.create_topics(
+                [NewTopic(changelog, settings.partitions, 1, topic_configs=configs)]
+            )
+        finally:
+            await admin.close()
+
+    asyncio.run(make())
+    if not refused:
+        asyncio.run(prepare_broker(settings))
+        return
+    with pytest.raises(TopicLayoutError, match=rf"{changelog} has cleanup.policy=.*compacted only"):
+        asyncio.run(prepare_broker(settings))
+
+
 def test_topics_are_created_with_the_configured_retention_and_size(
     broker: EmbeddedBroker,
 ) -> None:
