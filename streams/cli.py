@@ -456,6 +456,15 @@ def classify(
     labels: Annotated[
         list[str] | None, typer.Option("--labels", "-l", help="candidate label (repeat)")
     ] = None,
+    groups: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--group",
+            "-g",
+            help="a label group NAME=LABEL,LABEL,... (repeat; instead of --labels): each "
+            "group gets its own prediction",
+        ),
+    ] = None,
     model: Annotated[str | None, typer.Option(help="model name")] = None,
     classifier_id: Annotated[str | None, typer.Option(help="few-shot classifier id")] = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the answer", min=0.1)] = 60.0,
@@ -463,8 +472,15 @@ def classify(
     api_key: APIKey = None,
 ) -> None:
     """Produce a classify request and print the prediction when it arrives."""
-    if not labels and not classifier_id:
-        raise typer.BadParameter("give --labels (zero-shot) or --classifier-id (few-shot)")
+    if labels and groups:
+        raise typer.BadParameter(
+            "give --labels or --group, not both (a request has one or the other)"
+        )
+    candidates: list[str] | dict[str, list[str]] | None = _label_groups(groups) or labels
+    if not candidates and not classifier_id:
+        raise typer.BadParameter(
+            "give --labels or --group (zero-shot), or --classifier-id (few-shot)"
+        )
     inputs: list[Any] = [*(texts or []), *({"image": _image(i)} for i in images or [])]
     if not inputs:
         raise typer.BadParameter("give texts to classify, or --image")
@@ -475,7 +491,7 @@ def classify(
         settings,
         lambda client: client.classify(
             inputs,
-            labels=labels,
+            labels=candidates,
             model=model,
             classifier_id=classifier_id,
             api_key=api_key,
@@ -487,6 +503,26 @@ def classify(
     _print_answer(answer, shown, as_json)
     if "error" in answer:
         raise typer.Exit(EXIT_DEAD_LETTER)
+
+
+def _label_groups(given: list[str] | None) -> dict[str, list[str]] | None:
+    """``--group NAME=a,b`` options as Jina's ``labels`` object of groups.
+
+    >>> _label_groups(["topic=sport, cooking", "tone=calm,angry"])
+    {'topic': ['sport', 'cooking'], 'tone': ['calm', 'angry']}
+    """
+    if not given:
+        return None
+    groups: dict[str, list[str]] = {}
+    for option in given:
+        name, equals, listed = option.partition("=")
+        members = [label.strip() for label in listed.split(",") if label.strip()]
+        if not equals or not name.strip() or not members:
+            raise typer.BadParameter(f"--group {option!r}: write NAME=LABEL,LABEL,...")
+        if name.strip() in groups:
+            raise typer.BadParameter(f"--group {name.strip()!r} is given twice")
+        groups[name.strip()] = members
+    return groups
 
 
 def _image(given: str) -> str:

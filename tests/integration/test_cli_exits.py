@@ -36,6 +36,16 @@ def test_a_prediction_exits_0_and_a_dead_letter_exits_2(
     answer = json.loads(output)
     assert answer["data"][0]["prediction"] == "sport"
 
+    # label groups (the CLI could send a flat list only): one prediction per group
+    code, output = run(
+        ["classify", "--json", "-g", "topic=sport,cooking", "-g", "mood=happy, sad",
+         "the striker scored twice"], env,
+    )  # fmt: skip
+    assert code == 0, output
+    [item] = json.loads(output)["data"]
+    assert item["prediction"]["topic"] == "sport"
+    assert set(item["score"]) == {"topic", "mood"}
+
     code, output = run(["classify", "--json", "-l", "a", "-l", "b", "--model", "nope", "x"], env)
     assert code == EXIT_DEAD_LETTER, output
     letter = json.loads(output)

@@ -517,3 +517,19 @@ def test_classify_sends_image_files_urls_and_base64_beside_texts(
     code, output = run(["classify", "-l", "cat", "-i", str(tmp_path / "dog.png")])
     assert code == 2
     assert "no such file" in output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-g", "topic"], "write NAME=LABEL,LABEL"),
+        (["-g", "=a,b"], "write NAME=LABEL,LABEL"),
+        (["-g", "topic= , "], "write NAME=LABEL,LABEL"),
+        (["-g", "t=a", "-g", "t=b"], "given twice"),
+        (["-g", "t=a,b", "-l", "c"], "not both"),
+    ],
+)
+def test_label_groups_are_checked_before_kafka(args: list[str], message: str) -> None:
+    code, output = run(["classify", *args, "x"], {"SHOTSTREAM_BROKERS": "127.0.0.1:1"})
+    assert code == 2, output
+    assert message in output
