@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -21,6 +22,12 @@ from streams.producer import TOO_LARGE, record_size
 from streams.settings import EMBEDDED_FETCH_MAX_WAIT_MS, Settings
 
 read_undecodable_header_keys()  # a record from a foreign client must not end the reader
+
+
+log = logging.getLogger(__name__)
+
+PARTITION_CHECK_S = 30.0
+"""How often a client looks for partitions added to the answer topics."""
 
 
 class GatewayStartError(Exception):
@@ -65,6 +72,7 @@ class ShotstreamClient:
         self._consumer: AIOKafkaConsumer | None = None
         self._waiting: dict[str, asyncio.Future[Answer]] = {}
         self._reader: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self.reached = False
         """Whether Kafka answered (the producer started); the topics may be missing still."""
 
@@ -110,15 +118,51 @@ class ShotstreamClient:
         for tp in partitions:  # resolve positions now, before anything is produced
             await self._consumer.position(tp)
         self._reader = asyncio.create_task(follow(self._consumer, self._answer, "answers"))
+        self._watcher = asyncio.create_task(self._watch_partitions(self._consumer, partitions))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._reader:
-            self._reader.cancel()
+        for task in (self._reader, self._watcher):
+            if task:
+                task.cancel()
         if self._consumer:
             await stop_consumer(self._consumer)
         if self._producer:
             await self._producer.stop()
+
+    async def _watch_partitions(
+        self, consumer: AIOKafkaConsumer, assigned: list[TopicPartition]
+    ) -> None:
+        """Read the answer topics' new partitions too: with partitions added to a topic
+        after start, every answer keyed to one of them was never read (a gateway answered
+        those requests 504 until restarted). Checked every :data:`PARTITION_CHECK_S`; a
+        new partition is read from its beginning, so answers already there are found."""
+        known = set(assigned)
+        while True:
+            await asyncio.sleep(PARTITION_CHECK_S)
+            try:
+                await consumer._client.force_metadata_update()
+            except Exception as exc:  # Kafka away: the next check tries again
+                log.debug("answer partitions not checked: %r", exc)
+                continue
+            new = [
+                TopicPartition(topic, p)
+                for topic in self._answer_topics
+                for p in sorted(consumer.partitions_for_topic(topic) or ())
+                if TopicPartition(topic, p) not in known
+            ]
+            if not new:
+                continue
+            positions = {tp: await consumer.position(tp) for tp in known}
+            consumer.assign([*known, *new])  # positions are forgotten: set again, at once
+            for tp, offset in positions.items():
+                consumer.seek(tp, offset)
+            await consumer.seek_to_beginning(*new)
+            known.update(new)
+            log.warning(
+                "answer topics have new partitions %s: reading them too",
+                ", ".join(f"{tp.topic}[{tp.partition}]" for tp in new),
+            )
 
     @property
     def reading(self) -> bool:
