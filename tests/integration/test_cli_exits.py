@@ -147,10 +147,8 @@ def test_topics_are_created_with_the_configured_retention_and_size(
     """What the worker asks of the topics it creates is what the broker keeps: retention on
     the request and answer topics (they hold callers' texts and keys), none on the
     compacted changelog, and the record size limit on all."""
-    from aiokafka.admin import AIOKafkaAdminClient
-    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-
     from streams.app import classifier_changelog_topic
+    from streams.broker import topic_configs
     from streams.settings import TOPICS
 
     settings = Settings(
@@ -160,22 +158,9 @@ def test_topics_are_created_with_the_configured_retention_and_size(
     )
     asyncio.run(prepare_broker(settings))
 
-    async def configs(topics: list[str]) -> dict[str, dict[str, str]]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=broker.address)
-        await admin.start()
-        try:
-            asked = [ConfigResource(ConfigResourceType.TOPIC, t) for t in topics]
-            answers = await admin.describe_configs(asked)
-        finally:
-            await admin.close()
-        return {
-            resource[3]: {entry[0]: entry[1] for entry in resource[4]}
-            for answer in answers
-            for resource in answer.resources
-        }
-
     changelog = classifier_changelog_topic(settings)
-    found = asyncio.run(configs([*(settings.topic(t) for t in TOPICS), changelog]))
+    topics = [*(settings.topic(t) for t in TOPICS), changelog]
+    found = asyncio.run(topic_configs([broker.address], topics))
     size = str(settings.kafka.max_message_bytes)
     for topic in TOPICS:
         assert found[settings.topic(topic)] == {
