@@ -58,6 +58,7 @@ from streams.http_models import (
     TrainingResponse,
     ValidationErrorBody,
 )
+from streams.http_server import MAX_HEADER_BYTES, connection_cap, guarded_h11
 from streams.logs import announce
 from streams.metrics import HttpMetrics
 from streams.middleware import BodyLimit, HeadersFirst, RequestIds
@@ -1001,6 +1002,8 @@ def run_gateway(settings: Settings) -> None:
         port=settings.http_port,
         log_level=settings.log_level.lower(),
         access_log=False,
+        http=guarded_h11(connection_cap(settings.gateway.max_connections)),
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
     )
     url = f"http://{settings.gateway.host}:{settings.http_port}"
 

@@ -314,6 +314,10 @@ class GatewaySettings(BaseModel):
     """SHA-256 hex of an API key (its owner id) → tier name."""
     startup_timeout_s: float = Field(120.0, gt=0)
     """How long the gateway waits for the topics (a worker creates them) at start."""
+    max_connections: int = Field(4096, ge=1)
+    """HTTP connections open at once; more are closed as they arrive (also capped by the
+    file descriptor limit, ``ulimit -n``, less 128 kept for Kafka): connections that never
+    finished their headers once took every descriptor the gateway had."""
 
     @model_validator(mode="after")
     def _tiers_exist(self) -> GatewaySettings:
