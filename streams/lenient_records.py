@@ -16,7 +16,7 @@ batch fetched (a slice and a Python object), next to milliseconds of model time 
 request.
 
 A batch that cannot be read at all (a compression codec the worker lacks, corrupt data,
-a gzip batch that inflates past :data:`MAX_BATCH_BYTES`) crashed the fetcher the same
+a compressed batch that inflates past :data:`MAX_BATCH_BYTES`) crashed the fetcher the same
 way. Its offsets now come out as :class:`UnreadableRecord`: no key, no value, and a
 :data:`~streams.records.UNREADABLE_HEADER` saying why, which the handlers answer with a
 ``RECORD_UNREADABLE`` dead letter each; the partition goes on after the batch.
@@ -27,10 +27,12 @@ from __future__ import annotations
 import logging
 import operator
 import struct
+import threading
 import zlib
 from collections.abc import Iterator
 from typing import Any, SupportsIndex
 
+import cramjam
 from aiokafka.record.default_records import _DefaultRecordBatchPy
 
 from streams.records import UNREADABLE_HEADER
@@ -47,11 +49,16 @@ _MAX_TIMESTAMP = struct.Struct(">q")
 _MAX_TIMESTAMP_AT = 35
 _RECORDS_AT = 61
 """Where a v2 batch's (possibly compressed) records begin."""
-_GZIP = 1
+_GZIP, _SNAPPY, _LZ4, _ZSTD = 1, 2, 3, 4
+_XERIAL = b"\x82SNAPPY\x00"
+"""How a snappy batch framed in blocks (xerial, what Java and aiokafka write) starts."""
 MAX_BATCH_BYTES = 64 << 20
-"""The most a gzip batch may inflate to (4x the default 16 MiB record limit). A 2 MB
+"""The most a compressed batch may inflate to (4x the default 16 MiB record limit). A 2 MB
 gzip record of zeros inflates to 2 GB: a worker under a 1.5 GB memory cap died of it, on
-every restart. (cramjam's snappy, lz4 and zstd have no bounded inflate: not checked.)"""
+every restart; a 9.6 kB zstd record inflated to 300 MiB (and the worker by 1.2 GB)."""
+_inflated = threading.local()
+"""Per reading thread, the buffer lz4 and zstd batches are inflated into to be measured
+(``MAX_BATCH_BYTES`` + 1: its pages are taken as they are written)."""
 
 
 class UnreadableRecord:
@@ -147,15 +154,12 @@ class _TolerantBatch:
                     yield record
 
     def _check_inflated_size(self) -> None:
-        """Refuse a gzip batch that inflates past :data:`MAX_BATCH_BYTES`, inflating at
-        most that much (the reader would inflate all of it at once)."""
-        if self._raw[_CODEC_AT] & 0x07 != _GZIP:
-            return
-        inflated = zlib.decompressobj(wbits=47).decompress(
-            self._raw[_RECORDS_AT:], MAX_BATCH_BYTES + 1
-        )
-        if len(inflated) > MAX_BATCH_BYTES:
-            raise BatchTooLargeError(f"its gzip data inflates past {MAX_BATCH_BYTES:,} bytes")
+        """Refuse a compressed batch that inflates past :data:`MAX_BATCH_BYTES`, inflating
+        at most that much (the reader would inflate all of it at once)."""
+        codec = self._raw[_CODEC_AT] & 0x07
+        if codec and inflated_size(codec, self._raw[_RECORDS_AT:]) > MAX_BATCH_BYTES:
+            name = {_GZIP: "gzip", _SNAPPY: "snappy", _LZ4: "lz4", _ZSTD: "zstd"}[codec]
+            raise BatchTooLargeError(f"its {name} data inflates past {MAX_BATCH_BYTES:,} bytes")
 
     def _unreadable(self, exc: Exception, after: int) -> Iterator[UnreadableRecord]:
         """The batch's records not yielded yet, as :class:`UnreadableRecord`."""
@@ -178,6 +182,45 @@ class _TolerantBatch:
         batch._maybe_uncompress()
         batch._buffer = _LenientBytes(batch._buffer)
         return iter(batch)
+
+
+def inflated_size(codec: int, data: memoryview) -> int:
+    """How large a batch's compressed ``data`` inflates, counted up to
+    :data:`MAX_BATCH_BYTES` + 1 (any larger size reads as that), inflating no more than
+    that: gzip by a bounded inflate, lz4 and zstd into a buffer of that size (they are
+    inflated twice, here and by the reader), snappy from the lengths its blocks begin with.
+    A codec this does not know reads as 0: the reader says what it makes of it."""
+    cap = MAX_BATCH_BYTES + 1
+    if codec == _GZIP:
+        return len(zlib.decompressobj(wbits=47).decompress(data, cap))
+    if codec == _SNAPPY:
+        return min(cap, _snappy_size(data))
+    if codec in (_LZ4, _ZSTD):
+        buffer = getattr(_inflated, "buffer", None)
+        if buffer is None or len(buffer) != cap:
+            buffer = _inflated.buffer = bytearray(cap)
+        module = cramjam.lz4 if codec == _LZ4 else cramjam.zstd
+        try:
+            return int(module.decompress_into(data, buffer))
+        except cramjam.DecompressionError as exc:
+            if "whole buffer" in str(exc):  # what more than ``cap`` bytes raise
+                return cap
+            raise
+    return 0
+
+
+def _snappy_size(data: memoryview) -> int:
+    """The inflated size of snappy ``data``, raw or in xerial blocks (each a 4-byte
+    length and a raw snappy block, after a 16-byte header), read from the sizes raw snappy
+    blocks begin with."""
+    if bytes(data[: len(_XERIAL)]) != _XERIAL:
+        return int(cramjam.snappy.decompress_raw_len(data))
+    total, cursor = 0, 16
+    while cursor < len(data):
+        (size,) = struct.unpack_from(">i", data, cursor)
+        total += int(cramjam.snappy.decompress_raw_len(data[cursor + 4 : cursor + 4 + size]))
+        cursor += 4 + size
+    return total
 
 
 class TolerantMemoryRecords:
