@@ -516,12 +516,13 @@ def _label_groups(given: list[str] | None) -> dict[str, list[str]] | None:
     groups: dict[str, list[str]] = {}
     for option in given:
         name, equals, listed = option.partition("=")
+        name = name.strip()
         members = [label.strip() for label in listed.split(",") if label.strip()]
-        if not equals or not name.strip() or not members:
+        if not equals or not name or not members:
             raise typer.BadParameter(f"--group {option!r}: write NAME=LABEL,LABEL,...")
-        if name.strip() in groups:
-            raise typer.BadParameter(f"--group {name.strip()!r} is given twice")
-        groups[name.strip()] = members
+        if name in groups:
+            raise typer.BadParameter(f"--group {name!r} is given twice")
+        groups[name] = members
     return groups
 
 

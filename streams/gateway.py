@@ -896,7 +896,8 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
 def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     """The gateway app for ``settings``, serving ``gateway`` once started (by its caller,
     as :func:`run_gateway` does; without one, its lifespan makes and starts one). Its
-    lifespan stops it: before uvicorn, on SIGTERM, re-raises the signal to end."""
+    lifespan stops it, within uvicorn's shutdown: after that, uvicorn raises a SIGTERM it
+    caught again, which ends the process."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
