@@ -112,16 +112,13 @@ def _request_id_anyway(raw: bytes | str) -> str | None:
     its producer waits for; ``None`` if there is none that is Unicode text."""
     try:
         body = json.loads(raw)
-    except (ValueError, RecursionError):
+        if not isinstance(body, dict):
+            return None
+        rid = request_id_of(body, None)  # its checks: a string or an integer, not empty
+        rid.encode("utf-8")  # a surrogate in the id itself raises
+    except (ValueError, RecursionError, RequestError):  # UnicodeEncodeError is a ValueError
         return None
-    rid = body.get("request_id") if isinstance(body, dict) else None
-    if isinstance(rid, bool) or not isinstance(rid, str | int) or rid == "":
-        return None
-    try:
-        str(rid).encode("utf-8")
-    except UnicodeEncodeError:  # the surrogate is in the id itself
-        return None
-    return str(rid)
+    return rid
 
 
 def request_id_of(body: Mapping[str, Any], key: bytes | str | None) -> str:
