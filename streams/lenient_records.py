@@ -25,6 +25,7 @@ way. Its offsets now come out as :class:`UnreadableRecord`: no key, no value, an
 from __future__ import annotations
 
 import logging
+import mmap
 import operator
 import struct
 import threading
@@ -58,7 +59,8 @@ gzip record of zeros inflates to 2 GB: a worker under a 1.5 GB memory cap died o
 every restart; a 9.6 kB zstd record inflated to 300 MiB (and the worker by 1.2 GB)."""
 _inflated = threading.local()
 """Per reading thread, the buffer lz4 and zstd batches are inflated into to be measured
-(``MAX_BATCH_BYTES`` + 1: its pages are taken as they are written)."""
+(``MAX_BATCH_BYTES`` + 1, an anonymous mapping: its pages are taken as they are written,
+where a bytearray of that size zeroes, and so holds, all 64 MiB at once)."""
 
 
 class UnreadableRecord:
@@ -198,7 +200,7 @@ def inflated_size(codec: int, data: memoryview) -> int:
     if codec in (_LZ4, _ZSTD):
         buffer = getattr(_inflated, "buffer", None)
         if buffer is None or len(buffer) != cap:
-            buffer = _inflated.buffer = bytearray(cap)
+            buffer = _inflated.buffer = mmap.mmap(-1, cap)
         module = cramjam.lz4 if codec == _LZ4 else cramjam.zstd
         try:
             return int(module.decompress_into(data, buffer))
