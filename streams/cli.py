@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import signal
 import socket
 import sys
@@ -119,13 +118,9 @@ def settings_problem(exc: Exception) -> str:
 
 
 def _logging(settings: Settings) -> None:
-    from streams.logs import quiet_kafka_repeats
+    from streams.logs import configure
 
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    quiet_kafka_repeats()  # Kafka away: one line per kind of complaint per 30 s
+    configure(settings.log_level, settings.log_format)
 
 
 def _ask(
@@ -331,8 +326,9 @@ def free_port() -> int:
 def broker(port: Annotated[int, typer.Option(help="TCP port on 127.0.0.1")] = 9092) -> None:
     """Run only the embedded broker (Tansu, memory storage) until stopped."""
     from streams.broker import EmbeddedBroker
+    from streams.logs import configure
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    configure("info")
     _exit_on_sigterm()
     with _startup_errors(_embedded_at(port)), EmbeddedBroker(port) as embedded:
         typer.echo(f"embedded broker on 127.0.0.1:{port} (Ctrl-C stops it)")
@@ -805,11 +801,12 @@ def demo(
 ) -> None:
     """Quick start: embedded broker + worker, send the LLM-routing example, print answers."""
     from streams.broker import EmbeddedBroker
+    from streams.logs import configure
     from streams.processes import WorkerProcess
 
     port = port or free_port()
     settings = _plaintext(_settings(brokers=f"127.0.0.1:{port}"))  # the broker's address
-    logging.basicConfig(level=logging.WARNING)
+    configure("warning")
     _exit_on_sigterm()
     typer.echo(f"starting the embedded broker on 127.0.0.1:{port} ...")
     with _startup_errors(_embedded_at(port)), EmbeddedBroker(port) as embedded:

@@ -1002,6 +1002,7 @@ def run_gateway(settings: Settings) -> None:
         host=settings.gateway.host,
         port=settings.http_port,
         log_level=settings.log_level.lower(),
+        log_config=None,  # its records go to the CLI's handler and format (SHOTSTREAM_LOG_FORMAT)
         access_log=False,
         http=guarded_h11(connection_cap(settings.gateway.max_connections)),
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,

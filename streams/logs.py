@@ -1,4 +1,9 @@
-"""Logging: a burst of the same Kafka client complaint is one line, not thousands.
+"""Logging: one format for every line a process writes, and a burst of the same Kafka
+client complaint is one line, not thousands.
+
+:func:`configure` gives the root logger the one handler that shotstream's own loggers,
+faust's, aiokafka's and uvicorn's all propagate to: text (``TEXT_FORMAT``) or, with
+``SHOTSTREAM_LOG_FORMAT=json``, one JSON object per line for a log shipper.
 
 With the brokers away, aiokafka logs every failed connection, metadata update, fetch and
 produce attempt: a gateway logged 3,532 lines in 40 s (1,815 of them "Unable connect to
@@ -8,11 +13,16 @@ or error of each kind and then one per window, saying how many it held back.
 
 from __future__ import annotations
 
+import json
 import logging
 import pkgutil
+import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 REPEAT_WINDOW_S = 30.0
 """At most one record of a kind per logger in this time."""
@@ -98,7 +108,51 @@ def quiet_kafka_repeats(window_s: float = REPEAT_WINDOW_S) -> RepeatFilter:
 def announce(logger: logging.Logger, configured: str, message: str, *args: object) -> None:
     """Log a readiness line at INFO, or at the ``configured`` level (``SHOTSTREAM_LOG_LEVEL``)
     when that is higher: operators, ``WorkerProcess`` and ``shotstream demo`` wait for it
-    at any level. (faust's worker sets its handler's level, not the logger's: the level a
-    record is shown at cannot be read back from the logger.)"""
+    at any level."""
     level = logging.getLevelName(configured.upper())
     logger.log(max(logging.INFO, level if isinstance(level, int) else 0), message, *args)
+
+
+class JsonFormatter(logging.Formatter):
+    """A record as one line of JSON: ``time`` (UTC, ISO 8601, milliseconds), ``level``,
+    ``logger``, ``message``, ``pid``, and ``exception`` / ``stack`` when there is one
+    (their newlines escaped, so a traceback stays on its line).
+
+    >>> record = logging.LogRecord("x", logging.ERROR, "", 0, "got %s", ("é",), None)
+    >>> record.created, record.process = 0.0, 7
+    >>> line = JsonFormatter().format(record)
+    >>> entry = json.loads(line)
+    >>> entry["time"], entry["level"], entry["logger"], entry["message"], entry["pid"]
+    ('1970-01-01T00:00:00.000Z', 'ERROR', 'x', 'got é', 7)
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = datetime.fromtimestamp(record.created, UTC)
+        entry: dict[str, object] = {
+            "time": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "pid": record.process,
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+def configure(level: str, form: str = "text") -> logging.Handler:
+    """Give the root logger one handler on standard error, at ``level``, writing ``form``
+    (``text`` or ``json``), in place of any it had; quiet aiokafka's repeats. The worker
+    (faust) and the gateway (uvicorn) are told to leave it as it is, so their records come
+    out the same way. Returns the handler."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if form == "json" else logging.Formatter(TEXT_FORMAT))
+    root = logging.getLogger()
+    for old in root.handlers[:]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    quiet_kafka_repeats()  # Kafka away: one line per kind of complaint per 30 s
+    return handler

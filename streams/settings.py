@@ -369,6 +369,9 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] | None = None
     """Shortcut for ``models.device``."""
     log_level: str = "info"
+    log_format: Literal["text", "json"] = "text"
+    """How every log line is written: ``text`` (time, level, logger, message), or ``json``
+    (one object per line: time, level, logger, message, pid, exception) for a log shipper."""
     usage_flush_s: float = Field(10.0, ge=0)
     """How often a worker reports its few-shot classify counts per classifier (the listing's
     ``used_number`` and ``used_at``) to the classifiers' owners; 0: never (no counts)."""

@@ -674,9 +674,11 @@ def _run_worker(
     worker = HangupStopsWorker(
         app,
         loglevel=settings.log_level.upper(),
+        override_logging=False,  # the CLI's handler and format (SHOTSTREAM_LOG_FORMAT)
         quiet=True,
         redirect_stdouts=False,
         stdout=sys.stdout,
         stderr=sys.stderr,
     )
+    worker.spinner = None  # its end wrote a terminal escape into the log
     worker.execute_from_commandline()

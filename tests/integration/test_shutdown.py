@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 import urllib.request
@@ -101,6 +102,7 @@ def test_sigterm_with_the_broker_away_still_ends_the_worker(
             SHOTSTREAM_PARTITIONS="1",
             SHOTSTREAM_KAFKA__DRAIN_TIMEOUT_S="1",
             SHOTSTREAM_LOG_LEVEL="warning",  # the ready line is written all the same
+            SHOTSTREAM_LOG_FORMAT="json",
         )
         worker = WorkerProcess(env, tmp_path / "worker.log").start()
         try:
@@ -121,3 +123,9 @@ def test_sigterm_with_the_broker_away_still_ends_the_worker(
             worker.stop(120)  # SIGTERM; SIGKILL after 120 s
     assert proc.returncode in (0, 1), proc.returncode  # ended by itself, not SIGKILLed
     assert cancelled(worker.log_text()) > 0
+    # every line is JSON: ours, and aiokafka's complaints with the broker away (faust set
+    # a handler of its own, in its own format)
+    entries = [json.loads(line) for line in worker.log_text().splitlines()]
+    loggers = {entry["logger"].split(".")[0] for entry in entries}
+    assert {"shotstream", "aiokafka"} <= loggers, loggers
+    assert {entry["level"] for entry in entries} <= {"WARNING", "ERROR", "CRITICAL"}

@@ -1,13 +1,15 @@
-"""With the brokers away, aiokafka's complaints are one line per kind per window."""
+"""One format for every logger of a process; with the brokers away, aiokafka's complaints
+are one line per kind per window."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 
 import pytest
 
-from streams.logs import RepeatFilter, quiet_kafka_repeats
+from streams.logs import RepeatFilter, configure, quiet_kafka_repeats
 
 
 @pytest.fixture
@@ -56,3 +58,49 @@ def test_aiokafka_info_lines_all_pass(
         for partitions in ("{0, 1}", "{0}"):
             log.info("Setting newly assigned partitions %s for group %s", partitions, "g")
     assert len([r for r in caplog.records if r.name == log.name]) == 2
+
+
+@pytest.fixture
+def root_kept() -> Iterator[None]:
+    """The root logger's handlers and level as they were after the test (pytest's own)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("root_kept", "repeats")
+def test_json_logs_are_one_object_per_line_from_every_library(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """SHOTSTREAM_LOG_FORMAT=json: a worker wrote our lines, faust's (``[ts] [pid] [INFO]``)
+    and uvicorn's (``INFO:     ...``) in three formats, and a traceback over many lines."""
+    configure("info", "json")
+    logging.getLogger("faust.worker").info("[^Worker]: Starting...")
+    logging.getLogger("uvicorn.error").warning("Uvicorn running on %s", "http://x")
+    logging.getLogger("streams.worker").debug("below the level: not written")
+    try:
+        raise ValueError("bad\nvalue")
+    except ValueError:
+        logging.getLogger("streams.agents").exception("request %s failed", "r-1")
+    lines = capsys.readouterr().err.splitlines()
+    entries = [json.loads(line) for line in lines]
+    assert [(e["logger"], e["level"], e["message"]) for e in entries] == [
+        ("faust.worker", "INFO", "[^Worker]: Starting..."),
+        ("uvicorn.error", "WARNING", "Uvicorn running on http://x"),
+        ("streams.agents", "ERROR", "request r-1 failed"),
+    ]
+    assert "ValueError: bad\nvalue" in entries[2]["exception"]
+
+
+@pytest.mark.usefixtures("root_kept", "repeats")
+def test_text_logs_name_the_logger_and_configure_replaces_handlers(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure("warning")
+    configure("warning")  # again (a worker started in a dev process): still one handler
+    logging.getLogger("uvicorn.error").warning("Uvicorn running")
+    logging.getLogger("faust.worker").info("below the level")
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.endswith(" WARNING uvicorn.error: Uvicorn running"), line
