@@ -62,12 +62,16 @@ def test_aiokafka_info_lines_all_pass(
 
 @pytest.fixture
 def root_kept() -> Iterator[None]:
-    """The root logger's handlers and level as they were after the test (pytest's own)."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
+    """The root logger's handlers and level as they were after the test (pytest's own);
+    uvicorn's logger as a gateway process leaves it (tests before may have served with
+    uvicorn's own logging configuration, which stops its records short of the root)."""
+    root, uvicorn = logging.getLogger(), logging.getLogger("uvicorn")
+    kept = [(log, log.handlers[:], log.level, log.propagate) for log in (root, uvicorn)]
+    uvicorn.handlers[:], uvicorn.propagate = [], True
     yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+    for log, handlers, level, propagate in kept:
+        log.handlers[:], log.propagate = handlers, propagate
+        log.setLevel(level)
 
 
 @pytest.mark.usefixtures("root_kept", "repeats")
