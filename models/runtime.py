@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +54,35 @@ MAX_CHARS_PER_TOKEN = 32
 tokenized. Real text runs 3 to 6 characters per token; what goes past 32 is runs of
 spaces or control characters, which cost the tokenizer thread time for almost no tokens
 (16 MB of spaces: 15 s and 1.2 GB for 6 tokens, so a token limit alone bounds nothing)."""
+
+
+PREFIX_GROWTH = 4
+"""A text longer than its token limit in characters is first counted on prefixes of the
+limit in characters, then this many times longer each time, up to its own length."""
+PREFIX_SLACK = 16
+"""Tokens a prefix may have over the limit and still be counted whole: a word cut at its
+end can split into a few more tokens than it has in the whole text."""
+TOKENIZE_CHUNK_CHARS = 65_536
+"""Characters (at least one text) tokenized per call of the tokenizer thread: what one
+call holds (its Rust encodings keep every token, ~200 bytes each) stays bounded, and
+other requests' texts are tokenized between one long request's calls."""
+
+
+def prefix_at_space(text: str, size: int) -> str:
+    """The first ``size`` characters of ``text``, less a word cut at their end where a
+    space comes in their last quarter.
+
+    >>> prefix_at_space("one two three", 9)
+    'one two'
+    >>> prefix_at_space("abcdefghij", 4)
+    'abcd'
+    """
+    prefix = text[:size]
+    if len(text) > size and not text[size].isspace():
+        space = prefix.rfind(" ", size - size // 4)
+        if space > 0:
+            return prefix[:space]
+    return prefix
 
 
 def over_char_cap(texts: Sequence[str], limit: int) -> list[int]:
@@ -198,23 +227,59 @@ class EmbeddingRuntime:
         return self.text
 
     async def tokenize(self, texts: Sequence[str]) -> Tokenized:
-        """Token ids and counts; long inputs are tokenized off the event loop.
+        """Token ids and counts; long inputs are tokenized off the event loop, at most
+        :data:`TOKENIZE_CHUNK_CHARS` characters (or one text) per call.
 
         Short requests are tokenized inline: a few microseconds of Rust beat a thread hop
         (executor submit plus a cross-thread wake-up) by an order of magnitude.
         """
         text = self._text()
-        if sum(len(t) for t in texts) <= self.inline_tokenize_chars:
-            ids = text.tokenize(list(texts))
-        else:
-            loop = asyncio.get_running_loop()
-            ids = await loop.run_in_executor(self._tokenizer_pool, text.tokenize, list(texts))
-        counts = [len(i) for i in ids]
         window = text.max_length
-        # the model embeds the window only: holding more (156 MiB for 1,024 inputs of
-        # 4,000 tokens) until the answer would only cost memory; usage keeps the counts
-        ids = [truncate(i, window) if len(i) > window else i for i in ids]
+        ids: list[TokenIds] = []
+        counts: list[int] = []
+        for chunk in self._chunks(texts):
+            if sum(len(t) for t in chunk) <= self.inline_tokenize_chars:
+                got = text.tokenize(chunk)
+            else:
+                loop = asyncio.get_running_loop()
+                got = await loop.run_in_executor(self._tokenizer_pool, text.tokenize, chunk)
+            counts += [len(i) for i in got]
+            # the model embeds the window only: holding more (156 MiB for 1,024 inputs of
+            # 4,000 tokens) until the answer would only cost memory; usage keeps the counts
+            ids += [truncate(i, window) if len(i) > window else i for i in got]
         return Tokenized(ids, counts, sum(1 for c in counts if c > window))
+
+    @staticmethod
+    def _chunks(texts: Sequence[str]) -> Iterator[list[str]]:
+        chunk: list[str] = []
+        size = 0
+        for t in texts:
+            if chunk and size + len(t) > TOKENIZE_CHUNK_CHARS:
+                yield chunk
+                chunk, size = [], 0
+            chunk.append(t)
+            size += len(t)
+        if chunk:
+            yield chunk
+
+    async def over_limit(self, text: str, limit: int) -> str | None:
+        """Whether a prefix already shows ``text`` to be over ``limit`` tokens, and what
+        a refusal says then; ``None`` if no prefix shorter than the text does.
+
+        Prefixes of ``limit`` characters, then :data:`PREFIX_GROWTH` times longer, are
+        counted: a text far over the limit is refused for the price of a prefix. Counted
+        whole, 262,144 characters of U+FDFA (4 tokens each once normalised) held the
+        tokenizer thread for 1.2 s and 200 MB, and 20 of them in one request 24 s and 4 GB.
+        """
+        size = limit
+        while len(text) > size:
+            prefix = prefix_at_space(text, size)
+            (count,) = (await self.tokenize([prefix])).counts
+            if count > limit + PREFIX_SLACK:
+                seen = f"{count:,} in its first {len(prefix):,} characters"
+                return f"more than {limit} tokens ({seen}), at most {limit} allowed"
+            size *= PREFIX_GROWTH
+        return None
 
     async def embed(self, ids: Sequence[TokenIds]) -> Vectors:
         """Embed token ids through the shared micro-batcher."""
@@ -305,6 +370,12 @@ class EmbeddingRuntime:
                     error = LabelTooLongError(label, over_char_cap_detail(label, limit))
                     futures[label].set_exception(error)
                     futures[label].exception()  # consumed here; waiters re-raise it
+                for label in missing:
+                    if len(label) > limit and not futures[label].done():
+                        has = await self.over_limit(label, limit)
+                        if has is not None:
+                            futures[label].set_exception(LabelTooLongError(label, has))
+                            futures[label].exception()  # consumed here; waiters re-raise it
                 kept = [label for label in missing if not futures[label].done()]
             tokenized = await self.tokenize(kept)
             if limit is not None and max(tokenized.counts, default=0) > limit:

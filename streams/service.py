@@ -109,6 +109,11 @@ class ClassifyService:
         ``indices`` are the texts' positions in the request (for error details)."""
         limit = self.settings.limits.max_tokens_per_input
         self._refuse_huge(texts, indices, limit)
+        for position, text in enumerate(texts):
+            has = await runtime.over_limit(text, limit) if len(text) > limit else None
+            if has is not None:
+                index = indices[position] if indices is not None else position
+                raise RequestError(ErrorCode.INPUT_TOO_LONG, f"input[{index}] has {has}")
         tokenized = await runtime.tokenize(texts)
         for position, count in enumerate(tokenized.counts):
             if count > limit:

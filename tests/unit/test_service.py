@@ -180,6 +180,71 @@ def test_a_text_over_32_characters_per_allowed_token_is_refused_untokenized(
     assert not any(r._label_inflight for r in service._runtimes.values())
 
 
+def test_a_text_far_over_the_token_limit_is_refused_from_a_prefix(
+    tmp_path: Path, observer: Counting
+) -> None:
+    """A text under the character cap but of many tokens per character was tokenized whole
+    before INPUT_TOO_LONG: 20 inputs of 262,144 x U+FDFA (4 tokens each) held the tokenizer
+    thread for 24 s and grew the worker by 4 GB. Counting prefixes (50 characters, then 4
+    times more) refuses it, as input or label, without ever tokenizing it whole."""
+    settings = Settings(data_dir=tmp_path, limits={"max_tokens_per_input": 50})
+    registry = hash_registry(tmp_path, max_length=100)
+    encoder = registry.load(registry.resolve(None))
+    seen: list[int] = []
+    tokenize = encoder.tokenize
+
+    def spy(texts: Sequence[str]) -> Any:
+        seen.extend(len(t) for t in texts)
+        return tokenize(texts)
+
+    encoder.tokenize = spy  # type: ignore[method-assign]
+    dense = "w " * 800  # 1,600 characters (the cap), 802 tokens
+    as_input, as_label = classify(
+        ClassifyService(settings, registry, observer),
+        req(["ok", dense], ["a"], rid="input"),
+        req(["ok"], ["a", dense], rid="label"),
+    )
+    for error in (as_input, as_label):
+        mapped = to_request_error(error)
+        assert mapped.code == ErrorCode.INPUT_TOO_LONG
+        assert "has more than 50 tokens (102 in its first 199 characters)" in mapped.detail
+    assert "input[1]" in to_request_error(as_input).detail
+    assert max(seen) <= 200  # prefixes only, never the 1,600 characters
+
+
+def test_long_requests_are_tokenized_in_chunks_as_they_would_be_whole(
+    tmp_path: Path,
+) -> None:
+    """Texts are tokenized at most 65,536 characters per call (or one text), so one call
+    never holds a whole 16 MB request's tokens; ids and counts are the same."""
+    registry = hash_registry(tmp_path, max_length=100)
+    encoder = registry.load(registry.resolve(None))
+    texts = [f"w{i} " * (i * 40) for i in range(60)]  # 281,400 characters
+    calls: list[int] = []
+    tokenize = encoder.tokenize
+
+    def spy(batch: Sequence[str]) -> Any:
+        calls.append(sum(len(t) for t in batch))
+        return tokenize(batch)
+
+    encoder.tokenize = spy  # type: ignore[method-assign]
+    service = ClassifyService(Settings(data_dir=tmp_path), registry)
+
+    async def go() -> Any:
+        runtime = await service.runtime(registry.resolve(None))
+        try:
+            return await runtime.tokenize(texts)
+        finally:
+            await service.aclose()
+
+    tokenized = asyncio.run(go())
+    whole = tokenize(texts)
+    assert tokenized.counts == [len(ids) for ids in whole]
+    assert tokenized.ids == [ids if len(ids) <= 100 else [*ids[:99], ids[-1]] for ids in whole]
+    assert len(calls) > 1
+    assert max(calls) <= 65_536
+
+
 def test_a_label_over_the_token_limit_is_refused_as_an_input_is(
     tmp_path: Path, observer: Counting
 ) -> None:
