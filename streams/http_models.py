@@ -8,29 +8,41 @@ are ignored, as Jina does (its own curl example sends ``"action": "list"``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-class TextDoc(_Body):
+class _Item(_Body):
+    """An input item: text or an image, never both (the other field would be dropped)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_kind(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "text" in data and "image" in data:
+            raise ValueError("an item has 'text' or 'image', not both")
+        return data
+
+
+class TextDoc(_Item):
     text: str = Field(description="Text to classify.")
 
 
-class ImageDoc(_Body):
+class ImageDoc(_Item):
     image: str = Field(description="An image: https URL, base64, or a data: URI.")
 
 
-class TextTrainingItem(_Body):
+class TextTrainingItem(_Item):
     text: str
     label: str
 
 
-class ImageTrainingItem(_Body):
+class ImageTrainingItem(_Item):
     image: str
     label: str
 

@@ -193,6 +193,11 @@ def _parse_item(item: object, index: int) -> InputItem:
     if isinstance(item, str):
         return TextInput(item)
     if isinstance(item, Mapping):
+        if "text" in item and "image" in item:  # which was meant? the other was dropped
+            raise RequestError(
+                ErrorCode.INPUT_INVALID,
+                f"input[{index}] has both 'text' and 'image': one item is one or the other",
+            )
         if "text" in item and isinstance(item["text"], str):
             return TextInput(item["text"])
         if "image" in item and isinstance(item["image"], str):

@@ -267,6 +267,18 @@ def test_a_422_names_the_field_at_fault_as_the_topics_do(http: Http) -> None:
     assert not [f for f in fields if "[" in f or "Doc" in f]
     assert len({(e["field"], e["message"]) for e in body["errors"]}) == len(body["errors"])
     assert {"txt": "typo"} in [e.get("input") for e in body["errors"]]
+    both = {**bad, "input": [{"text": "meow", "image": "aGk="}]}  # the image was dropped
+    body = assert_error(
+        http.post("/v1/classify", json=both, headers=auth()), 422, "INPUT_VALIDATION_FAILED"
+    )
+    assert body["detail"] == "input[0] has both 'text' and 'image': one item is one or the other"
+    example = {"text": "meow", "image": "aGk=", "label": "cat"}
+    body = assert_error(
+        http.post("/v1/train", json={"model": "m", "input": [example]}, headers=auth()),
+        422,
+        "INPUT_VALIDATION_FAILED",
+    )
+    assert "has both 'text' and 'image'" in body["detail"]
     train = {"model": "m", "input": [{"text": "t"}]}
     body = assert_error(
         http.post("/v1/train", json=train, headers=auth()), 422, "INPUT_VALIDATION_FAILED"
