@@ -63,7 +63,13 @@ from streams.logs import announce
 from streams.metrics import HttpMetrics
 from streams.middleware import BodyLimit, HeadersFirst, RequestIds
 from streams.ratelimit import Decision, Limit, RateLimiter
-from streams.records import DEADLINE_HEADER, parse_classify, parse_inputs, parse_train
+from streams.records import (
+    DEADLINE_HEADER,
+    decode_json_object,
+    parse_classify,
+    parse_inputs,
+    parse_train,
+)
 from streams.replica import ClassifierReplica
 from streams.settings import EMBEDDED_FETCH_MAX_WAIT_MS, Settings
 
@@ -446,10 +452,19 @@ async def _lists_within_limits(request: Request) -> None:
     the event loop: a 2 MB body of a million wrong items took 84 s and 5 GB to be told it
     has too many. The answer is the limit's ``400`` in the workers' parser's words; lists
     within their limits (and over-long label lists of strings, whose repeats count once)
-    go on to the schema and the parser as before."""
+    go on to the schema and the parser as before. A body that is not UTF-8 JSON as the
+    workers read it is refused here too."""
     body = await _json_body(request)
     if not isinstance(body, dict):
         return
+    raw = await request.body()  # kept by Starlette: no second read
+    if json.detect_encoding(raw) != "utf-8":
+        # FastAPI's reader took a byte order mark, UTF-16 or UTF-32; the workers' refuses
+        # them, and so does the gateway, in its words
+        try:
+            decode_json_object(raw)
+        except RequestError as exc:
+            raise GatewayError.from_request_error(exc) from None
     limits = _gateway(request).settings.limits
     items = body.get("input")
     if isinstance(items, list) and len(items) > limits.max_inputs:

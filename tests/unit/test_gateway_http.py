@@ -357,6 +357,28 @@ def test_an_unreadable_body_says_why(http: Http, content: bytes, says: str) -> N
     assert says in body["detail"]
 
 
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-16-le", "utf-32"])
+def test_a_body_in_another_encoding_than_utf8_is_refused_as_on_kafka(
+    http: Http, encoding: str
+) -> None:
+    """FastAPI's JSON reader takes a byte order mark, UTF-16 and UTF-32 (200 over HTTP)
+    where the workers refuse the same bytes on the topic: now both refuse, with the
+    workers' code."""
+    from streams.errors import RequestError
+    from streams.records import decode_json_object
+
+    content = json.dumps(ZERO_SHOT).encode(encoding)
+    with pytest.raises(RequestError) as on_kafka:
+        decode_json_object(content)
+    headers = {**auth(), "Content-Type": "application/json"}
+    body = assert_error(
+        http.post("/v1/classify", content=content, headers=headers),
+        400,
+        on_kafka.value.code.value,
+    )
+    assert body["detail"] == on_kafka.value.detail
+
+
 def test_a_key_with_non_ascii_characters_authenticates() -> None:
     http = client_for(api_keys="clé-äöü")
     headers = {"Authorization": "Bearer clé-äöü".encode()}  # sent as UTF-8 bytes
