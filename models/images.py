@@ -202,7 +202,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
 
 
 def decode_scaled(
-    data: bytes, *, max_pixels: int, side: int | None = None
+    data: bytes, *, max_pixels: int, side: int | None = None, max_aspect: float | None = None
 ) -> tuple[Image.Image, tuple[int, int]]:
     """Decode image bytes into an RGB image, safely; also its stored size (width, height).
 
@@ -215,7 +215,8 @@ def decode_scaled(
     what usage is counted on.
 
     * the pixel count is checked from the header, before any pixel is decoded (and
-      Pillow's own decompression-bomb guard stays on); so is a JPEG's number of scans;
+      Pillow's own decompression-bomb guard stays on); so are a JPEG's number of scans
+      and, with ``max_aspect``, the ratio of the longer side to the shorter;
     * animated images (GIF, APNG, WebP) give their first frame;
     * the EXIF orientation is applied;
     * 16-bit and 32-bit images are scaled to 8 bits (not clipped);
@@ -235,6 +236,10 @@ def decode_scaled(
         if width * height > max_pixels:
             raise ImageDecodeError(
                 f"image is {width}x{height} = {width * height} pixels, at most {max_pixels} allowed"
+            )
+        if max_aspect is not None and max(width, height) > max_aspect * min(width, height):
+            raise ImageDecodeError(
+                f"image is {width}x{height}: one side over {max_aspect:g} times the other"
             )
         if (
             data[:2] == b"\xff\xd8"

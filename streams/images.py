@@ -202,7 +202,10 @@ class ImageLoader:
     def _prepare(self, data: bytes, index: int, encoder: ImageEncoder) -> tuple[Pixels, int]:
         try:
             image, stored = decode_scaled(
-                data, max_pixels=self.settings.max_pixels, side=encoder.size
+                data,
+                max_pixels=self.settings.max_pixels,
+                side=encoder.size,
+                max_aspect=self.settings.max_aspect_ratio,
             )
             tokens = image_tokens(
                 *stored, tile=self.settings.tile_pixels, per_tile=self.settings.tokens_per_tile

@@ -237,6 +237,11 @@ class ImageSettings(BaseModel):
     """Largest image, fetched or base64 (Jina's 8 MB)."""
     max_pixels: int = Field(40_000_000, ge=1)
     """Largest decoded image (width x height), checked before decoding."""
+    max_aspect_ratio: float = Field(64.0, ge=1)
+    """Most times one side of an image may be longer than the other, checked before
+    decoding. Usage counts each 224 px tile an image covers, so a strip 1 pixel high and
+    39 million wide (a 38 kB PNG under the pixel cap) counted 174 million tokens, though
+    the model sees one square of it; at 64, a strip under 224 px counts 64,000 at most."""
     fetch_concurrency: int = Field(16, ge=1)
     """URLs fetched (and their images decoded) at once per worker."""
     request_timeout_s: float = Field(300.0, gt=0)

@@ -143,3 +143,37 @@ def test_a_large_jpeg_is_decoded_reduced_and_charged_at_its_full_size() -> None:
     assert loaded.tokens == [
         image_tokens(3000, 2000, tile=settings.tile_pixels, per_tile=settings.tokens_per_tile)
     ]
+
+
+@pytest.mark.parametrize(
+    ("size", "tokens"), [((64 * 223, 223), 64_000), ((64, 1), 1_000), ((1, 65), None)]
+)
+def test_a_strip_far_longer_than_wide_is_refused_not_charged_by_the_tile(
+    size: tuple[int, int], tokens: int | None
+) -> None:
+    """A 39,000,000 x 1 PNG (38 kB, under the pixel cap) was charged 174,108,000 tokens, one
+    224 px tile per 224 pixels of its length (a key's tokens per minute for 2.9 hours over
+    HTTP), though the model sees one square of it. Sides over 64 times one another are
+    IMAGE_INVALID from the header; at 64 a strip under 224 px counts 64,000 at most."""
+    import base64
+
+    fetcher = Fetcher()
+    fetcher.held = 1  # a base64 item has no fetch; preprocess still counts one down
+    loader = ImageLoader(ImageSettings(), cast(Any, fetcher))
+    png = base64.b64encode(encode_png(Image.new("RGB", size, "red"))).decode()
+
+    async def go() -> Any:
+        try:
+            return await loader.load([png], [0], cast(Any, Encoder(fetcher)))
+        except RequestError as exc:
+            return exc
+        finally:
+            await loader.aclose()
+
+    loaded = asyncio.run(go())
+    if tokens is None:
+        assert isinstance(loaded, RequestError)
+        assert loaded.code == ErrorCode.IMAGE_INVALID
+        assert loaded.detail == "input[0]: image is 1x65: one side over 64 times the other"
+    else:
+        assert loaded.tokens == [tokens]
