@@ -7,6 +7,7 @@ exactly-once *effects* without transactions, on any Kafka.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -232,6 +233,20 @@ def replayed_version(record: ClassifierRecord, source: str, offset: int) -> int:
     return record.version
 
 
+def as_spelled(known: Sequence[str], labels: Sequence[str]) -> list[str]:
+    """Each example label as the classifier (or an example before it) first spelled it, if
+    it is the same text in another Unicode form: NFC and NFD "café" are one class, not two
+    look-alikes that split its score and count twice towards the class limit.
+
+    >>> as_spelled(["café"], ["cafe\u0301", "tea"])
+    ['café', 'tea']
+    """
+    spelled: dict[str, str] = {}
+    for label in (*known, *labels):
+        spelled.setdefault(unicodedata.normalize("NFC", label), label)
+    return [spelled[unicodedata.normalize("NFC", label)] for label in labels]
+
+
 def apply_examples(
     record: ClassifierRecord,
     vectors: npt.NDArray[np.float32],
@@ -251,6 +266,10 @@ def apply_examples(
     when the new labels would exceed the class limit or a vector is not finite. Returns the
     prequential outcome of each example.
     """
+    given = labels
+    labels = as_spelled(record.labels, given)
+    if label_vectors is not None:
+        label_vectors = {label: label_vectors[g] for g, label in zip(given, labels, strict=True)}
     clf = learner(record)
     clf.check_examples(vectors, labels)  # before the warm start adds classes
     new = [label for label in dict.fromkeys(labels) if label not in record.labels]

@@ -11,6 +11,7 @@ import base64
 import json
 import math
 import time
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -222,10 +223,24 @@ def _parse_label_list(raw: object, where: str) -> tuple[str, ...]:
     for i, label in enumerate(raw):
         if not isinstance(label, str) or not label.strip():
             raise RequestError(ErrorCode.INPUT_INVALID, f"{where}[{i}] must be a non-empty string")
-    labels = tuple(dict.fromkeys(raw))  # Jina accepts repeated labels; each counts once
+    labels = distinct_labels(raw)  # Jina accepts repeated labels; each counts once
     if not labels:
         raise RequestError(ErrorCode.INPUT_MISSING, f"{where} is empty")
     return labels
+
+
+def distinct_labels(labels: list[str]) -> tuple[str, ...]:
+    """Each label once, in its first spelling: one given again, or in another Unicode form
+    (NFC and NFD "café", as macOS file names arrive; the model reads them alike), is the
+    same label, not a look-alike sharing its score.
+
+    >>> distinct_labels(["café", "cafe\u0301", "tea", "café"])
+    ('café', 'tea')
+    """
+    spelled: dict[str, str] = {}
+    for label in labels:
+        spelled.setdefault(unicodedata.normalize("NFC", label), label)
+    return tuple(spelled.values())
 
 
 def _parse_groups(raw: Mapping[str, object], limits: LimitSettings) -> dict[str, tuple[str, ...]]:

@@ -88,6 +88,12 @@ def test_jina_bodies_parse_with_extra_fields_and_repeated_labels() -> None:
     assert req.request_id == "key-1"
 
 
+def test_a_label_in_another_unicode_form_is_given_once() -> None:
+    """NFC and NFD "café" were scored as two labels (0.445 each) and counted twice."""
+    body = {"input": ["x"], "labels": ["cafe\u0301", "tea", "caf\u00e9"]}
+    assert parse_classify(body, LIMITS, request_id="r").labels == ("cafe\u0301", "tea")
+
+
 def test_single_string_input_and_groups() -> None:
     req = parse({"input": "just one", "labels": {"topic": ["a", "b"], "tone": ["c", "a"]}})
     assert req.inputs == (TextInput("just one"),)

@@ -91,6 +91,26 @@ def test_a_record_from_before_whitening_does_not_whiten() -> None:
     assert learner(decode_record(encode_record(rec))).whiten == 0.0
 
 
+def test_a_label_in_another_unicode_form_is_the_same_class() -> None:
+    """NFC and NFD "café" (the model reads them alike) were two classes shown alike, with
+    one warm start, splitting their score and counting twice towards the class limit. An
+    example's label is its class's first spelling; the warm start is looked up by either."""
+    rec = fresh()
+    X = np.eye(DIM, dtype=np.float32)[:4]
+    nfc, nfd = "caf\u00e9", "cafe\u0301"
+    vectors = {label: np.eye(DIM, dtype=np.float32)[i] for i, label in enumerate([nfd, "tea"])}
+    apply_examples(
+        rec, X[:2], [nfd, "tea"], num_iters=1, label_vectors=vectors, source="t:0", offset=0,
+        now=2.0,
+    )  # fmt: skip
+    apply_examples(
+        rec, X[2:], [nfc, "tea"], num_iters=1, label_vectors={nfc: X[0], "tea": X[1]},
+        source="t:0", offset=1, now=2.0,
+    )  # fmt: skip
+    assert rec.labels == [nfd, "tea"]  # as first spelled, whatever came next
+    assert rec.seen == [2, 2]
+
+
 def test_offsets_make_application_idempotent() -> None:
     rec = fresh()
     X = np.eye(DIM, dtype=np.float32)[:2]
