@@ -122,6 +122,7 @@ def build_worker(settings: Settings) -> tuple[ShotstreamApp, ClassifyService, Pr
         partitions=settings.partitions,
         key_type=bytes,
         value_type=bytes,
+        options=settings.rocksdb.options(),
     )  # raw bytes: the app's default serializers; values use state.records' codec
     assert table.changelog_topic.get_topic_name() == classifier_changelog_topic(settings)  # noqa: S101
     replica = ClassifierReplica(
