@@ -221,12 +221,22 @@ def _parse_label_list(raw: object, where: str) -> tuple[str, ...]:
             f"{where} must be a list of strings or an object of groups, got {_json_type(raw)}",
         )
     for i, label in enumerate(raw):
-        if not isinstance(label, str) or not label.strip():
+        if not isinstance(label, str) or blank(label):
             raise RequestError(ErrorCode.INPUT_INVALID, f"{where}[{i}] must be a non-empty string")
     labels = distinct_labels(raw)  # Jina accepts repeated labels; each counts once
     if not labels:
         raise RequestError(ErrorCode.INPUT_MISSING, f"{where} is empty")
     return labels
+
+
+def blank(label: str) -> bool:
+    r"""Whether a label shows nothing: only whitespace, control or format characters (a
+    zero-width space, U+200B, is not whitespace to ``str.strip``, and NUL is not either).
+
+    >>> blank(" \u200b\t"), blank("\x00"), blank("a\u200b")
+    (True, True, False)
+    """
+    return all(ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf") for ch in label)
 
 
 def distinct_labels(labels: list[str]) -> tuple[str, ...]:
@@ -398,7 +408,7 @@ def parse_train(
     examples = []
     for index, item in enumerate(_input_list(body.get("input"), limits)):
         label = item.get("label") if isinstance(item, Mapping) else None
-        if not isinstance(label, str) or not label.strip():
+        if not isinstance(label, str) or blank(label):
             raise RequestError(
                 ErrorCode.INPUT_INVALID, f"input[{index}] needs a non-empty string 'label'"
             )

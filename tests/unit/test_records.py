@@ -50,6 +50,9 @@ def parse(body: object) -> object:
         ({"input": ["x"] * 1025, "labels": ["a"]}, ErrorCode.INPUT_LIMIT_EXCEEDED),
         ({"input": [42], "labels": ["a"]}, ErrorCode.INPUT_INVALID),
         ({"input": [{"txt": "x"}], "labels": ["a"]}, ErrorCode.INPUT_INVALID),
+        # a label that shows nothing, as "  " is refused (they were scored, 0.479)
+        ({"input": ["x"], "labels": ["a", "\u200b"]}, ErrorCode.INPUT_INVALID),
+        ({"input": ["x"], "labels": ["a", "\x00"]}, ErrorCode.INPUT_INVALID),
         # both: the image was dropped without a word, however invalid
         ({"input": [{"text": "x", "image": "?"}], "labels": ["a"]}, ErrorCode.INPUT_INVALID),
         ({"input": ["x"], "labels": "a,b"}, ErrorCode.INPUT_INVALID),
@@ -145,6 +148,7 @@ def test_dead_letter_keeps_payload_as_text_or_base64() -> None:
         ({"input": [{"text": "x"}]}, ErrorCode.INPUT_INVALID),
         ({"input": [{"text": "x", "label": ""}]}, ErrorCode.INPUT_INVALID),
         ({"input": [{"text": "x", "image": "?", "label": "a"}]}, ErrorCode.INPUT_INVALID),
+        ({"input": [{"text": "x", "label": "\u200b\u200d"}]}, ErrorCode.INPUT_INVALID),
         ({"input": []}, ErrorCode.INPUT_MISSING),
         ({"input": [{"text": "x", "label": "a"}] * 1025}, ErrorCode.INPUT_LIMIT_EXCEEDED),
         ({"input": [{"text": "x", "label": "a"}], "num_iters": 0}, ErrorCode.INPUT_INVALID),
