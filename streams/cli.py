@@ -666,6 +666,7 @@ def classifiers_list(
             ",".join(settings.brokers),
             classifier_changelog_topic(settings),
             security=kafka_security(settings.kafka),
+            listing_only=True,
         )
         connected.via = replica
         await replica.start()

@@ -175,6 +175,7 @@ class Gateway:
             fetch_max_wait_ms=EMBEDDED_FETCH_MAX_WAIT_MS if settings.embedded_broker else 500,
             request_timeout_s=gw.kafka_timeout_s,
             security=kafka_security(settings.kafka),
+            listing_only=True,
         )
         self.late_answer_window_s = LATE_ANSWER_WINDOW_S
         self.reply_grace_s = min(REPLY_GRACE_S, settings.gateway.reply_timeout_s / 10)

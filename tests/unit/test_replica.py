@@ -281,3 +281,24 @@ def test_a_stop_during_a_query_leaves_its_callers_waiting_as_without_offsets() -
         assert changelog.queries == 2
 
     asyncio.run(go())
+
+
+def test_a_listing_replica_keeps_what_a_listing_shows_and_not_the_weights() -> None:
+    """Gateways and the CLI only list, yet held every classifier's weights and learner
+    state: 107 kB per 16-class classifier with grown prototypes, 3.9 kB without."""
+    from streams.gateway import summary
+
+    full = ClassifierReplica("127.0.0.1:1", "changelog")
+    listing = ClassifierReplica("127.0.0.1:1", "changelog", listing_only=True)
+    for replica in (full, listing):
+        replica.apply("c1", record(1))
+        replica.apply("c1", record(2))  # lineage checks still see versions
+        replica.apply("c1", record(1))  # a stale write: skipped by both
+    kept, light = full.get("c1"), listing.get("c1")
+    assert kept is not None
+    assert light is not None
+    assert kept.weights.shape == (2, 4)
+    assert light.weights.shape == (0, 4)
+    assert (light.hyper, light.applied) == ({}, {})
+    assert summary(light) == summary(kept)
+    assert [r.classifier_id for r in listing.owned_by("alice")] == ["c1"]
