@@ -460,8 +460,8 @@ async def _lists_within_limits(request: Request) -> None:
         return
     raw = await request.body()  # kept by Starlette: no second read
     if json.detect_encoding(raw) != "utf-8":
-        # FastAPI's reader took a byte order mark, UTF-16 or UTF-32; the workers' refuses
-        # them, and so does the gateway, in its words
+        # FastAPI's reader took a byte order mark, UTF-16 or UTF-32; the workers' reader
+        # refuses them, and so does the gateway, in its words
         try:
             decode_json_object(raw)
         except RequestError as exc:

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from state.classifiers import as_spelled
 from streams.auth import header_value
 from streams.errors import ErrorCode, RequestError
 from streams.settings import LimitSettings
@@ -223,7 +224,9 @@ def _parse_label_list(raw: object, where: str) -> tuple[str, ...]:
     for i, label in enumerate(raw):
         if not isinstance(label, str) or blank(label):
             raise RequestError(ErrorCode.INPUT_INVALID, f"{where}[{i}] must be a non-empty string")
-    labels = distinct_labels(raw)  # Jina accepts repeated labels; each counts once
+    # Jina accepts repeated labels; each counts once, in its first spelling (another
+    # Unicode form of it, NFC or NFD "café", is the same label: the model reads them alike)
+    labels = tuple(dict.fromkeys(as_spelled((), raw)))
     if not labels:
         raise RequestError(ErrorCode.INPUT_MISSING, f"{where} is empty")
     return labels
@@ -237,20 +240,6 @@ def blank(label: str) -> bool:
     (True, True, False)
     """
     return all(ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf") for ch in label)
-
-
-def distinct_labels(labels: list[str]) -> tuple[str, ...]:
-    """Each label once, in its first spelling: one given again, or in another Unicode form
-    (NFC and NFD "café", as macOS file names arrive; the model reads them alike), is the
-    same label, not a look-alike sharing its score.
-
-    >>> distinct_labels(["café", "cafe\u0301", "tea", "café"])
-    ('café', 'tea')
-    """
-    spelled: dict[str, str] = {}
-    for label in labels:
-        spelled.setdefault(unicodedata.normalize("NFC", label), label)
-    return tuple(spelled.values())
 
 
 def _parse_groups(raw: Mapping[str, object], limits: LimitSettings) -> dict[str, tuple[str, ...]]:

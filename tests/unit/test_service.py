@@ -58,6 +58,25 @@ def service(settings: Settings, tmp_path: Path, observer: Counting) -> ClassifyS
     return ClassifyService(settings, hash_registry(tmp_path), observer)
 
 
+def spied_registry(tmp_path: Path, **options: Any) -> tuple[ModelRegistry, list[list[int]]]:
+    """A hash registry whose encoder records each tokenize call: its texts' lengths."""
+    registry = hash_registry(tmp_path, **options)
+    encoder = registry.load(registry.resolve(None))
+    calls: list[list[int]] = []
+    tokenize = encoder.tokenize
+
+    def spy(texts: Sequence[str]) -> Any:
+        calls.append([len(t) for t in texts])
+        return tokenize(texts)
+
+    encoder.tokenize = spy  # type: ignore[method-assign]
+    return registry, calls
+
+
+def longest(calls: list[list[int]]) -> int:
+    return max((n for call in calls for n in call), default=0)
+
+
 def req(inputs: list[str], labels: Any, rid: str = "r1", **kw: Any) -> ClassifyRequest:
     if isinstance(labels, dict):
         return ClassifyRequest(
@@ -143,16 +162,7 @@ def test_a_text_over_32_characters_per_allowed_token_is_refused_untokenized(
     over 32 characters per allowed token is refused by its length, as input or label,
     without tokenizing it; one of long words at the cap is still served."""
     settings = Settings(data_dir=tmp_path, limits={"max_tokens_per_input": 50})
-    registry = hash_registry(tmp_path, max_length=100)
-    encoder = registry.load(registry.resolve(None))
-    seen: list[int] = []
-    tokenize = encoder.tokenize
-
-    def spy(texts: Sequence[str]) -> Any:
-        seen.extend(len(t) for t in texts)
-        return tokenize(texts)
-
-    encoder.tokenize = spy  # type: ignore[method-assign]
+    registry, seen = spied_registry(tmp_path, max_length=100)
     service = ClassifyService(settings, registry, observer)
     spaces = "w" + " " * 999_999  # a million characters, 1 token
     at_cap = " ".join(["x" * 63] * 25) + "x"  # 1,600 characters, 25 words
@@ -162,7 +172,7 @@ def test_a_text_over_32_characters_per_allowed_token_is_refused_untokenized(
     assert isinstance(refused, RequestError)
     assert refused.code == ErrorCode.INPUT_TOO_LONG
     assert "input[1] has 1,000,000 characters, at most 1,600" in refused.detail
-    assert max(seen) <= 1_600  # never the million
+    assert longest(seen) <= 1_600  # never the million
     assert served["request_id"] == "words"
     assert len(at_cap) == 1_600
     assert 25 < served["usage"]["total_tokens"] < 50
@@ -176,7 +186,7 @@ def test_a_text_over_32_characters_per_allowed_token_is_refused_untokenized(
         mapped = to_request_error(error)
         assert mapped.code == ErrorCode.INPUT_TOO_LONG
         assert "has 1,000,000 characters, at most 1,600 (32 per token) allowed" in mapped.detail
-    assert max(seen, default=0) <= 1_600
+    assert longest(seen) <= 1_600
     assert not any(r._label_inflight for r in service._runtimes.values())
 
 
@@ -188,16 +198,7 @@ def test_a_text_far_over_the_token_limit_is_refused_from_a_prefix(
     thread for 24 s and grew the worker by 4 GB. Counting prefixes (50 characters, then 4
     times more) refuses it, as input or label, without ever tokenizing it whole."""
     settings = Settings(data_dir=tmp_path, limits={"max_tokens_per_input": 50})
-    registry = hash_registry(tmp_path, max_length=100)
-    encoder = registry.load(registry.resolve(None))
-    seen: list[int] = []
-    tokenize = encoder.tokenize
-
-    def spy(texts: Sequence[str]) -> Any:
-        seen.extend(len(t) for t in texts)
-        return tokenize(texts)
-
-    encoder.tokenize = spy  # type: ignore[method-assign]
+    registry, seen = spied_registry(tmp_path, max_length=100)
     dense = "w " * 800  # 1,600 characters (the cap), 802 tokens
     as_input, as_label = classify(
         ClassifyService(settings, registry, observer),
@@ -209,7 +210,7 @@ def test_a_text_far_over_the_token_limit_is_refused_from_a_prefix(
         assert mapped.code == ErrorCode.INPUT_TOO_LONG
         assert "has more than 50 tokens (102 in its first 199 characters)" in mapped.detail
     assert "input[1]" in to_request_error(as_input).detail
-    assert max(seen) <= 200  # prefixes only, never the 1,600 characters
+    assert longest(seen) <= 200  # prefixes only, never the 1,600 characters
 
 
 def test_long_requests_are_tokenized_in_chunks_as_they_would_be_whole(
@@ -217,17 +218,8 @@ def test_long_requests_are_tokenized_in_chunks_as_they_would_be_whole(
 ) -> None:
     """Texts are tokenized at most 65,536 characters per call (or one text), so one call
     never holds a whole 16 MB request's tokens; ids and counts are the same."""
-    registry = hash_registry(tmp_path, max_length=100)
-    encoder = registry.load(registry.resolve(None))
+    registry, calls = spied_registry(tmp_path, max_length=100)
     texts = [f"w{i} " * (i * 40) for i in range(60)]  # 281,400 characters
-    calls: list[int] = []
-    tokenize = encoder.tokenize
-
-    def spy(batch: Sequence[str]) -> Any:
-        calls.append(sum(len(t) for t in batch))
-        return tokenize(batch)
-
-    encoder.tokenize = spy  # type: ignore[method-assign]
     service = ClassifyService(Settings(data_dir=tmp_path), registry)
 
     async def go() -> Any:
@@ -238,11 +230,11 @@ def test_long_requests_are_tokenized_in_chunks_as_they_would_be_whole(
             await service.aclose()
 
     tokenized = asyncio.run(go())
-    whole = tokenize(texts)
+    assert len(calls) > 1
+    assert max(sum(call) for call in calls) <= 65_536
+    whole = registry.load(registry.resolve(None)).tokenize(texts)
     assert tokenized.counts == [len(ids) for ids in whole]
     assert tokenized.ids == [ids if len(ids) <= 100 else [*ids[:99], ids[-1]] for ids in whole]
-    assert len(calls) > 1
-    assert max(calls) <= 65_536
 
 
 def test_a_label_over_the_token_limit_is_refused_as_an_input_is(
@@ -431,16 +423,7 @@ def test_an_answer_too_large_for_a_record_is_refused_before_any_work(
     names took a worker past its memory, at every redelivery. Now nothing is tokenized
     or embedded for it; a request whose answer fits is served."""
     settings = Settings(data_dir=tmp_path, kafka={"max_message_bytes": 64 * 1024})
-    registry = hash_registry(tmp_path)
-    encoder = registry.load(registry.resolve(None))
-    seen: list[int] = []
-    tokenize = encoder.tokenize
-
-    def spy(texts: Sequence[str]) -> Any:
-        seen.append(len(texts))
-        return tokenize(texts)
-
-    encoder.tokenize = spy  # type: ignore[method-assign]
+    registry, seen = spied_registry(tmp_path)
     service = ClassifyService(settings, registry, observer)
     labels = [f"label {i} " + "d" * 200 for i in range(32)]  # ~7 kB per input
     groups = {"g" * 30_000: ["a", "b"]}  # a group name three times per input
@@ -455,4 +438,4 @@ def test_an_answer_too_large_for_a_record_is_refused_before_any_work(
         assert refused.code == ErrorCode.RESPONSE_TOO_LARGE
         assert "over the 65,536-byte message limit" in refused.detail
     assert fits["request_id"] == "fits"
-    assert sum(seen) == 8 + 32  # only the request that fits was tokenized
+    assert sum(len(call) for call in seen) == 8 + 32  # only the request that fits was tokenized
