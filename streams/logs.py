@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -142,12 +143,29 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]  # typeshed's generic
+    """A stream handler on whatever ``sys.stderr`` is when a record is written, as
+    logging's own last resort: a handler holding the stream it was made with writes to a
+    closed one once a caller that swapped standard error (a test's CLI runner) is done."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: Any) -> None:
+        pass
+
+
 def configure(level: str, form: str = "text") -> logging.Handler:
     """Give the root logger one handler on standard error, at ``level``, writing ``form``
     (``text`` or ``json``), in place of any it had; quiet aiokafka's repeats. The worker
     (faust) and the gateway (uvicorn) are told to leave it as it is, so their records come
     out the same way. Returns the handler."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler()
     handler.setFormatter(JsonFormatter() if form == "json" else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
     for old in root.handlers[:]:

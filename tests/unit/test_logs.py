@@ -108,3 +108,24 @@ def test_text_logs_name_the_logger_and_configure_replaces_handlers(
     logging.getLogger("faust.worker").info("below the level")
     (line,) = capsys.readouterr().err.splitlines()
     assert line.endswith(" WARNING uvicorn.error: Uvicorn running"), line
+
+
+@pytest.mark.usefixtures("root_kept", "repeats")
+def test_the_handler_writes_to_standard_error_as_it_is_when_a_record_comes(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CLI runner swaps sys.stderr for one command and closes it after: a handler made
+    meanwhile wrote to the closed stream, and "--- Logging error ---" with its traceback
+    came out in a later command's output (a test of the CLI failed on it)."""
+    import io
+    import sys
+
+    swapped = io.StringIO()
+    with monkeypatch.context() as patch:
+        patch.setattr(sys, "stderr", swapped)
+        configure("info")
+    swapped.close()
+    logging.getLogger("streams.client").error("cannot reach %s", "127.0.0.1:1")
+    err = capsys.readouterr().err
+    assert "Logging error" not in err
+    assert err.rstrip().endswith("ERROR streams.client: cannot reach 127.0.0.1:1"), err
