@@ -85,14 +85,9 @@ def prefix_at_space(text: str, size: int) -> str:
     return prefix
 
 
-def over_char_cap(texts: Sequence[str], limit: int) -> list[int]:
-    """Positions of texts longer than :data:`MAX_CHARS_PER_TOKEN` x ``limit`` characters."""
-    cap = MAX_CHARS_PER_TOKEN * limit
-    return [position for position, text in enumerate(texts) if len(text) > cap]
-
-
 def over_char_cap_detail(text: str, limit: int) -> str:
-    """What a refusal by :func:`over_char_cap` says of ``text``."""
+    """What a refusal of ``text`` for its length alone (over :data:`MAX_CHARS_PER_TOKEN`
+    characters per allowed token) says of it."""
     cap = MAX_CHARS_PER_TOKEN * limit
     return f"{len(text):,} characters, at most {cap:,} ({MAX_CHARS_PER_TOKEN} per token) allowed"
 
@@ -237,8 +232,8 @@ class EmbeddingRuntime:
         window = text.max_length
         ids: list[TokenIds] = []
         counts: list[int] = []
-        for chunk in self._chunks(texts):
-            if sum(len(t) for t in chunk) <= self.inline_tokenize_chars:
+        for chunk, size in self._chunks(texts):
+            if size <= self.inline_tokenize_chars:
                 got = text.tokenize(chunk)
             else:
                 loop = asyncio.get_running_loop()
@@ -250,27 +245,32 @@ class EmbeddingRuntime:
         return Tokenized(ids, counts, sum(1 for c in counts if c > window))
 
     @staticmethod
-    def _chunks(texts: Sequence[str]) -> Iterator[list[str]]:
+    def _chunks(texts: Sequence[str]) -> Iterator[tuple[list[str], int]]:
+        """Runs of texts of at most :data:`TOKENIZE_CHUNK_CHARS` characters (or one text),
+        with their characters."""
         chunk: list[str] = []
         size = 0
         for t in texts:
             if chunk and size + len(t) > TOKENIZE_CHUNK_CHARS:
-                yield chunk
+                yield chunk, size
                 chunk, size = [], 0
             chunk.append(t)
             size += len(t)
         if chunk:
-            yield chunk
+            yield chunk, size
 
     async def over_limit(self, text: str, limit: int) -> str | None:
-        """Whether a prefix already shows ``text`` to be over ``limit`` tokens, and what
-        a refusal says then; ``None`` if no prefix shorter than the text does.
+        """Whether ``text`` is shown to be over ``limit`` tokens without tokenizing it
+        whole, and what a refusal says then; ``None`` if neither its length (over
+        :data:`MAX_CHARS_PER_TOKEN` per allowed token) nor a prefix shorter than it shows so.
 
         Prefixes of ``limit`` characters, then :data:`PREFIX_GROWTH` times longer, are
         counted: a text far over the limit is refused for the price of a prefix. Counted
         whole, 262,144 characters of U+FDFA (4 tokens each once normalised) held the
         tokenizer thread for 1.2 s and 200 MB, and 20 of them in one request 24 s and 4 GB.
         """
+        if len(text) > MAX_CHARS_PER_TOKEN * limit:
+            return over_char_cap_detail(text, limit)  # by its length alone, untokenized
         size = limit
         while len(text) > size:
             prefix = prefix_at_space(text, size)
@@ -365,17 +365,11 @@ class EmbeddingRuntime:
         try:
             limit = self.max_label_tokens
             if limit is not None:
-                for position in over_char_cap(missing, limit):
-                    label = missing[position]
-                    error = LabelTooLongError(label, over_char_cap_detail(label, limit))
-                    futures[label].set_exception(error)
-                    futures[label].exception()  # consumed here; waiters re-raise it
                 for label in missing:
-                    if len(label) > limit and not futures[label].done():
-                        has = await self.over_limit(label, limit)
-                        if has is not None:
-                            futures[label].set_exception(LabelTooLongError(label, has))
-                            futures[label].exception()  # consumed here; waiters re-raise it
+                    has = await self.over_limit(label, limit) if len(label) > limit else None
+                    if has is not None:
+                        futures[label].set_exception(LabelTooLongError(label, has))
+                        futures[label].exception()  # consumed here; waiters re-raise it
                 kept = [label for label in missing if not futures[label].done()]
             tokenized = await self.tokenize(kept)
             if limit is not None and max(tokenized.counts, default=0) > limit:

@@ -160,11 +160,11 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]  # typeshe
         pass
 
 
-def configure(level: str, form: str = "text") -> logging.Handler:
+def configure(level: str, form: str = "text") -> None:
     """Give the root logger one handler on standard error, at ``level``, writing ``form``
     (``text`` or ``json``), in place of any it had; quiet aiokafka's repeats. The worker
     (faust) and the gateway (uvicorn) are told to leave it as it is, so their records come
-    out the same way. Returns the handler."""
+    out the same way."""
     handler = StderrHandler()
     handler.setFormatter(JsonFormatter() if form == "json" else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
@@ -173,4 +173,3 @@ def configure(level: str, form: str = "text") -> logging.Handler:
     root.addHandler(handler)
     root.setLevel(level.upper())
     quiet_kafka_repeats()  # Kafka away: one line per kind of complaint per 30 s
-    return handler

@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from models.fewshot import NonFiniteInputError, check_finite
 from models.registry import IMAGE, TEXT, ModelRegistry, ModelSpec
-from models.runtime import EmbeddingRuntime, Tokenized, over_char_cap, over_char_cap_detail
+from models.runtime import EmbeddingRuntime, Tokenized
 from models.scoring import ranked, softmax
 from state.classifiers import learner, may_read
 from streams.errors import ErrorCode, RequestError
@@ -108,16 +108,15 @@ class ClassifyService:
 
         ``indices`` are the texts' positions in the request (for error details)."""
         limit = self.settings.limits.max_tokens_per_input
-        self._refuse_huge(texts, indices, limit)
-        for position, text in enumerate(texts):
+        where = indices if indices is not None else range(len(texts))
+        for index, text in zip(where, texts, strict=True):
+            # over by its length or by a prefix: refused without being tokenized whole
             has = await runtime.over_limit(text, limit) if len(text) > limit else None
             if has is not None:
-                index = indices[position] if indices is not None else position
                 raise RequestError(ErrorCode.INPUT_TOO_LONG, f"input[{index}] has {has}")
         tokenized = await runtime.tokenize(texts)
-        for position, count in enumerate(tokenized.counts):
+        for index, count in zip(where, tokenized.counts, strict=True):
             if count > limit:
-                index = indices[position] if indices is not None else position
                 raise RequestError(
                     ErrorCode.INPUT_TOO_LONG,
                     f"input[{index}] has {count} tokens, at most {limit} allowed",
@@ -125,19 +124,6 @@ class ClassifyService:
         if tokenized.truncated:
             self.observer.on_truncated(runtime.name, tokenized.truncated)
         return tokenized
-
-    @staticmethod
-    def _refuse_huge(texts: list[str], indices: Sequence[int] | None, limit: int) -> None:
-        """``INPUT_TOO_LONG`` for a text over ``MAX_CHARS_PER_TOKEN`` characters per
-        allowed token, before any tokenizing."""
-        huge = over_char_cap(texts, limit)
-        if huge:
-            position = huge[0]  # the first such input
-            index = indices[position] if indices is not None else position
-            raise RequestError(
-                ErrorCode.INPUT_TOO_LONG,
-                f"input[{index}] has {over_char_cap_detail(texts[position], limit)}",
-            )
 
     async def classify(self, request: ClassifyRequest, owner: str | None = None) -> dict[str, Any]:
         """Answer one classify request (DESIGN.md response body, ``request_id`` first).
