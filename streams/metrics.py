@@ -183,6 +183,14 @@ class PrometheusObserver(Observer):
             ["topic"],
             registry=r,
         )
+        self.consumer_lag = Gauge(
+            "shotstream_consumer_lag_records",
+            "Records of a partition this worker holds past the consumer group's committed "
+            "offset (not answered yet, or answered since the last commit), read from Kafka "
+            "every 15 s",
+            ["topic", "partition"],
+            registry=r,
+        )
         self.classifiers = Gauge(
             "shotstream_classifiers",
             "Few-shot classifiers this worker holds (read from the classifier changelog)",
@@ -214,6 +222,7 @@ class PrometheusObserver(Observer):
         #: the train partition each exported classifier was learned on, least recently
         #: trained first
         self._learned_on: OrderedDict[str, int | None] = OrderedDict()
+        self._lag_series: set[tuple[str, str]] = set()
 
     # -- hooks ------------------------------------------------------------------------
 
@@ -284,6 +293,15 @@ class PrometheusObserver(Observer):
         for classifier_id, partition in list(self._learned_on.items()):
             if partition is not None and partition not in partitions:
                 self._forget(classifier_id)
+
+    def on_consumer_lag(self, behind: Mapping[tuple[str, int], int]) -> None:
+        held = {(topic, str(partition)): n for (topic, partition), n in behind.items()}
+        for labels in self._lag_series - held.keys():  # another worker's to report now
+            with contextlib.suppress(KeyError):
+                self.consumer_lag.remove(*labels)
+        for labels, n in held.items():
+            self.consumer_lag.labels(*labels).set(n)
+        self._lag_series = set(held)
 
     def _forget(self, classifier_id: str) -> None:
         self._learned_on.pop(classifier_id, None)

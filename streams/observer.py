@@ -67,6 +67,10 @@ class Observer:
         """A rebalance left this worker these train-topic partitions; classifiers learned
         on others are another worker's to report now (their series here end)."""
 
+    def on_consumer_lag(self, behind: Mapping[tuple[str, int], int]) -> None:
+        """Records past the group's commit on each ``(topic, partition)`` this worker holds
+        now (every one: a partition not in it is no longer this worker's to report)."""
+
     def on_batch(self, model: str, stats: BatchStats) -> None:
         """The model ran one batch."""
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import faust
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 from faust.types import TP, TableT
 
@@ -34,6 +35,7 @@ from streams.broker import (
     topic_configs,
     wait_for_broker,
 )
+from streams.lag import LAG_INTERVAL_S, LagReader
 from streams.logs import announce
 from streams.metrics import PrometheusObserver
 from streams.producer import OutputProducer
@@ -172,6 +174,23 @@ def build_worker(settings: Settings) -> tuple[ShotstreamApp, ClassifyService, Pr
     async def _heartbeat() -> None:
         observer.on_heartbeat()
 
+    lag = LagReader(
+        ",".join(settings.brokers), settings.kafka.group_id, security=kafka_security(settings.kafka)
+    )
+    held: set[TP] = set()
+    request_topics = {topics.classify.get_topic_name(), topics.train.get_topic_name()}
+
+    @app.timer(LAG_INTERVAL_S)  # type: ignore[untyped-decorator]  # faust types it loosely
+    async def _read_lag() -> None:
+        try:
+            behind = await lag.read([TopicPartition(tp.topic, tp.partition) for tp in held])
+        except Exception as exc:  # reported again at the next tick; the series stay as read
+            log.warning("could not read the consumer lag from Kafka (%s)", type(exc).__name__)
+            return
+        observer.on_consumer_lag(
+            {tp: n for tp, n in behind.items() if tp in held}  # held still, after the wait
+        )
+
     if usage is not None:
 
         @app.timer(settings.usage_flush_s)  # type: ignore[untyped-decorator]  # faust types it loosely
@@ -209,6 +228,8 @@ def build_worker(settings: Settings) -> tuple[ShotstreamApp, ClassifyService, Pr
     async def _owned(sender: faust.App, assigned: set[TP], **_: object) -> None:
         classify_runner.reassigned(assigned)
         train_runner.reassigned(assigned)
+        held.clear()  # the request topics' (faust assigns the changelog's too: not committed)
+        held.update(tp for tp in assigned if tp.topic in request_topics)
         train_topic = topics.train.get_topic_name()
         train.owned = {tp.partition for tp in assigned if tp.topic == train_topic}
         observer.on_train_partitions(train.owned)
@@ -225,6 +246,7 @@ def build_worker(settings: Settings) -> tuple[ShotstreamApp, ClassifyService, Pr
                 log.warning("could not report the last uses of few-shot classifiers in time")
         await service.aclose()
         await replica.stop()
+        await lag.stop()
         await output.stop()
 
     return app, service, observer

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 
 import pytest
@@ -122,6 +123,20 @@ def test_metrics_are_served(broker: EmbeddedBroker, worker: WorkerProcess) -> No
     for topic in ("shotstream.classify", "shotstream.train"):
         assert f'shotstream_requests_in_flight{{topic="{topic}"}} ' in text
         assert f'shotstream_oldest_request_age_seconds{{topic="{topic}"}} ' in text
+    # the worker holds every partition of its request topics (4): their lag is read
+    # from Kafka every 15 s, and everything answered before is committed within a second
+    lag = 'shotstream_consumer_lag_records{{partition="{}",topic="{}"}} 0.0'
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        series = [
+            lag.format(p, t) for t in ("shotstream.classify", "shotstream.train") for p in range(4)
+        ]
+        if all(s in text for s in series):
+            break
+        time.sleep(1)
+    assert [s for s in series if s not in text] == []
     for probe in ("livez", "readyz"):  # a worker that answers is alive and ready
         probe_url = f"http://127.0.0.1:{metrics_port(worker)}/{probe}"
         with urllib.request.urlopen(probe_url, timeout=10) as response:

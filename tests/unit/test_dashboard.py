@@ -157,3 +157,20 @@ def test_the_bug_counters_the_alerts_watch_start_at_zero() -> None:
         dead = ("shotstream_dead_letters_total", (("code", "INTERNAL_ERROR"), ("topic", topic)))
         assert samples[dead] == 0
         assert samples[("shotstream_unanswered_total", (("topic", topic),))] == 0
+
+
+def test_consumer_lag_is_exported_for_the_partitions_held_only() -> None:
+    """A partition another worker holds now is that worker's to report: a series left
+    here would be frozen at its last value and, summed over workers, counted twice."""
+    registry = CollectorRegistry()
+    observer = PrometheusObserver(registry)
+    gauge = "shotstream_consumer_lag_records"
+    observer.on_consumer_lag({("t.classify", 0): 7, ("t.classify", 1): 0, ("t.train", 0): 2})
+    assert registry.get_sample_value(gauge, {"topic": "t.classify", "partition": "0"}) == 7
+    assert registry.get_sample_value(gauge, {"topic": "t.train", "partition": "0"}) == 2
+    observer.on_consumer_lag({("t.classify", 1): 3})  # a rebalance took the others
+    assert registry.get_sample_value(gauge, {"topic": "t.classify", "partition": "1"}) == 3
+    assert registry.get_sample_value(gauge, {"topic": "t.classify", "partition": "0"}) is None
+    assert registry.get_sample_value(gauge, {"topic": "t.train", "partition": "0"}) is None
+    observer.on_consumer_lag({})
+    assert registry.get_sample_value(gauge, {"topic": "t.classify", "partition": "1"}) is None
