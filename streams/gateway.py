@@ -876,22 +876,26 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
         refused = _refused_caller(request)
         if refused is not None:
             return refused
-        code, detail = ErrorCode.INPUT_NOT_JSON, await _unreadable(request)
+        code, detail = await _unreadable(request)
     response = _error(request, exc.status_code, code, detail)
     response.headers.update(exc.headers or {})
     return response
 
 
-async def _unreadable(request: Request) -> str:
-    """Why FastAPI could not read a body (a 400 of its own): not UTF-8, or nested deeper
-    than Python's JSON reader goes (about 1,000 levels)."""
+async def _unreadable(request: Request) -> tuple[str, str]:
+    """The code and detail for a body FastAPI could not read (a 400 of its own): not UTF-8
+    (``INPUT_NOT_UTF8``, as the workers say for the same bytes on a topic), or nested
+    deeper than Python's JSON reader goes (about 1,000 levels)."""
     try:
         (await request.body()).decode("utf-8")
     except UnicodeDecodeError as exc:
-        return f"the body is not UTF-8 ({exc.reason} at byte {exc.start})"
+        return ErrorCode.INPUT_NOT_UTF8, f"the body is not UTF-8 ({exc.reason} at byte {exc.start})"
     except Exception:  # the body cannot be read again: say what it is not
-        return "the body is not UTF-8 JSON that can be read"
-    return "the body is UTF-8 but could not be read as JSON (nested over about 1,000 levels deep?)"
+        return ErrorCode.INPUT_NOT_JSON, "the body is not UTF-8 JSON that can be read"
+    return (
+        ErrorCode.INPUT_NOT_JSON,
+        "the body is UTF-8 but could not be read as JSON (nested over about 1,000 levels deep?)",
+    )
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
