@@ -300,10 +300,13 @@ async def prepare_broker(settings: Settings) -> list[str]:
             "few-shot training beyond it, use a new SHOTSTREAM_TOPIC_PREFIX and group)"
         )
     try:
-        kept = (await topic_configs(settings.brokers, [changelog], security)).get(changelog)
+        configs = await topic_configs(settings.brokers, topics, security)
     except KafkaError as exc:  # a broker without DescribeConfigs: said, not fatal
-        kept = f"{type(exc).__name__}: {exc}"
+        configs = dict.fromkeys(topics, f"{type(exc).__name__}: {exc}")
+    kept = configs.get(changelog)
     check_changelog_kept(changelog, "not described" if kept is None else kept)
+    for topic, config in sorted(configs.items()):
+        warn_record_size(topic, config, settings.kafka.max_message_bytes)
     for topic, count in sorted(counts.items()):
         if count != settings.partitions:
             log.warning(
@@ -320,6 +323,27 @@ async def prepare_broker(settings: Settings) -> list[str]:
 
 class TopicLayoutError(RuntimeError):
     """The topics are laid out so that classifier state would be read wrong."""
+
+
+def warn_record_size(topic: str, config: dict[str, str] | str, produced: int) -> None:
+    """Warn about a topic whose ``max.message.bytes`` is below the largest record workers
+    produce: topics made beforehand with Kafka's default (1 MB) refuse records between the
+    two, a large answer becoming a ``RESPONSE_TOO_LARGE`` dead letter and a large request
+    (from the gateway) a 413, with nothing said at start."""
+    limit = config.get("max.message.bytes") if isinstance(config, dict) else None
+    if limit is not None and limit.isdigit() and int(limit) < produced:
+        log.warning(
+            "topic %s takes records up to max.message.bytes=%s, below "
+            "SHOTSTREAM_KAFKA__MAX_MESSAGE_BYTES=%d: answers and requests between the two "
+            "are refused (RESPONSE_TOO_LARGE dead letters, HTTP 413); raise the topic's "
+            "limit (kafka-configs.sh --alter --entity-type topics --entity-name %s "
+            "--add-config max.message.bytes=%d) or lower the setting to match",
+            topic,
+            limit,
+            produced,
+            topic,
+            produced,
+        )
 
 
 def check_changelog_kept(changelog: str, config: dict[str, str] | str) -> None:

@@ -193,6 +193,45 @@ def test_a_partition_count_the_topics_do_not_have_is_warned_about(
     ]
 
 
+def test_a_topic_taking_smaller_records_than_the_workers_produce_is_warned_about(
+    broker: EmbeddedBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Topics made beforehand with Kafka's default max.message.bytes (1 MB) refuse large
+    answers (RESPONSE_TOO_LARGE dead letters) and requests (413): nothing said so at
+    start. The topics the worker creates take SHOTSTREAM_KAFKA__MAX_MESSAGE_BYTES."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    settings = Settings(brokers=broker.address, topic_prefix="small.", kafka={"group_id": "small"})
+    predictions = settings.topic("predictions")
+
+    async def make() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=broker.address)
+        await admin.start()
+        try:
+            await admin.create_topics(
+                [
+                    NewTopic(
+                        predictions,
+                        settings.partitions,
+                        1,
+                        topic_configs={"max.message.bytes": "1048576"},
+                    )
+                ]
+            )
+        finally:
+            await admin.close()
+
+    asyncio.run(make())
+    with caplog.at_level("WARNING", logger="shotstream.worker"):
+        asyncio.run(prepare_broker(settings))
+    warned = [r.getMessage() for r in caplog.records if "max.message.bytes=" in r.getMessage()]
+    assert len(warned) == 1
+    assert warned[0].startswith(
+        "topic small.predictions takes records up to max.message.bytes=1048576, below "
+        f"SHOTSTREAM_KAFKA__MAX_MESSAGE_BYTES={settings.kafka.max_message_bytes}:"
+    )
+
+
 def test_a_gateway_that_cannot_start_says_why_in_one_line(broker: EmbeddedBroker) -> None:
     """Kafka away, or up with no worker yet to create the topics: the gateway waited its
     startup timeout, then printed uvicorn's traceback blaming the topics in both cases
