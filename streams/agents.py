@@ -24,6 +24,7 @@ from streams.errors import ErrorCode, OversizeRecordError, RequestError, to_requ
 from streams.observer import Observer
 from streams.producer import OutputProducer
 from streams.records import (
+    before_deadline,
     dead_letter,
     deadline_of,
     decode_json_object,
@@ -295,13 +296,14 @@ class ClassifyHandler:
             request = parse_classify(body, self.settings.limits, request_id=request_id)
             kind = self.kind_few_shot if request.classifier_id else self.kind_zero_shot
             self.observer.on_request(message.topic, kind, len(request.inputs))
-            refuse_late(deadline_of(message.headers))  # a backlog is shed, not computed
+            deadline = deadline_of(message.headers)
+            refuse_late(deadline)  # a backlog is shed, not computed
             owner = None
             if request.classifier_id is not None:
                 owner = owner_or_refusal(
                     self.keys, header_value(message.headers, "authorization"), "few-shot"
                 )
-            response = await self.service.classify(request, owner)
+            response = await before_deadline(self.service.classify(request, owner), deadline)
             await self.output.send(self.predictions, request_id, encode(response))
             if request.classifier_id is not None and self.usage is not None:
                 self.usage.count(request.classifier_id)

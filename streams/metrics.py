@@ -172,7 +172,9 @@ class PrometheusObserver(Observer):
         )
         self.in_flight = Gauge(
             "shotstream_requests_in_flight",
-            "Records taken from a topic and not answered yet",
+            "Records taken from a topic and not acknowledged yet: not answered, or answered "
+            "and waiting for an earlier record of their partition (so it can pass "
+            "SHOTSTREAM_BATCHING__MAX_IN_FLIGHT, which bounds those not answered)",
             ["topic"],
             registry=r,
         )

@@ -48,6 +48,7 @@ from streams.records import (
     DeleteRequest,
     TrainRequest,
     UsageRequest,
+    before_deadline,
     deadline_of,
     decode_json_object,
     is_late,
@@ -358,12 +359,15 @@ class TrainHandler:
         embedded = None
         if model and not refused:
             try:
-                embedded = await self._embed(request, model)
+                embedded = await before_deadline(self._embed(request, model), deadline)
             except Exception as exc:
                 # the model came from state read before this record's turn, and records
                 # before it may delete the classifier and create it with another model: a
-                # refusal that depends on the model is decided in turn, by its model
-                if request.model is not None or to_request_error(exc).code not in _MODEL_DEPENDENT:
+                # refusal that depends on the model is decided in turn, by its model. Past
+                # its deadline, it is refused in turn too (a replay is still answered)
+                code = to_request_error(exc).code
+                late = code == ErrorCode.DEADLINE_EXCEEDED
+                if not late and (request.model is not None or code not in _MODEL_DEPENDENT):
                     raise
         async with turn:
             record = self._read(request.classifier_id, owner)

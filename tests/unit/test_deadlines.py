@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -18,7 +19,10 @@ from streams.client import Answer
 from streams.errors import ErrorCode, RequestError
 from streams.gateway import Caller, Gateway, GatewayError
 from streams.observer import Observer
+from streams.records import before_deadline
+from streams.service import ClassifyService
 from streams.settings import Settings
+from tests.conftest import hash_registry
 
 
 class Output:
@@ -40,8 +44,10 @@ class Service:
         return {"request_id": request.request_id, "data": []}
 
 
-def classify_event(rid: str, deadline: bytes | None) -> Any:
-    body = {"request_id": rid, "model": "m", "input": ["x"], "labels": ["a", "b"]}
+def classify_event(
+    rid: str, deadline: bytes | None, inputs: list[str] | None = None, model: str = "m"
+) -> Any:
+    body = {"request_id": rid, "model": model, "input": inputs or ["x"], "labels": ["a", "b"]}
     headers = [] if deadline is None else [("shotstream-deadline", deadline)]
     message = SimpleNamespace(
         topic="classify", partition=0, tp=("classify", 0), offset=0, key=rid.encode(),
@@ -131,3 +137,59 @@ def test_a_deadline_that_is_no_time_in_seconds_is_refused(
     assert refused.value.code == ErrorCode.INPUT_INVALID
     assert problem in refused.value.detail
     assert deadline_of([(DEADLINE_HEADER, str(time.time() + 30).encode())]) is not None
+
+
+def test_a_deadline_passing_while_inputs_wait_for_the_model_cuts_them_off(
+    tmp_path: Path,
+) -> None:
+    """The deadline was checked only when a record was taken: a saturated worker then
+    embedded, under a backlog, nearly every request in its last seconds and answered it
+    after its caller had given up (a reviewer's flood: 82 % of predictions late). Now a
+    request whose deadline passes while its inputs wait behind another request's batch
+    is answered DEADLINE_EXCEEDED, and its inputs are never embedded."""
+    registry = hash_registry(tmp_path)
+    encoder = registry.load(registry.resolve(None))
+    embedded: list[int] = []
+    embed_ids = encoder.embed_ids
+    loop: Any = None
+    busy: Any = None
+
+    def slow(batch: Any) -> Any:
+        embedded.append(len(batch))
+        loop.call_soon_threadsafe(busy.set)
+        time.sleep(0.5)  # the model busy with the first request's batch
+        return embed_ids(batch)
+
+    encoder.embed_ids = slow  # type: ignore[method-assign]
+    settings = Settings(data_dir=tmp_path, batching={"max_wait_ms": 1, "compute_streams": 1})
+    output = Output()
+    service = ClassifyService(settings, registry, Observer())
+    handler = ClassifyHandler(settings, service, KeyRing(["k"]), cast(Any, output), Observer())
+
+    async def go() -> None:
+        nonlocal loop, busy
+        loop, busy = asyncio.get_running_loop(), asyncio.Event()
+        first = asyncio.ensure_future(
+            handler(classify_event("slow", None, ["a", "b", "c"], "hash"))
+        )
+        await asyncio.wait_for(busy.wait(), 10)  # its batch (inputs and labels) holds the model
+        late = f"{time.time() + 0.2:.3f}".encode()
+        await handler(classify_event("late", late, ["e"], "hash"))
+        await first
+        await service.aclose()
+
+    asyncio.run(go())
+    answers = {sent["request_id"]: sent for sent in output.sent}
+    assert "error" not in answers["slow"]
+    assert answers["late"]["error"]["code"] == ErrorCode.DEADLINE_EXCEEDED
+    assert "while it waited for the model" in answers["late"]["error"]["detail"]
+    assert sum(embedded) == 3 + 2  # the first request's inputs and the labels: not 'e'
+    assert list(answers) == ["late", "slow"]  # answered at its deadline, not after
+
+
+def test_a_timeout_inside_the_work_is_not_taken_for_the_deadline() -> None:
+    async def times_out() -> None:
+        raise TimeoutError("an image fetch of its own")
+
+    with pytest.raises(TimeoutError, match="image fetch"):
+        asyncio.run(before_deadline(times_out(), time.time() + 60))

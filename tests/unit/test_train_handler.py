@@ -559,15 +559,20 @@ def test_a_request_past_its_deadline_is_not_learned_but_a_replay_is_answered() -
     """The gateway answers 504 at its reply timeout; a worker getting to the request later
     learned it anyway, and the client's retry learned the examples twice. Past its
     deadline it is now DEADLINE_EXCEEDED and nothing is embedded or learned, also when the
-    deadline passes while it is embedded; a replay of one learned in time is still
-    answered (it was learned); a malformed deadline is INPUT_INVALID."""
+    deadline passes while it is embedded (the embedding stops there); a replay of one
+    learned in time is still answered (it was learned); a malformed deadline is
+    INPUT_INVALID."""
     trainer, table, output = handler({"r2": 0.3})
     embedded: list[str] = []
     embed = trainer._embed
 
+    finished: list[str] = []
+
     async def counting(request: Any, model: str) -> Any:
         embedded.append(request.request_id)
-        return await embed(request, model)
+        done = await embed(request, model)
+        finished.append(request.request_id)
+        return done
 
     trainer._embed = counting  # type: ignore[method-assign]
     now = time.time()
@@ -576,9 +581,12 @@ def test_a_request_past_its_deadline_is_not_learned_but_a_replay_is_answered() -
     assert output.answers() == {"r0": 1, "r1": "DEADLINE_EXCEEDED"}
     assert embedded == ["r0"]
     assert stored(table).labels == ["a"]
-    # passes while its examples are embedded (0.3 s): refused in turn, before learning
+    # passes while its examples are embedded (0.3 s): the embedding is called off at the
+    # deadline (it ran to its end before), and the request refused in turn, unlearned
     run(trainer, [late(event(2, train("r2", "b"), "x"), time.time() + 0.1)])
     assert output.answers()["r2"] == "DEADLINE_EXCEEDED"
+    assert "r2" in embedded
+    assert "r2" not in finished
     assert stored(table).labels == ["a"]
     run(trainer, [first])  # offset 0 redelivered long after its deadline: learned, answered
     assert output.answers()["r0"] == 1
