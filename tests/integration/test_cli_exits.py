@@ -199,29 +199,15 @@ def test_a_topic_taking_smaller_records_than_the_workers_produce_is_warned_about
     """Topics made beforehand with Kafka's default max.message.bytes (1 MB) refuse large
     answers (RESPONSE_TOO_LARGE dead letters) and requests (413): nothing said so at
     start. The topics the worker creates take SHOTSTREAM_KAFKA__MAX_MESSAGE_BYTES."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from streams.broker import ensure_topics
 
     settings = Settings(brokers=broker.address, topic_prefix="small.", kafka={"group_id": "small"})
     predictions = settings.topic("predictions")
-
-    async def make() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=broker.address)
-        await admin.start()
-        try:
-            await admin.create_topics(
-                [
-                    NewTopic(
-                        predictions,
-                        settings.partitions,
-                        1,
-                        topic_configs={"max.message.bytes": "1048576"},
-                    )
-                ]
-            )
-        finally:
-            await admin.close()
-
-    asyncio.run(make())
+    asyncio.run(
+        ensure_topics(
+            [broker.address], [predictions], settings.partitions, max_message_bytes=1048576
+        )
+    )
     with caplog.at_level("WARNING", logger="shotstream.worker"):
         asyncio.run(prepare_broker(settings))
     warned = [r.getMessage() for r in caplog.records if "max.message.bytes=" in r.getMessage()]

@@ -5,6 +5,7 @@ timeout): a worker that gets to it later answers DEADLINE_EXCEEDED instead of se
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -151,12 +152,11 @@ def test_a_deadline_passing_while_inputs_wait_for_the_model_cuts_them_off(
     encoder = registry.load(registry.resolve(None))
     embedded: list[int] = []
     embed_ids = encoder.embed_ids
-    loop: Any = None
-    busy: Any = None
+    busy = threading.Event()  # set on the model's thread
 
     def slow(batch: Any) -> Any:
         embedded.append(len(batch))
-        loop.call_soon_threadsafe(busy.set)
+        busy.set()
         time.sleep(0.5)  # the model busy with the first request's batch
         return embed_ids(batch)
 
@@ -167,12 +167,10 @@ def test_a_deadline_passing_while_inputs_wait_for_the_model_cuts_them_off(
     handler = ClassifyHandler(settings, service, KeyRing(["k"]), cast(Any, output), Observer())
 
     async def go() -> None:
-        nonlocal loop, busy
-        loop, busy = asyncio.get_running_loop(), asyncio.Event()
         first = asyncio.ensure_future(
             handler(classify_event("slow", None, ["a", "b", "c"], "hash"))
         )
-        await asyncio.wait_for(busy.wait(), 10)  # its batch (inputs and labels) holds the model
+        await asyncio.to_thread(busy.wait, 10)  # its batch (inputs and labels) holds the model
         late = f"{time.time() + 0.2:.3f}".encode()
         await handler(classify_event("late", late, ["e"], "hash"))
         await first
