@@ -419,3 +419,58 @@ def test_aclose_while_the_collector_waits_for_its_cancelled_getter_ends() -> Non
             await first
 
     asyncio.run(go())
+
+
+def test_under_load_the_oldest_requests_finish_first() -> None:
+    """Turns are taken among the oldest requests that fill a batch, not among all of them:
+    with 32 requests of 8 inputs queued at once, the first 8 are answered before any
+    input of the last 8 is embedded. Turns among all 32 spread every batch over all of
+    them (the first request was answered after 29 of 32 calls), and in a flood every
+    request reached its deadline unanswered."""
+    rec = Recorder(delay_s=0.002)
+    answered: dict[int, int] = {}
+
+    async def go() -> None:
+        async with MicroBatcher(rec, max_batch_size=8, max_wait_s=0.001) as b:
+
+            async def one(r: int) -> None:
+                rows = await b.submit([[100 * r + k] for k in range(8)])
+                assert rows[:, 0].tolist() == [100 * r + k for k in range(8)]
+                answered[r] = len(rec.calls)
+
+            await asyncio.gather(*(one(r) for r in range(32)))
+
+    run(go())
+    first_of = {}
+    for n, call in enumerate(rec.calls, 1):
+        for item, *_rest in call:
+            first_of.setdefault(item // 100, n)
+    assert max(answered[r] for r in range(8)) < min(first_of[r] for r in range(24, 32))
+    assert sum(len(c) for c in rec.calls) == 32 * 8
+
+
+def test_a_cancelled_request_leaves_the_queue_at_once() -> None:
+    """Its waiting items were counted (and held places) until their turn came round."""
+    gate = threading.Event()
+
+    def held(items: list[list[int]]) -> np.ndarray:
+        gate.wait(5)
+        return np.zeros((len(items), 1), dtype=np.float32)
+
+    async def go() -> tuple[int, int]:
+        async with MicroBatcher(held, max_batch_size=2, max_wait_s=0) as b:
+            first = asyncio.ensure_future(b.submit([[0], [1]]))  # computing, held
+            await asyncio.sleep(0.05)
+            task = asyncio.ensure_future(b.submit([[i] for i in range(50)]))
+            await asyncio.sleep(0.05)
+            before = b.queue_depth
+            task.cancel()
+            await asyncio.sleep(0.01)
+            after = b.queue_depth
+            gate.set()
+            await first
+            return before, after
+
+    before, after = run(go())
+    assert before >= 48
+    assert after == 0
