@@ -4,10 +4,10 @@ Each request submits its items (token-id sequences here, images later) and await
 array with a row per item, in its own order. Behind that:
 
 * a bounded queue of items gives backpressure: ``submit`` waits while it is full; items
-  are taken from it in turn (round robin) from the oldest requests that fill a batch, so
-  one request of 1,024 inputs does not hold back a request of one queued after it, and
-  under sustained load requests finish in about the order they came instead of all
-  together at the end;
+  are taken from it in turn (round robin) from the oldest requests that fill a batch,
+  small requests (up to a batch of items) and large ones alternating: under sustained
+  load requests finish in about the order they came instead of all together at the end,
+  and requests of 1,024 inputs do not hold back a request of one queued after them;
 * a collector takes up to ``max_batch_size`` items, waiting at most ``max_wait_s``
   for company after the first; while every compute stream is busy it keeps topping
   the next batch up, so the model never waits for Python and never runs half-empty
@@ -41,7 +41,7 @@ import itertools
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence, Sized
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -94,19 +94,49 @@ class _Pending(Generic[Item]):
     length: int
 
 
-class _FairQueue(Generic[Item]):
-    """Items waiting for the model, one lane per request: the oldest requests first, in turns.
+class _Turns:
+    """Requests taking turns for the model: the oldest that hold one batch's worth of
+    items, and at least ``min_turns`` of them; younger ones wait, by arrival."""
 
-    Items are taken in turn (round robin) from the lanes of the oldest requests that hold
-    one batch's worth of items, and at least ``min_turns`` of them; a younger request takes
-    its place in the turns as an older one is done. So a 1-input request queued behind one
-    of 1,024 inputs is in the next batch (a first-come queue made it wait for all 1,024:
-    530 ms with a 1 ms-per-item model, tens of seconds for a real one on a CPU), and under
-    sustained load requests finish in about the order they came. Turns among *every*
-    request in flight spread each batch over all of them (64 items from about 60
-    requests): in a measured flood at 4x capacity, 256 requests of 8 inputs advanced
-    together, none finished before its deadline, and 2,216 of 19,935 inputs embedded went
-    into an answer.
+    __slots__ = ("items", "turns", "waiting")
+
+    def __init__(self) -> None:
+        self.turns: OrderedDict[_Request, None] = OrderedDict()
+        """Requests taking turns, the next one first."""
+        self.items = 0
+        """Items waiting in those requests' lanes."""
+        self.waiting: list[tuple[int, _Request]] = []
+        """Heap of requests with items waiting but not in the turns yet, by arrival."""
+
+    def fill(self, lanes: Mapping[_Request, Sized], batch: int, least: int) -> None:
+        """Let the oldest waiting requests in while the turns hold less than ``batch``
+        items or fewer than ``least`` requests."""
+        while self.waiting and (self.items < batch or len(self.turns) < least):
+            _, request = heapq.heappop(self.waiting)
+            lane = lanes.get(request)
+            if lane is not None and request not in self.turns:  # (else dropped: skipped)
+                self.turns[request] = None
+                self.items += len(lane)
+
+
+class _FairQueue(Generic[Item]):
+    """Items waiting for the model, one lane per request: the oldest requests first, in
+    turns, small and large requests side by side.
+
+    Items are taken in turn (round robin) from the oldest requests that hold one batch's
+    worth of items, at least ``min_turns`` of them; a younger request takes its place in
+    the turns as an older one is done. Requests of up to a batch of items and larger ones
+    take turns apart, and alternate. So:
+
+    * under sustained load requests finish in about the order they came. Turns among
+      *every* request in flight spread each batch over all of them (64 items from about
+      60 requests): in a measured flood at 4x capacity, 256 requests of 8 inputs advanced
+      together, none finished before its deadline, and 2,216 of 19,935 inputs embedded
+      went into an answer;
+    * a small request is not held back by large ones queued before it, however many: it
+      gets every other item. A first-come queue made a 1-input request wait for all of a
+      1,024-input one (530 ms with a 1 ms-per-item model, tens of seconds for a real one
+      on a CPU), and turns among the oldest requests alone, for the first of 8 such.
 
     The same face as the ``asyncio.Queue`` it replaces: ``put`` waits while ``maxsize``
     items wait (unless its request has none waiting: at most one item per request past
@@ -115,11 +145,9 @@ class _FairQueue(Generic[Item]):
 
     def __init__(self, maxsize: int, batch: int = 1, min_turns: int = 8) -> None:
         self._lanes: dict[_Request, deque[_Pending[Item]]] = {}
-        self._turns: OrderedDict[_Request, None] = OrderedDict()
-        """Lanes taking turns, the next one first: the oldest, holding ``_turn_items``."""
-        self._turn_items = 0
-        self._waiting: list[tuple[int, _Request]] = []
-        """Heap of the lanes not in the turns yet, by their request's arrival."""
+        self._small, self._large = _Turns(), _Turns()
+        self._large_next = False
+        """Whose item is next when both small and large requests wait."""
         self._size = 0
         self._maxsize = maxsize
         self._batch = batch
@@ -137,10 +165,12 @@ class _FairQueue(Generic[Item]):
     def clear(self) -> None:
         """Drop every waiting item (the batcher is closing)."""
         self._lanes.clear()
-        self._turns.clear()
-        self._waiting.clear()
-        self._turn_items = self._size = 0
+        self._small, self._large = _Turns(), _Turns()
+        self._size = 0
         self._taken()
+
+    def _group(self, request: _Request) -> _Turns:
+        return self._large if request.size > self._batch else self._small
 
     async def put(self, pending: _Pending[Item]) -> None:
         request = pending.request
@@ -153,33 +183,40 @@ class _FairQueue(Generic[Item]):
             await self._space.wait()
         if not request.alive():
             return
+        group = self._group(request)
         lane = self._lanes.get(request)
         if lane is None:  # (again, if its earlier items were all taken: by its arrival)
             lane = self._lanes[request] = deque()
-            heapq.heappush(self._waiting, (request.arrival, request))
-        elif request in self._turns:
-            self._turn_items += 1
+            heapq.heappush(group.waiting, (request.arrival, request))
+        elif request in group.turns:
+            group.items += 1
         lane.append(pending)
         self._size += 1
         self._ready.set()
 
     def get_nowait(self) -> _Pending[Item]:
-        while True:
-            self._fill_turns()
-            if not self._turns:
+        while self._size:
+            for group in (
+                (self._large, self._small) if self._large_next else (self._small, self._large)
+            ):
+                group.fill(self._lanes, self._batch, self._min_turns)
+                if group.turns:
+                    break
+            else:
                 break
-            request = next(iter(self._turns))
+            request = next(iter(group.turns))
             if not request.alive():
                 self.drop(request)  # cancelled or failed: its items are not embedded
                 continue
             lane = self._lanes[request]
             pending = lane.popleft()
             self._size -= 1
-            self._turn_items -= 1
+            group.items -= 1
             if lane:
-                self._turns.move_to_end(request)  # the next request's turn
+                group.turns.move_to_end(request)  # the next request's turn
             else:
-                del self._turns[request], self._lanes[request]
+                del group.turns[request], self._lanes[request]
+            self._large_next = group is self._small
             self._taken()
             return pending
         self._taken()
@@ -191,22 +228,11 @@ class _FairQueue(Generic[Item]):
         if lane is None:
             return
         self._size -= len(lane)
-        if request in self._turns:
-            del self._turns[request]
-            self._turn_items -= len(lane)
+        group = self._group(request)
+        if request in group.turns:
+            del group.turns[request]
+            group.items -= len(lane)
         self._taken()  # (its entry in the waiting heap is skipped when it comes up)
-
-    def _fill_turns(self) -> None:
-        """Let the oldest waiting lanes into the turns while those hold less than a batch
-        or fewer than ``min_turns`` lanes."""
-        while self._waiting and (
-            self._turn_items < self._batch or len(self._turns) < self._min_turns
-        ):
-            _, request = heapq.heappop(self._waiting)
-            lane = self._lanes.get(request)
-            if lane is not None and request not in self._turns:
-                self._turns[request] = None
-                self._turn_items += len(lane)
 
     def _taken(self) -> None:
         """Items left: wake a waiting ``put``; none left: ``get`` waits again."""

@@ -50,7 +50,8 @@ class BatchingSettings(BaseModel):
     max_queue: int = Field(8192, ge=1)
     """Inputs waiting for the model; producers wait (backpressure) when it is full, except
     a request with none waiting, which always gets one in. Inputs are taken in turn from
-    the oldest requests that fill a batch (at least 8 of them)."""
+    the oldest requests that fill a batch (at least 8 of them), requests of up to
+    ``max_batch_size`` inputs and larger ones alternating."""
     max_in_flight: int = Field(256, ge=1)
     """Requests a worker processes at once (their inputs share batches)."""
     compute_streams: int = Field(0, ge=0)

@@ -363,6 +363,29 @@ def test_a_small_request_is_not_held_back_by_a_large_one_queued_before_it() -> N
     assert sum(len(c) for c in rec.calls) == 201
 
 
+def test_a_small_request_is_not_held_back_by_many_large_ones_queued_before_it() -> None:
+    """Turns among the oldest requests alone (8 of them) made a 1-input request behind 10
+    of 100 inputs wait for the first of them to finish (it was in the 101st of 126 model
+    calls); small requests now take every other turn."""
+    rec = Recorder(delay_s=0.002)
+
+    async def go() -> None:
+        async with MicroBatcher(rec, max_batch_size=8, max_wait_s=0.001) as b:
+            large = [
+                asyncio.ensure_future(b.submit([[1000 * r + k] for k in range(100)]))
+                for r in range(1, 11)
+            ]
+            await asyncio.sleep(0)  # the large requests' items are queued first
+            small = await b.submit([[7]])
+            assert small[:, 0].tolist() == [7]
+            await asyncio.gather(*large)
+
+    run(go())
+    first = next(n for n, call in enumerate(rec.calls) if [7] in call)
+    assert first <= 1
+    assert sum(len(c) for c in rec.calls) == 1001
+
+
 def test_a_small_request_gets_its_turn_also_when_the_queue_is_full() -> None:
     """Turns were taken only among queued items: with the queue full, each freed place went
     to the request that waited first, and a 1-input request waited behind most of the
