@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import heapq
 import itertools
 import logging
@@ -54,6 +55,23 @@ log = logging.getLogger(__name__)
 
 Item = TypeVar("Item")
 Vectors = npt.NDArray[np.float32]
+
+
+DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "shotstream_deadline", default=None
+)
+"""When (``time.time()``) the caller of the work running in this context stops waiting:
+``submit`` refuses items that the queue ahead of them would keep past it
+(:class:`Unreachable`). Unset: no deadline."""
+
+
+class Unreachable(Exception):
+    """Items refused by ``submit``: those queued ahead would take past the deadline."""
+
+    def __init__(self, wait_s: float, left_s: float) -> None:
+        super().__init__(f"about {wait_s:.1f} s of model work ahead, {left_s:.1f} s left")
+        self.wait_s = wait_s
+        self.left_s = left_s
 
 
 def _cancelling() -> bool:
@@ -98,13 +116,15 @@ class _Turns:
     """Requests taking turns for the model: the oldest that hold one batch's worth of
     items, and at least ``min_turns`` of them; younger ones wait, by arrival."""
 
-    __slots__ = ("items", "turns", "waiting")
+    __slots__ = ("items", "queued", "turns", "waiting")
 
     def __init__(self) -> None:
         self.turns: OrderedDict[_Request, None] = OrderedDict()
         """Requests taking turns, the next one first."""
         self.items = 0
         """Items waiting in those requests' lanes."""
+        self.queued = 0
+        """Items waiting in all of this group's lanes."""
         self.waiting: list[tuple[int, _Request]] = []
         """Heap of requests with items waiting but not in the turns yet, by arrival."""
 
@@ -191,6 +211,7 @@ class _FairQueue(Generic[Item]):
         elif request in group.turns:
             group.items += 1
         lane.append(pending)
+        group.queued += 1
         self._size += 1
         self._ready.set()
 
@@ -212,6 +233,7 @@ class _FairQueue(Generic[Item]):
             pending = lane.popleft()
             self._size -= 1
             group.items -= 1
+            group.queued -= 1
             if lane:
                 group.turns.move_to_end(request)  # the next request's turn
             else:
@@ -229,10 +251,20 @@ class _FairQueue(Generic[Item]):
             return
         self._size -= len(lane)
         group = self._group(request)
+        group.queued -= len(lane)
         if request in group.turns:
             del group.turns[request]
             group.items -= len(lane)
         self._taken()  # (its entry in the waiting heap is skipped when it comes up)
+
+    def ahead(self, size: int) -> int:
+        """About how many items are taken before a request of ``size`` items arriving now
+        is done: its own, and those of its group queued before it, interleaved with as
+        many of the other group's."""
+        own = self._small if size <= self._batch else self._large
+        other = self._large if own is self._small else self._small
+        mine = own.queued + size
+        return mine + min(other.queued, mine)
 
     def _taken(self) -> None:
         """Items left: wake a waiting ``put``; none left: ``get`` waits again."""
@@ -304,6 +336,9 @@ class MicroBatcher(Generic[Item]):
         self._arrivals = itertools.count()
         self._executor = ThreadPoolExecutor(max_workers=streams, thread_name_prefix=name)
         self._free_streams = streams
+        self._streams = streams
+        self._item_seconds: float | None = None
+        """Model seconds per item on one stream, averaged over recent calls."""
         self._stream_free = asyncio.Event()  # set while a stream is free
         self._stream_free.set()
         self._collector: asyncio.Task[None] | None = None
@@ -328,6 +363,7 @@ class MicroBatcher(Generic[Item]):
         request = _Request(loop.create_future(), len(items), next(self._arrivals))
         if not items:
             return np.zeros((0, 0), dtype=np.float32)
+        self._refuse_unreachable(len(items))
         request.rows = [None] * len(items)
         request.remaining = len(items)
         self._open.add(request.future)
@@ -373,6 +409,27 @@ class MicroBatcher(Generic[Item]):
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+    def expected_wait_s(self, size: int) -> float | None:
+        """About how long a request of ``size`` items submitted now waits for its rows;
+        ``None`` before the model has run."""
+        if self._item_seconds is None:
+            return None
+        return self._queue.ahead(size) * self._item_seconds / self._streams
+
+    def _refuse_unreachable(self, size: int) -> None:
+        """:class:`Unreachable` if the context's :data:`DEADLINE` passes before the items
+        queued ahead are done. Under a backlog, requests reach a worker with seconds left;
+        taken in, each held a place until its deadline and was cut off unanswered, while
+        its slot kept the next record waiting in Kafka (measured: a worker embedding 100
+        inputs/s answered nothing in time for the last 110 s of a flood)."""
+        deadline = DEADLINE.get()
+        if deadline is None:
+            return
+        wait = self.expected_wait_s(size)
+        left = deadline - time.time()
+        if wait is not None and wait > left:
+            raise Unreachable(wait, left)
 
     # -- collector --------------------------------------------------------------------
 
@@ -482,6 +539,10 @@ class MicroBatcher(Generic[Item]):
             log.debug("batch of %d failed; isolating", len(chunk), exc_info=True)
             await self._isolate(chunk)
             return
+        per_item = seconds / len(chunk)
+        self._item_seconds = (
+            per_item if self._item_seconds is None else 0.9 * self._item_seconds + 0.1 * per_item
+        )
         self._observe(chunk, seconds)
         self._deliver(chunk, vectors)
 

@@ -9,6 +9,7 @@ preprocessed images, so text and image items never share a model call.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from models.batching import BatchStats, MicroBatcher, Vectors
+from models.batching import DEADLINE, BatchStats, MicroBatcher, Vectors
 from models.embedders import TextEncoder, TokenIds, truncate
 from models.images import ImageEncoder, Pixels
 
@@ -345,8 +346,11 @@ class EmbeddingRuntime:
         futures = {label: loop.create_future() for label in missing}
         self._label_inflight.update(futures)
         # its own task: a caller that goes away (cancelled) leaves the computation running
-        # for the other requests waiting on these labels, instead of failing them with it
-        task = asyncio.create_task(self._embed_labels(missing, futures))
+        # for the other requests waiting on these labels, instead of failing them with it;
+        # and out of its caller's deadline, which is not theirs
+        context = contextvars.copy_context()
+        context.run(DEADLINE.set, None)
+        task = asyncio.create_task(self._embed_labels(missing, futures), context=context)
         self._label_tasks.add(task)
         task.add_done_callback(self._label_task_done)
         await asyncio.shield(task)

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from models.batching import DEADLINE, Unreachable
 from state.classifiers import as_spelled
 from streams.auth import header_value
 from streams.errors import ErrorCode, RequestError
@@ -538,15 +539,27 @@ async def before_deadline(work: Awaitable[T], deadline: float | None) -> T:
     ``DEADLINE_EXCEEDED``. A request's inputs still queued for the model are then skipped,
     not embedded: checked only when a worker took the record, a saturated worker (about
     13 s from taking a record to answering it on 2 cores) computed, under a backlog,
-    nearly every request in its last seconds and answered it after its caller gave up."""
+    nearly every request in its last seconds and answered it after its caller gave up.
+    Also ``DEADLINE_EXCEEDED`` at once when the model's queue would keep the inputs past
+    the deadline (:data:`models.batching.DEADLINE`)."""
     if deadline is None:
         return await work
+    token = DEADLINE.set(deadline)  # seen by the batcher's submit (and tasks made inside)
     try:
         async with asyncio.timeout(deadline - time.time()) as scope:
             return await work
     except TimeoutError:
         if not scope.expired():  # the work's own timeout, not the caller's deadline
             raise
+    except Unreachable as exc:
+        raise RequestError(
+            ErrorCode.DEADLINE_EXCEEDED,
+            f"the request could not be answered before its deadline ({DEADLINE_HEADER}), "
+            f"{exc.left_s:.1f} s away: the inputs queued for the model ahead of it take about "
+            f"{exc.wait_s:.1f} s, so it was not computed (its caller would have stopped waiting)",
+        ) from None
+    finally:
+        DEADLINE.reset(token)
     raise RequestError(
         ErrorCode.DEADLINE_EXCEEDED,
         f"the request's deadline ({DEADLINE_HEADER}) passed while it waited for the model, "

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from models.batching import BatchStats, MicroBatcher
+from models.batching import DEADLINE, BatchStats, MicroBatcher, Unreachable
 
 
 class Recorder:
@@ -497,3 +497,45 @@ def test_a_cancelled_request_leaves_the_queue_at_once() -> None:
     before, after = run(go())
     assert before >= 48
     assert after == 0
+
+
+def test_submit_refuses_what_the_queue_ahead_would_keep_past_the_deadline() -> None:
+    """Under the context's deadline, items that the queue ahead of them would keep past it
+    are refused before they queue; small requests count only the large requests' items
+    they alternate with, and without a deadline nothing is refused."""
+    gate = threading.Event()
+    calls: list[int] = []
+
+    def per_item(items: list[list[int]]) -> np.ndarray:
+        calls.append(len(items))
+        if len(calls) > 1:
+            gate.wait(5)  # the model held after the first call
+        time.sleep(0.005 * len(items))
+        return np.zeros((len(items), 1), dtype=np.float32)
+
+    async def go() -> tuple[list[bool], BaseException | None]:
+        async with MicroBatcher(per_item, max_batch_size=8, max_wait_s=0.001) as b:
+            await b.submit([[0]] * 8)  # 5 ms an item, measured
+            large = asyncio.ensure_future(b.submit([[1]] * 200))
+            while len(calls) < 2:  # noqa: ASYNC110 - the model holds its first batch
+                await asyncio.sleep(0.005)
+            await asyncio.sleep(0.02)  # (and the collector has the next one)
+            waiting = []
+            for size, seconds in ((1, 0.5), (100, 60.0), (100, None)):
+                token = DEADLINE.set(None if seconds is None else time.time() + seconds)
+                waiting.append(asyncio.ensure_future(b.submit([[2]] * size)))
+                DEADLINE.reset(token)
+            token = DEADLINE.set(time.time() + 0.5)
+            doomed = asyncio.ensure_future(b.submit([[3]] * 100))  # about 1.5 s ahead
+            DEADLINE.reset(token)
+            await asyncio.sleep(0.05)
+            refused = doomed.exception() if doomed.done() else None
+            accepted = [not task.done() for task in waiting]
+            gate.set()
+            await asyncio.gather(large, *waiting)
+            return accepted, refused
+
+    accepted, refused = run(go())
+    assert accepted == [True, True, True]
+    assert isinstance(refused, Unreachable)
+    assert refused.wait_s > refused.left_s

@@ -185,6 +185,60 @@ def test_a_deadline_passing_while_inputs_wait_for_the_model_cuts_them_off(
     assert list(answers) == ["late", "slow"]  # answered at its deadline, not after
 
 
+def test_a_request_the_model_queue_would_keep_past_its_deadline_is_refused_at_once(
+    tmp_path: Path,
+) -> None:
+    """Under a backlog, requests reached the worker with seconds left; taken in, each held
+    its place until its deadline and was cut off unanswered (a measured flood: nothing
+    answered in time for its last 110 s). Now a request that the inputs queued ahead of
+    it would keep past its deadline is refused before it queues any, and one with time
+    enough is served. (Requests of up to a batch of inputs, queued one behind another.)"""
+    registry = hash_registry(tmp_path)
+    encoder = registry.load(registry.resolve(None))
+    embedded: list[int] = []
+    embed_ids = encoder.embed_ids
+
+    def slow(batch: Any) -> Any:
+        embedded.append(len(batch))
+        time.sleep(0.02 * len(batch))  # 20 ms an input
+        return embed_ids(batch)
+
+    encoder.embed_ids = slow  # type: ignore[method-assign]
+    batching = {"max_wait_ms": 1, "compute_streams": 1, "max_batch_size": 8}
+    settings = Settings(data_dir=tmp_path, batching=batching)
+    output = Output()
+    service = ClassifyService(settings, registry, Observer())
+    handler = ClassifyHandler(settings, service, KeyRing(["k"]), cast(Any, output), Observer())
+
+    def within(seconds: float) -> bytes:
+        return f"{time.time() + seconds:.3f}".encode()
+
+    async def go() -> None:
+        await handler(classify_event("warm", None, ["a", "b", "c"], "hash"))  # model timed
+        calls = len(embedded)
+        queued = asyncio.gather(
+            *(
+                handler(classify_event(f"busy{r}", None, [f"{r} {k}" for k in range(6)], "hash"))
+                for r in range(10)
+            )
+        )
+        while len(embedded) == calls:  # noqa: ASYNC110 - their first batch started
+            await asyncio.sleep(0.005)
+        await handler(classify_event("doomed", within(0.5), ["d", "e"], "hash"))
+        await handler(classify_event("hopeful", within(30), ["f"], "hash"))
+        await queued
+        await service.aclose()
+
+    asyncio.run(go())
+    answers = {sent["request_id"]: sent for sent in output.sent}
+    assert answers["doomed"]["error"]["code"] == ErrorCode.DEADLINE_EXCEEDED
+    assert "could not be answered before its deadline" in answers["doomed"]["error"]["detail"]
+    assert "error" not in answers["hopeful"]
+    assert all("error" not in answers[f"busy{r}"] for r in range(10))
+    assert sum(embedded) == 3 + 2 + 60 + 1  # the doomed request's inputs never were
+    assert list(answers).index("doomed") < list(answers).index("busy9")  # at once
+
+
 def test_a_timeout_inside_the_work_is_not_taken_for_the_deadline() -> None:
     async def times_out() -> None:
         raise TimeoutError("an image fetch of its own")
