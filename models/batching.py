@@ -189,8 +189,9 @@ class _FairQueue(Generic[Item]):
         self._size = 0
         self._taken()
 
-    def _group(self, request: _Request) -> _Turns:
-        return self._large if request.size > self._batch else self._small
+    def _group(self, size: int) -> _Turns:
+        """The turns of requests of ``size`` items."""
+        return self._large if size > self._batch else self._small
 
     async def put(self, pending: _Pending[Item]) -> None:
         request = pending.request
@@ -203,7 +204,7 @@ class _FairQueue(Generic[Item]):
             await self._space.wait()
         if not request.alive():
             return
-        group = self._group(request)
+        group = self._group(request.size)
         lane = self._lanes.get(request)
         if lane is None:  # (again, if its earlier items were all taken: by its arrival)
             lane = self._lanes[request] = deque()
@@ -250,7 +251,7 @@ class _FairQueue(Generic[Item]):
         if lane is None:
             return
         self._size -= len(lane)
-        group = self._group(request)
+        group = self._group(request.size)
         group.queued -= len(lane)
         if request in group.turns:
             del group.turns[request]
@@ -261,7 +262,7 @@ class _FairQueue(Generic[Item]):
         """About how many items are taken before a request of ``size`` items arriving now
         is done: its own, and those of its group queued before it, interleaved with as
         many of the other group's."""
-        own = self._small if size <= self._batch else self._large
+        own = self._group(size)
         other = self._large if own is self._small else self._small
         mine = own.queued + size
         return mine + min(other.queued, mine)
