@@ -368,10 +368,7 @@ class MicroBatcher(Generic[Item]):
         request.rows = [None] * len(items)
         request.remaining = len(items)
         self._open.add(request.future)
-        request.future.add_done_callback(self._open.discard)
-        # cancelled (a deadline passed) or failed: its waiting items go at once, not when
-        # their turn comes (they held places in the queue and counted in its depth)
-        request.future.add_done_callback(lambda _: self._queue.drop(request))
+        request.future.add_done_callback(lambda _: self._done(request))
         try:
             for index, item in enumerate(items):
                 if not request.alive():
@@ -410,6 +407,13 @@ class MicroBatcher(Generic[Item]):
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+    def _done(self, request: _Request) -> None:
+        """Answered, or cancelled (a deadline passed) or failed: its waiting items go at
+        once, not when their turn comes (they held places in the queue and counted in
+        its depth)."""
+        self._open.discard(request.future)
+        self._queue.drop(request)
 
     def expected_wait_s(self, size: int) -> float | None:
         """About how long a request of ``size`` items submitted now waits for its rows;

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -45,6 +46,11 @@ class Service:
         return {"request_id": request.request_id, "data": []}
 
 
+def within(seconds: float) -> bytes:
+    """A deadline header ``seconds`` from now."""
+    return f"{time.time() + seconds:.3f}".encode()
+
+
 def classify_event(
     rid: str, deadline: bytes | None, inputs: list[str] | None = None, model: str = "m"
 ) -> Any:
@@ -61,8 +67,8 @@ def classify_event(
     ("deadline", "answer"),
     [
         (None, "served"),  # Kafka clients need not set one
-        (lambda: f"{time.time() + 60:.3f}".encode(), "served"),
-        (lambda: f"{time.time() - 1:.3f}".encode(), ErrorCode.DEADLINE_EXCEEDED),
+        (lambda: within(60), "served"),
+        (lambda: within(-1), ErrorCode.DEADLINE_EXCEEDED),
         (lambda: b"tomorrow", ErrorCode.INPUT_INVALID),
         (lambda: b"nan", ErrorCode.INPUT_INVALID),
     ],
@@ -140,6 +146,30 @@ def test_a_deadline_that_is_no_time_in_seconds_is_refused(
     assert deadline_of([(DEADLINE_HEADER, str(time.time() + 30).encode())]) is not None
 
 
+def slowed_handler(
+    tmp_path: Path, pause: Callable[[Any], object], **batching: Any
+) -> tuple[ClassifyHandler, ClassifyService, Output, list[int]]:
+    """A classify handler on the real service and batcher, with the hash model calling
+    ``pause(batch)`` before each batch; also the sizes of the batches it embedded."""
+    registry = hash_registry(tmp_path)
+    encoder = registry.load(registry.resolve(None))
+    embedded: list[int] = []
+    embed_ids = encoder.embed_ids
+
+    def slow(batch: Any) -> Any:
+        embedded.append(len(batch))
+        pause(batch)
+        return embed_ids(batch)
+
+    encoder.embed_ids = slow  # type: ignore[method-assign]
+    batching = {"max_wait_ms": 1, "compute_streams": 1, **batching}
+    settings = Settings(data_dir=tmp_path, batching=batching)
+    output = Output()
+    service = ClassifyService(settings, registry, Observer())
+    handler = ClassifyHandler(settings, service, KeyRing(["k"]), cast(Any, output), Observer())
+    return handler, service, output, embedded
+
+
 def test_a_deadline_passing_while_inputs_wait_for_the_model_cuts_them_off(
     tmp_path: Path,
 ) -> None:
@@ -148,31 +178,20 @@ def test_a_deadline_passing_while_inputs_wait_for_the_model_cuts_them_off(
     after its caller had given up (a reviewer's flood: 82 % of predictions late). Now a
     request whose deadline passes while its inputs wait behind another request's batch
     is answered DEADLINE_EXCEEDED, and its inputs are never embedded."""
-    registry = hash_registry(tmp_path)
-    encoder = registry.load(registry.resolve(None))
-    embedded: list[int] = []
-    embed_ids = encoder.embed_ids
     busy = threading.Event()  # set on the model's thread
 
-    def slow(batch: Any) -> Any:
-        embedded.append(len(batch))
+    def hold(_: Any) -> None:
         busy.set()
         time.sleep(0.5)  # the model busy with the first request's batch
-        return embed_ids(batch)
 
-    encoder.embed_ids = slow  # type: ignore[method-assign]
-    settings = Settings(data_dir=tmp_path, batching={"max_wait_ms": 1, "compute_streams": 1})
-    output = Output()
-    service = ClassifyService(settings, registry, Observer())
-    handler = ClassifyHandler(settings, service, KeyRing(["k"]), cast(Any, output), Observer())
+    handler, service, output, embedded = slowed_handler(tmp_path, hold)
 
     async def go() -> None:
         first = asyncio.ensure_future(
             handler(classify_event("slow", None, ["a", "b", "c"], "hash"))
         )
         await asyncio.to_thread(busy.wait, 10)  # its batch (inputs and labels) holds the model
-        late = f"{time.time() + 0.2:.3f}".encode()
-        await handler(classify_event("late", late, ["e"], "hash"))
+        await handler(classify_event("late", within(0.2), ["e"], "hash"))
         await first
         await service.aclose()
 
@@ -193,25 +212,11 @@ def test_a_request_the_model_queue_would_keep_past_its_deadline_is_refused_at_on
     answered in time for its last 110 s). Now a request that the inputs queued ahead of
     it would keep past its deadline is refused before it queues any, and one with time
     enough is served. (Requests of up to a batch of inputs, queued one behind another.)"""
-    registry = hash_registry(tmp_path)
-    encoder = registry.load(registry.resolve(None))
-    embedded: list[int] = []
-    embed_ids = encoder.embed_ids
-
-    def slow(batch: Any) -> Any:
-        embedded.append(len(batch))
-        time.sleep(0.02 * len(batch))  # 20 ms an input
-        return embed_ids(batch)
-
-    encoder.embed_ids = slow  # type: ignore[method-assign]
-    batching = {"max_wait_ms": 1, "compute_streams": 1, "max_batch_size": 8}
-    settings = Settings(data_dir=tmp_path, batching=batching)
-    output = Output()
-    service = ClassifyService(settings, registry, Observer())
-    handler = ClassifyHandler(settings, service, KeyRing(["k"]), cast(Any, output), Observer())
-
-    def within(seconds: float) -> bytes:
-        return f"{time.time() + seconds:.3f}".encode()
+    handler, service, output, embedded = slowed_handler(
+        tmp_path,
+        lambda batch: time.sleep(0.02 * len(batch)),  # 20 ms an input
+        max_batch_size=8,
+    )
 
     async def go() -> None:
         await handler(classify_event("warm", None, ["a", "b", "c"], "hash"))  # model timed
