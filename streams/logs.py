@@ -173,3 +173,19 @@ def configure(level: str, form: str = "text") -> None:
     root.addHandler(handler)
     root.setLevel(level.upper())
     quiet_kafka_repeats()  # Kafka away: one line per kind of complaint per 30 s
+    threading.excepthook = log_thread_exception
+
+
+def log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    """An exception a thread did not catch, logged as an error (a JSON line in ``json``
+    form) instead of printed raw: faust's consumer thread, stopped while the broker was
+    away, let aiokafka's cancelled fetch retry out as 30 lines of plain traceback in a
+    JSON log."""
+    if issubclass(args.exc_type, SystemExit):  # as Python's own hook: a thread's exit
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    logging.getLogger("shotstream.threads").error(
+        "thread %s ended with an exception it did not catch",
+        name,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),  # type: ignore[arg-type]
+    )

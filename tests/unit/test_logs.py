@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -68,7 +69,9 @@ def root_kept() -> Iterator[None]:
     root, uvicorn = logging.getLogger(), logging.getLogger("uvicorn")
     kept = [(log, log.handlers[:], log.level, log.propagate) for log in (root, uvicorn)]
     uvicorn.handlers[:], uvicorn.propagate = [], True
+    hook = threading.excepthook  # (configure sets its own)
     yield
+    threading.excepthook = hook
     for log, handlers, level, propagate in kept:
         log.handlers[:], log.propagate = handlers, propagate
         log.setLevel(level)
@@ -129,3 +132,24 @@ def test_the_handler_writes_to_standard_error_as_it_is_when_a_record_comes(
     err = capsys.readouterr().err
     assert "Logging error" not in err
     assert err.rstrip().endswith("ERROR streams.client: cannot reach 127.0.0.1:1"), err
+
+
+@pytest.mark.usefixtures("root_kept", "repeats")
+def test_an_exception_a_thread_did_not_catch_is_one_json_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Python printed it raw, over many lines: faust's consumer thread, stopped with the
+    broker away, wrote a plain traceback into a worker's JSON log (CI caught it)."""
+    configure("info", "json")
+
+    def fails() -> None:
+        raise RuntimeError("cancelled fetch\nretry")
+
+    thread = threading.Thread(target=fails, name="consumer-thread")
+    thread.start()
+    thread.join()
+    (line,) = capsys.readouterr().err.splitlines()
+    entry = json.loads(line)
+    assert entry["level"] == "ERROR"
+    assert "consumer-thread" in entry["message"]
+    assert "RuntimeError: cancelled fetch\nretry" in entry["exception"]
