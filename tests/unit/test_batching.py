@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 from collections.abc import Callable
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from models.batching import DEADLINE, BatchStats, MicroBatcher, Unreachable
 
@@ -169,6 +172,49 @@ def test_chunks_split_where_padding_costs_more_than_a_call() -> None:
     assert [[p.length for p in c] for c in chunks] == [[5] * 20, [200] * 3]
     same = b._chunks([_Pending(None, i, None, 10 + i % 3) for i in range(30)])  # type: ignore[arg-type]
     assert len(same) == 1  # near-equal lengths: one call beats several
+
+
+def _split_cost(chunks: list[list[int]], overhead: int) -> int:
+    return sum(len(c) * max(c) + overhead for c in chunks)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 600), min_size=1, max_size=9),
+    budget=st.integers(1, 3000),
+    overhead=st.integers(0, 2000),
+)
+def test_chunks_are_the_cheapest_split_within_the_budget(
+    lengths: list[int], budget: int, overhead: int
+) -> None:
+    """Against every way to cut the sorted batch: no split is cheaper, none over budget."""
+    from models.batching import _Pending
+
+    b = MicroBatcher(Recorder(), max_batch_tokens=budget, chunk_overhead=overhead)
+    chunks = [
+        [p.length for p in c]
+        for c in b._chunks([_Pending(None, i, None, n) for i, n in enumerate(lengths)])  # type: ignore[arg-type]
+    ]
+    ordered = sorted(lengths)
+    assert [n for c in chunks for n in c] == ordered
+    assert all(len(c) == 1 or len(c) * max(c) <= budget for c in chunks)
+    splits = (_cut(ordered, cuts) for cuts in itertools.product((0, 1), repeat=len(ordered) - 1))
+    cheapest = min(
+        _split_cost(split, overhead)
+        for split in splits
+        if all(len(c) == 1 or len(c) * max(c) <= budget for c in split)
+    )
+    assert _split_cost(chunks, overhead) == cheapest
+
+
+def _cut(ordered: list[int], cuts: tuple[int, ...]) -> list[list[int]]:
+    split: list[list[int]] = []
+    start = 0
+    for k, here in enumerate(cuts, start=1):
+        if here:
+            split.append(ordered[start:k])
+            start = k
+    return [*split, ordered[start:]]
 
 
 class Overlap(Recorder):
