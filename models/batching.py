@@ -500,29 +500,37 @@ class MicroBatcher(Generic[Item]):
 
         Sorted by length, a chunk costs ``len(chunk) * longest`` padded tokens plus a fixed
         ``chunk_overhead`` per model call; dynamic programming over the cut points finds
-        the cheapest split under the ``max_batch_tokens`` budget. The O(n²) candidates are
-        weighed one numpy row per cut point: this runs on the event loop, and a GPU batch
-        of 512 inputs took 34 ms to plan in a Python loop (2 ms this way).
+        the cheapest split under the ``max_batch_tokens`` budget. This runs on the event
+        loop: a GPU batch of 512 inputs took 31 ms to plan in a Python double loop on an
+        H100's host, more than the GPU took to embed it. So the candidates for each cut are
+        weighed in one numpy row, and where no chunk could pass the budget only the places
+        where the length changes are cut points: moving an item from the start of one
+        chunk to the end of the one before, whose longest is as long, never costs more.
         """
         ordered = sorted(batch, key=lambda p: p.length)
-        lengths = [max(p.length, 1) for p in ordered]
+        lengths = np.maximum([p.length for p in ordered], 1)
         n = len(ordered)
-        best = np.full(n + 1, np.inf)  # best[j]: cheapest cost of the first j items
+        if n * int(lengths[-1]) <= self.max_batch_tokens:
+            at = np.concatenate(([0], np.flatnonzero(np.diff(lengths)) + 1, [n]))
+        else:
+            at = np.arange(n + 1)
+        best = np.full(len(at), np.inf)  # best[k]: cheapest cost of the first at[k] items
         best[0] = 0.0
-        cut = [0] * (n + 1)
-        starts = np.arange(n + 1, dtype=np.float64)
-        for j in range(1, n + 1):
-            longest = lengths[j - 1]
-            first = max(0, j - max(1, self.max_batch_tokens // longest))  # budget
-            costs = best[first:j] + (j - starts[first:j]) * longest  # chunk = items i .. j-1
-            i = j - 1 - int(np.argmin(costs[::-1]))  # the latest of equally cheap cuts
-            best[j] = costs[i - first] + self.chunk_overhead
-            cut[j] = i
+        cut = [0] * len(at)
+        for k in range(1, len(at)):
+            j = int(at[k])
+            longest = int(lengths[j - 1])
+            # the budget's first start; 0 where cut points are only the length changes
+            first = max(0, j - max(1, self.max_batch_tokens // longest))
+            costs = best[first:k] + (j - at[first:k]) * longest  # chunk = items at[i] .. j-1
+            i = k - 1 - int(np.argmin(costs[::-1]))  # the latest of equally cheap cuts
+            best[k] = costs[i - first] + self.chunk_overhead
+            cut[k] = i
         chunks: list[list[_Pending[Item]]] = []
-        j = n
-        while j > 0:
-            chunks.append(ordered[cut[j] : j])
-            j = cut[j]
+        k = len(at) - 1
+        while k > 0:
+            chunks.append(ordered[at[cut[k]] : at[k]])
+            k = cut[k]
         chunks.reverse()
         return chunks
 

@@ -180,7 +180,7 @@ def _split_cost(chunks: list[list[int]], overhead: int) -> int:
 
 @settings(max_examples=300, deadline=None)
 @given(
-    lengths=st.lists(st.integers(1, 600), min_size=1, max_size=9),
+    lengths=st.lists(st.integers(1, 600) | st.integers(1, 4), min_size=1, max_size=10),
     budget=st.integers(1, 3000),
     overhead=st.integers(0, 2000),
 )
