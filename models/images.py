@@ -36,6 +36,7 @@ from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 from models.embedders import (
     TokenIds,
     Vectors,
+    encode_ids,
     fast_tokenizer,
     forward_guard,
     hub_cached_file,
@@ -548,8 +549,8 @@ class ClipEncoder(_PixelEncoder):
 
     # text tower (TextEncoder)
 
-    def tokenize(self, texts: Sequence[str]) -> list[TokenIds]:
-        return [list(e.ids) for e in self._backend.encode_batch(list(texts))]
+    def tokenize(self, texts: Sequence[str], *, keep_gil: bool = False) -> list[TokenIds]:
+        return encode_ids(self._backend, texts, keep_gil)
 
     def embed_ids(self, batch: Sequence[TokenIds]) -> Vectors:
         import torch

@@ -60,6 +60,16 @@ def test_a_local_folder_loads_through_the_generic_loader(tmp_path: Path) -> None
 
 
 @pytest.mark.model
+def test_tokenizing_with_the_gil_kept_gives_the_same_ids(tmp_path: Path) -> None:
+    """The event loop's tokenizing (text by text, keeping the GIL) and a tokenizer
+    thread's (one batch, releasing it) give the same ids, special tokens included."""
+    reg = ModelRegistry(cache_dir=tmp_path)
+    enc = reg.load(reg.resolve("all-MiniLM-L6-v2"))
+    texts = ["Ünïcode and   spaces", "", "a longer sentence, with punctuation!", "日本語のテキスト"]
+    assert enc.tokenize(texts, keep_gil=True) == enc.tokenize(texts)  # type: ignore[union-attr]
+
+
+@pytest.mark.model
 def test_concurrent_cpu_forwards_equal_serial_ones(tmp_path: Path) -> None:
     """Two compute streams run one model's forward passes at once on a CPU (no lock):
     each batch's rows equal the rows of the same batch run alone."""

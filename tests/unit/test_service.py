@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -65,9 +66,9 @@ def spied_registry(tmp_path: Path, **options: Any) -> tuple[ModelRegistry, list[
     calls: list[list[int]] = []
     tokenize = encoder.tokenize
 
-    def spy(texts: Sequence[str]) -> Any:
+    def spy(texts: Sequence[str], *, keep_gil: bool = False) -> Any:
         calls.append([len(t) for t in texts])
-        return tokenize(texts)
+        return tokenize(texts, keep_gil=keep_gil)
 
     encoder.tokenize = spy  # type: ignore[method-assign]
     return registry, calls
@@ -235,6 +236,37 @@ def test_long_requests_are_tokenized_in_chunks_as_they_would_be_whole(
     whole = registry.load(registry.resolve(None)).tokenize(texts)
     assert tokenized.counts == [len(ids) for ids in whole]
     assert tokenized.ids == [ids if len(ids) <= 100 else [*ids[:99], ids[-1]] for ids in whole]
+
+
+def test_short_texts_are_tokenized_on_the_loop_keeping_the_gil_long_ones_in_a_thread(
+    tmp_path: Path,
+) -> None:
+    """A short request is tokenized on the event loop with the GIL kept: a tokenizer call
+    that released it there would wait a switch interval (5 ms) for a busy compute thread
+    to hand it back. A long one goes to the tokenizer thread, which releases it."""
+    registry = hash_registry(tmp_path)
+    encoder = registry.load(registry.resolve(None))
+    tokenize = encoder.tokenize
+    seen: list[tuple[int, bool, bool]] = []
+
+    def spy(texts: Sequence[str], *, keep_gil: bool = False) -> Any:
+        on_loop = threading.current_thread() is threading.main_thread()
+        seen.append((sum(len(t) for t in texts), keep_gil, on_loop))
+        return tokenize(texts, keep_gil=keep_gil)
+
+    encoder.tokenize = spy  # type: ignore[method-assign]
+    service = ClassifyService(Settings(data_dir=tmp_path), registry)
+
+    async def go() -> None:
+        runtime = await service.runtime(registry.resolve(None))
+        try:
+            await runtime.tokenize(["a short text"])
+            await runtime.tokenize(["word " * 1000])
+        finally:
+            await service.aclose()
+
+    asyncio.run(go())
+    assert seen == [(12, True, True), (5000, False, False)]
 
 
 def test_a_label_over_the_token_limit_is_refused_as_an_input_is(
