@@ -44,12 +44,11 @@ REPEATS = 5
 W2_IN_FLIGHT = 1024
 
 
-def workloads(sizes: Sequence[int], seed: int = 0) -> dict[str, list[list[int]]]:
-    """Requests as lists of input indexes into ``sizes`` (token counts)."""
+def workloads(n: int, seed: int = 0, w1_requests: int = 400) -> dict[str, list[list[int]]]:
+    """Requests as lists of indexes into ``n`` inputs."""
     rng = random.Random(seed)
-    n = len(sizes)
     w1 = []
-    for _ in range(400):
+    for _ in range(w1_requests):
         k = rng.randint(1, 48)
         s = rng.randrange(0, n - k)
         w1.append(list(range(s, s + k)))
@@ -222,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "device": args.device,
         "dtype": dtype,
         "ids": ids,
-        "workloads": workloads([len(i) for i in ids]),
+        "workloads": workloads(len(ids)),
     }
     trees = {"this checkout": ROOT}
     for tree in args.against:

@@ -30,7 +30,6 @@ import asyncio
 import datetime
 import json
 import platform
-import random
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.accuracy import macro_f1
+from benchmarks.batcher import workloads
 from benchmarks.texts import ROUTING_LABELS, make_texts
 from benchmarks.throughput import load_encoder, measure_raw
 from models.embedders import TransformersTextEncoder, resolve_device
@@ -176,12 +176,7 @@ def batcher(
     encoder = load(model, device, dtype)
     ids = encoder.tokenize(list(texts))
     single = np.concatenate([encoder.embed_ids([i]) for i in ids])  # batch of one each
-    rng = random.Random(seed)
-    spans = []
-    for _ in range(requests_n):
-        size = rng.randint(1, 48)
-        start = rng.randrange(0, len(ids) - size)
-        spans.append((start, size))
+    spans = [(r[0], len(r)) for r in workloads(len(ids), seed, requests_n)["w1"]]
     requests = [ids[s : s + n] for s, n in spans]
     b = settings.batching.for_device(device)
     result: dict[str, Any] = {

@@ -9,12 +9,12 @@ from benchmarks.batcher import ROOT, main, workloads
 
 
 def test_workloads_are_the_documented_shapes() -> None:
-    w = workloads([10] * 2000)
+    w = workloads(2000)
     assert len(w["w1"]) == 400
     assert {len(r) for r in w["w1"]} <= set(range(1, 49))
     assert len(w["w2"]) == 2000
     assert {len(r) for r in w["w2"]} == {8}
-    assert w == workloads([10] * 2000)  # the same requests for every tree and round
+    assert w == workloads(2000)  # the same requests for every tree and round
 
 
 def test_a_run_against_another_tree_writes_paired_ratios(tmp_path: Path) -> None:
