@@ -226,9 +226,9 @@ class EmbeddingRuntime:
         """Token ids and counts; long inputs are tokenized off the event loop, at most
         :data:`TOKENIZE_CHUNK_CHARS` characters (or one text) per call.
 
-        Short requests are tokenized inline, keeping the GIL: a few microseconds of Rust
+        Short requests are tokenized inline and keep the GIL: a few microseconds of Rust
         beat a thread hop (executor submit plus a cross-thread wake-up) by an order of
-        magnitude, and so they do a release of the GIL (:func:`models.embedders.encode_ids`).
+        magnitude, and a release of the GIL too (:func:`models.embedders.encode_ids`).
         """
         text = self._text()
         window = text.max_length
