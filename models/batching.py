@@ -168,7 +168,6 @@ class _FairQueue(Generic[Item]):
         self._small, self._large = _Turns(), _Turns()
         self._large_next = False
         """Whose item is next when both small and large requests wait."""
-        self._size = 0
         self._maxsize = maxsize
         self._batch = batch
         self._min_turns = min_turns
@@ -177,16 +176,15 @@ class _FairQueue(Generic[Item]):
         self._ready = asyncio.Event()
 
     def qsize(self) -> int:
-        return self._size
+        return self._small.queued + self._large.queued
 
     def empty(self) -> bool:
-        return self._size == 0
+        return self.qsize() == 0
 
     def clear(self) -> None:
         """Drop every waiting item (the batcher is closing)."""
         self._lanes.clear()
         self._small, self._large = _Turns(), _Turns()
-        self._size = 0
         self._taken()
 
     def _group(self, size: int) -> _Turns:
@@ -199,7 +197,7 @@ class _FairQueue(Generic[Item]):
         # passed by at most one item per request in flight). Otherwise the requests that
         # waited first, large ones, took every freed place, and a 1-input request waited
         # behind most of their items
-        while self._size >= self._maxsize and self._lanes.get(request):
+        while self.qsize() >= self._maxsize and self._lanes.get(request):
             self._space.clear()
             await self._space.wait()
         if not request.alive():
@@ -213,11 +211,10 @@ class _FairQueue(Generic[Item]):
             group.items += 1
         lane.append(pending)
         group.queued += 1
-        self._size += 1
         self._ready.set()
 
     def get_nowait(self) -> _Pending[Item]:
-        while self._size:
+        while self.qsize():
             for group in (
                 (self._large, self._small) if self._large_next else (self._small, self._large)
             ):
@@ -232,7 +229,6 @@ class _FairQueue(Generic[Item]):
                 continue
             lane = self._lanes[request]
             pending = lane.popleft()
-            self._size -= 1
             group.items -= 1
             group.queued -= 1
             if lane:
@@ -250,7 +246,6 @@ class _FairQueue(Generic[Item]):
         lane = self._lanes.pop(request, None)
         if lane is None:
             return
-        self._size -= len(lane)
         group = self._group(request.size)
         group.queued -= len(lane)
         if request in group.turns:
@@ -269,7 +264,7 @@ class _FairQueue(Generic[Item]):
 
     def _taken(self) -> None:
         """Items left: wake a waiting ``put``; none left: ``get`` waits again."""
-        if not self._size:
+        if self.empty():
             self._ready.clear()
         self._space.set()
 
@@ -360,13 +355,12 @@ class MicroBatcher(Generic[Item]):
         if self._closed:
             raise RuntimeError("batcher is closed")
         self._ensure_started()
-        loop = asyncio.get_running_loop()
-        request = _Request(loop.create_future(), len(items), next(self._arrivals))
         if not items:
             return np.zeros((0, 0), dtype=np.float32)
-        self._refuse_unreachable(len(items))
-        request.rows = [None] * len(items)
-        request.remaining = len(items)
+        n = len(items)
+        self._refuse_unreachable(n)
+        future = asyncio.get_running_loop().create_future()
+        request = _Request(future, n, next(self._arrivals), [None] * n, n)
         self._open.add(request.future)
         request.future.add_done_callback(lambda _: self._done(request))
         try:

@@ -197,14 +197,16 @@ def test_chunks_are_the_cheapest_split_within_the_budget(
     ]
     ordered = sorted(lengths)
     assert [n for c in chunks for n in c] == ordered
-    assert all(len(c) == 1 or len(c) * max(c) <= budget for c in chunks)
+    assert all(_within(c, budget) for c in chunks)
     splits = (_cut(ordered, cuts) for cuts in itertools.product((0, 1), repeat=len(ordered) - 1))
     cheapest = min(
-        _split_cost(split, overhead)
-        for split in splits
-        if all(len(c) == 1 or len(c) * max(c) <= budget for c in split)
+        _split_cost(split, overhead) for split in splits if all(_within(c, budget) for c in split)
     )
     assert _split_cost(chunks, overhead) == cheapest
+
+
+def _within(chunk: list[int], budget: int) -> bool:
+    return len(chunk) == 1 or len(chunk) * max(chunk) <= budget
 
 
 def _cut(ordered: list[int], cuts: tuple[int, ...]) -> list[list[int]]:

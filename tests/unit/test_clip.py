@@ -245,7 +245,7 @@ def test_each_lane_s_queue_is_measured_against_its_own_capacity(
     service = make_service(settings, tiny_clip, observer)
     spec = service.registry.resolve("jina-clip-v1")
     runtime = run(service, lambda: service.runtime(spec))
-    runtime.lanes()["image"]._queue._size = 3  # as if 3 images waited, no text
+    runtime.lanes()["image"]._queue._small.queued = 3  # as if 3 images waited, no text
 
     def sample(metric: str, model: str) -> float | None:
         return observer.registry.get_sample_value(metric, {"model": model})
@@ -255,4 +255,4 @@ def test_each_lane_s_queue_is_measured_against_its_own_capacity(
     assert sample("shotstream_batcher_queue_capacity", f"{spec.name}/image") == capacity
     assert sample("shotstream_batcher_queue_depth", spec.name) == 0
     assert sample("shotstream_batcher_queue_depth", f"{spec.name}/image") == 3
-    runtime.lanes()["image"]._queue._size = 0
+    runtime.lanes()["image"]._queue._small.queued = 0
