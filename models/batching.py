@@ -74,6 +74,16 @@ class Unreachable(Exception):
         self.left_s = left_s
 
 
+class Overloaded(Exception):
+    """Items with a deadline refused by ``submit``: those queued ahead would keep them
+    longer than the batcher's ``max_queue_wait_s``, though not past the deadline."""
+
+    def __init__(self, wait_s: float, limit_s: float) -> None:
+        super().__init__(f"about {wait_s:.1f} s of model work ahead, over {limit_s:g} s")
+        self.wait_s = wait_s
+        self.limit_s = limit_s
+
+
 def _cancelling() -> bool:
     """Whether the running task has been asked to stop."""
     task = asyncio.current_task()
@@ -298,6 +308,11 @@ class MicroBatcher(Generic[Item]):
         Cost of one item (its token count); used to sort and to cut chunks.
     on_batch
         Observer hook called after each model call (metrics live there).
+    max_queue_wait_s
+        Most model work (seconds, estimated) that may be queued ahead of items submitted
+        with a :data:`DEADLINE`; more, and ``submit`` refuses them (:class:`Overloaded`).
+        ``None``: only the deadline itself bounds the wait. Items without a deadline are
+        never refused.
     streams
         Batches computed at once, each on its own thread (``embed`` must be thread-safe
         when this is above 1).
@@ -316,6 +331,7 @@ class MicroBatcher(Generic[Item]):
         on_batch: Callable[[BatchStats], None] | None = None,
         name: str = "batcher",
         streams: int = 1,
+        max_queue_wait_s: float | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
@@ -324,6 +340,7 @@ class MicroBatcher(Generic[Item]):
         self._embed = embed
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
+        self.max_queue_wait_s = max_queue_wait_s
         self.max_batch_tokens = max_batch_tokens
         self.chunk_overhead = chunk_overhead
         self._length = length
@@ -335,6 +352,8 @@ class MicroBatcher(Generic[Item]):
         self._streams = streams
         self._item_seconds: float | None = None
         """Model seconds per item on one stream, averaged over recent calls."""
+        self._in_model = 0
+        """Items taken from the queue for a batch and not computed yet."""
         self._stream_free = asyncio.Event()  # set while a stream is free
         self._stream_free.set()
         self._collector: asyncio.Task[None] | None = None
@@ -358,7 +377,7 @@ class MicroBatcher(Generic[Item]):
         if not items:
             return np.zeros((0, 0), dtype=np.float32)
         n = len(items)
-        self._refuse_unreachable(n)
+        self._refuse(n)
         future = asyncio.get_running_loop().create_future()
         request = _Request(future, n, next(self._arrivals), [None] * n, n)
         self._open.add(request.future)
@@ -410,25 +429,36 @@ class MicroBatcher(Generic[Item]):
         self._queue.drop(request)
 
     def expected_wait_s(self, size: int) -> float | None:
-        """About how long a request of ``size`` items submitted now waits for its rows;
+        """About how long a request of ``size`` items submitted now waits for its rows:
+        its own items, those taken before them, and those already taken for batches and
+        not computed yet (up to a batch per stream, and the next: without them the
+        estimate was about 2 s short on 2 cores, half the wait of a 2 s limit);
         ``None`` before the model has run."""
         if self._item_seconds is None:
             return None
-        return self._queue.ahead(size) * self._item_seconds / self._streams
+        return (self._queue.ahead(size) + self._in_model) * self._item_seconds / self._streams
 
-    def _refuse_unreachable(self, size: int) -> None:
+    def _refuse(self, size: int) -> None:
         """:class:`Unreachable` if the context's :data:`DEADLINE` passes before the items
-        queued ahead are done. Under a backlog, requests reach a worker with seconds left;
+        queued ahead are done; :class:`Overloaded` if they take longer than
+        ``max_queue_wait_s``. Under a backlog, requests reach a worker with seconds left;
         taken in, each held a place until its deadline and was cut off unanswered, while
         its slot kept the next record waiting in Kafka (measured: a worker embedding 100
-        inputs/s answered nothing in time for the last 110 s of a flood)."""
+        inputs/s answered nothing in time for the last 110 s of a flood). Refused only at
+        the deadline, those answered in time waited most of it (26-27 s of 30 in a flood):
+        callers who wait get answers within about ``max_queue_wait_s`` instead, and the
+        others an immediate refusal to retry on."""
         deadline = DEADLINE.get()
         if deadline is None:
             return
         wait = self.expected_wait_s(size)
+        if wait is None:
+            return
         left = deadline - time.time()
-        if wait is not None and wait > left:
+        if wait > left:
             raise Unreachable(wait, left)
+        if self.max_queue_wait_s is not None and wait > self.max_queue_wait_s:
+            raise Overloaded(wait, self.max_queue_wait_s)
 
     # -- collector --------------------------------------------------------------------
 
@@ -439,6 +469,7 @@ class MicroBatcher(Generic[Item]):
     async def _collect_forever(self) -> None:
         while True:
             batch = await self._collect()
+            self._in_model += len(batch)
             await self._stream_free.wait()
             self._free_streams -= 1
             if self._free_streams == 0:
@@ -539,7 +570,12 @@ class MicroBatcher(Generic[Item]):
             self._stream_free.set()
 
     async def _run_chunk(self, chunk: list[_Pending[Item]]) -> None:
-        chunk = [p for p in chunk if p.request.alive()]
+        try:
+            await self._compute_chunk([p for p in chunk if p.request.alive()])
+        finally:
+            self._in_model -= len(chunk)
+
+    async def _compute_chunk(self, chunk: list[_Pending[Item]]) -> None:
         if not chunk:
             return
         try:

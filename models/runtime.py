@@ -122,6 +122,8 @@ class EmbeddingRuntime:
         Labels longer than this are refused (``LabelTooLongError``) before they are embedded
         (the per-input limit: a longer label would be billed for a vector of its first
         window of tokens).
+    max_queue_wait_s
+        Both batchers' :class:`~models.batching.MicroBatcher` ``max_queue_wait_s``.
     """
 
     def __init__(
@@ -141,6 +143,7 @@ class EmbeddingRuntime:
         image_max_batch_size: int | None = None,
         streams: int = 1,
         max_label_tokens: int | None = None,
+        max_queue_wait_s: float | None = None,
     ) -> None:
         self.encoder = encoder
         self.max_label_tokens = max_label_tokens
@@ -165,6 +168,7 @@ class EmbeddingRuntime:
                 on_batch=on_batch,
                 name=f"embed-{encoder.name}",
                 streams=streams,
+                max_queue_wait_s=max_queue_wait_s,
             )
         self.image_batcher: MicroBatcher[Pixels] | None = None
         if self.image is not None:
@@ -182,6 +186,7 @@ class EmbeddingRuntime:
                 on_batch=on_image_batch or on_batch,
                 name=f"image-{encoder.name}",
                 streams=streams,
+                max_queue_wait_s=max_queue_wait_s,
             )
         self.inline_tokenize_chars = inline_tokenize_chars
         self._tokenizer_pool = ThreadPoolExecutor(tokenizer_threads, thread_name_prefix="tok")

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from models.batching import DEADLINE, Unreachable
+from models.batching import DEADLINE, Overloaded, Unreachable
 from state.classifiers import as_spelled
 from streams.auth import header_value
 from streams.errors import ErrorCode, RequestError
@@ -541,7 +541,8 @@ async def before_deadline(work: Awaitable[T], deadline: float | None) -> T:
     13 s from taking a record to answering it on 2 cores) computed, under a backlog,
     nearly every request in its last seconds and answered it after its caller gave up.
     Also ``DEADLINE_EXCEEDED`` at once when the model's queue would keep the inputs past
-    the deadline (:data:`models.batching.DEADLINE`)."""
+    the deadline (:data:`models.batching.DEADLINE`), and ``SERVICE_UNAVAILABLE`` when it
+    would keep them longer than the worker's ``max_queue_wait_s``."""
     if deadline is None:
         return await work
     token = DEADLINE.set(deadline)  # seen by the batcher's submit (and tasks made inside)
@@ -557,6 +558,13 @@ async def before_deadline(work: Awaitable[T], deadline: float | None) -> T:
             f"the request could not be answered before its deadline ({DEADLINE_HEADER}), "
             f"{exc.left_s:.1f} s away: the inputs queued for the model ahead of it take about "
             f"{exc.wait_s:.1f} s, so it was not computed (its caller would have stopped waiting)",
+        ) from None
+    except Overloaded as exc:
+        raise RequestError(
+            ErrorCode.SERVICE_UNAVAILABLE,
+            f"the worker is overloaded: the inputs queued for the model ahead of the request "
+            f"take about {exc.wait_s:.1f} s, more than its limit of {exc.limit_s:g} s "
+            "(SHOTSTREAM_BATCHING__MAX_QUEUE_WAIT_S), so it was not computed; retry later",
         ) from None
     finally:
         DEADLINE.reset(token)

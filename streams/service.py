@@ -77,6 +77,7 @@ class ClassifyService:
                     image_max_batch_size=self.settings.images.max_batch_size,
                     streams=self.registry.streams,
                     max_label_tokens=self.settings.limits.max_tokens_per_input,
+                    max_queue_wait_s=b.max_queue_wait_s or None,
                 )
                 self._runtimes[spec.name] = runtime
                 self.observer.on_model_loaded(

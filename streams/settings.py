@@ -55,6 +55,11 @@ class BatchingSettings(BaseModel):
     ``max_batch_size`` inputs and larger ones alternating."""
     max_in_flight: int = Field(256, ge=1)
     """Requests a worker processes at once (their inputs share batches)."""
+    max_queue_wait_s: float = Field(10.0, ge=0)
+    """A request with a deadline (the gateway's, or a ``shotstream-deadline`` header) is
+    refused ``SERVICE_UNAVAILABLE`` at once when the inputs queued for the model ahead of
+    it would take longer than this (estimated from the model's recent seconds per input);
+    requests without one wait their turn. 0: off (only the deadline refuses)."""
     compute_streams: int = Field(0, ge=0)
     """Batches a model computes at once, each on its own thread. 0: two on a CPU with two
     or more cores (each gets half of torch's threads; neither waits at the other's

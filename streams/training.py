@@ -357,6 +357,7 @@ class TrainHandler:
         refused = refused or is_late(deadline)
         model = request.model or (existing.model if existing else None)
         embedded = None
+        busy: RequestError | None = None
         if model and not refused:
             try:
                 embedded = await before_deadline(self._embed(request, model), deadline)
@@ -364,10 +365,15 @@ class TrainHandler:
                 # the model came from state read before this record's turn, and records
                 # before it may delete the classifier and create it with another model: a
                 # refusal that depends on the model is decided in turn, by its model. Past
-                # its deadline, it is refused in turn too (a replay is still answered)
-                code = to_request_error(exc).code
-                late = code == ErrorCode.DEADLINE_EXCEEDED
-                if not late and (request.model is not None or code not in _MODEL_DEPENDENT):
+                # its deadline, it is refused in turn too, and so is one refused by a busy
+                # worker: a replay is still answered (it was learned, and a retry of a
+                # refusal would learn it twice)
+                error = to_request_error(exc)
+                if error.code == ErrorCode.SERVICE_UNAVAILABLE:
+                    busy = error
+                elif error.code != ErrorCode.DEADLINE_EXCEEDED and (
+                    request.model is not None or error.code not in _MODEL_DEPENDENT
+                ):
                     raise
         async with turn:
             record = self._read(request.classifier_id, owner)
@@ -405,6 +411,8 @@ class TrainHandler:
             # not learned once its caller was told it timed out (a 504): a retry must not
             # learn the examples twice
             refuse_late(deadline)
+            if busy is not None:
+                raise busy
             created = record is None
             record = self._authorize(request, record, owner)
             # the operator's limit now, not the one when the classifier was made (raising

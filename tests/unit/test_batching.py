@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.batching import DEADLINE, BatchStats, MicroBatcher, Unreachable
+from models.batching import DEADLINE, BatchStats, MicroBatcher, Overloaded, Unreachable
 
 
 class Recorder:
@@ -547,10 +547,12 @@ def test_a_cancelled_request_leaves_the_queue_at_once() -> None:
     assert after == 0
 
 
-def test_submit_refuses_what_the_queue_ahead_would_keep_past_the_deadline() -> None:
-    """Under the context's deadline, items that the queue ahead of them would keep past it
-    are refused before they queue; small requests count only the large requests' items
-    they alternate with, and without a deadline nothing is refused."""
+def _submitted_behind_a_backlog(
+    submits: list[tuple[int, float | None]], max_queue_wait_s: float | None = None
+) -> list[BaseException | None]:
+    """Submit requests of ``(size, seconds to their deadline or None)`` while the model
+    (5 ms an item, measured) holds a batch and 200 items wait: what each was refused
+    with within 50 ms, or ``None`` if it queued (then answered)."""
     gate = threading.Event()
     calls: list[int] = []
 
@@ -561,29 +563,88 @@ def test_submit_refuses_what_the_queue_ahead_would_keep_past_the_deadline() -> N
         time.sleep(0.005 * len(items))
         return np.zeros((len(items), 1), dtype=np.float32)
 
-    async def go() -> tuple[list[bool], BaseException | None]:
-        async with MicroBatcher(per_item, max_batch_size=8, max_wait_s=0.001) as b:
+    async def go() -> list[BaseException | None]:
+        async with MicroBatcher(
+            per_item, max_batch_size=8, max_wait_s=0.001, max_queue_wait_s=max_queue_wait_s
+        ) as b:
             await b.submit([[0]] * 8)  # 5 ms an item, measured
             large = asyncio.ensure_future(b.submit([[1]] * 200))
             while len(calls) < 2:  # noqa: ASYNC110 - the model holds its first batch
                 await asyncio.sleep(0.005)
             await asyncio.sleep(0.02)  # (and the collector has the next one)
-            waiting = []
-            for size, seconds in ((1, 0.5), (100, 60.0), (100, None)):
+            tasks = []
+            for size, seconds in submits:
                 token = DEADLINE.set(None if seconds is None else time.time() + seconds)
-                waiting.append(asyncio.ensure_future(b.submit([[2]] * size)))
+                tasks.append(asyncio.ensure_future(b.submit([[2]] * size)))
                 DEADLINE.reset(token)
-            token = DEADLINE.set(time.time() + 0.5)
-            doomed = asyncio.ensure_future(b.submit([[3]] * 100))  # about 1.5 s ahead
-            DEADLINE.reset(token)
             await asyncio.sleep(0.05)
-            refused = doomed.exception() if doomed.done() else None
-            accepted = [not task.done() for task in waiting]
+            refused = [t.exception() if t.done() else None for t in tasks]
             gate.set()
-            await asyncio.gather(large, *waiting)
-            return accepted, refused
+            queued = [t for t, r in zip(tasks, refused, strict=True) if r is None]
+            await asyncio.gather(large, *queued)
+            return refused
 
-    accepted, refused = run(go())
-    assert accepted == [True, True, True]
+    return run(go())
+
+
+def test_submit_refuses_what_the_queue_ahead_would_keep_past_the_deadline() -> None:
+    """Under the context's deadline, items that the queue ahead of them would keep past it
+    are refused before they queue; small requests count only the large requests' items
+    they alternate with, and without a deadline nothing is refused."""
+    accepted_1, accepted_far, accepted_none, refused = _submitted_behind_a_backlog(
+        [(1, 0.5), (100, 60.0), (100, None), (100, 0.5)]  # the last: about 1.5 s ahead
+    )
+    assert [accepted_1, accepted_far, accepted_none] == [None, None, None]
     assert isinstance(refused, Unreachable)
     assert refused.wait_s > refused.left_s
+
+
+def test_submit_refuses_items_with_a_deadline_behind_more_than_the_queue_wait_limit() -> None:
+    """With ``max_queue_wait_s``, items with a deadline are refused as overloaded when
+    the work queued ahead exceeds it, even with a deadline far off; a deadline that the
+    queue would miss is still the reason given; a small request behind little work and
+    a request without a deadline queue as before."""
+    small, far, unbounded, near = _submitted_behind_a_backlog(
+        [(1, 60.0), (100, 60.0), (100, None), (100, 0.5)], max_queue_wait_s=0.5
+    )
+    assert small is None
+    assert unbounded is None
+    assert isinstance(far, Overloaded)
+    assert far.wait_s > far.limit_s == 0.5
+    assert isinstance(near, Unreachable)
+
+
+def test_the_wait_estimate_counts_items_taken_for_batches_not_computed_yet() -> None:
+    """A request submitted while the model computes a batch (and the collector holds the
+    next) waits for those items too: counting only the queue, the estimate was about 2 s
+    short on 2 cores, and requests refused at a 2 s limit had waited 4 s."""
+    gate = threading.Event()
+    calls: list[int] = []
+
+    def held(items: list[list[int]]) -> np.ndarray:
+        calls.append(len(items))
+        if len(calls) > 1:
+            gate.wait(5)
+        time.sleep(0.005 * len(items))
+        return np.zeros((len(items), 1), dtype=np.float32)
+
+    async def go() -> tuple[float | None, float | None, float | None]:
+        async with MicroBatcher(held, max_batch_size=8, max_wait_s=0.001) as b:
+            await b.submit([[0]] * 8)  # 5 ms an item, measured
+            idle = b.expected_wait_s(1)
+            busy = asyncio.ensure_future(b.submit([[1]] * 16))  # a batch held, the next taken
+            while len(calls) < 2:  # noqa: ASYNC110 - the model holds its batch
+                await asyncio.sleep(0.005)
+            await asyncio.sleep(0.02)
+            assert b.queue_depth == 0
+            behind = b.expected_wait_s(1)
+            gate.set()
+            await busy
+            return idle, behind, b.expected_wait_s(1)
+
+    idle, behind, after = run(go())
+    assert idle is not None
+    assert behind is not None
+    assert after is not None
+    assert behind >= 16 * idle  # 16 items in the model ahead of its own one
+    assert after < 3 * idle  # computed, they no longer count

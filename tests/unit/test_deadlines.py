@@ -204,18 +204,17 @@ def test_a_deadline_passing_while_inputs_wait_for_the_model_cuts_them_off(
     assert list(answers) == ["late", "slow"]  # answered at its deadline, not after
 
 
-def test_a_request_the_model_queue_would_keep_past_its_deadline_is_refused_at_once(
-    tmp_path: Path,
-) -> None:
-    """Under a backlog, requests reached the worker with seconds left; taken in, each held
-    its place until its deadline and was cut off unanswered (a measured flood: nothing
-    answered in time for its last 110 s). Now a request that the inputs queued ahead of
-    it would keep past its deadline is refused before it queues any, and one with time
-    enough is served. (Requests of up to a batch of inputs, queued one behind another.)"""
+def answered_behind_a_backlog(
+    tmp_path: Path, events: list[Any], **batching: Any
+) -> tuple[dict[str, dict[str, Any]], list[int]]:
+    """``events`` handled in turn while 10 requests of 6 inputs wait for the model (20 ms
+    an input, batches of 8: about 1.2 s of work); the answers by request id, in the order
+    they were sent, and the batch sizes embedded."""
     handler, service, output, embedded = slowed_handler(
         tmp_path,
-        lambda batch: time.sleep(0.02 * len(batch)),  # 20 ms an input
+        lambda batch: time.sleep(0.02 * len(batch)),
         max_batch_size=8,
+        **batching,
     )
 
     async def go() -> None:
@@ -229,19 +228,62 @@ def test_a_request_the_model_queue_would_keep_past_its_deadline_is_refused_at_on
         )
         while len(embedded) == calls:  # noqa: ASYNC110 - their first batch started
             await asyncio.sleep(0.005)
-        await handler(classify_event("doomed", within(0.5), ["d", "e"], "hash"))
-        await handler(classify_event("hopeful", within(30), ["f"], "hash"))
+        for event in events:
+            await handler(event)
         await queued
         await service.aclose()
 
     asyncio.run(go())
     answers = {sent["request_id"]: sent for sent in output.sent}
+    assert all("error" not in answers[f"busy{r}"] for r in range(10))
+    return answers, embedded
+
+
+def test_a_request_the_model_queue_would_keep_past_its_deadline_is_refused_at_once(
+    tmp_path: Path,
+) -> None:
+    """Under a backlog, requests reached the worker with seconds left; taken in, each held
+    its place until its deadline and was cut off unanswered (a measured flood: nothing
+    answered in time for its last 110 s). Now a request that the inputs queued ahead of
+    it would keep past its deadline is refused before it queues any, and one with time
+    enough is served. (Requests of up to a batch of inputs, queued one behind another.)"""
+    answers, embedded = answered_behind_a_backlog(
+        tmp_path,
+        [
+            classify_event("doomed", within(0.5), ["d", "e"], "hash"),
+            classify_event("hopeful", within(30), ["f"], "hash"),
+        ],
+    )
     assert answers["doomed"]["error"]["code"] == ErrorCode.DEADLINE_EXCEEDED
     assert "could not be answered before its deadline" in answers["doomed"]["error"]["detail"]
     assert "error" not in answers["hopeful"]
-    assert all("error" not in answers[f"busy{r}"] for r in range(10))
     assert sum(embedded) == 3 + 2 + 60 + 1  # the doomed request's inputs never were
     assert list(answers).index("doomed") < list(answers).index("busy9")  # at once
+
+
+def test_a_request_with_a_deadline_behind_more_than_the_queue_wait_limit_is_refused(
+    tmp_path: Path,
+) -> None:
+    """Refused only at its deadline, a request answered in time under a flood had waited
+    most of it (26-27 s of the gateway's 30). With SHOTSTREAM_BATCHING__MAX_QUEUE_WAIT_S
+    below the work queued ahead, a request with a deadline far off is refused at once
+    (SERVICE_UNAVAILABLE, HTTP 503: retry later), its inputs never embedded, while one
+    without a deadline (a Kafka producer's) waits its turn and is served."""
+    answers, embedded = answered_behind_a_backlog(
+        tmp_path,
+        [
+            classify_event("hopeful", within(30), ["f", "g"], "hash"),
+            classify_event("patient", None, ["h"], "hash"),
+        ],
+        max_queue_wait_s=0.3,
+    )
+    refusal = answers["hopeful"]["error"]
+    assert refusal["code"] == ErrorCode.SERVICE_UNAVAILABLE
+    assert "overloaded" in refusal["detail"]
+    assert "SHOTSTREAM_BATCHING__MAX_QUEUE_WAIT_S" in refusal["detail"]
+    assert "error" not in answers["patient"]
+    assert sum(embedded) == 3 + 2 + 60 + 1  # the refused request's inputs never were
+    assert list(answers).index("hopeful") < list(answers).index("busy9")  # at once
 
 
 def test_a_timeout_inside_the_work_is_not_taken_for_the_deadline() -> None:

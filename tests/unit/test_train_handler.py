@@ -598,6 +598,36 @@ def test_a_request_past_its_deadline_is_not_learned_but_a_replay_is_answered() -
     assert stored(table).version == 1
 
 
+def test_an_overloaded_worker_s_refusal_is_not_learned_but_a_replay_is_answered() -> None:
+    """A train request with a deadline whose examples would wait behind more than
+    SHOTSTREAM_BATCHING__MAX_QUEUE_WAIT_S of model work is refused SERVICE_UNAVAILABLE,
+    unlearned (its caller retries). Refused before its turn, a redelivered record that had
+    been learned was refused too, and the caller's retry learned its examples twice: the
+    refusal now waits for the turn, where a replay is answered as learned."""
+    from models.batching import Overloaded
+
+    trainer, table, output = handler({})
+    embed = trainer._embed
+    first = late(event(0, train("r0", "a"), "x"), time.time() + 60)
+    run(trainer, [first])
+    assert output.answers() == {"r0": 1}
+
+    async def overloaded(request: Any, model: str) -> Any:
+        raise Overloaded(12.0, 10.0)
+
+    trainer._embed = overloaded  # type: ignore[method-assign]
+    run(trainer, [late(event(1, train("r1", "b"), "x"), time.time() + 60)])
+    assert output.answers()["r1"] == "SERVICE_UNAVAILABLE"
+    assert stored(table).labels == ["a"]
+    output.sent.clear()
+    run(trainer, [first])  # redelivered (a worker restarted) while the model is busy
+    assert output.answers() == {"r0": 1}
+    assert stored(table).version == 1
+    trainer._embed = embed  # type: ignore[method-assign]
+    run(trainer, [late(event(2, train("r2", "b"), "x"), time.time() + 60)])
+    assert output.answers()["r2"] == 2
+
+
 def test_few_shot_requests_wait_for_the_changelog_a_bounded_time() -> None:
     """A worker that has not read the classifier changelog (just started, or it cannot
     reach it) held every train request until it had: with all its in-flight slots taken,
