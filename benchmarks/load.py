@@ -24,6 +24,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from tqdm import tqdm  # type: ignore[import-untyped]  # tqdm ships no type information
 
+from streams.records import DEADLINE_HEADER
+
 Request = tuple[str, bytes]
 """``(request_id, encoded JSON body)``; bodies are encoded before any clock starts."""
 
@@ -111,6 +113,8 @@ class RunResult:
     received: dict[str, float] = field(default_factory=dict)
     errors: int = 0
     """Answers that came on the errors topic (dead letters)."""
+    codes: dict[str, str] = field(default_factory=dict)
+    """The error code of each dead-lettered answer, by request id."""
     batching: dict[str, Any] = field(default_factory=dict)
     """The worker's model calls meanwhile (``benchmarks.scrape.batch_stats``), if known."""
 
@@ -189,6 +193,7 @@ class LoadClient:
         request_topic: str = "classify",
         answer_topics: Sequence[str] = ("predictions", "errors"),
         headers: Sequence[tuple[str, bytes]] = (),
+        deadline_s: float | None = None,
     ) -> None:
         self.brokers = brokers
         self.prefix = prefix
@@ -196,6 +201,7 @@ class LoadClient:
         self.request_topic = request_topic
         self.answer_topics = tuple(answer_topics)
         self.headers = list(headers)
+        self.deadline_s = deadline_s
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -252,9 +258,8 @@ class LoadClient:
         pending = []
         for rid, value in requests:
             run.result.sent[rid] = time.perf_counter()
-            pending.append(
-                await producer.send(topic, value, key=self._key(rid, value), headers=self.headers)
-            )
+            key, headers = self._key(rid, value), self._headers()
+            pending.append(await producer.send(topic, value, key=key, headers=headers))
         await asyncio.gather(*pending)
         return await self._finish(run)
 
@@ -269,13 +274,19 @@ class LoadClient:
             if delay > 0:
                 await asyncio.sleep(delay)
             run.result.sent[rid] = time.perf_counter()
-            pending.append(
-                await producer.send(topic, value, key=self._key(rid, value), headers=self.headers)
-            )
+            key, headers = self._key(rid, value), self._headers()
+            pending.append(await producer.send(topic, value, key=key, headers=headers))
         await asyncio.gather(*pending)
         return await self._finish(run)
 
     # -- internals ----------------------------------------------------------------------
+
+    def _headers(self) -> list[tuple[str, bytes]]:
+        """The fixed headers, and a ``shotstream-deadline`` ``deadline_s`` from now (the
+        gateway's reply timeout does the same)."""
+        if self.deadline_s is None:
+            return self.headers
+        return [*self.headers, (DEADLINE_HEADER, f"{time.time() + self.deadline_s:.3f}".encode())]
 
     def _key(self, rid: str, value: bytes) -> bytes:
         """Train records are keyed by classifier id, everything else by request id."""
@@ -317,24 +328,29 @@ class LoadClient:
             result = run.result
             for records in batches.values():
                 for record in records:
-                    rid = _request_id(record.value)
+                    rid, code = _answer_of(record.value)
                     if rid is None or rid not in result.sent or rid in result.received:
                         continue  # a replayed answer of an earlier run
                     result.received[rid] = now
                     if record.topic.endswith("errors"):
                         result.errors += 1
+                        result.codes[rid] = code or "?"
                     run.bar.update()
             if len(result.received) == len(result.sent):
                 run.done.set()
 
 
-def _request_id(value: bytes | None) -> str | None:
+def _answer_of(value: bytes | None) -> tuple[str | None, str | None]:
+    """An answer's ``request_id`` and, for a dead letter, its ``error.code``."""
     try:
         body = orjson.loads(value or b"")  # what a consumer app would use: json is 10x slower
     except ValueError:
-        return None
-    rid = body.get("request_id") if isinstance(body, dict) else None
-    return str(rid) if rid is not None else None
+        return None, None
+    if not isinstance(body, dict):
+        return None, None
+    rid, error = body.get("request_id"), body.get("error")
+    code = error.get("code") if isinstance(error, dict) else None
+    return (None if rid is None else str(rid)), (None if code is None else str(code))
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[int]:
