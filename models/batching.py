@@ -428,6 +428,12 @@ class MicroBatcher(Generic[Item]):
         self._open.discard(request.future)
         self._queue.drop(request)
 
+    @property
+    def queue_wait_s(self) -> float:
+        """About how long a one-item request submitted now would wait for its row (0
+        before the model has run): what ``max_queue_wait_s`` is held against."""
+        return self.expected_wait_s(1) or 0.0
+
     def expected_wait_s(self, size: int) -> float | None:
         """About how long a request of ``size`` items submitted now waits for its rows:
         its own items, those taken before them, and those already taken for batches and

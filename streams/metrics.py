@@ -170,6 +170,20 @@ class PrometheusObserver(Observer):
             ["model"],
             registry=r,
         )
+        self.queue_wait = Gauge(
+            "shotstream_batcher_queue_wait_seconds",
+            "About how long a one-input request arriving now would wait for the model: the "
+            "inputs queued and taken for batches, at the model's recent seconds per input",
+            ["model"],
+            registry=r,
+        )
+        self.queue_wait_limit = Gauge(
+            "shotstream_batcher_queue_wait_limit_seconds",
+            "Requests with a deadline are refused (SERVICE_UNAVAILABLE) when they would wait "
+            "longer (SHOTSTREAM_BATCHING__MAX_QUEUE_WAIT_S; 0: no limit)",
+            ["model"],
+            registry=r,
+        )
         self.in_flight = Gauge(
             "shotstream_requests_in_flight",
             "Records taken from a topic and not acknowledged yet: not answered, or answered "
@@ -327,6 +341,8 @@ class PrometheusObserver(Observer):
         streams: int = 1,
         image_streams: int = 0,
         queue_capacity: int = 0,
+        queue_waits: Mapping[str, Callable[[], float]] | None = None,
+        queue_wait_limit_s: float = 0.0,
     ) -> None:
         self.model_info.labels(model).info({"source": source, "device": device, "dim": str(dim)})
         for lane, depth in queue_depths.items():  # each lane its own queue, full on its own
@@ -334,6 +350,10 @@ class PrometheusObserver(Observer):
             self.queue_depth.labels(label).set_function(depth)
             if queue_capacity:
                 self.queue_capacity.labels(label).set(queue_capacity)
+        for lane, wait in (queue_waits or {}).items():
+            label = lane_label(model, lane)
+            self.queue_wait.labels(label).set_function(wait)
+            self.queue_wait_limit.labels(label).set(queue_wait_limit_s)
         self.compute_streams.labels(model).set(streams)
         if image_streams:  # image batches are timed as <model>/image: their own denominator
             self.compute_streams.labels(lane_label(model, "image")).set(image_streams)

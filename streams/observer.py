@@ -84,11 +84,15 @@ class Observer:
         streams: int = 1,
         image_streams: int = 0,
         queue_capacity: int = 0,
+        queue_waits: Mapping[str, Callable[[], float]] | None = None,
+        queue_wait_limit_s: float = 0.0,
     ) -> None:
         """A model became ready; ``queue_depths`` reads its batchers' queues by lane
         (``text``, ``image``), each of which holds ``queue_capacity`` inputs; it computes
         ``streams`` batches at once, and ``image_streams`` image batches (its image lane,
-        reported as ``<model>/image``)."""
+        reported as ``<model>/image``). ``queue_waits`` reads, by lane, about how long a
+        one-input request would wait for the model now; requests with a deadline are
+        refused beyond ``queue_wait_limit_s`` (0: no limit)."""
 
     def on_agent(
         self, topic: str, in_flight: Callable[[], int], oldest_s: Callable[[], float]

@@ -92,6 +92,11 @@ class ClassifyService:
                     streams=self.registry.streams,
                     image_streams=self.registry.streams if runtime.image_batcher else 0,
                     queue_capacity=b.max_queue,
+                    queue_waits={
+                        lane: functools.partial(getattr, batcher, "queue_wait_s")
+                        for lane, batcher in runtime.lanes().items()
+                    },
+                    queue_wait_limit_s=b.max_queue_wait_s,
                 )
         return runtime
 

@@ -147,7 +147,10 @@ def test_a_deadline_that_is_no_time_in_seconds_is_refused(
 
 
 def slowed_handler(
-    tmp_path: Path, pause: Callable[[Any], object], **batching: Any
+    tmp_path: Path,
+    pause: Callable[[Any], object],
+    observer: Observer | None = None,
+    **batching: Any,
 ) -> tuple[ClassifyHandler, ClassifyService, Output, list[int]]:
     """A classify handler on the real service and batcher, with the hash model calling
     ``pause(batch)`` before each batch; also the sizes of the batches it embedded."""
@@ -165,7 +168,7 @@ def slowed_handler(
     batching = {"max_wait_ms": 1, "compute_streams": 1, **batching}
     settings = Settings(data_dir=tmp_path, batching=batching)
     output = Output()
-    service = ClassifyService(settings, registry, Observer())
+    service = ClassifyService(settings, registry, observer or Observer())
     handler = ClassifyHandler(settings, service, KeyRing(["k"]), cast(Any, output), Observer())
     return handler, service, output, embedded
 
@@ -284,6 +287,39 @@ def test_a_request_with_a_deadline_behind_more_than_the_queue_wait_limit_is_refu
     assert "error" not in answers["patient"]
     assert sum(embedded) == 3 + 2 + 60 + 1  # the refused request's inputs never were
     assert list(answers).index("hopeful") < list(answers).index("busy9")  # at once
+
+
+def test_the_model_queue_wait_and_its_limit_are_exported(tmp_path: Path) -> None:
+    """Operators see the wait a request would have before refusals start: the estimate
+    the limit is held against, and the limit, per model."""
+    from prometheus_client import CollectorRegistry
+
+    from streams.metrics import PrometheusObserver
+
+    observer = PrometheusObserver(CollectorRegistry())
+    handler, service, _output, _embedded = slowed_handler(
+        tmp_path, lambda batch: time.sleep(0.02 * len(batch)), observer, max_queue_wait_s=7.5
+    )
+    gauge = observer.registry.get_sample_value
+
+    async def go() -> tuple[float | None, float | None]:
+        await handler(classify_event("one", None, ["a", "b", "c"], "hash"))
+        idle = gauge("shotstream_batcher_queue_wait_seconds", {"model": "hash"})
+        queued = asyncio.ensure_future(
+            handler(classify_event("many", None, [f"t{k}" for k in range(40)], "hash"))
+        )
+        await asyncio.sleep(0.1)  # its first batch computing, the rest queued
+        busy = gauge("shotstream_batcher_queue_wait_seconds", {"model": "hash"})
+        await queued
+        await service.aclose()
+        return idle, busy
+
+    idle, busy = asyncio.run(go())
+    assert idle is not None
+    assert busy is not None
+    assert 0 < idle < busy  # one input's time, then about 40 inputs' time
+    limit = gauge("shotstream_batcher_queue_wait_limit_seconds", {"model": "hash"})
+    assert limit == 7.5
 
 
 def test_a_timeout_inside_the_work_is_not_taken_for_the_deadline() -> None:

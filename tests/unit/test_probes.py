@@ -59,11 +59,22 @@ def test_alerted_series_exist_at_zero_before_their_first_event() -> None:
     from prometheus_client import generate_latest
 
     observer = PrometheusObserver(CollectorRegistry())
-    observer.on_model_loaded("m", "pkg", "cpu", 4, {"text": lambda: 10}, queue_capacity=100)
+    observer.on_model_loaded(
+        "m",
+        "pkg",
+        "cpu",
+        4,
+        {"text": lambda: 10},
+        queue_capacity=100,
+        queue_waits={"text": lambda: 2.5},
+        queue_wait_limit_s=10.0,
+    )
     observer.on_agent("t", lambda: 2, lambda: 7.5)
     text = generate_latest(observer.registry).decode()
     assert 'shotstream_classifier_rewrites_total{reason="stale_write"} 0.0' in text
     assert 'shotstream_classifier_rewrites_total{reason="after_delete"} 0.0' in text
     assert 'shotstream_batcher_queue_capacity{model="m"} 100.0' in text
+    assert 'shotstream_batcher_queue_wait_seconds{model="m"} 2.5' in text
+    assert 'shotstream_batcher_queue_wait_limit_seconds{model="m"} 10.0' in text
     assert 'shotstream_requests_in_flight{topic="t"} 2.0' in text
     assert 'shotstream_oldest_request_age_seconds{topic="t"} 7.5' in text
