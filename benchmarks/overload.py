@@ -3,18 +3,24 @@
 Run from the repository root::
 
     .venv/bin/python -m benchmarks.overload [--model multilingual-e5-small] [--rate 80]
-        [--seconds 150] [--limits 0,10] [--out benchmarks/results]
+        [--seconds 150] [--limits 0,10] [--via kafka|http] [--out benchmarks/results]
 
 One embedded broker; for each ``SHOTSTREAM_BATCHING__MAX_QUEUE_WAIT_S`` in ``--limits``
 (0: off, a request is refused only when the work queued ahead would keep it past its
-deadline) a fresh worker is flooded over Kafka at ``--rate`` zero-shot requests per
-second (``--inputs`` texts, 3 labels) for ``--seconds``, each with a
-``shotstream-deadline`` header ``--deadline`` seconds after it was sent (what the gateway
-puts on its requests). Every request's answer is awaited, so nothing unanswered goes
-unseen. For each limit it reports what came back: predictions (and how many in time),
-refusals by error code, latency percentiles of each, and the predictions per second
-during the flood; then the ratios of each limit's figures to the first's, measured in
-this run. Writes ``<out>/overload-<model>.json``, ``.md`` and ``.png``.
+deadline) a fresh worker is flooded at ``--rate`` zero-shot requests per second
+(``--inputs`` texts, 3 labels) for ``--seconds``, an open loop:
+
+* ``--via kafka``: produced to the classify topic, each with a ``shotstream-deadline``
+  header ``--deadline`` seconds after it was sent (what the gateway puts on its
+  requests); answers read from the predictions and errors topics;
+* ``--via http``: ``POST /v1/classify`` to a ``shotstream gateway`` process whose reply
+  timeout is ``--deadline`` (one connection per request in flight).
+
+Every request's answer is awaited, so nothing unanswered goes unseen. For each limit it
+reports what came back: predictions (and how many in time), refusals by error code,
+latency percentiles of each, the predictions per second during the flood and the
+requests cut off at their deadline; then the ratios of each limit's figures to the
+first's, measured in this run. Writes ``<out>/overload-<model>[-http].json``, ``.md`` and ``.png``.
 """
 
 from __future__ import annotations
@@ -33,15 +39,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm  # type: ignore[import-untyped]  # tqdm ships no type information
 
 from benchmarks.load import LoadClient, Request, RunResult
 from benchmarks.texts import ROUTING_LABELS, make_texts
 from streams.broker import EmbeddedBroker
 from streams.cli import free_port
-from streams.processes import WorkerProcess
+from streams.processes import GatewayProcess, WorkerProcess
 
 OK = "answered"
 """The outcome of a request answered with predictions."""
+HTTP_KEY = "overload-bench-key"
+VIA = {"kafka": "over Kafka", "http": "through the HTTP gateway"}
+TIMEOUTS = ("DEADLINE_EXCEEDED", "SERVICE_TIMEOUT")
+"""The codes of requests that ran out of time: the worker's, and the gateway's 504."""
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -54,21 +65,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--limits", default="0,10", help="SHOTSTREAM_BATCHING__MAX_QUEUE_WAIT_S values (0: off)"
     )
+    p.add_argument("--via", choices=("kafka", "http"), default="kafka")
     p.add_argument("--model-cache", type=Path, default=None)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     p.add_argument("--tag", default="", help="suffix for the result files")
     return p.parse_args(argv)
 
 
-def flood_requests(tag: str, n: int, inputs: int, model: str) -> list[Request]:
-    """``n`` zero-shot requests of ``inputs`` texts and the routing labels."""
+def flood_requests(
+    tag: str, n: int, inputs: int, model: str, *, http: bool = False
+) -> list[Request]:
+    """``n`` zero-shot requests of ``inputs`` texts and the routing labels (for the
+    gateway, Jina's body: no ``request_id``)."""
     texts = make_texts(2000)
     out: list[Request] = []
     for i in range(n):
         rid = f"{tag}-{i:06d}"
         chosen = [texts[(i * inputs + k) % len(texts)] for k in range(inputs)]
-        body = {"request_id": rid, "model": model, "labels": ROUTING_LABELS, "input": chosen}
-        out.append((rid, json.dumps(body, ensure_ascii=False).encode()))
+        body = {"model": model, "labels": ROUTING_LABELS, "input": chosen}
+        record = body if http else {"request_id": rid, **body}
+        out.append((rid, json.dumps(record, ensure_ascii=False).encode()))
     return out
 
 
@@ -160,7 +176,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"for {a['seconds']:g} s, {a['deadline']:g} s deadline",
         "",
         f"{results['timestamp']}; {results['machine']['usable_cpus']} usable CPUs; "
-        "one worker, over Kafka (embedded broker).",
+        f"one worker, {VIA[a.get('via', 'kafka')]} (embedded broker).",
         "",
         "| MAX_QUEUE_WAIT_S | requests | predictions (in time) | predictions/s during "
         "the flood | p50 / p90 / p99 of predictions | refusals: count, p50 | cut off at "
@@ -175,7 +191,8 @@ def markdown(results: dict[str, Any]) -> str:
             for code, o in run["outcomes"].items()
             if code != OK
         )
-        cut = cut_off(results["timelines"][limit].get("DEADLINE_EXCEEDED", []), a["deadline"])
+        timelines = results["timelines"][limit]
+        cut = sum(cut_off(timelines.get(code, []), a["deadline"]) for code in TIMEOUTS)
         lines.append(
             f"| {label_of(limit)} | {run['requests']:,} | {ok['count']:,} ({run['in_time']:,}) "
             f"| {run['answered_per_s']:.1f} | {lat} | {refusals or '-'} | {cut:,} "
@@ -198,7 +215,12 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-COLORS = {OK: "#2ca02c", "DEADLINE_EXCEEDED": "#d62728", "SERVICE_UNAVAILABLE": "#ff7f0e"}
+COLORS = {
+    OK: "#2ca02c",
+    "DEADLINE_EXCEEDED": "#d62728",
+    "SERVICE_TIMEOUT": "#8c564b",
+    "SERVICE_UNAVAILABLE": "#ff7f0e",
+}
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -231,7 +253,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
     axes[0][0].set_ylabel("answer time - send time (s)")
     a = results["args"]
     fig.suptitle(
-        f"{a['model']}: one worker flooded at {a['rate']:g} requests/s of {a['inputs']} texts "
+        f"{a['model']}: one worker flooded {VIA[a.get('via', 'kafka')]} at {a['rate']:g} "
+        f"requests/s of {a['inputs']} texts "
         f"for {a['seconds']:g} s, {a['deadline']:g} s deadline "
         f"({results['machine']['usable_cpus']} CPUs)"
     )
@@ -241,7 +264,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 
 async def flood(brokers: str, prefix: str, args: argparse.Namespace, tag: str) -> RunResult:
-    """Warm the worker (no deadline), then the flood; every answer awaited."""
+    """Warm the worker (no deadline), then the flood over Kafka; every answer awaited."""
     n = int(args.rate * args.seconds)
     async with LoadClient(brokers, prefix, stall_s=max(120.0, 2 * args.deadline)) as warm:
         await warm.burst(flood_requests(f"{tag}-warm", 16, args.inputs, args.model), "warm")
@@ -250,6 +273,66 @@ async def flood(brokers: str, prefix: str, args: argparse.Namespace, tag: str) -
     ) as load:
         requests = flood_requests(tag, n, args.inputs, args.model)
         return await load.paced(requests, args.rate, f"flood {tag}")
+
+
+async def flood_http(base: str, args: argparse.Namespace, tag: str) -> RunResult:
+    """Warm the worker through the gateway, then the flood: one POST per request at its
+    time, each its own connection; an answer's outcome is its body's ``code`` (``answered``
+    for a 200)."""
+    import aiohttp
+
+    headers = {"Authorization": f"Bearer {HTTP_KEY}", "Content-Type": "application/json"}
+    result = RunResult(f"flood {tag}")
+    timeout = aiohttp.ClientTimeout(total=args.deadline + 60)
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    async with aiohttp.ClientSession(base, connector=connector, timeout=timeout) as http:
+
+        async def post(rid: str, body: bytes, record: bool) -> None:
+            sent = time.perf_counter()
+            try:
+                async with http.post("/v1/classify", data=body, headers=headers) as r:
+                    answer = await r.json(content_type=None)
+                    code = None if r.status == 200 else str(answer.get("code", r.status))
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                code = f"client {type(exc).__name__}"
+            if record:
+                result.sent[rid], result.received[rid] = sent, time.perf_counter()
+                if code is not None:
+                    result.codes[rid] = code
+                    result.errors += 1
+
+        warm = flood_requests(f"{tag}-warm", 16, args.inputs, args.model, http=True)
+        await asyncio.gather(*(post(rid, body, False) for rid, body in warm))
+        n = int(args.rate * args.seconds)
+        requests = flood_requests(tag, n, args.inputs, args.model, http=True)
+        bar = tqdm(total=len(requests), desc=f"flood {tag}", unit="req", leave=False)
+        tasks = []
+        start = time.perf_counter()
+        for i, (rid, body) in enumerate(requests):
+            delay = start + i / args.rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.ensure_future(post(rid, body, True))
+            task.add_done_callback(lambda _: bar.update())
+            tasks.append(task)
+        await asyncio.gather(*tasks)
+        bar.close()
+    return result
+
+
+def via_gateway(env: dict[str, str], log: Path, args: argparse.Namespace, tag: str) -> RunResult:
+    """The HTTP flood through a gateway of the worker's settings, with no rate limits."""
+    port = free_port()
+    gateway_env = {
+        **env,
+        "SHOTSTREAM_API_KEYS": HTTP_KEY,
+        "SHOTSTREAM_HTTP_PORT": str(port),
+        "SHOTSTREAM_GATEWAY__REPLY_TIMEOUT_S": str(args.deadline),
+        "SHOTSTREAM_GATEWAY__TIERS": json.dumps({"free": {"rpm": 10**9, "tpm": 10**12}}),
+    }
+    with GatewayProcess(gateway_env, log) as gateway:
+        gateway.wait_ready(120)
+        return asyncio.run(flood_http(f"http://127.0.0.1:{port}", args, tag))
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -285,14 +368,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"MAX_QUEUE_WAIT_S={limit}: starting a worker ...", flush=True)
             with WorkerProcess(env, work / f"worker-{i}.log") as worker:
                 worker.wait_ready(600)
-                result = asyncio.run(flood(broker.address, prefix, args, f"{run_id}-{i}"))
+                if args.via == "kafka":
+                    result = asyncio.run(flood(broker.address, prefix, args, f"{run_id}-{i}"))
+                else:
+                    result = via_gateway(env, work / f"gateway-{i}.log", args, f"{run_id}-{i}")
             summary = outcomes(result, args.deadline)
             results["runs"][limit] = summary
             results["timelines"][limit] = timeline(result)
             print(json.dumps(summary, indent=1), flush=True)
     results["ratios"] = relative(results["runs"])
     args.out.mkdir(parents=True, exist_ok=True)
-    name = f"overload-{args.model.replace('/', '_')}" + (f"-{args.tag}" if args.tag else "")
+    name = f"overload-{args.model.replace('/', '_')}" + ("-http" if args.via == "http" else "")
+    name += f"-{args.tag}" if args.tag else ""
     (args.out / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
     (args.out / f"{name}.md").write_text(markdown(results))
     plot(results, args.out / f"{name}.png")
