@@ -91,36 +91,26 @@ def flood_requests(
 def outcomes(result: RunResult, deadline_s: float) -> dict[str, Any]:
     """What the flood's callers got: per outcome (``answered`` or an error code) how many
     and their latency percentiles (seconds); predictions in time and per second."""
-    start = min(result.sent.values())
-    by: dict[str, list[float]] = {}
-    for rid, t in result.received.items():
-        by.setdefault(result.codes.get(rid, OK), []).append(t - result.sent[rid])
+    points = timeline(result)
+    span = max(result.sent.values()) - min(result.sent.values())  # the flood's length
     summary: dict[str, Any] = {
         "requests": result.requests,
         "unanswered": result.requests - len(result.received),
         "outcomes": {},
     }
-    for outcome, latencies in sorted(by.items()):
-        p50, p90, p99 = np.percentile(latencies, [50, 90, 99])
+    for outcome, pts in sorted(points.items()):
+        p50, p90, p99 = np.percentile([latency for _, latency in pts], [50, 90, 99])
         summary["outcomes"][outcome] = {
-            "count": len(latencies),
+            "count": len(pts),
             "p50_s": float(p50),
             "p90_s": float(p90),
             "p99_s": float(p99),
         }
-    ok = [(result.received[rid], t) for rid, t in _answered(result)]
+    ok = points.get(OK, [])
     summary["in_time"] = sum(1 for _, latency in ok if latency <= deadline_s)
-    last_sent = max(result.sent.values())
-    during = [done for done, _ in ok if done <= last_sent]
-    summary["answered_per_s"] = len(during) / (last_sent - start) if last_sent > start else 0.0
+    during = sum(1 for sent, latency in ok if sent + latency <= span)
+    summary["answered_per_s"] = during / span if span > 0 else 0.0
     return summary
-
-
-def _answered(result: RunResult) -> list[tuple[str, float]]:
-    """``(request id, latency)`` of the requests answered with predictions."""
-    return [
-        (rid, t - result.sent[rid]) for rid, t in result.received.items() if rid not in result.codes
-    ]
 
 
 def timeline(result: RunResult) -> dict[str, list[list[float]]]:
@@ -335,6 +325,13 @@ def via_gateway(env: dict[str, str], log: Path, args: argparse.Namespace, tag: s
         return asyncio.run(flood_http(f"http://127.0.0.1:{port}", args, tag))
 
 
+def to_json(results: dict[str, Any]) -> str:
+    """The results, indented, with each timeline on one line (24,000 points)."""
+    text = json.dumps({**results, "timelines": None}, indent=1)
+    timelines = json.dumps(results["timelines"], separators=(",", ":"))
+    return text.replace('"timelines": null', f'"timelines": {timelines}', 1) + "\n"
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     limits = [s.strip() for s in args.limits.split(",") if s.strip()]
     run_id = f"{int(time.time())}{os.getpid()}"
@@ -380,7 +377,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     args.out.mkdir(parents=True, exist_ok=True)
     name = f"overload-{args.model.replace('/', '_')}" + ("-http" if args.via == "http" else "")
     name += f"-{args.tag}" if args.tag else ""
-    (args.out / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
+    (args.out / f"{name}.json").write_text(to_json(results))
     (args.out / f"{name}.md").write_text(markdown(results))
     plot(results, args.out / f"{name}.png")
     print(markdown(results))

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import pytest
 
 from benchmarks.load import LoadClient, RunResult, _answer_of
-from benchmarks.overload import OK, cut_off, markdown, outcomes, plot, relative, timeline
+from benchmarks.overload import (
+    OK,
+    cut_off,
+    markdown,
+    outcomes,
+    plot,
+    relative,
+    timeline,
+    to_json,
+)
 from streams.records import DEADLINE_HEADER
 
 
@@ -63,6 +73,10 @@ def test_ratios_are_to_the_first_limit_and_the_report_and_plot_are_written(
     assert "| 10 s | 4 | 1 (1) |" in table
     assert "SERVICE_UNAVAILABLE 1" in table
     assert cut_off([[0.0, 29.5], [1.0, 0.01], [2.0, 30.1]], 30.0) == 2  # taken, then cut off
+    written = to_json(results)
+    assert json.loads(written)["timelines"] == results["timelines"]
+    assert json.loads(written)["runs"] == runs
+    assert len(written.splitlines()) < 100  # the timelines' points on one line
     plot(results, tmp_path / "overload.png")
     assert (tmp_path / "overload.png").stat().st_size > 10_000
 
