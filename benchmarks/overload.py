@@ -42,6 +42,7 @@ import numpy as np
 from tqdm import tqdm  # type: ignore[import-untyped]  # tqdm ships no type information
 
 from benchmarks.load import LoadClient, Request, RunResult
+from benchmarks.report import div
 from benchmarks.texts import ROUTING_LABELS, make_texts
 from streams.broker import EmbeddedBroker
 from streams.cli import free_port
@@ -134,18 +135,14 @@ def relative(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
     for name in names[1:]:
         run, ok, base_ok = runs[name], runs[name]["outcomes"], base["outcomes"]
         out[name] = {
-            "answered_per_s": _ratio(run["answered_per_s"], base["answered_per_s"]),
-            "in_time": _ratio(run["in_time"], base["in_time"]),
-            "answered_p50": _ratio(
+            "answered_per_s": div(run["answered_per_s"], base["answered_per_s"]),
+            "in_time": div(run["in_time"], base["in_time"]),
+            "answered_p50": div(
                 ok.get(OK, {}).get("p50_s", float("nan")),
                 base_ok.get(OK, {}).get("p50_s", float("nan")),
             ),
         }
     return out
-
-
-def _ratio(a: float, b: float) -> float:
-    return a / b if b else float("nan")
 
 
 def cut_off(points: list[list[float]], deadline_s: float) -> int:

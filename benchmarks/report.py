@@ -47,7 +47,8 @@ class Ratio:
         }
 
 
-def _div(a: float, b: float) -> float:
+def div(a: float, b: float) -> float:
+    """``a / b``; NaN when ``b`` is 0 (a configuration that answered nothing)."""
     return a / b if b else float("nan")
 
 
@@ -57,15 +58,15 @@ def ratios(
     """The ratios the issue asks for, targets where it sets one; ``batch1``: (a) at batch 1;
     ``gpu``: the model ran on a GPU (batching is worth more there: target 10, not 2.5)."""
     return [
-        Ratio("(b)/(a)  shotstream vs raw embedder", _div(tput["b"], tput["a"]), 0.90),
-        Ratio("(b)/(c)  micro-batching on vs off", _div(tput["b"], tput["c"]), 10 if gpu else 2.5),
-        Ratio("(a)/roof embedder GFLOP/s vs matmul", _div(gflops, roof), 0.6),
-        Ratio("(f1)/(a) naive 1-by-1 vs raw embedder", _div(tput["f1"], tput["a"])),
-        Ratio("(f2)/(a) naive getmany(32) vs raw", _div(tput["f2"], tput["a"])),
-        Ratio("(b)/(f2) shotstream vs naive getmany(32)", _div(tput["b"], tput["f2"])),
-        Ratio("(b)/(e)  cost of 256 labels vs 3", _div(tput["b"], tput["e"]), 1.2, False),
+        Ratio("(b)/(a)  shotstream vs raw embedder", div(tput["b"], tput["a"]), 0.90),
+        Ratio("(b)/(c)  micro-batching on vs off", div(tput["b"], tput["c"]), 10 if gpu else 2.5),
+        Ratio("(a)/roof embedder GFLOP/s vs matmul", div(gflops, roof), 0.6),
+        Ratio("(f1)/(a) naive 1-by-1 vs raw embedder", div(tput["f1"], tput["a"])),
+        Ratio("(f2)/(a) naive getmany(32) vs raw", div(tput["f2"], tput["a"])),
+        Ratio("(b)/(f2) shotstream vs naive getmany(32)", div(tput["b"], tput["f2"])),
+        Ratio("(b)/(e)  cost of 256 labels vs 3", div(tput["b"], tput["e"]), 1.2, False),
         # context for (b)/(c): what batching buys the bare model on this machine
-        Ratio("(a)/(a@1) raw best batch vs raw batch 1", _div(tput["a"], batch1)),
+        Ratio("(a)/(a@1) raw best batch vs raw batch 1", div(tput["a"], batch1)),
     ]
 
 
@@ -86,7 +87,7 @@ def print_report(results: dict[str, Any], found: list[str]) -> None:
         label = f"({key}) {desc}"
         if key == "a":
             label = f"(a) raw embedder ({raw['best_batch_size']})"
-        print(f"{label:<44}{tput[key]:>10.1f}{_div(tput[key], tput['a']):>9.2f}")
+        print(f"{label:<44}{tput[key]:>10.1f}{div(tput[key], tput['a']):>9.2f}")
     per_batch = "  ".join(f"{bs}: {v['texts_per_s']:.0f}" for bs, v in raw["batch_sizes"].items())
     print(f"    raw embedder by batch size (NxS: S compute streams at once): {per_batch}")
     print(
@@ -142,7 +143,7 @@ def plot(results: dict[str, Any], latencies_ms: list[float], path: Path) -> None
     bars = left.bar([f"({k})" for k in keys], [tput[k] for k in keys], color=colors[: len(keys)])
     for bar, key in zip(bars, keys, strict=True):
         left.annotate(
-            f"{_div(tput[key], tput['a']):.2f}x (a)",
+            f"{div(tput[key], tput['a']):.2f}x (a)",
             (bar.get_x() + bar.get_width() / 2, bar.get_height()),
             ha="center",
             va="bottom",
