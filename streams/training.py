@@ -131,6 +131,10 @@ _MODEL_DEPENDENT = frozenset({ErrorCode.INPUT_INVALID, ErrorCode.MODEL_NOT_AVAIL
 """Refusals of a train request that depend on the classifier's model (an image for a
 text-only model, a model no longer loaded)."""
 
+_REFUSED_IN_TURN = frozenset({ErrorCode.DEADLINE_EXCEEDED, ErrorCode.SERVICE_UNAVAILABLE})
+"""Refusals of a train request's embedding before its turn that are answered in its turn,
+after the replay check: its deadline passed or could not be met, or the worker is busy."""
+
 _CREATED_MEMORY_S = 60.0
 """How long a create counts toward its owner's limit before the replica must have it."""
 
@@ -357,23 +361,21 @@ class TrainHandler:
         refused = refused or is_late(deadline)
         model = request.model or (existing.model if existing else None)
         embedded = None
-        busy: RequestError | None = None
+        deferred: RequestError | None = None
         if model and not refused:
             try:
                 embedded = await before_deadline(self._embed(request, model), deadline)
             except Exception as exc:
                 # the model came from state read before this record's turn, and records
                 # before it may delete the classifier and create it with another model: a
-                # refusal that depends on the model is decided in turn, by its model. Past
-                # its deadline, it is refused in turn too, and so is one refused by a busy
-                # worker: a replay is still answered (it was learned, and a retry of a
-                # refusal would learn it twice)
+                # refusal that depends on the model is decided in turn, by its model. One
+                # for its deadline (passed, or the model's queue would keep it past it) or
+                # by a busy worker is answered in turn, unlearned: a replay is still
+                # answered (it was learned, and a retry of a refusal would learn it twice)
                 error = to_request_error(exc)
-                if error.code == ErrorCode.SERVICE_UNAVAILABLE:
-                    busy = error
-                elif error.code != ErrorCode.DEADLINE_EXCEEDED and (
-                    request.model is not None or error.code not in _MODEL_DEPENDENT
-                ):
+                if error.code in _REFUSED_IN_TURN:
+                    deferred = error
+                elif request.model is not None or error.code not in _MODEL_DEPENDENT:
                     raise
         async with turn:
             record = self._read(request.classifier_id, owner)
@@ -411,15 +413,17 @@ class TrainHandler:
             # not learned once its caller was told it timed out (a 504): a retry must not
             # learn the examples twice
             refuse_late(deadline)
-            if busy is not None:
-                raise busy
+            if deferred is not None:
+                raise deferred
             created = record is None
             record = self._authorize(request, record, owner)
             # the operator's limit now, not the one when the classifier was made (raising
             # SHOTSTREAM_LIMITS__MAX_CLASSES reached new classifiers only)
             record.hyper["max_classes"] = self.settings.limits.max_classes
             if embedded is None or embedded[3] != record.model:
-                embedded = await self._embed(request, record.model)  # rare: the model changed
+                # rare: the model changed. Under the deadline, as the embedding before the
+                # turn: one that would keep the caller past it is refused, unlearned
+                embedded = await before_deadline(self._embed(request, record.model), deadline)
             vectors, label_vectors, tokens, _model = embedded
             if record.version == 0 and not record.labels:  # new: its size is the model's
                 record.dim = int(vectors.shape[1])

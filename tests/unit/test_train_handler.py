@@ -327,6 +327,34 @@ def test_a_model_refusal_is_decided_by_the_classifier_the_record_finds_in_its_tu
     assert (stored(table).model, stored(table).version) == ("m2", 2)
 
 
+def test_embedding_again_in_turn_for_a_changed_model_keeps_to_the_deadline() -> None:
+    """r4 was embedded before its turn with x's model then (m1); in its turn x is m2's and
+    r4 is embedded again. That embedding ran without r4's deadline: learned after its
+    caller had stopped waiting (a 504, and a retry learned it twice). It now stops at the
+    deadline, unlearned, as the embedding before the turn does."""
+    train_handler, table, output = handler({})
+    embed = train_handler._embed
+
+    async def slow_m2(request: Any, model: str) -> tuple[np.ndarray, None, int, str]:
+        if model == "m2" and request.request_id == "r4":
+            await asyncio.sleep(1.0)
+        return await embed(request, model)
+
+    train_handler._embed = slow_m2  # type: ignore[method-assign]
+    run(train_handler, [event(0, train("r0", "a", model="m1"), "x")])
+    delete = {"request_id": "r2", "classifier_id": "x", "action": "delete"}
+    run(
+        train_handler,
+        [
+            event(2, delete, "x"),
+            event(3, train("r3", "a", model="m2"), "x"),
+            late(event(4, train("r4", "b", model=None), "x"), time.time() + 0.3),
+        ],
+    )
+    assert output.answers() == {"r0": 1, "r2": "deleted", "r3": 1, "r4": "DEADLINE_EXCEEDED"}
+    assert (stored(table).model, stored(table).labels) == ("m2", ["a"])
+
+
 def test_a_raised_class_limit_reaches_classifiers_made_before() -> None:
     """The class limit was copied into a classifier when it was made: after the operator
     raised SHOTSTREAM_LIMITS__MAX_CLASSES, old classifiers still refused class 17."""
@@ -626,6 +654,38 @@ def test_an_overloaded_worker_s_refusal_is_not_learned_but_a_replay_is_answered(
     trainer._embed = embed  # type: ignore[method-assign]
     run(trainer, [late(event(2, train("r2", "b"), "x"), time.time() + 60)])
     assert output.answers()["r2"] == 2
+
+
+def test_a_request_the_model_queue_would_keep_past_its_deadline_is_not_learned() -> None:
+    """Refused DEADLINE_EXCEEDED before its turn because the inputs queued for the model
+    would keep it past its deadline (which had not passed), a train request was embedded
+    again in its turn without the deadline, learned, and answered after its caller gave
+    up (a 504: its retry learned the examples twice). It is now refused in turn, unlearned,
+    as a busy worker's refusal is; a replay is still answered as learned."""
+    from models.batching import Unreachable
+
+    trainer, table, output = handler({})
+    embed = trainer._embed
+    first = late(event(0, train("r0", "a"), "x"), time.time() + 60)
+    run(trainer, [first])
+    calls: list[str] = []
+
+    async def behind_a_backlog(request: Any, model: str) -> Any:
+        calls.append(request.request_id)
+        if len(calls) == 1:  # the queue is long only when the request first comes
+            raise Unreachable(90.0, 60.0)
+        return await embed(request, model)
+
+    trainer._embed = behind_a_backlog  # type: ignore[method-assign]
+    run(trainer, [late(event(1, train("r1", "b"), "x"), time.time() + 60)])
+    assert output.answers()["r1"] == "DEADLINE_EXCEEDED"
+    assert calls == ["r1"]  # not embedded again in its turn
+    assert stored(table).labels == ["a"]
+    calls.clear()
+    output.sent.clear()
+    run(trainer, [first])  # redelivered while the queue is long: answered as learned
+    assert output.answers() == {"r0": 1}
+    assert stored(table).version == 1
 
 
 def test_few_shot_requests_wait_for_the_changelog_a_bounded_time() -> None:
