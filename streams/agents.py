@@ -20,7 +20,13 @@ import faust
 import orjson
 
 from streams.auth import KeyRing, header_value, owner_or_refusal
-from streams.errors import ErrorCode, OversizeRecordError, RequestError, to_request_error
+from streams.errors import (
+    ErrorCode,
+    OversizeRecordError,
+    RequestError,
+    retry_after_headers,
+    to_request_error,
+)
 from streams.observer import Observer
 from streams.producer import OutputProducer
 from streams.records import (
@@ -343,6 +349,7 @@ async def send_dead_letter(
     if request_id is None:
         request_id = error.request_id or _utf8_or_none(message.key)
     request_id = _capped(request_id, MAX_LETTER_ID_CHARS)
+    headers = retry_after_headers(error)
     error = RequestError(error.code, _capped(error.detail, MAX_LETTER_DETAIL_CHARS) or "")
     payload = message.value if isinstance(message.value, bytes) else None
     # keyed, also when the request had no id: a compacted errors topic refuses keyless records
@@ -376,7 +383,7 @@ async def send_dead_letter(
             keep = int(keep * budget / len(value) * 0.9)
     for attempt in (value, letter(0)):
         try:
-            await output.send(topic, key, attempt)
+            await output.send(topic, key, attempt, headers=headers)
             break
         except OversizeRecordError as too_large:  # the broker's own limit is lower
             last = too_large

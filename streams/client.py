@@ -16,7 +16,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streams.broker import follow, kafka_security, request_timeout, stop_consumer
-from streams.errors import OversizeRecordError
+from streams.errors import OversizeRecordError, retry_after_of
 from streams.lenient_records import install as read_undecodable_header_keys
 from streams.producer import TOO_LARGE, record_size
 from streams.settings import EMBEDDED_FETCH_MAX_WAIT_MS, Settings
@@ -36,11 +36,16 @@ class GatewayStartError(Exception):
 
 
 class Answer(dict[str, Any]):
-    """A response body; ``topic`` says whether it was a prediction or a dead letter."""
+    """A response body; ``topic`` says whether it was a prediction or a dead letter, and
+    ``retry_after_s`` when a refused request may pass (its dead letter's
+    :data:`~streams.errors.RETRY_AFTER_HEADER`), where the worker said."""
 
-    def __init__(self, topic: str, body: dict[str, Any]) -> None:
+    def __init__(
+        self, topic: str, body: dict[str, Any], *, retry_after_s: int | None = None
+    ) -> None:
         super().__init__(body)
         self.topic = topic
+        self.retry_after_s = retry_after_s
 
     @property
     def is_error(self) -> bool:
@@ -178,7 +183,9 @@ class ShotstreamClient:
         rid = body.get("request_id") if isinstance(body, dict) else None
         future = self._waiting.get(str(rid)) if rid is not None else None
         if future is not None and not future.done():
-            future.set_result(Answer(record.topic, body))
+            future.set_result(
+                Answer(record.topic, body, retry_after_s=retry_after_of(record.headers))
+            )
 
     def expect(self, request_id: str) -> asyncio.Future[Answer]:
         """A future for the answer (prediction or dead letter) to ``request_id``."""

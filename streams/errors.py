@@ -6,6 +6,8 @@ mapped to a code here, at the edge, and the original message is kept as the deta
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from enum import StrEnum
 
 from models.fewshot import ClassLimitError, NonFiniteInputError
@@ -62,13 +64,47 @@ class ErrorCode(StrEnum):
 class RequestError(Exception):
     """A request that cannot be answered, with the code and detail the caller sees."""
 
-    def __init__(self, code: ErrorCode, detail: str, *, request_id: str | None = None) -> None:
+    def __init__(
+        self,
+        code: ErrorCode,
+        detail: str,
+        *,
+        request_id: str | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
         self.request_id = request_id
         """The refused body's ``request_id``, where it could be read all the same (its dead
         letter carries it)."""
+        self.retry_after_s = retry_after_s
+        """How long the same request is expected to be refused, where the worker knows
+        (an overloaded one): its dead letter's :data:`RETRY_AFTER_HEADER`."""
+
+
+RETRY_AFTER_HEADER = "shotstream-retry-after"
+"""A dead letter's header, where the worker knows when the same request may pass: whole
+seconds (ASCII, at least 1), as HTTP's ``Retry-After``, which the gateway sets from it.
+The dead letter's body keeps its fixed shape."""
+
+
+def retry_after_headers(error: RequestError) -> list[tuple[str, bytes]]:
+    """The dead letter's headers for ``error``: :data:`RETRY_AFTER_HEADER` or none."""
+    if error.retry_after_s is None or not math.isfinite(error.retry_after_s):
+        return []
+    seconds = max(1, math.ceil(error.retry_after_s))
+    return [(RETRY_AFTER_HEADER, str(seconds).encode("ascii"))]
+
+
+def retry_after_of(headers: Sequence[tuple[str, bytes | None]] | None) -> int | None:
+    """Whole seconds in a record's :data:`RETRY_AFTER_HEADER`; ``None`` without a valid
+    one (a record from elsewhere may carry anything)."""
+    for key, value in headers or ():
+        if key.lower() == RETRY_AFTER_HEADER:
+            text = (value or b"").decode("ascii", "replace")
+            return int(text) if text.isdigit() and 0 < len(text) <= 9 else None
+    return None
 
 
 class OversizeRecordError(ValueError):

@@ -144,7 +144,10 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     422: {"model": ValidationErrorBody, "description": "Body does not match the schema"},
     429: {"model": ErrorBody, "description": "Rate limit exceeded (see Retry-After)"},
     500: {"model": ErrorBody, "description": "Internal error"},
-    503: {"model": ErrorBody, "description": "Kafka unavailable"},
+    503: {
+        "model": ErrorBody,
+        "description": "Kafka unavailable, or a worker overloaded (see Retry-After)",
+    },
     504: {"model": ErrorBody, "description": "No answer in time"},
 }
 
@@ -312,9 +315,11 @@ class Gateway:
         if answer.is_error:
             error = answer["error"]
             code = str(error.get("code", ErrorCode.INTERNAL_ERROR))
-            raise GatewayError(
-                STATUS_OF.get(code, 400), code, str(error.get("detail", "")), rate_headers(after)
-            )
+            status = STATUS_OF.get(code, 400)
+            told = rate_headers(after)
+            if status == 503 and answer.retry_after_s is not None:  # an overloaded worker
+                told = {"Retry-After": str(answer.retry_after_s), **told}
+            raise GatewayError(status, code, str(error.get("detail", "")), told)
         return answer, after
 
     def _charge_when_answered(self, future: asyncio.Future[Answer], bucket: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
@@ -84,8 +85,15 @@ class OutputProducer:
                     self._producer = producer
         return self._producer
 
-    async def send(self, topic: str, key: str | None, value: bytes) -> None:
-        """Produce and wait for the broker's ack.
+    async def send(
+        self,
+        topic: str,
+        key: str | None,
+        value: bytes,
+        *,
+        headers: Sequence[tuple[str, bytes]] = (),
+    ) -> None:
+        """Produce (with ``headers``) and wait for the broker's ack.
 
         A record over the size limit raises :class:`OversizeRecordError` at once (the
         caller answers with a dead letter instead). Any other failure is retried until the
@@ -104,7 +112,9 @@ class OutputProducer:
                 # ProducerStoppedError is not caught: once stopped, the request stays
                 # unacknowledged and is redelivered to the next worker
                 producer = await self._started()
-                await producer.send_and_wait(topic, value, key=raw_key)
+                await producer.send_and_wait(
+                    topic, value, key=raw_key, headers=list(headers) or None
+                )
                 if attempt:
                     self._recovered(topic)
                 return

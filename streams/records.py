@@ -565,6 +565,8 @@ async def before_deadline(work: Awaitable[T], deadline: float | None) -> T:
             f"the worker is overloaded: the inputs queued for the model ahead of the request "
             f"take about {exc.wait_s:.1f} s, more than its limit of {exc.limit_s:g} s "
             "(SHOTSTREAM_BATCHING__MAX_QUEUE_WAIT_S), so it was not computed; retry later",
+            # until the queue is down to the limit, were nothing more to come
+            retry_after_s=exc.wait_s - exc.limit_s,
         ) from None
     finally:
         DEADLINE.reset(token)

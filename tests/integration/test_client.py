@@ -50,3 +50,31 @@ def test_answers_on_a_partition_added_after_start_are_read(
             return await asyncio.wait_for(waiting, 20)
 
     assert asyncio.run(go())["request_id"] == "r-late"
+
+
+def test_a_dead_letter_s_retry_after_header_reaches_the_client(broker: EmbeddedBroker) -> None:
+    """An overloaded worker's refusal says when to retry in a record header (the dead
+    letter's body keeps its fixed shape): produced by the workers' producer, read by the
+    client over the real broker, and the gateway's Retry-After comes from it."""
+    from streams.errors import ErrorCode, RequestError, retry_after_headers
+    from streams.producer import OutputProducer
+
+    settings = client_settings(broker, topic_prefix="retry.")
+    answers = [settings.topic(t) for t in ("predictions", "train-results", "errors")]
+    asyncio.run(ensure_topics([broker.address], answers, partitions=1))
+    busy = RequestError(ErrorCode.SERVICE_UNAVAILABLE, "overloaded", retry_after_s=2.2)
+
+    async def go() -> list[int | None]:
+        async with ShotstreamClient(settings) as client:
+            waiting = [client.expect("r-busy"), client.expect("r-plain")]
+            output = OutputProducer(settings)
+            try:
+                for rid, headers in (("r-busy", retry_after_headers(busy)), ("r-plain", [])):
+                    letter = f'{{"request_id": "{rid}", "error": {{"code": "x"}}}}'.encode()
+                    await output.send(settings.topic("errors"), rid, letter, headers=headers)
+            finally:
+                await output.stop()
+            got = await asyncio.wait_for(asyncio.gather(*waiting), 20)
+            return [answer.retry_after_s for answer in got]
+
+    assert asyncio.run(go()) == [3, None]  # whole seconds, rounded up

@@ -25,7 +25,7 @@ class Output:
         self.refuse = refuse
         self.sent: list[bytes] = []
 
-    async def send(self, topic: str, key: str | None, value: bytes) -> None:
+    async def send(self, topic: str, key: str | None, value: bytes, **_: Any) -> None:
         assert len(value) <= LIMIT, len(value)
         if self.refuse is not None and len(value) > self.refuse:
             raise OversizeRecordError(len(value), LIMIT, "the broker refused it")
@@ -94,7 +94,7 @@ def test_a_huge_key_and_detail_are_capped_and_the_letter_fits() -> None:
     keys: list[str | None] = []
 
     class Keyed(Output):
-        async def send(self, topic: str, key: str | None, value: bytes) -> None:
+        async def send(self, topic: str, key: str | None, value: bytes, **_: Any) -> None:
             assert len(value) + len((key or "").encode()) <= LIMIT
             keys.append(key)
             await super().send(topic, key, value)
@@ -132,7 +132,7 @@ def _letter_key(key: bytes | None, error: RequestError) -> tuple[str | None, Any
     keys: list[str | None] = []
 
     class Keyed(Output):
-        async def send(self, topic: str, key: str | None, value: bytes) -> None:
+        async def send(self, topic: str, key: str | None, value: bytes, **_: Any) -> None:
             keys.append(key)
             await super().send(topic, key, value)
 
@@ -218,7 +218,9 @@ def test_produce_retries_are_counted_until_the_broker_takes_the_answer(
     sent: list[tuple[str, bytes, bytes | None]] = []
 
     class Flaky:
-        async def send_and_wait(self, topic: str, value: bytes, key: bytes | None) -> None:
+        async def send_and_wait(
+            self, topic: str, value: bytes, key: bytes | None, headers: Any = None
+        ) -> None:
             if failures:
                 raise failures.pop(0)
             sent.append((topic, value, key))
@@ -290,7 +292,9 @@ def test_a_broker_away_is_logged_once_per_topic_and_error_not_per_answer(
     failures = {i: 2 for i in range(200)}
 
     class Away:
-        async def send_and_wait(self, topic: str, value: bytes, key: bytes | None) -> None:
+        async def send_and_wait(
+            self, topic: str, value: bytes, key: bytes | None, headers: Any = None
+        ) -> None:
             i = int(value)
             if failures[i]:
                 failures[i] -= 1
@@ -338,7 +342,9 @@ def test_a_stop_during_the_first_start_stops_the_producer_it_started(
         async def stop(self) -> None:
             events.append("stopped")
 
-        async def send_and_wait(self, topic: str, value: bytes, key: bytes | None) -> None:
+        async def send_and_wait(
+            self, topic: str, value: bytes, key: bytes | None, headers: Any = None
+        ) -> None:
             events.append("sent")
 
     made: list[Slow] = []

@@ -32,9 +32,11 @@ class Output:
 
     def __init__(self) -> None:
         self.sent: list[dict[str, Any]] = []
+        self.headers: list[list[tuple[str, bytes]]] = []
 
-    async def send(self, topic: str, key: str | None, value: bytes) -> None:
+    async def send(self, topic: str, key: str | None, value: bytes, *, headers: Any = ()) -> None:
         self.sent.append(orjson.loads(value))
+        self.headers.append(list(headers))
 
 
 class Service:
@@ -209,10 +211,10 @@ def test_a_deadline_passing_while_inputs_wait_for_the_model_cuts_them_off(
 
 def answered_behind_a_backlog(
     tmp_path: Path, events: list[Any], **batching: Any
-) -> tuple[dict[str, dict[str, Any]], list[int]]:
+) -> tuple[dict[str, dict[str, Any]], list[int], dict[str, dict[str, bytes]]]:
     """``events`` handled in turn while 10 requests of 6 inputs wait for the model (20 ms
     an input, batches of 8: about 1.2 s of work); the answers by request id, in the order
-    they were sent, and the batch sizes embedded."""
+    they were sent, the batch sizes embedded, and the answers' record headers."""
     handler, service, output, embedded = slowed_handler(
         tmp_path,
         lambda batch: time.sleep(0.02 * len(batch)),
@@ -239,7 +241,11 @@ def answered_behind_a_backlog(
     asyncio.run(go())
     answers = {sent["request_id"]: sent for sent in output.sent}
     assert all("error" not in answers[f"busy{r}"] for r in range(10))
-    return answers, embedded
+    headers = {
+        sent["request_id"]: dict(told)
+        for sent, told in zip(output.sent, output.headers, strict=True)
+    }
+    return answers, embedded, headers
 
 
 def test_a_request_the_model_queue_would_keep_past_its_deadline_is_refused_at_once(
@@ -250,7 +256,7 @@ def test_a_request_the_model_queue_would_keep_past_its_deadline_is_refused_at_on
     answered in time for its last 110 s). Now a request that the inputs queued ahead of
     it would keep past its deadline is refused before it queues any, and one with time
     enough is served. (Requests of up to a batch of inputs, queued one behind another.)"""
-    answers, embedded = answered_behind_a_backlog(
+    answers, embedded, _headers = answered_behind_a_backlog(
         tmp_path,
         [
             classify_event("doomed", within(0.5), ["d", "e"], "hash"),
@@ -271,8 +277,10 @@ def test_a_request_with_a_deadline_behind_more_than_the_queue_wait_limit_is_refu
     most of it (26-27 s of the gateway's 30). With SHOTSTREAM_BATCHING__MAX_QUEUE_WAIT_S
     below the work queued ahead, a request with a deadline far off is refused at once
     (SERVICE_UNAVAILABLE, HTTP 503: retry later), its inputs never embedded, while one
-    without a deadline (a Kafka producer's) waits its turn and is served."""
-    answers, embedded = answered_behind_a_backlog(
+    without a deadline (a Kafka producer's) waits its turn and is served. The refusal
+    says when to retry: the work queued past the limit, in whole seconds (at least 1),
+    in a header (the gateway's Retry-After); other answers have none."""
+    answers, embedded, headers = answered_behind_a_backlog(
         tmp_path,
         [
             classify_event("hopeful", within(30), ["f", "g"], "hash"),
@@ -287,6 +295,9 @@ def test_a_request_with_a_deadline_behind_more_than_the_queue_wait_limit_is_refu
     assert "error" not in answers["patient"]
     assert sum(embedded) == 3 + 2 + 60 + 1  # the refused request's inputs never were
     assert list(answers).index("hopeful") < list(answers).index("busy9")  # at once
+    assert list(headers["hopeful"]) == ["shotstream-retry-after"]
+    assert headers["hopeful"]["shotstream-retry-after"] in (b"1", b"2")  # ~1.2 s - 0.3 s, up
+    assert headers["patient"] == {}
 
 
 def test_the_model_queue_wait_and_its_limit_are_exported(tmp_path: Path) -> None:

@@ -298,6 +298,11 @@ class FakeKafka:
                 Answer("predictions", {"request_id": rid, "usage": {"total_tokens": tokens}})
             )
 
+    def refuse(self, rid: str, code: str, retry_after_s: int | None) -> None:
+        """A worker's dead letter, with its retry-after header where it has one."""
+        letter = {"request_id": rid, "error": {"code": code, "detail": "d"}}
+        self.produced[rid].set_result(Answer("errors", letter, retry_after_s=retry_after_s))
+
 
 def test_an_answer_that_comes_too_late_is_still_charged() -> None:
     """The caller got its 504, but the workers did the work: their answer's tokens are
@@ -394,6 +399,32 @@ def test_a_key_has_at_most_its_tier_s_concurrency_in_flight() -> None:
         kafka.answer(list(kafka.produced)[-1], 10)
         assert (await again).status_code == 200
         assert gw.limits.in_flight.get(owner) is None
+
+    drive(app, scenario)
+
+
+def test_an_overloaded_worker_s_refusal_says_when_to_retry() -> None:
+    """A 503 from a worker that refused a request for its queue of model work
+    (SHOTSTREAM_BATCHING__MAX_QUEUE_WAIT_S) carries Retry-After, in the seconds the
+    worker put on its dead letter (HTTP clients' retry policies read it); a 503 the worker
+    put no time on has none, and no other status takes one from a dead letter."""
+    app = _app()
+    kafka = FakeKafka(app.state.gateway)
+    refusals = [
+        ("SERVICE_UNAVAILABLE", 4, 503, "4"),
+        ("SERVICE_UNAVAILABLE", None, 503, None),
+        ("INPUT_INVALID", 4, 400, None),
+    ]
+
+    async def scenario(c: httpx.AsyncClient) -> None:
+        for n, (code, seconds, status, told) in enumerate(refusals, 1):
+            pending = asyncio.create_task(c.post("/v1/classify", json=ZERO_SHOT, headers=auth()))
+            await produced(kafka, n)
+            kafka.refuse(list(kafka.produced)[-1], code, seconds)
+            response = await pending
+            assert_error(response, status, code)
+            assert response.headers.get("retry-after") == told
+            assert "x-ratelimit-remaining-requests" in response.headers
 
     drive(app, scenario)
 

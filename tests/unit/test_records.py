@@ -291,3 +291,30 @@ def test_a_record_the_reader_could_not_read_is_answered_as_unreadable_not_as_a_t
     with pytest.raises(RequestError) as tombstone:
         decode_json_object(None, [])
     assert tombstone.value.code == ErrorCode.INPUT_MISSING
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [(b"5", 5), (b"-1", None), (b"1.5", None), (b"", None), (None, None), (b"9" * 10, None)],
+)
+def test_a_retry_after_header_is_read_as_whole_seconds_or_not_at_all(
+    value: bytes | None, seconds: int | None
+) -> None:
+    """A dead letter's retry-after comes from workers, but the errors topic may hold
+    anyone's records: only whole seconds are taken (case-insensitively named)."""
+    from streams.errors import retry_after_of
+
+    assert retry_after_of([("other", b"7"), ("Shotstream-Retry-After", value)]) == seconds
+
+
+def test_a_retry_after_header_is_whole_seconds_at_least_one() -> None:
+    from streams.errors import ErrorCode, RequestError, retry_after_headers
+
+    def told(seconds: float | None) -> list[tuple[str, bytes]]:
+        return retry_after_headers(RequestError(ErrorCode.SERVICE_UNAVAILABLE, "busy",
+                                                retry_after_s=seconds))  # fmt: skip
+
+    assert told(0.01) == [("shotstream-retry-after", b"1")]
+    assert told(-3.0) == [("shotstream-retry-after", b"1")]
+    assert told(4.2) == [("shotstream-retry-after", b"5")]
+    assert told(None) == told(float("nan")) == []

@@ -38,7 +38,7 @@ class Output:
     def __init__(self) -> None:
         self.sent: list[tuple[str, dict[str, Any]]] = []
 
-    async def send(self, topic: str, key: str | None, value: bytes) -> None:
+    async def send(self, topic: str, key: str | None, value: bytes, **_: Any) -> None:
         await asyncio.sleep(0.001)
         self.sent.append((topic, orjson.loads(value)))
 

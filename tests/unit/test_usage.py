@@ -27,7 +27,7 @@ class Output:
         self.sent: list[tuple[str, str | None, dict[str, Any]]] = []
         self.fail_for = fail_for
 
-    async def send(self, topic: str, key: str | None, value: bytes) -> None:
+    async def send(self, topic: str, key: str | None, value: bytes, **_: Any) -> None:
         if key is not None and key == self.fail_for:
             raise RuntimeError("the broker said no")
         self.sent.append((topic, key, orjson.loads(value)))
