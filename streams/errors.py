@@ -103,7 +103,8 @@ def retry_after_of(headers: Sequence[tuple[str, bytes | None]] | None) -> int | 
     for key, value in headers or ():
         if key.lower() == RETRY_AFTER_HEADER:
             text = (value or b"").decode("ascii", "replace")
-            return int(text) if text.isdigit() and 0 < len(text) <= 9 else None
+            seconds = int(text) if text.isdigit() and len(text) <= 9 else 0
+            return seconds or None
     return None
 
 

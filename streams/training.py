@@ -404,7 +404,7 @@ class TrainHandler:
                 log.warning(
                     "train record %s@%d is at or behind %s's applied offset %d but is not one "
                     "it applied (a failed request redelivered, or a recreated train topic): "
-                    "learning it",
+                    "taking it as new",
                     source,
                     offset,
                     record.classifier_id,
@@ -413,10 +413,10 @@ class TrainHandler:
             # not learned once its caller was told it timed out (a 504): a retry must not
             # learn the examples twice
             refuse_late(deadline)
-            if deferred is not None:
-                raise deferred
             created = record is None
             record = self._authorize(request, record, owner)
+            if deferred is not None:  # after the refusals no retry gets past
+                raise deferred
             # the operator's limit now, not the one when the classifier was made (raising
             # SHOTSTREAM_LIMITS__MAX_CLASSES reached new classifiers only)
             record.hyper["max_classes"] = self.settings.limits.max_classes

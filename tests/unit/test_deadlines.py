@@ -296,7 +296,8 @@ def test_a_request_with_a_deadline_behind_more_than_the_queue_wait_limit_is_refu
     assert sum(embedded) == 3 + 2 + 60 + 1  # the refused request's inputs never were
     assert list(answers).index("hopeful") < list(answers).index("busy9")  # at once
     assert list(headers["hopeful"]) == ["shotstream-retry-after"]
-    assert headers["hopeful"]["shotstream-retry-after"] in (b"1", b"2")  # ~1.2 s - 0.3 s, up
+    # about 1.2 s of work less the 0.3 s allowed, rounded up (the model's measured time)
+    assert 1 <= int(headers["hopeful"]["shotstream-retry-after"]) <= 5
     assert headers["patient"] == {}
 
 

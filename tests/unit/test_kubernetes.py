@@ -97,9 +97,15 @@ def test_the_configuration_is_read_by_the_settings_and_serves_other_hosts(
     (http,) = gateway["containers"][0]["ports"]
     assert metrics["containerPort"] == settings.metrics_port
     assert http["containerPort"] == settings.http_port
+    image = yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text())["images"][0]
     for pod, port in ((worker, metrics), (gateway, http)):
         # service links would set SHOTSTREAM_<SERVICE>_PORT=tcp://... in every pod
         assert pod["enableServiceLinks"] is False
+        assert pod["containers"][0]["image"] == image["name"]  # what kustomize replaces
+        # admitted where the "restricted" Pod Security Standard is enforced
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["containers"][0]["securityContext"]["capabilities"]["drop"] == ["ALL"]
         container = pod["containers"][0]
         refs = [
             ref.get("configMapRef", ref.get("secretRef"))["name"] for ref in container["envFrom"]
@@ -109,16 +115,27 @@ def test_the_configuration_is_read_by_the_settings_and_serves_other_hosts(
             assert container[probe]["httpGet"]["port"] == port["name"]
     data = worker["containers"][0]["volumeMounts"][0]["mountPath"]
     assert str(settings.data_dir) == data
+    # the compute threads are what the pod asks for: without a CPU limit torch would
+    # count the node's cores (there is no cgroup quota to read)
+    threads = settings.batching.compute_streams * settings.models.torch_threads
+    assert worker["containers"][0]["resources"]["requests"]["cpu"] == str(threads)
+    assert "cpu" not in worker["containers"][0]["resources"]["limits"]
 
 
 def test_grace_periods_and_the_startup_probe_cover_what_the_processes_take() -> None:
     """A worker's drain and a gateway's requests in flight (up to its reply timeout) fit
     in the grace period; the gateway's startup probe waits as long as it waits for Kafka
     and the topics before exiting."""
+    from streams.app import EXIT_MARGIN_S
+
     settings = Settings()
     worker, gateway = pod_of("shotstream-worker"), pod_of("shotstream-gateway")
-    assert worker["terminationGracePeriodSeconds"] > settings.kafka.drain_timeout_s + 10
-    assert gateway["terminationGracePeriodSeconds"] > settings.gateway.reply_timeout_s + 2
+    drain = settings.kafka.drain_timeout_s + EXIT_MARGIN_S
+    assert worker["terminationGracePeriodSeconds"] >= drain
+    pause = gateway["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
+    assert pause[0] == "sleep"
+    replies = int(pause[1]) + settings.gateway.reply_timeout_s + 2
+    assert gateway["terminationGracePeriodSeconds"] >= replies
     startup = gateway["containers"][0]["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= (
         settings.gateway.startup_timeout_s

@@ -295,7 +295,15 @@ def test_a_record_the_reader_could_not_read_is_answered_as_unreadable_not_as_a_t
 
 @pytest.mark.parametrize(
     ("value", "seconds"),
-    [(b"5", 5), (b"-1", None), (b"1.5", None), (b"", None), (None, None), (b"9" * 10, None)],
+    [
+        (b"5", 5),
+        (b"0", None),
+        (b"-1", None),
+        (b"1.5", None),
+        (b"", None),
+        (None, None),
+        (b"9" * 10, None),
+    ],
 )
 def test_a_retry_after_header_is_read_as_whole_seconds_or_not_at_all(
     value: bytes | None, seconds: int | None

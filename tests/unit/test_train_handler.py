@@ -37,10 +37,13 @@ class Output:
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, dict[str, Any]]] = []
+        self.headers: dict[str, dict[str, bytes]] = {}  # request_id → its record's headers
 
-    async def send(self, topic: str, key: str | None, value: bytes, **_: Any) -> None:
+    async def send(self, topic: str, key: str | None, value: bytes, *, headers: Any = ()) -> None:
         await asyncio.sleep(0.001)
-        self.sent.append((topic, orjson.loads(value)))
+        body = orjson.loads(value)
+        self.sent.append((topic, body))
+        self.headers[body.get("request_id")] = dict(headers)
 
     def answers(self) -> dict[str, Any]:
         """request_id → version (train results) or error code (dead letters)."""
@@ -646,6 +649,7 @@ def test_an_overloaded_worker_s_refusal_is_not_learned_but_a_replay_is_answered(
     trainer._embed = overloaded  # type: ignore[method-assign]
     run(trainer, [late(event(1, train("r1", "b"), "x"), time.time() + 60)])
     assert output.answers()["r1"] == "SERVICE_UNAVAILABLE"
+    assert output.headers["r1"] == {"shotstream-retry-after": b"2"}  # 12 s of work, 10 allowed
     assert stored(table).labels == ["a"]
     output.sent.clear()
     run(trainer, [first])  # redelivered (a worker restarted) while the model is busy
@@ -686,6 +690,39 @@ def test_a_request_the_model_queue_would_keep_past_its_deadline_is_not_learned()
     run(trainer, [first])  # redelivered while the queue is long: answered as learned
     assert output.answers() == {"r0": 1}
     assert stored(table).version == 1
+
+
+def test_a_refusal_no_retry_gets_past_comes_before_a_busy_worker_s() -> None:
+    """x is deleted by the record before an update of it, whose embedding (before its
+    turn, x still there: the turns wait for r1) is refused by a busy worker. In its turn
+    the update finds no x: it answered 503 with a Retry-After, and its caller retried a
+    request that could never pass. It is now CLASSIFIER_NOT_FOUND, as without the busy
+    worker."""
+    from models.batching import Overloaded
+
+    trainer, _table, output = handler({"r1": 0.2})  # holds the turns behind it
+    embed = trainer._embed
+    run(trainer, [event(0, train("r0", "a"), "x")])
+
+    async def busy_for_r3(request: Any, model: str) -> Any:
+        if request.request_id == "r3":
+            raise Overloaded(12.0, 10.0)
+        return await embed(request, model)
+
+    trainer._embed = busy_for_r3  # type: ignore[method-assign]
+    delete = {"request_id": "d2", "classifier_id": "x", "action": "delete"}
+    update = {**train("r3", "c", model=None), "create": False}
+    run(
+        trainer,
+        [
+            event(1, train("r1", "b", model=None), "x"),
+            event(2, delete, "x"),
+            late(event(3, update, "x"), time.time() + 60),
+        ],
+    )
+    answers = output.answers()
+    assert answers == {"r0": 1, "r1": 2, "d2": "deleted", "r3": "CLASSIFIER_NOT_FOUND"}
+    assert output.headers["r3"] == {}
 
 
 def test_few_shot_requests_wait_for_the_changelog_a_bounded_time() -> None:
