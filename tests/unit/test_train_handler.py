@@ -293,6 +293,23 @@ def test_a_record_off_its_keys_partition_is_refused_not_learned_as_a_second_clas
     assert output.answers() == {"unknown": 1}  # x was deleted just before
 
 
+def made_again_with_m2_before(train_handler: TrainHandler, last: Any) -> None:
+    """x is made with model m1 (r0), trained (r1: slow to embed when the handler delays it,
+    holding the turns behind it), deleted (r2) and made again with m2 (r3); then ``last``,
+    whose embedding before its turn still sees m1."""
+    run(train_handler, [event(0, train("r0", "a", model="m1"), "x")])
+    delete = {"request_id": "r2", "classifier_id": "x", "action": "delete"}
+    run(
+        train_handler,
+        [
+            event(1, train("r1", "b", model=None), "x"),
+            event(2, delete, "x"),
+            event(3, train("r3", "a", model="m2"), "x"),
+            last,
+        ],
+    )
+
+
 @pytest.mark.parametrize(
     "refusal",
     [
@@ -315,17 +332,7 @@ def test_a_model_refusal_is_decided_by_the_classifier_the_record_finds_in_its_tu
         return await embed(request, model)
 
     train_handler._embed = refuse_m1  # type: ignore[method-assign]
-    run(train_handler, [event(0, train("r0", "a", model="m1"), "x")])
-    delete = {"request_id": "r2", "classifier_id": "x", "action": "delete"}
-    run(
-        train_handler,
-        [
-            event(1, train("r1", "b", model=None), "x"),
-            event(2, delete, "x"),
-            event(3, train("r3", "a", model="m2"), "x"),
-            event(4, train("r4", "b", model=None), "x"),
-        ],
-    )
+    made_again_with_m2_before(train_handler, event(4, train("r4", "b", model=None), "x"))
     assert output.answers() == {"r0": 1, "r1": 2, "r2": "deleted", "r3": 1, "r4": 2}
     assert (stored(table).model, stored(table).version) == ("m2", 2)
 
@@ -335,26 +342,19 @@ def test_embedding_again_in_turn_for_a_changed_model_keeps_to_the_deadline() -> 
     r4 is embedded again. That embedding ran without r4's deadline: learned after its
     caller had stopped waiting (a 504, and a retry learned it twice). It now stops at the
     deadline, unlearned, as the embedding before the turn does."""
-    train_handler, table, output = handler({})
+    train_handler, table, output = handler({"r1": 0.2})
     embed = train_handler._embed
 
     async def slow_m2(request: Any, model: str) -> tuple[np.ndarray, None, int, str]:
         if model == "m2" and request.request_id == "r4":
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.5)
         return await embed(request, model)
 
     train_handler._embed = slow_m2  # type: ignore[method-assign]
-    run(train_handler, [event(0, train("r0", "a", model="m1"), "x")])
-    delete = {"request_id": "r2", "classifier_id": "x", "action": "delete"}
-    run(
-        train_handler,
-        [
-            event(2, delete, "x"),
-            event(3, train("r3", "a", model="m2"), "x"),
-            late(event(4, train("r4", "b", model=None), "x"), time.time() + 0.3),
-        ],
-    )
-    assert output.answers() == {"r0": 1, "r2": "deleted", "r3": 1, "r4": "DEADLINE_EXCEEDED"}
+    r4 = late(event(4, train("r4", "b", model=None), "x"), time.time() + 0.6)
+    made_again_with_m2_before(train_handler, r4)
+    answers = output.answers()
+    assert answers == {"r0": 1, "r1": 2, "r2": "deleted", "r3": 1, "r4": "DEADLINE_EXCEEDED"}
     assert (stored(table).model, stored(table).labels) == ("m2", ["a"])
 
 
