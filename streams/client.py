@@ -15,8 +15,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from streams.auth import header_value
 from streams.broker import follow, kafka_security, request_timeout, stop_consumer
-from streams.errors import OversizeRecordError, retry_after_of
+from streams.errors import RETRY_AFTER_HEADER, OversizeRecordError
 from streams.lenient_records import install as read_undecodable_header_keys
 from streams.producer import TOO_LARGE, record_size
 from streams.settings import EMBEDDED_FETCH_MAX_WAIT_MS, Settings
@@ -33,6 +34,14 @@ PARTITION_CHECK_S = 30.0
 class GatewayStartError(Exception):
     """Kafka did not answer, or no worker had made the topics, within
     ``gateway.startup_timeout_s``: said in one line (the CLI exits 4)."""
+
+
+def retry_after_of(headers: Sequence[tuple[str, bytes | None]] | None) -> int | None:
+    """Whole seconds in a record's :data:`~streams.errors.RETRY_AFTER_HEADER`; ``None``
+    without a valid one (a record from elsewhere may carry anything)."""
+    text = (header_value(headers, RETRY_AFTER_HEADER) or b"").decode("ascii", "replace")
+    seconds = int(text) if text.isdigit() and len(text) <= 9 else 0
+    return seconds or None
 
 
 class Answer(dict[str, Any]):

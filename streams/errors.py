@@ -7,7 +7,6 @@ mapped to a code here, at the edge, and the original message is kept as the deta
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from enum import StrEnum
 
 from models.fewshot import ClassLimitError, NonFiniteInputError
@@ -95,17 +94,6 @@ def retry_after_headers(error: RequestError) -> list[tuple[str, bytes]]:
         return []
     seconds = max(1, math.ceil(error.retry_after_s))
     return [(RETRY_AFTER_HEADER, str(seconds).encode("ascii"))]
-
-
-def retry_after_of(headers: Sequence[tuple[str, bytes | None]] | None) -> int | None:
-    """Whole seconds in a record's :data:`RETRY_AFTER_HEADER`; ``None`` without a valid
-    one (a record from elsewhere may carry anything)."""
-    for key, value in headers or ():
-        if key.lower() == RETRY_AFTER_HEADER:
-            text = (value or b"").decode("ascii", "replace")
-            seconds = int(text) if text.isdigit() and len(text) <= 9 else 0
-            return seconds or None
-    return None
 
 
 class OversizeRecordError(ValueError):

@@ -25,14 +25,18 @@ def env_file() -> dict[str, str]:
     return {name: value for name, _, value in pairs}
 
 
+def kustomization() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text())
+    return loaded
+
+
 def rendered() -> list[dict[str, Any]]:
     """What ``kubectl apply -k deploy/kubernetes`` sends, as far as this kustomization
     uses kustomize: its resources, the ConfigMap it generates, the namespace."""
-    kustomization = yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text())
     docs: list[dict[str, Any]] = []
-    for name in kustomization["resources"]:
+    for name in kustomization()["resources"]:
         docs += [d for d in yaml.safe_load_all((KUBERNETES / name).read_text()) if d]
-    for generator in kustomization["configMapGenerator"]:
+    for generator in kustomization()["configMapGenerator"]:
         assert generator["envs"] == ["shotstream.env"]
         docs.append(
             {
@@ -43,15 +47,19 @@ def rendered() -> list[dict[str, Any]]:
             }
         )
     for doc in docs:
-        doc["metadata"]["namespace"] = kustomization["namespace"]
+        doc["metadata"]["namespace"] = kustomization()["namespace"]
     return docs
 
 
-def pod_of(name: str) -> dict[str, Any]:
-    (deployment,) = [
+def deployment(name: str) -> dict[str, Any]:
+    (found,) = [
         d for d in rendered() if d["kind"] == "Deployment" and d["metadata"]["name"] == name
     ]
-    spec: dict[str, Any] = deployment["spec"]["template"]["spec"]
+    return found
+
+
+def pod_of(name: str) -> dict[str, Any]:
+    spec: dict[str, Any] = deployment(name)["spec"]["template"]["spec"]
     return spec
 
 
@@ -97,7 +105,7 @@ def test_the_configuration_is_read_by_the_settings_and_serves_other_hosts(
     (http,) = gateway["containers"][0]["ports"]
     assert metrics["containerPort"] == settings.metrics_port
     assert http["containerPort"] == settings.http_port
-    image = yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text())["images"][0]
+    image = kustomization()["images"][0]
     for pod, port in ((worker, metrics), (gateway, http)):
         # service links would set SHOTSTREAM_<SERVICE>_PORT=tcp://... in every pod
         assert pod["enableServiceLinks"] is False
@@ -170,10 +178,7 @@ def test_the_probe_paths_are_the_ones_the_processes_answer() -> None:
 
 def test_prometheus_annotations_name_the_ports_that_serve_metrics() -> None:
     for name in ("shotstream-worker", "shotstream-gateway"):
-        (deployment,) = [
-            d for d in rendered() if d["metadata"]["name"] == name and d["kind"] == "Deployment"
-        ]
-        template = deployment["spec"]["template"]
+        template = deployment(name)["spec"]["template"]
         annotations = template["metadata"]["annotations"]
         (port,) = template["spec"]["containers"][0]["ports"]
         assert annotations["prometheus.io/port"] == str(port["containerPort"]), name

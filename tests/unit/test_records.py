@@ -310,7 +310,7 @@ def test_a_retry_after_header_is_read_as_whole_seconds_or_not_at_all(
 ) -> None:
     """A dead letter's retry-after comes from workers, but the errors topic may hold
     anyone's records: only whole seconds are taken (case-insensitively named)."""
-    from streams.errors import retry_after_of
+    from streams.client import retry_after_of
 
     assert retry_after_of([("other", b"7"), ("Shotstream-Retry-After", value)]) == seconds
 
